@@ -1,0 +1,36 @@
+"""bitttt: BitLlama language models with 1.58-bit ternary weights and Test-Time-Training layers.
+
+Public API (engine core):
+  PackedTernary                          packed 2-bit ternary matrix (quantize, save/load)
+  quantize_activations, dot_i8, gemm_i8, bitlinear, matmul, matmul_t   CPU kernels
+  set_num_threads, get_num_threads, set_kernel, get_kernel, available_kernels, cpu_info
+"""
+from .kernels import bitlinear, dot_i8, gemm_i8, matmul, matmul_t, quantize_activations
+from .runtime import (
+    available_kernels,
+    cpu_info,
+    get_kernel,
+    get_num_threads,
+    set_kernel,
+    set_num_threads,
+)
+from .ternary import PackedFormatError, PackedTernary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PackedTernary",
+    "PackedFormatError",
+    "quantize_activations",
+    "dot_i8",
+    "gemm_i8",
+    "bitlinear",
+    "matmul",
+    "matmul_t",
+    "set_num_threads",
+    "get_num_threads",
+    "set_kernel",
+    "get_kernel",
+    "available_kernels",
+    "cpu_info",
+]

@@ -1,0 +1,242 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""Thin Cython bridge to the C core in src_c/.
+
+Callers (bitttt.ternary, bitttt.kernels) validate dtypes, shapes and contiguity;
+the functions here trust their arguments, release the GIL around the C calls and
+map C error codes to Python exceptions.
+"""
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
+
+
+cdef extern from "bt_ternary.h":
+    ctypedef struct bt_ternary:
+        int64_t rows
+        int64_t cols
+        int64_t stride
+        float scale
+        uint8_t *codes
+    int BT_OK, BT_ERR_NONFINITE, BT_ERR_BADCODE, BT_ERR_SHAPE, BT_ERR_NOMEM, BT_ERR_ISA, BT_ERR_SCALE
+    int BT_BLOCK, BT_BLOCK_BYTES, BT_ALIGN, BT_MAX_COLS
+    int64_t bt_row_stride(int64_t cols)
+    int64_t bt_padded_cols(int64_t cols)
+    int bt_absmean_scale(const float *w, int64_t rows, int64_t cols, int64_t ldw, float *scale) nogil
+    int bt_pack(const float *w, int64_t ldw, float scale, bt_ternary *t) nogil
+    void bt_unpack(const bt_ternary *t, float *out, int64_t ldo) nogil
+    int bt_check_codes(const bt_ternary *t) nogil
+
+cdef extern from "bt_quant.h":
+    int bt_quantize_act(const float *x, int64_t M, int64_t K, int64_t ldx,
+                        int8_t *q, int64_t ldq, float *a, int32_t *sums) nogil
+
+cdef extern from "bt_kernels.h":
+    int bt_gemm_i8_raw(const bt_ternary *w, const int8_t *xq, int64_t M, int64_t ldx,
+                       int32_t *out, int64_t ldo) nogil
+    int bt_gemm_i8(const bt_ternary *w, const int8_t *xq, int64_t M, int64_t ldx, const float *a,
+                   float *y, int64_t ldy) nogil
+    int bt_bitlinear(const bt_ternary *w, const float *x, int64_t M, int64_t ldx, float *y,
+                     int64_t ldy, float *a) nogil
+    int bt_gemm_f32(const bt_ternary *w, const float *x, int64_t M, int64_t ldx,
+                    float *y, int64_t ldy) nogil
+    int bt_gemm_f32_t(const bt_ternary *w, const float *dy, int64_t M, int64_t lddy,
+                      float *dx, int64_t lddx) nogil
+
+cdef extern from "bt_cpu.h":
+    int BT_ISA_COUNT
+    int bt_isa_supported(int isa)
+    int bt_isa_best()
+    int bt_get_isa()
+    int bt_set_isa(int isa)
+    const char *bt_isa_name(int isa)
+    int bt_get_threads()
+    void bt_set_threads(int n)
+    int bt_openmp_enabled()
+
+cdef extern from "bt_bandwidth.h":
+    double bt_read_bandwidth(int64_t nbytes, int reps, int threads) nogil
+    double bt_now() nogil
+
+
+BLOCK = BT_BLOCK
+BLOCK_BYTES = BT_BLOCK_BYTES
+ALIGN = BT_ALIGN
+MAX_COLS = BT_MAX_COLS
+ISA_NAMES = tuple(bt_isa_name(i).decode() for i in range(BT_ISA_COUNT))
+
+
+def row_stride(int64_t cols):
+    """Bytes per packed row for `cols` weights."""
+    return bt_row_stride(cols)
+
+
+def padded_cols(int64_t cols):
+    """`cols` rounded up to whole 256-weight blocks."""
+    return bt_padded_cols(cols)
+
+
+cdef int _check(int err) except -1:
+    if err == BT_OK:
+        return 0
+    if err == BT_ERR_NONFINITE:
+        raise ValueError("input contains NaN or infinity")
+    if err == BT_ERR_BADCODE:
+        raise ValueError("packed codes are corrupted (invalid 2-bit code 0b11 or nonzero padding)")
+    if err == BT_ERR_NOMEM:
+        raise MemoryError("bitttt kernel could not allocate its scratch buffer")
+    if err == BT_ERR_SCALE:
+        raise ValueError("activation scales a must be positive and finite")
+    if err == BT_ERR_ISA:
+        raise ValueError("kernel ISA not supported on this CPU")
+    raise RuntimeError(f"bitttt C core error {err}")
+
+
+cdef inline void _view(bt_ternary *t, const uint8_t[:, ::1] codes, int64_t cols, float scale) noexcept nogil:
+    t.rows = codes.shape[0]
+    t.cols = cols
+    t.stride = codes.shape[1]
+    t.scale = scale
+    t.codes = <uint8_t *>&codes[0, 0]
+
+
+def absmean_scale(const float[:, ::1] w):
+    """s = mean|w| + 1e-5 (float32, summed in float64); ValueError on NaN/inf."""
+    cdef float s = 0
+    cdef int err
+    with nogil:
+        err = bt_absmean_scale(&w[0, 0], w.shape[0], w.shape[1], w.shape[1], &s)
+    _check(err)
+    return s
+
+
+def pack(const float[:, ::1] w, float scale, uint8_t[:, ::1] codes):
+    """Quantize w [rows, cols] with `scale` into codes [rows, stride]."""
+    cdef bt_ternary t
+    cdef int err
+    _view(&t, codes, w.shape[1], scale)
+    with nogil:
+        err = bt_pack(&w[0, 0], w.shape[1], scale, &t)
+    _check(err)
+
+
+def unpack(const uint8_t[:, ::1] codes, int64_t cols, float scale, float[:, ::1] out):
+    """out [rows, cols] = scale * (code - 1)."""
+    cdef bt_ternary t
+    _view(&t, codes, cols, scale)
+    with nogil:
+        bt_unpack(&t, &out[0, 0], out.shape[1])
+
+
+def check_codes(const uint8_t[:, ::1] codes, int64_t cols):
+    """ValueError unless every code is valid and the padding holds zeros."""
+    cdef bt_ternary t
+    cdef int err
+    _view(&t, codes, cols, 1.0)
+    with nogil:
+        err = bt_check_codes(&t)
+    _check(err)
+
+
+def quantize_act(const float[:, ::1] x, int8_t[:, ::1] q, float[::1] a, int32_t[::1] sums):
+    """Per-row absmax int8 quantization of x [M, K] into q [M, ldq >= K] (zeros past K)."""
+    cdef int err
+    with nogil:
+        err = bt_quantize_act(&x[0, 0], x.shape[0], x.shape[1], x.shape[1],
+                              &q[0, 0], q.shape[1], &a[0], &sums[0])
+    _check(err)
+
+
+def gemm_i8_raw(const uint8_t[:, ::1] codes, int64_t cols, const int8_t[:, ::1] xq,
+                int32_t[:, ::1] out):
+    """out [M, N] = exact int32 dot products of the ternary rows with xq [M, K]."""
+    cdef bt_ternary t
+    cdef int err
+    _view(&t, codes, cols, 1.0)
+    with nogil:
+        err = bt_gemm_i8_raw(&t, &xq[0, 0], xq.shape[0], xq.shape[1], &out[0, 0], out.shape[1])
+    _check(err)
+
+
+def gemm_i8(const uint8_t[:, ::1] codes, int64_t cols, float scale, const int8_t[:, ::1] xq,
+            const float[::1] a, float[:, ::1] y):
+    """y [M, N] = (float)dot * (scale / a[m])."""
+    cdef bt_ternary t
+    cdef int err
+    _view(&t, codes, cols, scale)
+    with nogil:
+        err = bt_gemm_i8(&t, &xq[0, 0], xq.shape[0], xq.shape[1], &a[0], &y[0, 0], y.shape[1])
+    _check(err)
+
+
+def bitlinear(const uint8_t[:, ::1] codes, int64_t cols, float scale, const float[:, ::1] x,
+              float[:, ::1] y, float[::1] a):
+    """y [M, N] = Qa(x) @ (scale * w)^T; a [M] receives the activation scales."""
+    cdef bt_ternary t
+    cdef int err
+    _view(&t, codes, cols, scale)
+    with nogil:
+        err = bt_bitlinear(&t, &x[0, 0], x.shape[0], x.shape[1], &y[0, 0], y.shape[1], &a[0])
+    _check(err)
+
+
+def gemm_f32(const uint8_t[:, ::1] codes, int64_t cols, float scale, const float[:, ::1] x,
+             float[:, ::1] y):
+    """y [M, N] = x [M, K] @ (scale * w)^T."""
+    cdef bt_ternary t
+    cdef int err
+    _view(&t, codes, cols, scale)
+    with nogil:
+        err = bt_gemm_f32(&t, &x[0, 0], x.shape[0], x.shape[1], &y[0, 0], y.shape[1])
+    _check(err)
+
+
+def gemm_f32_t(const uint8_t[:, ::1] codes, int64_t cols, float scale, const float[:, ::1] dy,
+               float[:, ::1] dx):
+    """dx [M, K] = dy [M, N] @ (scale * w)."""
+    cdef bt_ternary t
+    cdef int err
+    _view(&t, codes, cols, scale)
+    with nogil:
+        err = bt_gemm_f32_t(&t, &dy[0, 0], dy.shape[0], dy.shape[1], &dx[0, 0], dx.shape[1])
+    _check(err)
+
+
+def isa_supported(int isa):
+    return bool(bt_isa_supported(isa))
+
+
+def isa_best():
+    return bt_isa_best()
+
+
+def get_isa():
+    return bt_get_isa()
+
+
+def set_isa(int isa):
+    _check(bt_set_isa(isa))
+
+
+def get_threads():
+    return bt_get_threads()
+
+
+def set_threads(int n):
+    bt_set_threads(n)
+
+
+def openmp_enabled():
+    return bool(bt_openmp_enabled())
+
+
+def read_bandwidth(int64_t nbytes, int reps, int threads):
+    """Best read rate in bytes/s over `reps` passes of an `nbytes` buffer."""
+    cdef double r
+    with nogil:
+        r = bt_read_bandwidth(nbytes, reps, threads)
+    if r < 0:
+        raise MemoryError(f"could not allocate {nbytes} bytes for the bandwidth probe")
+    return r
+
+
+def now():
+    """Monotonic clock, seconds."""
+    return bt_now()

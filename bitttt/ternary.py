@@ -1,0 +1,223 @@
+"""PackedTernary: a 1.58-bit weight matrix held as 2-bit codes plus one float32 scale.
+
+The bit layout is documented in src_c/bt_ternary.h.  On disk (safetensors), a matrix
+stored under prefix P is three tensors and a metadata entry:
+  P.codes  uint8   [rows, stride]   2-bit codes, stride = ceil(cols / 256) * 64
+  P.scale  float32 [1]              s, so that W ~= s * w, w in {-1, 0, +1}
+  P.shape  int64   [2]              (rows, cols)
+  metadata "P.crc32"                CRC-32 of codes, scale and shape (detects corruption)
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+
+import numpy as np
+
+from . import _core
+from ._arrays import aligned_empty, check_array
+from .fileio import atomic_write_bytes
+
+FORMAT = "bitttt.ternary/1"
+
+
+class PackedFormatError(ValueError):
+    """A packed ternary file or tensor set is truncated, corrupted or not ours."""
+
+
+class PackedTernary:
+    """Ternary matrix [rows, cols] packed at 2 bits per weight (layout: src_c/bt_ternary.h).
+
+    Build one with PackedTernary.quantize(W) (BitNet b1.58 absmean rule) or load one
+    with PackedTernary.load(path).  `codes` is a 64-byte aligned uint8 array
+    [rows, stride]; `scale` is the float32 s with W ~= s * ternary().
+    """
+
+    __slots__ = ("codes", "scale", "rows", "cols")
+
+    def __init__(self, codes: np.ndarray, scale: float, cols: int):
+        codes = check_array(codes, "codes", np.uint8, ndim=(2,))
+        rows = codes.shape[0]
+        cols = int(cols)
+        if not 1 <= cols <= _core.MAX_COLS:
+            raise ValueError(f"cols must be in [1, {_core.MAX_COLS}], got {cols}")
+        if codes.shape[1] != _core.row_stride(cols):
+            raise ValueError(
+                f"codes must have {_core.row_stride(cols)} bytes per row for {cols} columns, "
+                f"got {codes.shape[1]}"
+            )
+        scale = np.float32(scale)
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a positive finite number, got {scale}")
+        if codes.ctypes.data % _core.ALIGN:
+            aligned = aligned_empty(codes.shape, np.uint8)
+            aligned[...] = codes
+            codes = aligned
+        _core.check_codes(codes, cols)
+        self.codes = codes
+        self.scale = float(scale)
+        self.rows = rows
+        self.cols = cols
+
+    # -- construction ---------------------------------------------------------------
+    @classmethod
+    def quantize(cls, w: np.ndarray, scale: float | None = None) -> PackedTernary:
+        """Pack W [rows, cols] (float16/32/64; computed in float32).
+
+        s = mean|W| + 1e-5 (summed in float64) unless `scale` is given;
+        codes = clip(round(W / s), -1, 1) with round half to even.
+        Raises TypeError for a non-float array, ValueError for NaN/inf or an empty matrix.
+        """
+        if not isinstance(w, np.ndarray):
+            raise TypeError(f"W must be a numpy.ndarray, got {type(w).__name__}")
+        if w.dtype.kind != "f":
+            raise TypeError(f"W must be a floating-point array, got dtype {w.dtype}")
+        if w.ndim != 2:
+            raise ValueError(f"W must be 2-D [rows, cols], got shape {w.shape}")
+        if w.size == 0:
+            raise ValueError(f"W is empty (shape {w.shape}); every dimension must be at least 1")
+        if w.shape[1] > _core.MAX_COLS:
+            raise ValueError(f"W has {w.shape[1]} columns; at most {_core.MAX_COLS} are supported")
+        w32 = np.ascontiguousarray(w, dtype=np.float32)
+        if scale is None:
+            s = _core.absmean_scale(w32)
+        else:
+            s = np.float32(scale)
+            if not (np.isfinite(s) and s > 0):
+                raise ValueError(f"scale must be a positive finite number, got {scale}")
+        rows, cols = w32.shape
+        codes = aligned_empty((rows, _core.row_stride(cols)), np.uint8)
+        _core.pack(w32, float(s), codes)
+        out = cls.__new__(cls)
+        out.codes, out.scale, out.rows, out.cols = codes, float(np.float32(s)), rows, cols
+        return out
+
+    @classmethod
+    def from_ternary(cls, t: np.ndarray, scale: float = 1.0) -> PackedTernary:
+        """Pack an integer matrix of -1/0/+1 values exactly (ValueError on other values)."""
+        t = np.asarray(t)
+        if t.dtype.kind not in "iu":
+            raise TypeError(f"ternary values must be an integer array, got dtype {t.dtype}")
+        if t.size and (t.min() < -1 or t.max() > 1):
+            raise ValueError("ternary values must all be -1, 0 or +1")
+        return PackedTernary(cls.quantize(t.astype(np.float32), scale=1.0).codes, scale, t.shape[1])
+
+    # -- views ---------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows, self.cols)
+
+    @property
+    def stride(self) -> int:
+        """Bytes per packed row."""
+        return self.codes.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of codes plus the 4-byte scale."""
+        return int(self.codes.nbytes) + 4
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.nbytes / (self.rows * self.cols)
+
+    def ternary(self) -> np.ndarray:
+        """The int8 matrix w [rows, cols] in {-1, 0, +1}."""
+        out = aligned_empty((self.rows, self.cols), np.float32)
+        _core.unpack(self.codes, self.cols, 1.0, out)
+        return out.astype(np.int8)
+
+    def dequantize(self) -> np.ndarray:
+        """float32 [rows, cols] = scale * ternary()."""
+        out = np.empty((self.rows, self.cols), dtype=np.float32)
+        _core.unpack(self.codes, self.cols, self.scale, out)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"PackedTernary(shape={self.shape}, scale={self.scale:.6g}, "
+                f"{self.nbytes} bytes, {self.bits_per_weight:.3f} bits/weight)")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PackedTernary):
+            return NotImplemented
+        return (self.shape == other.shape and np.float32(self.scale) == np.float32(other.scale)
+                and np.array_equal(self.codes, other.codes))
+
+    __hash__ = None  # mutable arrays inside
+
+    # -- serialization -------------------------------------------------------------
+    def _crc(self) -> str:
+        crc = zlib.crc32(self.codes)
+        crc = zlib.crc32(np.float32(self.scale).tobytes(), crc)
+        crc = zlib.crc32(np.array([self.rows, self.cols], dtype=np.int64).tobytes(), crc)
+        return f"{crc:08x}"
+
+    def to_tensors(self, prefix: str = "") -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """(tensors, metadata) for safetensors, named `prefix.codes|scale|shape`."""
+        p = f"{prefix}." if prefix else ""
+        tensors = {
+            f"{p}codes": self.codes,
+            f"{p}scale": np.array([self.scale], dtype=np.float32),
+            f"{p}shape": np.array([self.rows, self.cols], dtype=np.int64),
+        }
+        return tensors, {f"{p}crc32": self._crc(), "bitttt.format": FORMAT}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict, metadata: dict | None = None, prefix: str = "",
+                     source: str = "tensors") -> PackedTernary:
+        """Rebuild from to_tensors() output; PackedFormatError on anything inconsistent."""
+        p = f"{prefix}." if prefix else ""
+        missing = [k for k in ("codes", "scale", "shape") if f"{p}{k}" not in tensors]
+        if missing:
+            raise PackedFormatError(f"{source}: missing tensor(s) {', '.join(p + k for k in missing)}")
+        codes, scale, shape = tensors[f"{p}codes"], tensors[f"{p}scale"], tensors[f"{p}shape"]
+        if codes.dtype != np.uint8 or codes.ndim != 2:
+            raise PackedFormatError(f"{source}: {p}codes must be uint8 [rows, stride], got {codes.dtype} "
+                                    f"{codes.shape}")
+        if scale.dtype != np.float32 or scale.shape != (1,):
+            raise PackedFormatError(f"{source}: {p}scale must be float32 [1], got {scale.dtype} {scale.shape}")
+        if shape.dtype != np.int64 or shape.shape != (2,):
+            raise PackedFormatError(f"{source}: {p}shape must be int64 [2], got {shape.dtype} {shape.shape}")
+        rows, cols = int(shape[0]), int(shape[1])
+        if rows != codes.shape[0] or not 1 <= cols <= _core.MAX_COLS or \
+                codes.shape[1] != _core.row_stride(cols):
+            raise PackedFormatError(f"{source}: {p}shape {rows}x{cols} does not match codes {codes.shape}")
+        try:
+            out = cls(np.ascontiguousarray(codes), float(scale[0]), cols)
+        except ValueError as e:
+            raise PackedFormatError(f"{source}: {p}: {e}") from None
+        if metadata is not None:
+            want = metadata.get(f"{p}crc32")
+            if want is None:
+                raise PackedFormatError(f"{source}: no checksum {p}crc32 in the metadata")
+            if want != out._crc():
+                raise PackedFormatError(f"{source}: checksum mismatch for {p}codes (the data is corrupted)")
+        return out
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write one safetensors file atomically (temporary file, fsync, rename)."""
+        from safetensors.numpy import save
+
+        tensors, meta = self.to_tensors()
+        atomic_write_bytes(path, save(tensors, metadata=meta))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PackedTernary:
+        """Read a file written by save(); PackedFormatError names the file on any damage."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
+
+        path = os.fspath(path)
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            tensors = load(data)
+            header_len = int.from_bytes(data[:8], "little")
+            metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+        except (SafetensorError, ValueError, OverflowError) as e:
+            raise PackedFormatError(f"{path}: not a readable safetensors file ({e})") from None
+        if metadata.get("bitttt.format") != FORMAT:
+            raise PackedFormatError(f"{path}: not a bitttt packed ternary file (format "
+                                    f"{metadata.get('bitttt.format')!r}, expected {FORMAT!r})")
+        return cls.from_tensors(tensors, metadata, source=path)

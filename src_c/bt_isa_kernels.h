@@ -1,0 +1,40 @@
+/*
+ * bt_isa_kernels.h -- the per-ISA kernel entry points behind bt_kernels.h.
+ * Internal: kernels.c picks one set at run time; each set gives identical results.
+ *
+ * i8 kernels: out[m*ldo + n] = dot(w_n, xq_m) (exact int32) for n in [n0, n1), m < M.
+ *   xq rows are padded to whole blocks with zeros; sums[m] = sum(xq_m).
+ * f32 panel kernels: C[i*ldc + j] = s * sum_{p<P} A[i*lda + p] * B[p*32 + j]
+ *   for i < M, j < nc (nc <= 32), sums taken sequentially in p.
+ */
+#ifndef BT_ISA_KERNELS_H
+#define BT_ISA_KERNELS_H
+
+#include <stdint.h>
+#include "bt_ternary.h"
+
+#define BT_PANEL 32 /* columns of a float panel */
+
+typedef void (*bt_i8_fn)(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
+                         int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo);
+typedef void (*bt_panel_fn)(const float *A, int64_t lda, int64_t M, const float *B, int64_t P,
+                            float *C, int64_t ldc, int nc, float s);
+
+void bt_i8_scalar(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
+                  int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo);
+void bt_panel_scalar(const float *A, int64_t lda, int64_t M, const float *B, int64_t P,
+                     float *C, int64_t ldc, int nc, float s);
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define BT_HAVE_X86 1
+void bt_i8_avx2(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
+                int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo);
+void bt_panel_avx2(const float *A, int64_t lda, int64_t M, const float *B, int64_t P,
+                   float *C, int64_t ldc, int nc, float s);
+void bt_i8_avx512(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
+                  int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo);
+void bt_panel_avx512(const float *A, int64_t lda, int64_t M, const float *B, int64_t P,
+                     float *C, int64_t ldc, int nc, float s);
+#endif
+
+#endif /* BT_ISA_KERNELS_H */

@@ -1,0 +1,44 @@
+/*
+ * bt_kernels.h -- ternary matrix products, dispatched to the best ISA at run time.
+ *
+ * Shapes: W is a bt_ternary [N, K] (N = rows = outputs, K = cols = inputs).
+ *
+ *   int8 path   out[m, n] = dot(w_n, xq_m)                       exact int32
+ *               y[m, n]   = (float)out[m, n] * (s / a[m])         float32
+ *     xq is [M, K] int8 with row pitch ldx; rows are copied into a zero-padded
+ *     scratch only when K is not a multiple of 256.
+ *
+ *   float path  y[m, n]  = s * sum_k x[m, k] * w[n, k]        (forward)
+ *               dx[m, k] = s * sum_n dy[m, n] * w[n, k]       (input gradient)
+ *     Each output is accumulated sequentially over its reduction index in
+ *     float32 (the products are exact since w is -1, 0 or +1), then scaled
+ *     by s once.  Every ISA follows that order, so all paths agree bit for bit.
+ *
+ * Every function is thread-safe, allocates only per call (never inside its
+ * loops) and uses bt_get_threads() OpenMP threads.
+ */
+#ifndef BT_KERNELS_H
+#define BT_KERNELS_H
+
+#include <stdint.h>
+#include "bt_ternary.h"
+
+int bt_gemm_i8_raw(const bt_ternary *w, const int8_t *xq, int64_t M, int64_t ldx,
+                   int32_t *out, int64_t ldo);
+
+/* BT_ERR_SCALE if some a[m] is not positive and finite. */
+int bt_gemm_i8(const bt_ternary *w, const int8_t *xq, int64_t M, int64_t ldx, const float *a,
+               float *y, int64_t ldy);
+
+/* W1.58A8 forward: quantize x [M, K] float32 per token (bt_quant.h), then bt_gemm_i8.
+ * a [M] receives the activation scales.  BT_ERR_NONFINITE on NaN/inf in x. */
+int bt_bitlinear(const bt_ternary *w, const float *x, int64_t M, int64_t ldx, float *y, int64_t ldy,
+                 float *a);
+
+int bt_gemm_f32(const bt_ternary *w, const float *x, int64_t M, int64_t ldx,
+                float *y, int64_t ldy);
+
+int bt_gemm_f32_t(const bt_ternary *w, const float *dy, int64_t M, int64_t lddy,
+                  float *dx, int64_t lddx);
+
+#endif /* BT_KERNELS_H */

@@ -1,0 +1,220 @@
+/* kernels.c -- run-time dispatch and threading for bt_kernels.h. */
+#include "bt_kernels.h"
+#include "bt_cpu.h"
+#include "bt_isa_kernels.h"
+#include "bt_quant.h"
+
+#include <math.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Below this many weight-token products a call runs on one thread: waking
+ * the pool costs more than it saves. */
+#define BT_MIN_PARALLEL_WORK (1 << 18)
+
+static bt_i8_fn pick_i8(void) {
+    switch (bt_get_isa()) {
+#ifdef BT_HAVE_X86
+    case BT_ISA_AVX512: return bt_i8_avx512;
+    case BT_ISA_AVX2: return bt_i8_avx2;
+#endif
+    default: return bt_i8_scalar;
+    }
+}
+
+static bt_panel_fn pick_panel(void) {
+    switch (bt_get_isa()) {
+#ifdef BT_HAVE_X86
+    case BT_ISA_AVX512: return bt_panel_avx512;
+    case BT_ISA_AVX2: return bt_panel_avx2;
+#endif
+    default: return bt_panel_scalar;
+    }
+}
+
+static int threads_for(double work, int64_t units) {
+    int nt = bt_get_threads();
+    if (work < BT_MIN_PARALLEL_WORK) return 1;
+    if (nt > units) nt = (int)(units > 0 ? units : 1);
+    return nt;
+}
+
+/* Split [0, n) in `parts` contiguous ranges, boundaries multiples of `grain`. */
+static void split(int64_t n, int parts, int idx, int64_t grain, int64_t *lo, int64_t *hi) {
+    int64_t units = (n + grain - 1) / grain;
+    int64_t a = units * idx / parts, b = units * (idx + 1) / parts;
+    *lo = a * grain < n ? a * grain : n;
+    *hi = b * grain < n ? b * grain : n;
+}
+
+static void to_float(const bt_ternary *w, const float *a, int64_t M, int64_t n0, int64_t n1,
+                     float *y, int64_t ldy) {
+    for (int64_t m = 0; m < M; m++) {
+        const float f = w->scale / a[m];
+        float *row = y + m * ldy;
+        for (int64_t n = n0; n < n1; n++) {
+            int32_t v;
+            memcpy(&v, row + n, sizeof v);
+            row[n] = (float)v * f;
+        }
+    }
+}
+
+/* Core of the int8 products: xq [M, ldq] padded to whole blocks, sums given. */
+static void gemm_i8_padded(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
+                           const float *a, int64_t M, void *out, int64_t ldo) {
+    const bt_i8_fn fn = pick_i8();
+    const int64_t N = w->rows;
+    const int nt = threads_for((double)N * (double)w->cols * (double)M, (N + 3) / 4);
+    int32_t *raw = (int32_t *)out; /* float output is first written as int32 in place */
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+        int tid = 0, cnt = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        cnt = omp_get_num_threads();
+#endif
+        int64_t n0, n1;
+        split(N, cnt, tid, 4, &n0, &n1);
+        if (n1 > n0) {
+            fn(w, xq, ldq, sums, M, n0, n1, raw, ldo);
+            if (a) to_float(w, a, M, n0, n1, (float *)out, ldo);
+        }
+    }
+    (void)nt;
+}
+
+static int check_scales(const float *a, int64_t M) {
+    for (int64_t m = 0; m < M; m++)
+        if (!(a[m] > 0.0f) || a[m] == (float)INFINITY) return BT_ERR_SCALE;
+    return BT_OK;
+}
+
+/* Pads xq when K is not a whole number of blocks, computes the row sums, runs the product. */
+static int gemm_i8_impl(const bt_ternary *w, const int8_t *xq, int64_t M, int64_t ldx,
+                        const float *a, void *out, int64_t ldo) {
+    if (M <= 0) return BT_OK;
+    if (a && check_scales(a, M) != BT_OK) return BT_ERR_SCALE;
+    const int64_t kp = bt_padded_cols(w->cols);
+    const int pad = kp != w->cols;
+    int32_t small[64];
+    int32_t *sums = M <= 64 ? small : (int32_t *)malloc((size_t)M * sizeof(int32_t));
+    int8_t *q = pad ? (int8_t *)aligned_alloc(BT_ALIGN, (size_t)(M * kp)) : NULL;
+    if (!sums || (pad && !q)) {
+        if (sums != small) free(sums);
+        free(q);
+        return BT_ERR_NOMEM;
+    }
+    bt_pad_act(xq, M, w->cols, ldx, pad ? q : (int8_t *)xq, pad ? kp : ldx, sums);
+    gemm_i8_padded(w, pad ? q : xq, pad ? kp : ldx, sums, a, M, out, ldo);
+    if (sums != small) free(sums);
+    free(q);
+    return BT_OK;
+}
+
+int bt_gemm_i8_raw(const bt_ternary *w, const int8_t *xq, int64_t M, int64_t ldx, int32_t *out,
+                   int64_t ldo) {
+    return gemm_i8_impl(w, xq, M, ldx, NULL, out, ldo);
+}
+
+int bt_gemm_i8(const bt_ternary *w, const int8_t *xq, int64_t M, int64_t ldx, const float *a,
+               float *y, int64_t ldy) {
+    return gemm_i8_impl(w, xq, M, ldx, a, y, ldy);
+}
+
+int bt_bitlinear(const bt_ternary *w, const float *x, int64_t M, int64_t ldx, float *y, int64_t ldy,
+                 float *a) {
+    if (M <= 0) return BT_OK;
+    const int64_t kp = bt_padded_cols(w->cols);
+    int32_t small[64];
+    int32_t *sums = M <= 64 ? small : (int32_t *)malloc((size_t)M * sizeof(int32_t));
+    int8_t *q = (int8_t *)aligned_alloc(BT_ALIGN, (size_t)(M * kp));
+    int err = (!sums || !q) ? BT_ERR_NOMEM : bt_quantize_act(x, M, w->cols, ldx, q, kp, a, sums);
+    if (err == BT_OK) gemm_i8_padded(w, q, kp, sums, a, M, y, ldy);
+    if (sums != small) free(sums);
+    free(q);
+    return err;
+}
+
+/* Forward panel: B[k*32 + j] = code(n0 + j, k) - 1 for k < K (rows past N give 0).
+ * Walks k outer and the 32 rows inner so that B is written sequentially. */
+static void panel_rows(const bt_ternary *w, int64_t n0, float *B) {
+    const int64_t K = w->cols;
+    const int nr = w->rows - n0 < BT_PANEL ? (int)(w->rows - n0) : BT_PANEL;
+    const uint8_t *base = w->codes + n0 * w->stride;
+    for (int64_t k = 0; k < K; k++) {
+        const int64_t off = (k / BT_BLOCK) * BT_BLOCK_BYTES + (k & 63);
+        const unsigned sh = 2u * (unsigned)((k % BT_BLOCK) >> 6);
+        float *dst = B + k * BT_PANEL;
+        for (int j = 0; j < nr; j++) dst[j] = (float)((int)((base[j * w->stride + off] >> sh) & 3u) - 1);
+        for (int j = nr; j < BT_PANEL; j++) dst[j] = 0.0f;
+    }
+}
+
+/* Transposed panel: B[n*32 + j] = code(n, k0 + j) - 1 for n < N (cols past K give 0). */
+static void panel_cols(const bt_ternary *w, int64_t k0, float *B) {
+    const int64_t b = k0 / BT_BLOCK, o = k0 % BT_BLOCK; /* k0 is a multiple of 32 */
+    const unsigned sh = 2u * (unsigned)(o >> 6);
+    const int64_t i0 = o & 63;
+    const int nc = w->cols - k0 < BT_PANEL ? (int)(w->cols - k0) : BT_PANEL;
+    for (int64_t n = 0; n < w->rows; n++) {
+        const uint8_t *c = w->codes + n * w->stride + b * BT_BLOCK_BYTES + i0;
+        float *dst = B + n * BT_PANEL;
+        for (int j = 0; j < BT_PANEL; j++) dst[j] = (float)((int)((c[j] >> sh) & 3u) - 1);
+        for (int j = nc; j < BT_PANEL; j++) dst[j] = 0.0f;
+    }
+}
+
+/* Shared driver: `npanels` panels of P x 32; panel q fills B with fill(w, q*32, B) and
+ * writes C columns [q*32, q*32 + nc). */
+static int panel_driver(const bt_ternary *w, const float *A, int64_t M, int64_t lda, float *C,
+                        int64_t ldc, int64_t P, int64_t total_cols,
+                        void (*fill)(const bt_ternary *, int64_t, float *)) {
+    if (M <= 0 || total_cols <= 0) return BT_OK;
+    const bt_panel_fn fn = pick_panel();
+    const int64_t npanels = (total_cols + BT_PANEL - 1) / BT_PANEL;
+    const int nt = threads_for((double)w->rows * (double)w->cols * (double)M, npanels);
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
+#endif
+    {
+        int tid = 0, cnt = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        cnt = omp_get_num_threads();
+#endif
+        int64_t q0, q1;
+        split(npanels, cnt, tid, 1, &q0, &q1);
+        float *B = NULL;
+        if (q1 > q0) {
+            B = (float *)aligned_alloc(BT_ALIGN, (size_t)(((P * BT_PANEL * 4) + 63) / 64 * 64));
+            if (!B) failed = 1;
+        }
+        for (int64_t q = q0; q < q1 && B; q++) {
+            const int64_t j0 = q * BT_PANEL;
+            const int nc = total_cols - j0 < BT_PANEL ? (int)(total_cols - j0) : BT_PANEL;
+            fill(w, j0, B);
+            fn(A, lda, M, B, P, C + j0, ldc, nc, w->scale);
+        }
+        free(B);
+    }
+    (void)nt;
+    return failed ? BT_ERR_NOMEM : BT_OK;
+}
+
+int bt_gemm_f32(const bt_ternary *w, const float *x, int64_t M, int64_t ldx, float *y, int64_t ldy) {
+    return panel_driver(w, x, M, ldx, y, ldy, w->cols, w->rows, panel_rows);
+}
+
+int bt_gemm_f32_t(const bt_ternary *w, const float *dy, int64_t M, int64_t lddy, float *dx,
+                  int64_t lddx) {
+    return panel_driver(w, dy, M, lddy, dx, lddx, w->rows, w->cols, panel_cols);
+}

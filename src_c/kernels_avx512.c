@@ -1,0 +1,218 @@
+/* kernels_avx512.c -- AVX-512 (F/BW/VL + VNNI) kernels.  Same results as kernels_scalar.c.
+ *
+ * int8 GEMV (M == 1): four rows at a time.  Instead of shifting each plane down,
+ * plane p is masked in place (c & (3 << 2p)), i.e. multiplied by 4^p, and
+ * accumulated in its own register; the four sums are shifted back (exactly, as
+ * each is a multiple of 4^p) once per row.  Per 256 weights and row: one load,
+ * four ands, four vpdpbusd.
+ * int8 GEMM (M > 1): tiles of 4 rows x 4 tokens; the codes of a plane are
+ * unpacked once (shift, and) and reused by the four tokens.
+ */
+#include "bt_isa_kernels.h"
+
+#ifdef BT_HAVE_X86
+#include <immintrin.h>
+
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma")))
+#define INLINE static inline __attribute__((always_inline))
+
+/* a0 + a1/4 + a2/16 + a3/64, lane by lane (exact: plane p sums are multiples of 4^p). */
+T512 INLINE __m512i plane_combine(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+    __m512i s = _mm512_add_epi32(a0, _mm512_srai_epi32(a1, 2));
+    s = _mm512_add_epi32(s, _mm512_srai_epi32(a2, 4));
+    return _mm512_add_epi32(s, _mm512_srai_epi32(a3, 6));
+}
+
+/* Horizontal sums of four vectors at once: out[i] = sum of the 16 lanes of s_i. */
+T512 INLINE void reduce4(__m512i s0, __m512i s1, __m512i s2, __m512i s3, int32_t *out) {
+    const __m512i a = _mm512_add_epi32(_mm512_unpacklo_epi32(s0, s1), _mm512_unpackhi_epi32(s0, s1));
+    const __m512i b = _mm512_add_epi32(_mm512_unpacklo_epi32(s2, s3), _mm512_unpackhi_epi32(s2, s3));
+    const __m512i c = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+    const __m256i d = _mm256_add_epi32(_mm512_castsi512_si256(c), _mm512_extracti64x4_epi64(c, 1));
+    const __m128i e = _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1));
+    _mm_storeu_si128((__m128i *)out, e);
+}
+
+/* GEMV over R rows (R = 1..4), one token.  Named accumulators (not arrays) keep
+ * everything in registers: a<r><p> is row r, plane p. */
+#define GEMV_ROW(r)                                                                   \
+    if (R > r) {                                                                      \
+        const __m512i c = _mm512_loadu_si512(w + r * stride + b * BT_BLOCK_BYTES);    \
+        a##r##0 = _mm512_dpbusd_epi32(a##r##0, _mm512_and_si512(c, m0), x0);          \
+        a##r##1 = _mm512_dpbusd_epi32(a##r##1, _mm512_and_si512(c, m1), x1);          \
+        a##r##2 = _mm512_dpbusd_epi32(a##r##2, _mm512_and_si512(c, m2), x2);          \
+        a##r##3 = _mm512_dpbusd_epi32(a##r##3, _mm512_and_si512(c, m3), x3);          \
+    }
+
+T512 INLINE void gemv_tile(const uint8_t *w, int64_t stride, int64_t nblk, const int8_t *x,
+                           const int R, int32_t *dot) {
+    const __m512i m0 = _mm512_set1_epi8(0x03), m1 = _mm512_set1_epi8(0x0C);
+    const __m512i m2 = _mm512_set1_epi8(0x30), m3 = _mm512_set1_epi8((char)0xC0);
+    const __m512i z = _mm512_setzero_si512();
+    __m512i a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
+    __m512i a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;
+    for (int64_t b = 0; b < nblk; b++) {
+        const int8_t *xb = x + b * BT_BLOCK;
+        const __m512i x0 = _mm512_loadu_si512(xb), x1 = _mm512_loadu_si512(xb + 64);
+        const __m512i x2 = _mm512_loadu_si512(xb + 128), x3 = _mm512_loadu_si512(xb + 192);
+        GEMV_ROW(0)
+        GEMV_ROW(1)
+        GEMV_ROW(2)
+        GEMV_ROW(3)
+    }
+    int32_t tmp[4];
+    reduce4(plane_combine(a00, a01, a02, a03), R > 1 ? plane_combine(a10, a11, a12, a13) : z,
+            R > 2 ? plane_combine(a20, a21, a22, a23) : z,
+            R > 3 ? plane_combine(a30, a31, a32, a33) : z, tmp);
+    for (int r = 0; r < R; r++) dot[r] = tmp[r];
+}
+#undef GEMV_ROW
+
+T512 static void gemv_4(const uint8_t *w, int64_t stride, int64_t nblk, const int8_t *x, int32_t *d) {
+    gemv_tile(w, stride, nblk, x, 4, d);
+}
+T512 static void gemv_1(const uint8_t *w, int64_t stride, int64_t nblk, const int8_t *x, int32_t *d) {
+    gemv_tile(w, stride, nblk, x, 1, d);
+}
+
+/* GEMM tile: R rows (1 or 4) x T tokens (1..4); dot[r*4 + t].  a<r><t> is row r, token t.
+ * Each plane of each row's codes is unpacked once (shift, and) and used by T tokens. */
+#define GEMM_TOKEN(t)                                                                 \
+    if (T > t) {                                                                      \
+        const __m512i xv = _mm512_loadu_si512(x + t * ldq + b * BT_BLOCK + 64 * p);   \
+        a0##t = _mm512_dpbusd_epi32(a0##t, u0, xv);                                   \
+        if (R > 1) {                                                                  \
+            a1##t = _mm512_dpbusd_epi32(a1##t, u1, xv);                               \
+            a2##t = _mm512_dpbusd_epi32(a2##t, u2, xv);                               \
+            a3##t = _mm512_dpbusd_epi32(a3##t, u3, xv);                               \
+        }                                                                             \
+    }
+#define UNPACK(r) _mm512_and_si512(_mm512_srli_epi16(_mm512_loadu_si512(w + r * stride + b * BT_BLOCK_BYTES), 2 * p), m)
+
+T512 INLINE void gemm_tile(const uint8_t *w, int64_t stride, int64_t nblk, const int8_t *x,
+                           int64_t ldq, const int R, const int T, int32_t *dot) {
+    const __m512i m = _mm512_set1_epi8(0x03), z = _mm512_setzero_si512();
+    __m512i a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
+    __m512i a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;
+    for (int64_t b = 0; b < nblk; b++) {
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; p++) {
+            const __m512i u0 = UNPACK(0);
+            const __m512i u1 = R > 1 ? UNPACK(1) : z;
+            const __m512i u2 = R > 1 ? UNPACK(2) : z;
+            const __m512i u3 = R > 1 ? UNPACK(3) : z;
+            GEMM_TOKEN(0)
+            GEMM_TOKEN(1)
+            GEMM_TOKEN(2)
+            GEMM_TOKEN(3)
+        }
+    }
+    int32_t tmp[4];
+    reduce4(a00, a10, a20, a30, tmp);
+    for (int r = 0; r < R; r++) dot[r * 4 + 0] = tmp[r];
+    if (T > 1) { reduce4(a01, a11, a21, a31, tmp); for (int r = 0; r < R; r++) dot[r * 4 + 1] = tmp[r]; }
+    if (T > 2) { reduce4(a02, a12, a22, a32, tmp); for (int r = 0; r < R; r++) dot[r * 4 + 2] = tmp[r]; }
+    if (T > 3) { reduce4(a03, a13, a23, a33, tmp); for (int r = 0; r < R; r++) dot[r * 4 + 3] = tmp[r]; }
+}
+#undef GEMM_TOKEN
+#undef UNPACK
+
+#define GEMM_TILE(R, T)                                                                          \
+    T512 static void gemm_##R##_##T(const uint8_t *w, int64_t stride, int64_t nblk,             \
+                                    const int8_t *x, int64_t ldq, int32_t *dot) {               \
+        gemm_tile(w, stride, nblk, x, ldq, R, T, dot);                                           \
+    }
+GEMM_TILE(4, 4)
+GEMM_TILE(4, 3)
+GEMM_TILE(4, 2)
+GEMM_TILE(1, 4)
+GEMM_TILE(1, 3)
+GEMM_TILE(1, 2)
+
+typedef void (*tile_fn)(const uint8_t *, int64_t, int64_t, const int8_t *, int64_t, int32_t *);
+
+T512 void bt_i8_avx512(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
+                       int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo) {
+    const int64_t nblk = w->stride / BT_BLOCK_BYTES, stride = w->stride;
+    int32_t dot[16];
+    /* single tokens (M == 1, or the last token of an odd tail) use the GEMV kernel */
+    int64_t mt = M >= 2 ? M - (M % 4 == 1 ? 1 : 0) : 0; /* tokens handled by tiles */
+    for (int64_t m = 0; m < mt;) {
+        int64_t left = mt - m;
+        int T = left >= 4 ? 4 : (int)left; /* 2, 3 or 4 */
+        tile_fn f4 = T == 4 ? gemm_4_4 : (T == 3 ? gemm_4_3 : gemm_4_2);
+        tile_fn f1 = T == 4 ? gemm_1_4 : (T == 3 ? gemm_1_3 : gemm_1_2);
+        const int8_t *x = xq + m * ldq;
+        int64_t n = n0;
+        for (; n + 4 <= n1; n += 4) {
+            f4(w->codes + n * stride, stride, nblk, x, ldq, dot);
+            for (int r = 0; r < 4; r++)
+                for (int t = 0; t < T; t++) out[(m + t) * ldo + n + r] = dot[r * 4 + t] - sums[m + t];
+        }
+        for (; n < n1; n++) {
+            f1(w->codes + n * stride, stride, nblk, x, ldq, dot);
+            for (int t = 0; t < T; t++) out[(m + t) * ldo + n] = dot[t] - sums[m + t];
+        }
+        m += T;
+    }
+    for (int64_t m = mt; m < M; m++) {
+        const int8_t *x = xq + m * ldq;
+        int64_t n = n0;
+        for (; n + 4 <= n1; n += 4) {
+            gemv_4(w->codes + n * stride, stride, nblk, x, dot);
+            for (int r = 0; r < 4; r++) out[m * ldo + n + r] = dot[r] - sums[m];
+        }
+        for (; n < n1; n++) {
+            gemv_1(w->codes + n * stride, stride, nblk, x, dot);
+            out[m * ldo + n] = dot[0] - sums[m];
+        }
+    }
+}
+
+/* Float panel: tiles of up to 8 rows of A x 32 columns of B (two zmm). */
+T512 INLINE void panel_tile(const float *A, int64_t lda, const float *B, int64_t P, float *C,
+                            int64_t ldc, int MR, int nc, float s) {
+    __m512 acc[8][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < P; p++) {
+        const __m512 b0 = _mm512_loadu_ps(B + p * BT_PANEL), b1 = _mm512_loadu_ps(B + p * BT_PANEL + 16);
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            if (i >= MR) break;
+            const __m512 a = _mm512_set1_ps(A[i * lda + p]);
+            acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
+        }
+    }
+    const __m512 sv = _mm512_set1_ps(s);
+    const __mmask16 k0 = nc >= 16 ? 0xFFFF : (__mmask16)((1u << nc) - 1u);
+    const __mmask16 k1 = nc >= 32 ? 0xFFFF : (nc <= 16 ? 0 : (__mmask16)((1u << (nc - 16)) - 1u));
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+        if (i >= MR) break;
+        _mm512_mask_storeu_ps(C + i * ldc, k0, _mm512_mul_ps(acc[i][0], sv));
+        _mm512_mask_storeu_ps(C + i * ldc + 16, k1, _mm512_mul_ps(acc[i][1], sv));
+    }
+}
+
+#define PANEL_TILE(MR)                                                                           \
+    T512 static void panel_##MR(const float *A, int64_t lda, const float *B, int64_t P, float *C, \
+                                int64_t ldc, int nc, float s) {                                  \
+        panel_tile(A, lda, B, P, C, ldc, MR, nc, s);                                             \
+    }
+PANEL_TILE(8)
+PANEL_TILE(4)
+PANEL_TILE(2)
+PANEL_TILE(1)
+
+T512 void bt_panel_avx512(const float *A, int64_t lda, int64_t M, const float *B, int64_t P,
+                          float *C, int64_t ldc, int nc, float s) {
+    int64_t i = 0;
+    for (; i + 8 <= M; i += 8) panel_8(A + i * lda, lda, B, P, C + i * ldc, ldc, nc, s);
+    for (; i + 4 <= M; i += 4) panel_4(A + i * lda, lda, B, P, C + i * ldc, ldc, nc, s);
+    for (; i + 2 <= M; i += 2) panel_2(A + i * lda, lda, B, P, C + i * ldc, ldc, nc, s);
+    for (; i < M; i++) panel_1(A + i * lda, lda, B, P, C + i * ldc, ldc, nc, s);
+}
+
+#endif /* BT_HAVE_X86 */
