@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder, fsync, rename."""
     path = os.fspath(path)

@@ -2,7 +2,7 @@
  * bt_bandwidth.h -- a small STREAM-like read-bandwidth probe for the benchmarks.
  *
  * Reads `bytes` of a buffer (allocated and touched once, outside the timing)
- * `reps` times with `threads` OpenMP threads, each thread streaming its own
+ * `reps` times (buffers under 64 MiB several times per pass) with `threads` OpenMP threads, each thread streaming its own
  * contiguous slice with 32-byte loads, and returns the best rate in bytes/s.
  */
 #ifndef BT_BANDWIDTH_H

@@ -10,6 +10,8 @@
 
 #ifdef BT_HAVE_X86
 #include <immintrin.h>
+#include <math.h>
+#include <string.h>
 
 #define T256 __attribute__((target("avx2,fma")))
 #define INLINE static inline __attribute__((always_inline))
@@ -125,6 +127,63 @@ T256 void bt_panel_avx2(const float *A, int64_t lda, int64_t M, const float *B, 
     int64_t i = 0;
     for (; i + 4 <= M; i += 4) panel_4(A + i * lda, lda, B, P, C + i * ldc, ldc, nc, s);
     for (; i < M; i++) panel_1(A + i * lda, lda, B, P, C + i * ldc, ldc, nc, s);
+}
+
+/* Activation quantization (bt_quant.h), 8 floats at a time; the tail is done in C
+ * with the same operations. */
+T256 int bt_quant_rows_avx2(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q,
+                            int64_t ldq, float *a, int32_t *sums) {
+    const __m256 zero = _mm256_setzero_ps(), lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const int64_t K8 = K & ~(int64_t)7;
+    for (int64_t m = 0; m < M; m++) {
+        const float *row = x + m * ldx;
+        __m256 vmax = zero, vbad = zero;
+        for (int64_t k = 0; k < K8; k += 8) {
+            const __m256 v = _mm256_loadu_ps(row + k);
+            vmax = _mm256_max_ps(vmax, _mm256_and_ps(v, absmask));
+            vbad = _mm256_add_ps(vbad, _mm256_mul_ps(v, zero));
+        }
+        float lanes[8], bads[8];
+        _mm256_storeu_ps(lanes, vmax);
+        _mm256_storeu_ps(bads, vbad);
+        float amax = 0.0f, bad = 0.0f;
+        for (int i = 0; i < 8; i++) {
+            amax = lanes[i] > amax ? lanes[i] : amax;
+            bad += bads[i];
+        }
+        for (int64_t k = K8; k < K; k++) {
+            const float v = fabsf(row[k]);
+            amax = v > amax ? v : amax;
+            bad += row[k] * 0.0f;
+        }
+        if (bad != bad) return BT_ERR_NONFINITE;
+        const float scale = 127.0f / (amax > 1e-5f ? amax : 1e-5f);
+        const __m256 sv = _mm256_set1_ps(scale);
+        int8_t *dst = q + m * ldq;
+        __m256i vsum = _mm256_setzero_si256();
+        for (int64_t k = 0; k < K8; k += 8) {
+            __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(row + k), sv),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+            const __m256i iv = _mm256_cvtps_epi32(r);
+            vsum = _mm256_add_epi32(vsum, iv);
+            int32_t tmp[8];
+            _mm256_storeu_si256((__m256i *)tmp, iv);
+            for (int i = 0; i < 8; i++) dst[k + i] = (int8_t)tmp[i];
+        }
+        int32_t s = hsum8(vsum);
+        for (int64_t k = K8; k < K; k++) {
+            float r = rintf(row[k] * scale);
+            r = r < -128.0f ? -128.0f : (r > 127.0f ? 127.0f : r);
+            dst[k] = (int8_t)r;
+            s += dst[k];
+        }
+        if (ldq > K) memset(dst + K, 0, (size_t)(ldq - K));
+        a[m] = scale;
+        if (sums) sums[m] = s;
+    }
+    return BT_OK;
 }
 
 #endif /* BT_HAVE_X86 */

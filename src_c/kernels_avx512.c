@@ -12,6 +12,7 @@
 
 #ifdef BT_HAVE_X86
 #include <immintrin.h>
+#include <string.h>
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma")))
 #define INLINE static inline __attribute__((always_inline))
@@ -213,6 +214,41 @@ T512 void bt_panel_avx512(const float *A, int64_t lda, int64_t M, const float *B
     for (; i + 4 <= M; i += 4) panel_4(A + i * lda, lda, B, P, C + i * ldc, ldc, nc, s);
     for (; i + 2 <= M; i += 2) panel_2(A + i * lda, lda, B, P, C + i * ldc, ldc, nc, s);
     for (; i < M; i++) panel_1(A + i * lda, lda, B, P, C + i * ldc, ldc, nc, s);
+}
+
+/* Activation quantization (bt_quant.h), 16 floats at a time. */
+T512 int bt_quant_rows_avx512(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q,
+                              int64_t ldq, float *a, int32_t *sums) {
+    const __m512 zero = _mm512_setzero_ps(), lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
+    for (int64_t m = 0; m < M; m++) {
+        const float *row = x + m * ldx;
+        __m512 vmax = zero, vbad = zero;
+        for (int64_t k = 0; k < K; k += 16) {
+            const __mmask16 mk = K - k >= 16 ? 0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
+            const __m512 v = _mm512_maskz_loadu_ps(mk, row + k);
+            vmax = _mm512_max_ps(vmax, _mm512_abs_ps(v));
+            vbad = _mm512_add_ps(vbad, _mm512_mul_ps(v, zero));
+        }
+        if (_mm512_cmp_ps_mask(vbad, vbad, _CMP_UNORD_Q)) return BT_ERR_NONFINITE;
+        const float amax = _mm512_reduce_max_ps(vmax);
+        const float scale = 127.0f / (amax > 1e-5f ? amax : 1e-5f);
+        const __m512 sv = _mm512_set1_ps(scale);
+        __m512i vsum = _mm512_setzero_si512();
+        int8_t *dst = q + m * ldq;
+        for (int64_t k = 0; k < K; k += 16) {
+            const __mmask16 mk = K - k >= 16 ? 0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
+            __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, row + k), sv),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            r = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
+            const __m512i iv = _mm512_cvtps_epi32(r);
+            vsum = _mm512_add_epi32(vsum, iv);
+            _mm_mask_storeu_epi8(dst + k, mk, _mm512_cvtepi32_epi8(iv));
+        }
+        if (ldq > K) memset(dst + K, 0, (size_t)(ldq - K));
+        a[m] = scale;
+        if (sums) sums[m] = _mm512_reduce_add_epi32(vsum);
+    }
+    return BT_OK;
 }
 
 #endif /* BT_HAVE_X86 */

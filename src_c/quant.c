@@ -1,12 +1,14 @@
 /* quant.c -- activation quantization (see bt_quant.h). */
 #include "bt_quant.h"
 #include "bt_ternary.h"
+#include "bt_cpu.h"
+#include "bt_isa_kernels.h"
 
 #include <math.h>
 #include <string.h>
 
-int bt_quantize_act(const float *x, int64_t M, int64_t K, int64_t ldx,
-                    int8_t *q, int64_t ldq, float *a, int32_t *sums) {
+int bt_quant_rows_scalar(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q,
+                         int64_t ldq, float *a, int32_t *sums) {
     for (int64_t m = 0; m < M; m++) {
         const float *row = x + m * ldx;
         float amax = 0.0f, bad = 0.0f;
@@ -16,7 +18,7 @@ int bt_quantize_act(const float *x, int64_t M, int64_t K, int64_t ldx,
             bad += row[k] * 0.0f;
         }
         if (bad != bad) return BT_ERR_NONFINITE;
-        float scale = 127.0f / (amax > 1e-5f ? amax : 1e-5f);
+        const float scale = 127.0f / (amax > 1e-5f ? amax : 1e-5f);
         int8_t *dst = q + m * ldq;
         int32_t s = 0;
         for (int64_t k = 0; k < K; k++) {
@@ -30,6 +32,17 @@ int bt_quantize_act(const float *x, int64_t M, int64_t K, int64_t ldx,
         if (sums) sums[m] = s;
     }
     return BT_OK;
+}
+
+int bt_quantize_act(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q, int64_t ldq,
+                    float *a, int32_t *sums) {
+    switch (bt_get_isa()) {
+#ifdef BT_HAVE_X86
+    case BT_ISA_AVX512: return bt_quant_rows_avx512(x, M, K, ldx, q, ldq, a, sums);
+    case BT_ISA_AVX2: return bt_quant_rows_avx2(x, M, K, ldx, q, ldq, a, sums);
+#endif
+    default: return bt_quant_rows_scalar(x, M, K, ldx, q, ldq, a, sums);
+    }
 }
 
 void bt_pad_act(const int8_t *x, int64_t M, int64_t K, int64_t ldx,

@@ -1,0 +1,163 @@
+"""CPU kernels: exact int8 results, float results, every ISA path, threads, edge shapes."""
+import numpy as np
+import pytest
+import refimpl
+
+import bitttt
+from bitttt import PackedTernary
+
+# (N, K): 1x1, 1xN, K below / at / above the 256-weight block, odd sizes, and row counts
+# that exercise the 4-row tiles and their tails
+SHAPES = [(1, 1), (1, 1000), (1000, 1), (3, 5), (4, 256), (5, 255), (6, 257), (9, 513), (31, 777), (64, 1024)]
+TOKENS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 17]
+
+
+def _packed(rng, n, k):
+    return PackedTernary.quantize(rng.standard_normal((n, k)).astype(np.float32))
+
+
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_int8_paths_equal_integer_reference(kernel, n, k, rng):
+    p = _packed(rng, n, k)
+    t = p.ternary()
+    for m in TOKENS:
+        x = rng.standard_normal((m, k)).astype(np.float32) * rng.uniform(0.1, 10)
+        xq, a = bitttt.quantize_activations(x)
+        rq, ra = refimpl.quantize_act(x)
+        assert np.array_equal(xq, rq) and np.array_equal(a, ra)
+        ref = refimpl.dot_i8(t, xq)
+        assert np.array_equal(bitttt.dot_i8(p, xq), ref)
+        yref = refimpl.gemm_i8(t, p.scale, xq, a)
+        assert np.array_equal(bitttt.gemm_i8(p, xq, a), yref)
+        assert np.array_equal(bitttt.bitlinear(p, x), yref)
+
+
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_gemv_equals_gemm_rows(kernel, n, k, rng):
+    p = _packed(rng, n, k)
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    xq, a = bitttt.quantize_activations(x)
+    full = bitttt.gemm_i8(p, xq, a)
+    for i in range(5):
+        xi, ai = bitttt.quantize_activations(x[i])
+        assert ai.shape == () and np.array_equal(xi, xq[i])
+        assert np.array_equal(bitttt.gemm_i8(p, xi, ai), full[i])
+        assert np.array_equal(bitttt.bitlinear(p, x[i]), full[i])
+        assert np.array_equal(bitttt.dot_i8(p, xq[i]), refimpl.dot_i8(p.ternary(), xq[i])[0])
+
+
+def test_extreme_values_do_not_overflow(kernel):
+    # every product at its extreme: codes 2 (w=+1) or 0 (w=-1) against -128, over a long row
+    k = 16384 + 77
+    for sign in (1, -1):
+        p = PackedTernary.from_ternary(np.full((5, k), sign))
+        xq = np.full((3, k), -128, dtype=np.int8)
+        assert np.array_equal(bitttt.dot_i8(p, xq), np.full((3, 5), -128 * k * sign))
+        xq[:] = 127
+        assert np.array_equal(bitttt.dot_i8(p, xq), np.full((3, 5), 127 * k * sign))
+
+
+def test_all_zero_weights_and_activations(kernel, rng):
+    p = PackedTernary.quantize(np.zeros((7, 300), np.float32))
+    x = rng.standard_normal((3, 300)).astype(np.float32)
+    assert not bitttt.bitlinear(p, x).any()
+    assert not bitttt.matmul(p, x).any()
+    q = _packed(rng, 7, 300)
+    zx = np.zeros((2, 300), np.float32)
+    xq, a = bitttt.quantize_activations(zx)
+    assert not xq.any() and np.all(a == np.float32(127) / np.float32(1e-5))
+    assert not bitttt.bitlinear(q, zx).any()
+
+
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_float_paths_match_float64_reference(kernel, n, k, rng):
+    p = _packed(rng, n, k)
+    w64 = p.ternary().astype(np.float64) * np.float64(np.float32(p.scale))
+    for m in (1, 3, 8, 9, 20):
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        y = bitttt.matmul(p, x)
+        ref = x.astype(np.float64) @ w64.T
+        tol = 1e-6 * k * (np.abs(x).max() * p.scale + 1e-30)
+        assert y.dtype == np.float32 and np.abs(y - ref).max() <= tol
+        dy = rng.standard_normal((m, n)).astype(np.float32)
+        dx = bitttt.matmul_t(p, dy)
+        ref = dy.astype(np.float64) @ w64
+        tol = 1e-6 * n * (np.abs(dy).max() * p.scale + 1e-30)
+        assert dx.dtype == np.float32 and np.abs(dx - ref).max() <= tol
+    assert np.array_equal(bitttt.matmul(p, x[0]), bitttt.matmul(p, x[:1])[0])
+    assert np.array_equal(bitttt.matmul_t(p, dy[0]), bitttt.matmul_t(p, dy[:1])[0])
+
+
+def test_float_paths_sum_sequentially(rng):
+    # the documented order: one float32 accumulator per output, k ascending, then * s
+    p = _packed(rng, 5, 300)
+    t = p.ternary().astype(np.float32)
+    x = rng.standard_normal((2, 300)).astype(np.float32)
+    ref = np.zeros((2, 5), np.float32)
+    for kk in range(300):
+        ref = ref + x[:, kk : kk + 1] * t[:, kk][None, :]
+    assert np.array_equal(bitttt.matmul(p, x), ref * np.float32(p.scale))
+
+
+def _all_paths(fn):
+    before = bitttt.get_kernel()
+    try:
+        outs = []
+        for name in bitttt.available_kernels():
+            bitttt.set_kernel(name)
+            outs.append((name, fn()))
+        return outs
+    finally:
+        bitttt.set_kernel(before)
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (9, 513), (64, 1024), (130, 2000)])
+def test_every_path_is_bit_identical(n, k, rng):
+    p = _packed(rng, n, k)
+    x = rng.standard_normal((11, k)).astype(np.float32) * 3
+    dy = rng.standard_normal((11, n)).astype(np.float32)
+
+    def run():
+        xq, a = bitttt.quantize_activations(x)
+        return [xq, a, bitttt.dot_i8(p, xq), bitttt.bitlinear(p, x), bitttt.matmul(p, x),
+                bitttt.matmul_t(p, dy)]
+
+    outs = _all_paths(run)
+    for name, got in outs[1:]:
+        for ref, val in zip(outs[0][1], got):
+            assert ref.dtype == val.dtype and np.array_equal(ref.view(np.uint8), val.view(np.uint8)), name
+
+
+def test_threads_give_identical_results(kernel, threads, rng):
+    p = _packed(rng, 515, 1300)  # large enough to run on several threads
+    x = rng.standard_normal((37, 1300)).astype(np.float32)
+    dy = rng.standard_normal((37, 515)).astype(np.float32)
+    outs = []
+    for t in (1, 2, 3, 8):
+        bitttt.set_num_threads(t)
+        xq, a = bitttt.quantize_activations(x)
+        outs.append([bitttt.dot_i8(p, xq), bitttt.bitlinear(p, x), bitttt.bitlinear(p, x[0]),
+                     bitttt.matmul(p, x), bitttt.matmul_t(p, dy)])
+    for other in outs[1:]:
+        for ref, val in zip(outs[0], other):
+            assert np.array_equal(ref.view(np.uint8), val.view(np.uint8))
+
+
+def test_kernels_release_the_gil(threads, rng):
+    import threading
+
+    bitttt.set_num_threads(1)
+    p = _packed(rng, 1024, 4096)
+    x = rng.standard_normal((64, 4096)).astype(np.float32)
+    ref = bitttt.bitlinear(p, x)
+    results = [None] * 4
+
+    def work(i):
+        results[i] = bitttt.bitlinear(p, x)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert all(np.array_equal(r, ref) for r in results)
