@@ -5,6 +5,7 @@
  * i8 kernels: out[m*ldo + n] = dot(w_n, xq_m) (exact int32) for n in [n0, n1), m < M.
  *   xq rows are padded to whole blocks with zeros; sums[m] = sum(xq_m).
  * quant kernels: bt_quantize_act (bt_quant.h) row by row; same results on every path.
+ * panel fills: B [bt_padded_cols(K) x 32] floats, see kernels.c.
  * f32 panel kernels: C[i*ldc + j] = s * sum_{p<P} A[i*lda + p] * B[p*32 + j]
  *   for i < M, j < nc (nc <= 32), sums taken sequentially in p.
  */
@@ -40,6 +41,8 @@ int bt_quant_rows_avx2(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t
                        float *a, int32_t *sums);
 int bt_quant_rows_avx512(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q, int64_t ldq,
                          float *a, int32_t *sums);
+void bt_panel_rows_avx512(const bt_ternary *w, int64_t n0, float *B);
+void bt_panel_cols_avx512(const bt_ternary *w, int64_t k0, float *B);
 void bt_i8_avx512(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
                   int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo);
 void bt_panel_avx512(const float *A, int64_t lda, int64_t M, const float *B, int64_t P,

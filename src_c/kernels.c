@@ -143,10 +143,11 @@ int bt_bitlinear(const bt_ternary *w, const float *x, int64_t M, int64_t ldx, fl
     return err;
 }
 
-/* Forward panel: B[k*32 + j] = code(n0 + j, k) - 1 for k < K (rows past N give 0).
- * Walks k outer and the 32 rows inner so that B is written sequentially. */
-static void panel_rows(const bt_ternary *w, int64_t n0, float *B) {
-    const int64_t K = w->cols;
+/* Forward panel: B[k*32 + j] = code(n0 + j, k) - 1 for k < Kp = bt_padded_cols(K)
+ * (padding weights give 0; rows past N give 0).  Walks k outer and the 32 rows inner so
+ * that B is written sequentially; bt_panel_rows_avx512 writes the same floats faster. */
+static void panel_rows_c(const bt_ternary *w, int64_t n0, float *B) {
+    const int64_t K = bt_padded_cols(w->cols);
     const int nr = w->rows - n0 < BT_PANEL ? (int)(w->rows - n0) : BT_PANEL;
     const uint8_t *base = w->codes + n0 * w->stride;
     for (int64_t k = 0; k < K; k++) {
@@ -159,7 +160,7 @@ static void panel_rows(const bt_ternary *w, int64_t n0, float *B) {
 }
 
 /* Transposed panel: B[n*32 + j] = code(n, k0 + j) - 1 for n < N (cols past K give 0). */
-static void panel_cols(const bt_ternary *w, int64_t k0, float *B) {
+static void panel_cols_c(const bt_ternary *w, int64_t k0, float *B) {
     const int64_t b = k0 / BT_BLOCK, o = k0 % BT_BLOCK; /* k0 is a multiple of 32 */
     const unsigned sh = 2u * (unsigned)(o >> 6);
     const int64_t i0 = o & 63;
@@ -170,6 +171,26 @@ static void panel_cols(const bt_ternary *w, int64_t k0, float *B) {
         for (int j = 0; j < BT_PANEL; j++) dst[j] = (float)((int)((c[j] >> sh) & 3u) - 1);
         for (int j = nc; j < BT_PANEL; j++) dst[j] = 0.0f;
     }
+}
+
+static void panel_rows(const bt_ternary *w, int64_t n0, float *B) {
+#ifdef BT_HAVE_X86
+    if (bt_get_isa() == BT_ISA_AVX512) {
+        bt_panel_rows_avx512(w, n0, B);
+        return;
+    }
+#endif
+    panel_rows_c(w, n0, B);
+}
+
+static void panel_cols(const bt_ternary *w, int64_t k0, float *B) {
+#ifdef BT_HAVE_X86
+    if (bt_get_isa() == BT_ISA_AVX512) {
+        bt_panel_cols_avx512(w, k0, B);
+        return;
+    }
+#endif
+    panel_cols_c(w, k0, B);
 }
 
 /* Shared driver: `npanels` panels of P x 32; panel q fills B with fill(w, q*32, B) and
@@ -195,7 +216,9 @@ static int panel_driver(const bt_ternary *w, const float *A, int64_t M, int64_t 
         split(npanels, cnt, tid, 1, &q0, &q1);
         float *B = NULL;
         if (q1 > q0) {
-            B = (float *)aligned_alloc(BT_ALIGN, (size_t)(((P * BT_PANEL * 4) + 63) / 64 * 64));
+            /* room for whole blocks of rows: panel fills may write up to bt_padded_cols */
+            const int64_t rows = bt_padded_cols(P);
+            B = (float *)aligned_alloc(BT_ALIGN, (size_t)(rows * BT_PANEL * 4));
             if (!B) failed = 1;
         }
         for (int64_t q = q0; q < q1 && B; q++) {

@@ -216,6 +216,73 @@ T512 void bt_panel_avx512(const float *A, int64_t lda, int64_t M, const float *B
     for (; i < M; i++) panel_1(A + i * lda, lda, B, P, C + i * ldc, ldc, nc, s);
 }
 
+/* Forward float panel (see kernels.c: panel_rows): B[k*32 + j] = code(n0 + j, k) - 1 for
+ * k < bt_padded_cols(K) (padding weights decode to 0), rows past N give 0.  Decodes 16 rows
+ * x 16 k at a time and transposes the 16x16 tile in registers.  Same bytes as the C version. */
+T512 INLINE __m512 decode16(const uint8_t *c, int shift) {
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)c));
+    const __m512i code = _mm512_and_si512(_mm512_srl_epi32(v, _mm_cvtsi32_si128(shift)), _mm512_set1_epi32(3));
+    return _mm512_cvtepi32_ps(_mm512_sub_epi32(code, _mm512_set1_epi32(1)));
+}
+
+T512 INLINE void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int g = 0; g < 4; g++) {
+        u[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+        u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+        u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+        u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; c++) {
+        const __m512 x0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44);
+        const __m512 x1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+        const __m512 y0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
+        const __m512 y1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+        r[c] = _mm512_shuffle_f32x4(x0, y0, 0x88);
+        r[4 + c] = _mm512_shuffle_f32x4(x0, y0, 0xDD);
+        r[8 + c] = _mm512_shuffle_f32x4(x1, y1, 0x88);
+        r[12 + c] = _mm512_shuffle_f32x4(x1, y1, 0xDD);
+    }
+}
+
+T512 void bt_panel_rows_avx512(const bt_ternary *w, int64_t n0, float *B) {
+    const int64_t kp = bt_padded_cols(w->cols);
+    const int nr = w->rows - n0 < BT_PANEL ? (int)(w->rows - n0) : BT_PANEL;
+    const uint8_t *base = w->codes + n0 * w->stride;
+    for (int64_t k0 = 0; k0 < kp; k0 += 16) {
+        const int64_t off = (k0 / BT_BLOCK) * BT_BLOCK_BYTES + (k0 & 63);
+        const int shift = 2 * (int)((k0 % BT_BLOCK) >> 6);
+        for (int h = 0; h < 2; h++) {
+            __m512 r[16];
+            for (int i = 0; i < 16; i++) {
+                const int j = 16 * h + i;
+                r[i] = j < nr ? decode16(base + j * w->stride + off, shift) : _mm512_setzero_ps();
+            }
+            transpose16(r);
+            for (int i = 0; i < 16; i++) _mm512_storeu_ps(B + (k0 + i) * BT_PANEL + 16 * h, r[i]);
+        }
+    }
+}
+
+/* Transposed float panel (see kernels.c: panel_cols): B[n*32 + j] = code(n, k0 + j) - 1,
+ * cols past K give 0. */
+T512 void bt_panel_cols_avx512(const bt_ternary *w, int64_t k0, float *B) {
+    const int64_t off = (k0 / BT_BLOCK) * BT_BLOCK_BYTES + (k0 & 63);
+    const int shift = 2 * (int)((k0 % BT_BLOCK) >> 6);
+    const int nc = w->cols - k0 < BT_PANEL ? (int)(w->cols - k0) : BT_PANEL;
+    const __mmask16 m0 = nc >= 16 ? 0xFFFF : (__mmask16)((1u << nc) - 1u);
+    const __mmask16 m1 = nc >= 32 ? 0xFFFF : (nc <= 16 ? 0 : (__mmask16)((1u << (nc - 16)) - 1u));
+    for (int64_t n = 0; n < w->rows; n++) {
+        const uint8_t *c = w->codes + n * w->stride + off;
+        _mm512_storeu_ps(B + n * BT_PANEL, _mm512_maskz_mov_ps(m0, decode16(c, shift)));
+        _mm512_storeu_ps(B + n * BT_PANEL + 16, _mm512_maskz_mov_ps(m1, decode16(c + 16, shift)));
+    }
+}
+
 /* Activation quantization (bt_quant.h), 16 floats at a time. */
 T512 int bt_quant_rows_avx512(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q,
                               int64_t ldq, float *a, int32_t *sums) {
