@@ -1,11 +1,15 @@
 """bitttt: BitLlama language models with 1.58-bit ternary weights and Test-Time-Training layers.
 
-Public API (engine core):
+Public API:
+  BitLlamaConfig, BitLlama, layers.TTTLinear     the model, forward and backward in NumPy + C
   PackedTernary                          packed 2-bit ternary matrix (quantize, save/load)
   quantize_activations, dot_i8, gemm_i8, bitlinear, matmul, matmul_t   CPU kernels
   set_num_threads, get_num_threads, set_kernel, get_kernel, available_kernels, cpu_info
 """
+from . import layers  # bitttt.layers.TTTLinear
+from .config import BitLlamaConfig
 from .kernels import bitlinear, dot_i8, gemm_i8, matmul, matmul_t, quantize_activations
+from .model import BitLlama
 from .runtime import (
     available_kernels,
     cpu_info,
@@ -19,6 +23,9 @@ from .ternary import PackedFormatError, PackedTernary
 __version__ = "0.1.0"
 
 __all__ = [
+    "BitLlama",
+    "BitLlamaConfig",
+    "layers",
     "PackedTernary",
     "PackedFormatError",
     "quantize_activations",

@@ -1,0 +1,95 @@
+"""BitLlamaConfig: the shape of a BitLlama-TTT model, with validation and JSON round-trip."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class BitLlamaConfig:
+    """Model hyper-parameters.  D = hidden_size, H = num_heads, f = D / H, K = mini_batch_size.
+
+    Invalid values raise ValueError (TypeError for a wrong type) naming the field.
+    """
+
+    vocab_size: int = 4096
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 688
+    mini_batch_size: int = 16
+    ttt_base_lr: float = 1.0
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    ternary: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def validate(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("int", int):
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise TypeError(f"config.{f.name} must be an integer, got {v!r}")
+                if v < 1:
+                    raise ValueError(f"config.{f.name} must be >= 1, got {v}")
+            elif f.type in ("float", float):
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise TypeError(f"config.{f.name} must be a number, got {v!r}")
+                v = float(v)
+                setattr(self, f.name, v)
+                if not math.isfinite(v) or v <= 0:
+                    raise ValueError(f"config.{f.name} must be a positive finite number, got {v}")
+            elif f.type in ("bool", bool) and not isinstance(v, bool):
+                raise TypeError(f"config.{f.name} must be true or false, got {v!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"config.hidden_size ({self.hidden_size}) must be divisible by "
+                             f"config.num_heads ({self.num_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head dim hidden_size / num_heads = {self.head_dim} must be even (RoPE pairs)")
+        if self.rope_theta <= 1:
+            raise ValueError(f"config.rope_theta must be > 1, got {self.rope_theta}")
+
+    # -- JSON ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+        if path is not None:
+            from .fileio import atomic_write_bytes
+
+            atomic_write_bytes(path, text.encode())
+        return text
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BitLlamaConfig:
+        if not isinstance(d, dict):
+            raise TypeError(f"a config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text_or_path: str | os.PathLike) -> BitLlamaConfig:
+        """Parse JSON text, or read it from a file path."""
+        s = os.fspath(text_or_path)
+        if not s.lstrip().startswith("{"):
+            with open(s, encoding="utf-8") as f:
+                s = f.read()
+        try:
+            d = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config is not valid JSON: {e}") from None
+        return cls.from_dict(d)

@@ -1,0 +1,60 @@
+"""BitLinear (W1.58A8) and its float counterpart: y = x W^T with W [N, K].
+
+ternary=True:  y = Qa(x) Qw(W)^T with
+    Qw(W) = s * clip(rint(W / s), -1, 1),   s = mean|W| + 1e-5        (per matrix)
+    Qa(x) = clip(rint(x * a), -128, 127) / a,  a = 127 / max(max|x|, 1e-5)   (per token)
+  Backward: straight-through for both quantizers, dX = dY Qw(W), dW = dY^T Qa(x).
+  float32 runs on the packed int8 kernels (bitttt.kernels); float64 runs in NumPy.
+ternary=False: a plain float linear layer, dX = dY W, dW = dY^T x.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from ..ternary import PackedTernary
+
+
+def quantize_weight(w: np.ndarray) -> np.ndarray:
+    """Qw(W) in the dtype of w (s from a float64 mean)."""
+    s = w.dtype.type(np.mean(np.abs(w), dtype=np.float64) + 1e-5)
+    return np.clip(np.rint(w / s), -1, 1) * s
+
+
+def quantize_act(x: np.ndarray) -> np.ndarray:
+    """Qa(x) in the dtype of x, per row of the last axis."""
+    one = x.dtype.type
+    a = one(127.0) / np.maximum(np.max(np.abs(x), axis=-1, keepdims=True), one(1e-5))
+    return np.clip(np.rint(x * a), -128, 127) / a
+
+
+def bitlinear_forward(x: np.ndarray, w: np.ndarray, ternary: bool):
+    """x [..., K], w [N, K] -> (y [..., N], cache)."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if not ternary:
+        return (x2 @ w.T).reshape(*lead, w.shape[0]), ("float", x2, w, lead)
+    if x.dtype == np.float32:
+        p = PackedTernary.quantize(w)
+        xq, a = kernels.quantize_activations(np.ascontiguousarray(x2))
+        y = kernels.gemm_i8(p, xq, a)
+        return y.reshape(*lead, w.shape[0]), ("packed", xq, a, p, lead)
+    wq = quantize_weight(w)
+    xq = quantize_act(x2)
+    return (xq @ wq.T).reshape(*lead, w.shape[0]), ("numpy", xq, wq, lead)
+
+
+def bitlinear_backward(dy: np.ndarray, cache):
+    """dy [..., N] -> (dx [..., K], dw [N, K])."""
+    kind = cache[0]
+    dy2 = dy.reshape(-1, dy.shape[-1])
+    if kind == "packed":
+        _, xq, a, p, lead = cache
+        dy2 = np.ascontiguousarray(dy2, dtype=np.float32)
+        dx = kernels.matmul_t(p, dy2)
+        dw = dy2.T @ (xq.astype(np.float32) / a[:, None])
+    else:
+        _, xin, wq, lead = cache  # xin is x (float) or Qa(x) (ternary numpy)
+        dx = dy2 @ wq
+        dw = dy2.T @ xin
+    return dx.reshape(*lead, dx.shape[-1]), dw

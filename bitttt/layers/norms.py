@@ -1,0 +1,43 @@
+"""RMSNorm and LayerNorm over the last axis, forward and backward side by side."""
+from __future__ import annotations
+
+import numpy as np
+
+
+# -- RMSNorm: y = x / sqrt(mean(x^2) + eps) * w ---------------------------------------
+def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float):
+    """x [..., D], w [D] -> (y [..., D], cache)."""
+    with np.errstate(over="ignore"):  # an overflow shows as r == 0; the model reports it
+        r = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + x.dtype.type(eps))
+    xn = x * r
+    return xn * w, (xn, r, w)
+
+
+def rmsnorm_backward(dy: np.ndarray, cache):
+    """dy [..., D] -> (dx [..., D], dw [D])."""
+    xn, r, w = cache
+    dw = np.sum(dy * xn, axis=tuple(range(dy.ndim - 1)))
+    g = dy * w
+    dx = r * (g - xn * np.mean(g * xn, axis=-1, keepdims=True))
+    return dx, dw
+
+
+# -- LayerNorm: y = (x - mean) / sqrt(var + eps) * w + b ------------------------------
+def layernorm_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float):
+    """x [..., D], w and b broadcastable to x -> (y, cache)."""
+    mu = np.mean(x, axis=-1, keepdims=True)
+    d = x - mu
+    r = 1.0 / np.sqrt(np.mean(d * d, axis=-1, keepdims=True) + x.dtype.type(eps))
+    xh = d * r
+    return xh * w + b, (xh, r, w)
+
+
+def layernorm_backward(dy: np.ndarray, cache, reduce_axes=None):
+    """dy -> (dx, dw, db); dw and db are summed over `reduce_axes` (default: all but the last)."""
+    xh, r, w = cache
+    axes = tuple(range(dy.ndim - 1)) if reduce_axes is None else reduce_axes
+    dw = np.sum(dy * xh, axis=axes)
+    db = np.sum(dy, axis=axes)
+    g = dy * w
+    dx = r * (g - np.mean(g, axis=-1, keepdims=True) - xh * np.mean(g * xh, axis=-1, keepdims=True))
+    return dx, dw, db

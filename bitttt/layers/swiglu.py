@@ -1,0 +1,37 @@
+"""SwiGLU MLP: y = down(silu(gate(x)) * up(x)); gate, up [I, D], down [D, I], all BitLinear."""
+from __future__ import annotations
+
+import numpy as np
+
+from .bit_linear import bitlinear_backward, bitlinear_forward
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    out = np.empty_like(z)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    e = np.exp(z[~pos])
+    out[~pos] = e / (1.0 + e)
+    return out
+
+
+def swiglu_forward(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray, ternary: bool):
+    """x [..., D] -> (y [..., D], cache)."""
+    g, cg = bitlinear_forward(x, w_gate, ternary)
+    u, cu = bitlinear_forward(x, w_up, ternary)
+    sg = _sigmoid(g)
+    h = g * sg * u
+    y, cd = bitlinear_forward(h, w_down, ternary)
+    return y, (cg, cu, cd, g, sg, u)
+
+
+def swiglu_backward(dy: np.ndarray, cache):
+    """dy [..., D] -> (dx [..., D], dw_gate, dw_up, dw_down)."""
+    cg, cu, cd, g, sg, u = cache
+    dh, dw_down = bitlinear_backward(dy, cd)
+    silu = g * sg
+    du = dh * silu
+    dg = dh * u * sg * (1.0 + g * (1.0 - sg))
+    dxg, dw_gate = bitlinear_backward(dg, cg)
+    dxu, dw_up = bitlinear_backward(du, cu)
+    return dxg + dxu, dw_gate, dw_up, dw_down

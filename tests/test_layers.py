@@ -1,0 +1,175 @@
+"""Every layer's hand-written backward against float64 finite differences; STE formulas."""
+import numpy as np
+import pytest
+from gradcheck import max_rel_error
+
+import bitttt
+from bitttt.config import BitLlamaConfig
+from bitttt.layers import (
+    bitlinear_backward,
+    bitlinear_forward,
+    cross_entropy_backward,
+    cross_entropy_forward,
+    embedding_backward,
+    embedding_forward,
+    layernorm_backward,
+    layernorm_forward,
+    rmsnorm_backward,
+    rmsnorm_forward,
+    swiglu_backward,
+    swiglu_forward,
+)
+from bitttt.layers.bit_linear import quantize_act, quantize_weight
+
+TOL = 1e-6
+
+
+def _check(f, arrays, grads, rng, **kw):
+    err, where = max_rel_error(f, arrays, grads, rng, **kw)
+    assert err < TOL, where
+
+
+def test_embedding(rng):
+    w = rng.standard_normal((7, 5))
+    ids = np.array([[1, 3, 3], [0, 6, 1]])
+    r = rng.standard_normal((2, 3, 5))
+    dw = embedding_backward(r, ids, 7)
+    _check(lambda: float((embedding_forward(w, ids) * r).sum()), {"w": w}, {"w": dw}, rng)
+    assert np.array_equal(dw[3], r[0, 1] + r[0, 2])  # repeated ids accumulate
+
+
+def test_rmsnorm(rng):
+    x, w = rng.standard_normal((2, 3, 6)), rng.standard_normal(6)
+    r = rng.standard_normal((2, 3, 6))
+    y, c = rmsnorm_forward(x, w, 1e-6)
+    assert np.allclose(y, x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-6) * w)
+    dx, dw = rmsnorm_backward(r, c)
+    _check(lambda: float((rmsnorm_forward(x, w, 1e-6)[0] * r).sum()), {"x": x, "w": w}, {"x": dx, "w": dw}, rng)
+
+
+def test_layernorm(rng):
+    x, w, b = rng.standard_normal((4, 6)), rng.standard_normal(6), rng.standard_normal(6)
+    r = rng.standard_normal((4, 6))
+    _, c = layernorm_forward(x, w, b, 1e-6)
+    dx, dw, db = layernorm_backward(r, c)
+    f = lambda: float((layernorm_forward(x, w, b, 1e-6)[0] * r).sum())  # noqa: E731
+    _check(f, {"x": x, "w": w, "b": b}, {"x": dx, "w": dw, "b": db}, rng)
+
+
+def test_bitlinear_float_mode(rng):
+    x, w = rng.standard_normal((2, 3, 5)), rng.standard_normal((4, 5))
+    r = rng.standard_normal((2, 3, 4))
+    y, c = bitlinear_forward(x, w, ternary=False)
+    assert np.allclose(y, x @ w.T)
+    dx, dw = bitlinear_backward(r, c)
+    _check(lambda: float((bitlinear_forward(x, w, False)[0] * r).sum()), {"x": x, "w": w}, {"x": dx, "w": dw}, rng)
+
+
+def _qw(w):
+    s = np.abs(w.astype(np.float64)).mean() + 1e-5
+    s = w.dtype.type(s)
+    return np.clip(np.rint(w / s), -1, 1) * s
+
+
+def _qa(x):
+    a = x.dtype.type(127) / np.maximum(np.abs(x).max(-1, keepdims=True), x.dtype.type(1e-5))
+    return np.clip(np.rint(x * a), -128, 127) / a
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bitlinear_ternary_forward_and_ste(dtype, rng):
+    x = rng.standard_normal((2, 3, 300)).astype(dtype)
+    w = (rng.standard_normal((7, 300)) * 0.02).astype(dtype)
+    r = rng.standard_normal((2, 3, 7)).astype(dtype)
+    y, c = bitlinear_forward(x, w, ternary=True)
+    ref = _qa(x).astype(np.float64) @ _qw(w).astype(np.float64).T
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    assert y.dtype == dtype and np.abs(y - ref).max() <= tol * np.abs(ref).max()
+    dx, dw = bitlinear_backward(r, c)
+    # straight-through: dX = dY Qw(W), dW = dY^T Qa(x); no gradient through s or a
+    assert dx.dtype == dtype and dw.dtype == dtype
+    ref_dx = r.astype(np.float64) @ _qw(w).astype(np.float64)
+    ref_dw = r.reshape(-1, 7).T.astype(np.float64) @ _qa(x).reshape(-1, 300).astype(np.float64)
+    assert np.abs(dx - ref_dx).max() <= tol * np.abs(ref_dx).max()
+    assert np.abs(dw - ref_dw).max() <= tol * np.abs(ref_dw).max()
+    assert np.array_equal(quantize_weight(w), _qw(w)) and np.array_equal(quantize_act(x), _qa(x))
+
+
+def test_bitlinear_ternary_float32_uses_packed_kernels(rng):
+    x = rng.standard_normal((5, 256)).astype(np.float32)
+    w = rng.standard_normal((9, 256)).astype(np.float32)
+    y, _ = bitlinear_forward(x, w, ternary=True)
+    assert np.array_equal(y, bitttt.bitlinear(bitttt.PackedTernary.quantize(w), x))
+
+
+def test_swiglu_float_mode(rng):
+    x = rng.standard_normal((2, 3, 5))
+    wg, wu, wd = rng.standard_normal((6, 5)), rng.standard_normal((6, 5)), rng.standard_normal((5, 6))
+    r = rng.standard_normal((2, 3, 5))
+    y, c = swiglu_forward(x, wg, wu, wd, False)
+    g = x @ wg.T
+    assert np.allclose(y, ((g / (1 + np.exp(-g))) * (x @ wu.T)) @ wd.T)
+    dx, dg, du, dd = swiglu_backward(r, c)
+    f = lambda: float((swiglu_forward(x, wg, wu, wd, False)[0] * r).sum())  # noqa: E731
+    _check(f, {"x": x, "wg": wg, "wu": wu, "wd": wd}, {"x": dx, "wg": dg, "wu": du, "wd": dd}, rng)
+
+
+def test_swiglu_ternary_ste(rng):
+    x = rng.standard_normal((4, 8))
+    wg, wu, wd = rng.standard_normal((6, 8)), rng.standard_normal((6, 8)), rng.standard_normal((8, 6))
+    r = rng.standard_normal((4, 8))
+    _, c = swiglu_forward(x, wg, wu, wd, True)
+    dx, dg, du, dd = swiglu_backward(r, c)
+    g, u = _qa(x) @ _qw(wg).T, _qa(x) @ _qw(wu).T
+    sg = 1 / (1 + np.exp(-g))
+    h = g * sg * u
+    assert np.allclose(dd, r.T @ _qa(h))
+    dh = r @ _qw(wd)
+    dgg = dh * u * sg * (1 + g * (1 - sg))
+    assert np.allclose(dg, dgg.T @ _qa(x)) and np.allclose(du, (dh * g * sg).T @ _qa(x))
+    assert np.allclose(dx, dgg @ _qw(wg) + (dh * g * sg) @ _qw(wu))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_cross_entropy(masked, rng):
+    logits = rng.standard_normal((2, 5, 7))
+    targets = rng.integers(0, 7, (2, 5))
+    mask = (rng.random((2, 5)) > 0.4).astype(np.int8) if masked else None
+    if masked:
+        mask[0, 0] = 1
+    loss, c = cross_entropy_forward(logits, targets, mask)
+    lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(lp, targets[..., None], -1)[..., 0]
+    m = np.ones((2, 5)) if mask is None else mask
+    assert loss == pytest.approx((ce * m).sum() / m.sum(), rel=1e-12)
+    d = cross_entropy_backward(c)
+    _check(lambda: float(cross_entropy_forward(logits, targets, mask)[0]), {"logits": logits}, {"logits": d}, rng)
+    if masked:
+        assert not d[mask == 0].any()
+
+
+def test_cross_entropy_bad_input():
+    logits = np.zeros((1, 3, 4))
+    with pytest.raises(ValueError, match="all zeros"):
+        cross_entropy_forward(logits, np.zeros((1, 3), int), np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="token ids"):
+        cross_entropy_forward(logits, np.full((1, 3), 4), None)
+    with pytest.raises(ValueError, match="shape"):
+        cross_entropy_forward(logits, np.zeros((1, 2), int), None)
+
+
+def test_config_round_trip_and_validation(tmp_path):
+    c = BitLlamaConfig(vocab_size=100, hidden_size=32, num_heads=4, ternary=False)
+    assert BitLlamaConfig.from_json(c.to_json()) == c
+    c.to_json(tmp_path / "c.json")
+    assert BitLlamaConfig.from_json(tmp_path / "c.json") == c
+    with pytest.raises(ValueError, match="divisible"):
+        BitLlamaConfig(hidden_size=30, num_heads=4)
+    with pytest.raises(ValueError, match="unknown config key"):
+        BitLlamaConfig.from_dict({"hidden": 3})
+    with pytest.raises(ValueError, match="num_layers"):
+        BitLlamaConfig(num_layers=0)
+    with pytest.raises(TypeError, match="ternary"):
+        BitLlamaConfig(ternary="yes")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        BitLlamaConfig.from_json("{nope")
