@@ -21,21 +21,39 @@ int bt_absmean_scale(const float *w, int64_t rows, int64_t cols, int64_t ldw, fl
     return BT_OK;
 }
 
+/* Code of one weight: clip(rint(q), -1, 1) + 1 with q = w / s.  rint(q) >= 1 exactly when
+ * q > 0.5 (0.5 itself rounds to even, 0) and <= -1 exactly when q < -0.5, so no rounding
+ * call is needed and the loop vectorizes. */
+static inline unsigned code_of(float w, float scale) {
+    const float q = w / scale;
+    return 1u + (unsigned)(q > 0.5f) - (unsigned)(q < -0.5f);
+}
+
 int bt_pack(const float *w, int64_t ldw, float scale, bt_ternary *t) {
     if (!(scale > 0.0f) || isinf(scale)) return BT_ERR_NONFINITE;
     t->scale = scale;
+    const int64_t full = t->cols / BT_BLOCK;
     for (int64_t r = 0; r < t->rows; r++) {
         const float *src = w + r * ldw;
         uint8_t *dst = t->codes + r * t->stride;
-        memset(dst, BT_CODE_ZERO, (size_t)t->stride);
-        for (int64_t k = 0; k < t->cols; k++) {
-            if (!isfinite(src[k])) return BT_ERR_NONFINITE;
-            float q = rintf(src[k] / scale);
-            unsigned c = q >= 1.0f ? 2u : (q <= -1.0f ? 0u : 1u);
-            int64_t b = k / BT_BLOCK, o = k % BT_BLOCK;
-            uint8_t *byte = dst + b * BT_BLOCK_BYTES + (o & 63);
-            unsigned sh = 2u * (unsigned)(o >> 6);
-            *byte = (uint8_t)((*byte & ~(3u << sh)) | (c << sh));
+        float bad = 0.0f;
+        for (int64_t k = 0; k < t->cols; k++) bad += src[k] * 0.0f; /* NaN for NaN or inf */
+        if (bad != bad) return BT_ERR_NONFINITE;
+        for (int64_t b = 0; b < full; b++) {
+            const float *x = src + b * BT_BLOCK;
+            uint8_t *o = dst + b * BT_BLOCK_BYTES;
+            for (int i = 0; i < 64; i++)
+                o[i] = (uint8_t)(code_of(x[i], scale) | code_of(x[64 + i], scale) << 2 |
+                                 code_of(x[128 + i], scale) << 4 | code_of(x[192 + i], scale) << 6);
+        }
+        if (full * BT_BLOCK < t->cols) { /* last, padded block */
+            uint8_t *o = dst + full * BT_BLOCK_BYTES;
+            memset(o, BT_CODE_ZERO, BT_BLOCK_BYTES);
+            for (int64_t k = full * BT_BLOCK; k < t->cols; k++) {
+                const int64_t j = k - full * BT_BLOCK;
+                const unsigned sh = 2u * (unsigned)(j >> 6);
+                o[j & 63] = (uint8_t)((o[j & 63] & ~(3u << sh)) | (code_of(src[k], scale) << sh));
+            }
         }
     }
     return BT_OK;

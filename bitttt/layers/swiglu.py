@@ -7,11 +7,11 @@ from .bit_linear import bitlinear_backward, bitlinear_forward
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    out = np.empty_like(z)
-    pos = z >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
-    e = np.exp(z[~pos])
-    out[~pos] = e / (1.0 + e)
+    """1 / (1 + exp(-z)) without overflow, in z's dtype: (1 + tanh(z / 2)) / 2."""
+    half = z.dtype.type(0.5)
+    out = np.tanh(z * half)
+    out *= half
+    out += half
     return out
 
 
@@ -20,7 +20,8 @@ def swiglu_forward(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: 
     g, cg = bitlinear_forward(x, w_gate, ternary)
     u, cu = bitlinear_forward(x, w_up, ternary)
     sg = _sigmoid(g)
-    h = g * sg * u
+    h = g * sg
+    h *= u
     y, cd = bitlinear_forward(h, w_down, ternary)
     return y, (cg, cu, cd, g, sg, u)
 
@@ -29,9 +30,15 @@ def swiglu_backward(dy: np.ndarray, cache):
     """dy [..., D] -> (dx [..., D], dw_gate, dw_up, dw_down)."""
     cg, cu, cd, g, sg, u = cache
     dh, dw_down = bitlinear_backward(dy, cd)
-    silu = g * sg
-    du = dh * silu
-    dg = dh * u * sg * (1.0 + g * (1.0 - sg))
+    du = dh * g
+    du *= sg
+    one = g.dtype.type(1.0)
+    dg = one - sg
+    dg *= g
+    dg += one
+    dg *= sg
+    dg *= u
+    dg *= dh
     dxg, dw_gate = bitlinear_backward(dg, cg)
     dxu, dw_up = bitlinear_backward(du, cu)
     return dxg + dxu, dw_gate, dw_up, dw_down
