@@ -8,7 +8,7 @@ Public API:
 """
 from . import layers  # bitttt.layers.TTTLinear
 from .config import BitLlamaConfig
-from .kernels import bitlinear, dot_i8, gemm_i8, matmul, matmul_t, quantize_activations
+from .kernels import bitlinear, dot_i8, gemm_i8, matmul, matmul_t, quantize_activations, sgemm
 from .model import BitLlama
 from .runtime import (
     available_kernels,
@@ -34,6 +34,7 @@ __all__ = [
     "bitlinear",
     "matmul",
     "matmul_t",
+    "sgemm",
     "set_num_threads",
     "get_num_threads",
     "set_kernel",

@@ -39,6 +39,8 @@ cdef extern from "bt_kernels.h":
                     float *y, int64_t ldy) nogil
     int bt_gemm_f32_t(const bt_ternary *w, const float *dy, int64_t M, int64_t lddy,
                       float *dx, int64_t lddx) nogil
+    int bt_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t P, const float *A, int64_t lda,
+                 const float *B, int64_t ldb, float *C, int64_t ldc) nogil
 
 cdef extern from "bt_cpu.h":
     int BT_ISA_COUNT
@@ -196,6 +198,17 @@ def gemm_f32_t(const uint8_t[:, ::1] codes, int64_t cols, float scale, const flo
     _view(&t, codes, cols, scale)
     with nogil:
         err = bt_gemm_f32_t(&t, &dy[0, 0], dy.shape[0], dy.shape[1], &dx[0, 0], dx.shape[1])
+    _check(err)
+
+
+def sgemm(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] c, bint trans_a, bint trans_b):
+    """c [M, N] = op(a) @ op(b); shapes checked by the caller."""
+    cdef int err
+    cdef int64_t M = c.shape[0], N = c.shape[1]
+    cdef int64_t P = a.shape[0] if trans_a else a.shape[1]
+    with nogil:
+        err = bt_sgemm(trans_a, trans_b, M, N, P, &a[0, 0], a.shape[1], &b[0, 0], b.shape[1],
+                       &c[0, 0], c.shape[1])
     _check(err)
 
 

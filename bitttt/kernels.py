@@ -9,6 +9,7 @@ or [M, K] (M tokens, GEMM); results keep the leading shape ([N] or [M, N]).
   bitlinear(W, x)           float32       gemm_i8(W, *quantize_activations(x))   (W1.58A8)
   matmul(W, x)              float32       x @ (s w)^T      (float activations)
   matmul_t(W, dy)           float32       dy @ (s w)       (input gradient, [M, N] -> [M, K])
+  sgemm(a, b, trans_a, trans_b)  float32  op(a) @ op(b)    dense GEMM on the same thread pool
 
 Errors: TypeError for a wrong dtype or a non-array, ValueError for a wrong shape,
 an empty or non-C-contiguous array, NaN/inf activations to quantize.  All kernels
@@ -110,3 +111,18 @@ def matmul_t(w: PackedTernary, dy: np.ndarray) -> np.ndarray:
     dx = np.empty((d2.shape[0], w.cols), dtype=np.float32)
     _core.gemm_f32_t(w.codes, w.cols, w.scale, d2, dx)
     return dx[0] if dy.ndim == 1 else dx
+
+
+def sgemm(a: np.ndarray, b: np.ndarray, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:
+    """Dense float32 C = op(a) @ op(b), op(x) = x.T when its flag is set: a [M, P] (or [P, M]),
+    b [P, N] (or [N, P]) -> [M, N].  Runs on bitttt's own threads (no BLAS), summing each
+    output in order of p, so results do not depend on the ISA or the thread count."""
+    a = check_array(a, "a", np.float32, ndim=(2,))
+    b = check_array(b, "b", np.float32, ndim=(2,))
+    m, p = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    pb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if p != pb:
+        raise ValueError(f"sgemm: op(a) is {m}x{p} but op(b) is {pb}x{n}")
+    c = np.empty((m, n), dtype=np.float32)
+    _core.sgemm(a, b, c, trans_a, trans_b)
+    return c

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import BitLlamaConfig
-from .layers.common import NonFiniteError, check_finite
+from .layers.common import NonFiniteError, check_finite, mm
 from .layers.embedding import embedding_backward, embedding_forward
 from .layers.loss import cross_entropy_backward, cross_entropy_forward
 from .layers.norms import rmsnorm_backward, rmsnorm_forward
@@ -149,7 +149,7 @@ class BitLlama:
             caches.append((tp, c1, ct, c2, cm))
         nf, cf = rmsnorm_forward(x, p["norm_f.weight"], cfg.rms_norm_eps)
         _check_norm("norm_f", cf)
-        logits = nf @ self._head().T
+        logits = mm(nf.reshape(-1, nf.shape[-1]), self._head(), trans_b=True).reshape(*nf.shape[:-1], -1)
         check_finite("lm_head", logits=logits)
         return logits, (tokens, caches, nf, cf)
 
@@ -181,8 +181,8 @@ class BitLlama:
         dlogits = cross_entropy_backward(cl).astype(self.dtype)
         head = self._head()
         dl2 = dlogits.reshape(-1, dlogits.shape[-1])
-        dhead = dl2.T @ nf.reshape(-1, nf.shape[-1])
-        dnf = dlogits @ head
+        dhead = mm(dl2, nf.reshape(-1, nf.shape[-1]), trans_a=True)
+        dnf = mm(dl2, head).reshape(nf.shape)
         dx, g["norm_f.weight"] = rmsnorm_backward(dnf, cf)
         for li in reversed(range(cfg.num_layers)):
             pre = f"layers.{li}."

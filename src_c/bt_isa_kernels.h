@@ -6,7 +6,7 @@
  *   xq rows are padded to whole blocks with zeros; sums[m] = sum(xq_m).
  * quant kernels: bt_quantize_act (bt_quant.h) row by row; same results on every path.
  * panel fills: B [bt_padded_cols(K) x 32] floats, see kernels.c.
- * f32 panel kernels: C[i*ldc + j] = s * sum_{p<P} A[i*lda + p] * B[p*32 + j]
+ * f32 panel kernels: C[i*ldc + j] = s * sum_{p<P} A[i*sa + p*sp] * B[p*32 + j]
  *   for i < M, j < nc (nc <= 32), sums taken sequentially in p.
  */
 #ifndef BT_ISA_KERNELS_H
@@ -19,7 +19,7 @@
 
 typedef void (*bt_i8_fn)(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
                          int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo);
-typedef void (*bt_panel_fn)(const float *A, int64_t lda, int64_t M, const float *B, int64_t P,
+typedef void (*bt_panel_fn)(const float *A, int64_t sa, int64_t sp, int64_t M, const float *B, int64_t P,
                             float *C, int64_t ldc, int nc, float s);
 
 void bt_i8_scalar(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
@@ -28,14 +28,14 @@ typedef int (*bt_quant_fn)(const float *x, int64_t M, int64_t K, int64_t ldx, in
                            int64_t ldq, float *a, int32_t *sums);
 int bt_quant_rows_scalar(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q, int64_t ldq,
                          float *a, int32_t *sums);
-void bt_panel_scalar(const float *A, int64_t lda, int64_t M, const float *B, int64_t P,
+void bt_panel_scalar(const float *A, int64_t sa, int64_t sp, int64_t M, const float *B, int64_t P,
                      float *C, int64_t ldc, int nc, float s);
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define BT_HAVE_X86 1
 void bt_i8_avx2(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
                 int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo);
-void bt_panel_avx2(const float *A, int64_t lda, int64_t M, const float *B, int64_t P,
+void bt_panel_avx2(const float *A, int64_t sa, int64_t sp, int64_t M, const float *B, int64_t P,
                    float *C, int64_t ldc, int nc, float s);
 int bt_quant_rows_avx2(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q, int64_t ldq,
                        float *a, int32_t *sums);
@@ -45,7 +45,7 @@ void bt_panel_rows_avx512(const bt_ternary *w, int64_t n0, float *B);
 void bt_panel_cols_avx512(const bt_ternary *w, int64_t k0, float *B);
 void bt_i8_avx512(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
                   int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo);
-void bt_panel_avx512(const float *A, int64_t lda, int64_t M, const float *B, int64_t P,
+void bt_panel_avx512(const float *A, int64_t sa, int64_t sp, int64_t M, const float *B, int64_t P,
                      float *C, int64_t ldc, int nc, float s);
 #endif
 

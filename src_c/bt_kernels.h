@@ -41,4 +41,12 @@ int bt_gemm_f32(const bt_ternary *w, const float *x, int64_t M, int64_t ldx,
 int bt_gemm_f32_t(const bt_ternary *w, const float *dy, int64_t M, int64_t lddy,
                   float *dx, int64_t lddx);
 
+/* Dense float32 GEMM, C [M, N] = op(A) [M, P] . op(B) [P, N] with op(X) = X or X^T
+ * (trans_a: A is stored [P, M]; trans_b: B is stored [N, P]); row pitches lda, ldb, ldc.
+ * Same microkernels, order and thread pool as the float ternary path: each output is
+ * summed sequentially in p, so every ISA and thread count gives the same bits.  For the
+ * training GEMMs that are not ternary (weight gradients, the LM head). */
+int bt_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t P, const float *A, int64_t lda,
+             const float *B, int64_t ldb, float *C, int64_t ldc);
+
 #endif /* BT_KERNELS_H */

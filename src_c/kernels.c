@@ -193,15 +193,17 @@ static void panel_cols(const bt_ternary *w, int64_t k0, float *B) {
     panel_cols_c(w, k0, B);
 }
 
-/* Shared driver: `npanels` panels of P x 32; panel q fills B with fill(w, q*32, B) and
- * writes C columns [q*32, q*32 + nc). */
-static int panel_driver(const bt_ternary *w, const float *A, int64_t M, int64_t lda, float *C,
-                        int64_t ldc, int64_t P, int64_t total_cols,
-                        void (*fill)(const bt_ternary *, int64_t, float *)) {
+/* Shared driver: C [M, total_cols] = s * A B with B cut in panels of 32 columns, panel q
+ * filled by fill(ctx, q*32, B) as P x 32 floats; A(i, p) = A[i*sa + p*sp].  Threads take
+ * contiguous ranges of panels. */
+typedef void (*fill_fn)(const void *ctx, int64_t j0, float *B);
+
+static int panel_driver(const void *ctx, fill_fn fill, const float *A, int64_t sa, int64_t sp, int64_t M,
+                        int64_t P, int64_t total_cols, float *C, int64_t ldc, float s) {
     if (M <= 0 || total_cols <= 0) return BT_OK;
     const bt_panel_fn fn = pick_panel();
     const int64_t npanels = (total_cols + BT_PANEL - 1) / BT_PANEL;
-    const int nt = threads_for((double)w->rows * (double)w->cols * (double)M, npanels);
+    const int nt = threads_for((double)M * (double)P * (double)total_cols, npanels);
     int failed = 0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
@@ -216,7 +218,7 @@ static int panel_driver(const bt_ternary *w, const float *A, int64_t M, int64_t 
         split(npanels, cnt, tid, 1, &q0, &q1);
         float *B = NULL;
         if (q1 > q0) {
-            /* room for whole blocks of rows: panel fills may write up to bt_padded_cols */
+            /* room for whole blocks of rows: ternary panel fills may write up to bt_padded_cols */
             const int64_t rows = bt_padded_cols(P);
             B = (float *)aligned_alloc(BT_ALIGN, (size_t)(rows * BT_PANEL * 4));
             if (!B) failed = 1;
@@ -224,8 +226,8 @@ static int panel_driver(const bt_ternary *w, const float *A, int64_t M, int64_t 
         for (int64_t q = q0; q < q1 && B; q++) {
             const int64_t j0 = q * BT_PANEL;
             const int nc = total_cols - j0 < BT_PANEL ? (int)(total_cols - j0) : BT_PANEL;
-            fill(w, j0, B);
-            fn(A, lda, M, B, P, C + j0, ldc, nc, w->scale);
+            fill(ctx, j0, B);
+            fn(A, sa, sp, M, B, P, C + j0, ldc, nc, s);
         }
         free(B);
     }
@@ -233,11 +235,64 @@ static int panel_driver(const bt_ternary *w, const float *A, int64_t M, int64_t 
     return failed ? BT_ERR_NOMEM : BT_OK;
 }
 
+static void fill_rows(const void *ctx, int64_t j0, float *B) { panel_rows((const bt_ternary *)ctx, j0, B); }
+static void fill_cols(const void *ctx, int64_t j0, float *B) { panel_cols((const bt_ternary *)ctx, j0, B); }
+
 int bt_gemm_f32(const bt_ternary *w, const float *x, int64_t M, int64_t ldx, float *y, int64_t ldy) {
-    return panel_driver(w, x, M, ldx, y, ldy, w->cols, w->rows, panel_rows);
+    return panel_driver(w, fill_rows, x, ldx, 1, M, w->cols, w->rows, y, ldy, w->scale);
 }
 
 int bt_gemm_f32_t(const bt_ternary *w, const float *dy, int64_t M, int64_t lddy, float *dx,
                   int64_t lddx) {
-    return panel_driver(w, dy, M, lddy, dx, lddx, w->rows, w->cols, panel_cols);
+    return panel_driver(w, fill_cols, dy, lddy, 1, M, w->rows, w->cols, dx, lddx, w->scale);
+}
+
+/* -- dense float GEMM ------------------------------------------------------------------ */
+typedef struct {
+    const float *b;
+    int64_t ldb, P, N;
+    int trans;
+} dense_b;
+
+/* B panel of a dense op(B) [P, N]: B[p*32 + j] = op(B)[p, j0 + j], 0 past N. */
+static void fill_dense(const void *ctx, int64_t j0, float *B) {
+    const dense_b *d = (const dense_b *)ctx;
+    const int nc = d->N - j0 < BT_PANEL ? (int)(d->N - j0) : BT_PANEL;
+    if (!d->trans) {
+        for (int64_t p = 0; p < d->P; p++) {
+            const float *src = d->b + p * d->ldb + j0;
+            float *dst = B + p * BT_PANEL;
+            for (int j = 0; j < nc; j++) dst[j] = src[j];
+            for (int j = nc; j < BT_PANEL; j++) dst[j] = 0.0f;
+        }
+    } else {
+        for (int64_t p = 0; p < d->P; p++)
+            for (int j = nc; j < BT_PANEL; j++) B[p * BT_PANEL + j] = 0.0f;
+        for (int j = 0; j < nc; j++) {
+            const float *src = d->b + (j0 + j) * d->ldb;
+            for (int64_t p = 0; p < d->P; p++) B[p * BT_PANEL + j] = src[p];
+        }
+    }
+}
+
+int bt_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t P, const float *A, int64_t lda,
+             const float *B, int64_t ldb, float *C, int64_t ldc) {
+    if (P <= 0) {
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) C[i * ldc + j] = 0.0f;
+        return BT_OK;
+    }
+    const dense_b d = {B, ldb, P, N, trans_b};
+    if (!trans_a) return panel_driver(&d, fill_dense, A, lda, 1, M, P, N, C, ldc, 1.0f);
+    /* op(A) = A^T: the microkernels would walk A with a stride of lda floats per p, which
+     * the prefetchers follow badly; one blocked transpose into [M, P] is far cheaper. */
+    float *at = (float *)aligned_alloc(BT_ALIGN, (size_t)(((M * P * 4) + 63) / 64 * 64));
+    if (!at) return BT_ERR_NOMEM;
+    for (int64_t p0 = 0; p0 < P; p0 += 32)
+        for (int64_t i0 = 0; i0 < M; i0 += 32)
+            for (int64_t p = p0; p < P && p < p0 + 32; p++)
+                for (int64_t i = i0; i < M && i < i0 + 32; i++) at[i * P + p] = A[p * lda + i];
+    const int err = panel_driver(&d, fill_dense, at, P, 1, M, P, N, C, ldc, 1.0f);
+    free(at);
+    return err;
 }

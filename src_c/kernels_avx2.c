@@ -84,7 +84,7 @@ T256 void bt_i8_avx2(const bt_ternary *w, const int8_t *xq, int64_t ldq, const i
 }
 
 /* Float panel: tiles of up to 4 rows of A x 16 columns (two ymm), twice per panel. */
-T256 INLINE void panel_tile(const float *A, int64_t lda, const float *B, int64_t P, float *C,
+T256 INLINE void panel_tile(const float *A, int64_t sa, int64_t sp, const float *B, int64_t P, float *C,
                             int64_t ldc, int MR, int nc, float s) {
     for (int h = 0; h < 2; h++) {
         const int j0 = 16 * h;
@@ -98,7 +98,7 @@ T256 INLINE void panel_tile(const float *A, int64_t lda, const float *B, int64_t
 #pragma GCC unroll 4
             for (int i = 0; i < 4; i++) {
                 if (i >= MR) break;
-                const __m256 a = _mm256_broadcast_ss(A + i * lda + p);
+                const __m256 a = _mm256_broadcast_ss(A + i * sa + p * sp);
                 acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
                 acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
             }
@@ -115,18 +115,18 @@ T256 INLINE void panel_tile(const float *A, int64_t lda, const float *B, int64_t
 }
 
 #define PANEL_TILE(MR)                                                                           \
-    T256 static void panel_##MR(const float *A, int64_t lda, const float *B, int64_t P, float *C, \
-                                int64_t ldc, int nc, float s) {                                  \
-        panel_tile(A, lda, B, P, C, ldc, MR, nc, s);                                             \
+    T256 static void panel_##MR(const float *A, int64_t sa, int64_t sp, const float *B, int64_t P, \
+                                float *C, int64_t ldc, int nc, float s) {                       \
+        panel_tile(A, sa, sp, B, P, C, ldc, MR, nc, s);                                             \
     }
 PANEL_TILE(4)
 PANEL_TILE(1)
 
-T256 void bt_panel_avx2(const float *A, int64_t lda, int64_t M, const float *B, int64_t P,
+T256 void bt_panel_avx2(const float *A, int64_t sa, int64_t sp, int64_t M, const float *B, int64_t P,
                         float *C, int64_t ldc, int nc, float s) {
     int64_t i = 0;
-    for (; i + 4 <= M; i += 4) panel_4(A + i * lda, lda, B, P, C + i * ldc, ldc, nc, s);
-    for (; i < M; i++) panel_1(A + i * lda, lda, B, P, C + i * ldc, ldc, nc, s);
+    for (; i + 4 <= M; i += 4) panel_4(A + i * sa, sa, sp, B, P, C + i * ldc, ldc, nc, s);
+    for (; i < M; i++) panel_1(A + i * sa, sa, sp, B, P, C + i * ldc, ldc, nc, s);
 }
 
 /* Activation quantization (bt_quant.h), 8 floats at a time; the tail is done in C

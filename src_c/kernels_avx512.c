@@ -171,7 +171,7 @@ T512 void bt_i8_avx512(const bt_ternary *w, const int8_t *xq, int64_t ldq, const
 }
 
 /* Float panel: tiles of up to 8 rows of A x 32 columns of B (two zmm). */
-T512 INLINE void panel_tile(const float *A, int64_t lda, const float *B, int64_t P, float *C,
+T512 INLINE void panel_tile(const float *A, int64_t sa, int64_t sp, const float *B, int64_t P, float *C,
                             int64_t ldc, int MR, int nc, float s) {
     __m512 acc[8][2];
 #pragma GCC unroll 8
@@ -181,7 +181,7 @@ T512 INLINE void panel_tile(const float *A, int64_t lda, const float *B, int64_t
 #pragma GCC unroll 8
         for (int i = 0; i < 8; i++) {
             if (i >= MR) break;
-            const __m512 a = _mm512_set1_ps(A[i * lda + p]);
+            const __m512 a = _mm512_set1_ps(A[i * sa + p * sp]);
             acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
             acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
         }
@@ -198,22 +198,22 @@ T512 INLINE void panel_tile(const float *A, int64_t lda, const float *B, int64_t
 }
 
 #define PANEL_TILE(MR)                                                                           \
-    T512 static void panel_##MR(const float *A, int64_t lda, const float *B, int64_t P, float *C, \
-                                int64_t ldc, int nc, float s) {                                  \
-        panel_tile(A, lda, B, P, C, ldc, MR, nc, s);                                             \
+    T512 static void panel_##MR(const float *A, int64_t sa, int64_t sp, const float *B, int64_t P, \
+                                float *C, int64_t ldc, int nc, float s) {                       \
+        panel_tile(A, sa, sp, B, P, C, ldc, MR, nc, s);                                             \
     }
 PANEL_TILE(8)
 PANEL_TILE(4)
 PANEL_TILE(2)
 PANEL_TILE(1)
 
-T512 void bt_panel_avx512(const float *A, int64_t lda, int64_t M, const float *B, int64_t P,
+T512 void bt_panel_avx512(const float *A, int64_t sa, int64_t sp, int64_t M, const float *B, int64_t P,
                           float *C, int64_t ldc, int nc, float s) {
     int64_t i = 0;
-    for (; i + 8 <= M; i += 8) panel_8(A + i * lda, lda, B, P, C + i * ldc, ldc, nc, s);
-    for (; i + 4 <= M; i += 4) panel_4(A + i * lda, lda, B, P, C + i * ldc, ldc, nc, s);
-    for (; i + 2 <= M; i += 2) panel_2(A + i * lda, lda, B, P, C + i * ldc, ldc, nc, s);
-    for (; i < M; i++) panel_1(A + i * lda, lda, B, P, C + i * ldc, ldc, nc, s);
+    for (; i + 8 <= M; i += 8) panel_8(A + i * sa, sa, sp, B, P, C + i * ldc, ldc, nc, s);
+    for (; i + 4 <= M; i += 4) panel_4(A + i * sa, sa, sp, B, P, C + i * ldc, ldc, nc, s);
+    for (; i + 2 <= M; i += 2) panel_2(A + i * sa, sa, sp, B, P, C + i * ldc, ldc, nc, s);
+    for (; i < M; i++) panel_1(A + i * sa, sa, sp, B, P, C + i * ldc, ldc, nc, s);
 }
 
 /* Forward float panel (see kernels.c: panel_rows): B[k*32 + j] = code(n0 + j, k) - 1 for

@@ -23,14 +23,14 @@ void bt_i8_scalar(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int3
     }
 }
 
-void bt_panel_scalar(const float *A, int64_t lda, int64_t M, const float *B, int64_t P,
+void bt_panel_scalar(const float *A, int64_t sa, int64_t sp, int64_t M, const float *B, int64_t P,
                      float *C, int64_t ldc, int nc, float s) {
     float acc[BT_PANEL];
     for (int64_t i = 0; i < M; i++) {
-        const float *a = A + i * lda;
+        const float *a = A + i * sa;
         for (int j = 0; j < BT_PANEL; j++) acc[j] = 0.0f;
         for (int64_t p = 0; p < P; p++) {
-            const float ap = a[p], *bp = B + p * BT_PANEL;
+            const float ap = a[p * sp], *bp = B + p * BT_PANEL;
             for (int j = 0; j < BT_PANEL; j++) acc[j] = acc[j] + ap * bp[j];
         }
         for (int j = 0; j < nc; j++) C[i * ldc + j] = acc[j] * s;

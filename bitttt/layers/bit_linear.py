@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import kernels
 from ..ternary import PackedTernary
+from .common import mm
 
 
 def quantize_weight(w: np.ndarray) -> np.ndarray:
@@ -33,7 +34,7 @@ def bitlinear_forward(x: np.ndarray, w: np.ndarray, ternary: bool):
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     if not ternary:
-        return (x2 @ w.T).reshape(*lead, w.shape[0]), ("float", x2, w, lead)
+        return mm(x2, w, trans_b=True).reshape(*lead, w.shape[0]), ("float", x2, w, lead)
     if x.dtype == np.float32:
         p = PackedTernary.quantize(w)
         xq, a = kernels.quantize_activations(np.ascontiguousarray(x2))
@@ -52,9 +53,11 @@ def bitlinear_backward(dy: np.ndarray, cache):
         _, xq, a, p, lead = cache
         dy2 = np.ascontiguousarray(dy2, dtype=np.float32)
         dx = kernels.matmul_t(p, dy2)
-        dw = dy2.T @ (xq.astype(np.float32) / a[:, None])
+        xd = xq.astype(np.float32)
+        xd /= a[:, None]
+        dw = mm(dy2, xd, trans_a=True)
     else:
         _, xin, wq, lead = cache  # xin is x (float) or Qa(x) (ternary numpy)
-        dx = dy2 @ wq
-        dw = dy2.T @ xin
+        dx = mm(dy2, wq)
+        dw = mm(dy2, xin, trans_a=True)
     return dx.reshape(*lead, dx.shape[-1]), dw
