@@ -198,8 +198,12 @@ static void panel_cols(const bt_ternary *w, int64_t k0, float *B) {
  * contiguous ranges of panels. */
 typedef void (*fill_fn)(const void *ctx, int64_t j0, float *B);
 
-static int panel_driver(const void *ctx, fill_fn fill, const float *A, int64_t sa, int64_t sp, int64_t M,
-                        int64_t P, int64_t total_cols, float *C, int64_t ldc, float s) {
+#define BT_ATILE 8 /* rows of a packed A tile (see bt_sgemm) */
+
+/* tile_packed: A is stored as tiles of BT_ATILE rows, tile t at A + t*BT_ATILE*P laid out
+ * [P][BT_ATILE] (then sa, sp are ignored). */
+static int panel_driver_ex(const void *ctx, fill_fn fill, const float *A, int64_t sa, int64_t sp, int64_t M,
+                           int64_t P, int64_t total_cols, float *C, int64_t ldc, float s, int tile_packed) {
     if (M <= 0 || total_cols <= 0) return BT_OK;
     const bt_panel_fn fn = pick_panel();
     const int64_t npanels = (total_cols + BT_PANEL - 1) / BT_PANEL;
@@ -227,12 +231,24 @@ static int panel_driver(const void *ctx, fill_fn fill, const float *A, int64_t s
             const int64_t j0 = q * BT_PANEL;
             const int nc = total_cols - j0 < BT_PANEL ? (int)(total_cols - j0) : BT_PANEL;
             fill(ctx, j0, B);
-            fn(A, sa, sp, M, B, P, C + j0, ldc, nc, s);
+            if (!tile_packed) {
+                fn(A, sa, sp, M, B, P, C + j0, ldc, nc, s);
+            } else {
+                for (int64_t i0 = 0; i0 < M; i0 += BT_ATILE) {
+                    const int64_t mr = M - i0 < BT_ATILE ? M - i0 : BT_ATILE;
+                    fn(A + i0 * P, 1, BT_ATILE, mr, B, P, C + i0 * ldc + j0, ldc, nc, s);
+                }
+            }
         }
         free(B);
     }
     (void)nt;
     return failed ? BT_ERR_NOMEM : BT_OK;
+}
+
+static int panel_driver(const void *ctx, fill_fn fill, const float *A, int64_t sa, int64_t sp, int64_t M,
+                        int64_t P, int64_t total_cols, float *C, int64_t ldc, float s) {
+    return panel_driver_ex(ctx, fill, A, sa, sp, M, P, total_cols, C, ldc, s, 0);
 }
 
 static void fill_rows(const void *ctx, int64_t j0, float *B) { panel_rows((const bt_ternary *)ctx, j0, B); }
@@ -284,15 +300,26 @@ int bt_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t P, const fl
     }
     const dense_b d = {B, ldb, P, N, trans_b};
     if (!trans_a) return panel_driver(&d, fill_dense, A, lda, 1, M, P, N, C, ldc, 1.0f);
-    /* op(A) = A^T: the microkernels would walk A with a stride of lda floats per p, which
-     * the prefetchers follow badly; one blocked transpose into [M, P] is far cheaper. */
-    float *at = (float *)aligned_alloc(BT_ALIGN, (size_t)(((M * P * 4) + 63) / 64 * 64));
+    /* op(A) = A^T: pack A once into tiles of 8 rows of op(A), [P][8] each (8 contiguous
+     * floats of a row of A per p), so that the microkernels read A sequentially. */
+    const int64_t tiles = (M + BT_ATILE - 1) / BT_ATILE;
+    float *at = (float *)aligned_alloc(BT_ALIGN, (size_t)((tiles * BT_ATILE * P * 4 + 63) / 64 * 64));
     if (!at) return BT_ERR_NOMEM;
-    for (int64_t p0 = 0; p0 < P; p0 += 32)
-        for (int64_t i0 = 0; i0 < M; i0 += 32)
-            for (int64_t p = p0; p < P && p < p0 + 32; p++)
-                for (int64_t i = i0; i < M && i < i0 + 32; i++) at[i * P + p] = A[p * lda + i];
-    const int err = panel_driver(&d, fill_dense, at, P, 1, M, P, N, C, ldc, 1.0f);
+    const int nt = threads_for((double)M * (double)P * (double)N, tiles);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+#endif
+    for (int64_t t = 0; t < tiles; t++) {
+        const int64_t i0 = t * BT_ATILE, mr = M - i0 < BT_ATILE ? M - i0 : BT_ATILE;
+        float *dst = at + t * BT_ATILE * P;
+        for (int64_t p = 0; p < P; p++) {
+            const float *src = A + p * lda + i0;
+            for (int64_t i = 0; i < mr; i++) dst[p * BT_ATILE + i] = src[i];
+            for (int64_t i = mr; i < BT_ATILE; i++) dst[p * BT_ATILE + i] = 0.0f;
+        }
+    }
+    (void)nt;
+    const int err = panel_driver_ex(&d, fill_dense, at, 0, 0, M, P, N, C, ldc, 1.0f, 1);
     free(at);
     return err;
 }

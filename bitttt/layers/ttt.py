@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _core
 from ..config import BitLlamaConfig
 from .bit_linear import bitlinear_backward, bitlinear_forward
 from .common import check_finite
@@ -196,19 +197,33 @@ def ttt_forward(p: dict, x: np.ndarray, cfg: BitLlamaConfig, name: str = "ttt"):
     lr = sg * dt.type(cfg.ttt_base_lr / f)  # [B, H, T]
     tok_pre = dt.type(1.0) / np.arange(1, k + 1, dtype=dt) + p["learnable_token_idx"]
     tok = np.maximum(tok_pre, dt.type(0.0))
-    gamma = p["ttt_norm_weight"][None, :, None, :]
-    beta = p["ttt_norm_bias"][None, :, None, :]
-    W = np.broadcast_to(p["W1"][None], (bsz, h, f, f))
-    bb = np.broadcast_to(p["b1"][None], (bsz, h, 1, f))
-    out = np.empty_like(Q)
-    caches = []
-    for s in range(0, t, k):
-        e = min(s + k, t)
-        n = e - s
-        E = tok[:n, None] * lr[:, :, None, s:e]
-        o, W, bb, c = minibatch_forward(W, bb, Q[:, :, s:e], Kx[:, :, s:e], V[:, :, s:e], E, gamma, beta)
-        out[:, :, s:e] = o
-        caches.append(c)
+    if dt == np.float32:  # fused C inner loop, parallel over (sequence, head)
+        r, nch = bsz * h, -(-t // k)
+        Qc, Kc, Vc = (np.ascontiguousarray(z).reshape(r, t, f) for z in (Q, Kx, V))
+        lrc = np.ascontiguousarray(lr.reshape(r, t))
+        Ws = np.empty((r, nch, f, f), dtype=dt)
+        bs = np.empty((r, nch, f), dtype=dt)
+        outc = np.empty((r, t, f), dtype=dt)
+        cargs = (h, Qc, Kc, Vc, lrc, np.ascontiguousarray(tok), np.ascontiguousarray(p["W1"]),
+                 np.ascontiguousarray(p["b1"].reshape(h, f)), np.ascontiguousarray(p["ttt_norm_weight"]),
+                 np.ascontiguousarray(p["ttt_norm_bias"]))
+        _core.ttt_forward(*cargs, outc, Ws, bs)
+        out = outc.reshape(bsz, h, t, f)
+        caches = ("c", cargs, Ws, bs)
+    else:
+        gamma = p["ttt_norm_weight"][None, :, None, :]
+        beta = p["ttt_norm_bias"][None, :, None, :]
+        W = np.broadcast_to(p["W1"][None], (bsz, h, f, f))
+        bb = np.broadcast_to(p["b1"][None], (bsz, h, 1, f))
+        out = np.empty_like(Q)
+        caches = []
+        for s in range(0, t, k):
+            e = min(s + k, t)
+            n = e - s
+            E = tok[:n, None] * lr[:, :, None, s:e]
+            o, W, bb, c = minibatch_forward(W, bb, Q[:, :, s:e], Kx[:, :, s:e], V[:, :, s:e], E, gamma, beta)
+            out[:, :, s:e] = o
+            caches.append(c)
     merged = _merge(out)
     normed, cpn = layernorm_forward(merged, p["post_norm.weight"], p["post_norm.bias"], LN_EPS)
     y, co = bitlinear_forward(normed, p["o_proj.weight"], cfg.ternary)
@@ -226,31 +241,49 @@ def ttt_backward(dy: np.ndarray, cache, p: dict, cfg: BitLlamaConfig):
     dnormed, g["o_proj.weight"] = bitlinear_backward(dy, co)
     dmerged, g["post_norm.weight"], g["post_norm.bias"] = layernorm_backward(dnormed, cpn)
     dout = _heads(dmerged, h)
-    dQ = np.empty((bsz, h, t, f), dtype=x.dtype)
-    dK = np.empty_like(dQ)
-    dV = np.empty_like(dQ)
-    dlr = np.empty((bsz, h, t), dtype=x.dtype)
-    dtok = np.zeros(k, dtype=x.dtype)
-    dgamma = np.zeros((h, f), dtype=x.dtype)
-    dbeta = np.zeros((h, f), dtype=x.dtype)
-    dW = np.zeros((bsz, h, f, f), dtype=x.dtype)
-    db = np.zeros((bsz, h, 1, f), dtype=x.dtype)
-    lr = sg * dt(cfg.ttt_base_lr / f)
-    starts = list(range(0, t, k))
-    for s, c in zip(reversed(starts), reversed(caches)):
-        e = min(s + k, t)
-        n = e - s
-        dW, db, dq, dkx, dv, dE, dga, dbe = minibatch_backward(dout[:, :, s:e], dW, db, c)
-        dQ[:, :, s:e], dK[:, :, s:e], dV[:, :, s:e] = dq, dkx, dv
-        dgamma += dga.sum(axis=(0, 2))
-        dbeta += dbe.sum(axis=(0, 2))
-        # E[b,h,i,j] = tok[i] * lr[b,h,s+j]
-        dtok[:n] += np.einsum("bhij,bhj->i", dE, lr[:, :, s:e])
-        dlr[:, :, s:e] = np.einsum("bhij,i->bhj", dE, tok[:n])
-    g["W1"] = dW.sum(axis=0)
-    g["b1"] = db.sum(axis=0)
-    g["ttt_norm_weight"] = dgamma
-    g["ttt_norm_bias"] = dbeta
+    if isinstance(caches, tuple):  # the C inner loop
+        _, cargs, Ws, bs = caches
+        r = bsz * h
+        dQ, dK, dV = (np.empty((r, t, f), dtype=x.dtype) for _ in range(3))
+        dlr = np.empty((r, t), dtype=x.dtype)
+        dtok_r = np.empty((r, k), dtype=x.dtype)
+        dW1_r = np.empty((r, f, f), dtype=x.dtype)
+        db1_r, dgamma_r, dbeta_r = (np.empty((r, f), dtype=x.dtype) for _ in range(3))
+        _core.ttt_backward(*cargs, Ws, bs, np.ascontiguousarray(dout).reshape(r, t, f), dQ, dK, dV, dlr,
+                           dtok_r, dW1_r, db1_r, dgamma_r, dbeta_r)
+        dQ, dK, dV = (z.reshape(bsz, h, t, f) for z in (dQ, dK, dV))
+        dlr = dlr.reshape(bsz, h, t)
+        dtok = dtok_r.sum(axis=0)
+        g["W1"] = dW1_r.reshape(bsz, h, f, f).sum(axis=0)
+        g["b1"] = db1_r.reshape(bsz, h, 1, f).sum(axis=0)
+        g["ttt_norm_weight"] = dgamma_r.reshape(bsz, h, f).sum(axis=0)
+        g["ttt_norm_bias"] = dbeta_r.reshape(bsz, h, f).sum(axis=0)
+    else:
+        dQ = np.empty((bsz, h, t, f), dtype=x.dtype)
+        dK = np.empty_like(dQ)
+        dV = np.empty_like(dQ)
+        dlr = np.empty((bsz, h, t), dtype=x.dtype)
+        dtok = np.zeros(k, dtype=x.dtype)
+        dgamma = np.zeros((h, f), dtype=x.dtype)
+        dbeta = np.zeros((h, f), dtype=x.dtype)
+        dW = np.zeros((bsz, h, f, f), dtype=x.dtype)
+        db = np.zeros((bsz, h, 1, f), dtype=x.dtype)
+        lr = sg * dt(cfg.ttt_base_lr / f)
+        starts = list(range(0, t, k))
+        for s, c in zip(reversed(starts), reversed(caches)):
+            e = min(s + k, t)
+            n = e - s
+            dW, db, dq, dkx, dv, dE, dga, dbe = minibatch_backward(dout[:, :, s:e], dW, db, c)
+            dQ[:, :, s:e], dK[:, :, s:e], dV[:, :, s:e] = dq, dkx, dv
+            dgamma += dga.sum(axis=(0, 2))
+            dbeta += dbe.sum(axis=(0, 2))
+            # E[b,h,i,j] = tok[i] * lr[b,h,s+j]
+            dtok[:n] += np.einsum("bhij,bhj->i", dE, lr[:, :, s:e])
+            dlr[:, :, s:e] = np.einsum("bhij,i->bhj", dE, tok[:n])
+        g["W1"] = dW.sum(axis=0)
+        g["b1"] = db.sum(axis=0)
+        g["ttt_norm_weight"] = dgamma
+        g["ttt_norm_bias"] = dbeta
     g["learnable_token_idx"] = dtok * (tok_pre >= 0)
     dpre = dlr * dt(cfg.ttt_base_lr / f) * sg * (1 - sg)  # [B, H, T]
     a = p["learnable_ttt_lr_weight"][:, 0, :]

@@ -1,0 +1,43 @@
+/*
+ * bt_ttt.h -- the TTT-Linear inner loop (mini-batch gradient descent in the dual form),
+ * forward and backward, fused per (sequence, head) and run in parallel over them.
+ *
+ * Shapes (all float32, C-contiguous): R = B*H independent rows (sequence b, head h = r % H),
+ * T tokens, f head dim, K mini-batch size, C = ceil(T / K) mini-batches (the last may be
+ * shorter: n = T - (C-1)*K tokens).
+ *   q, k, v   [R, T, f]   projected inputs, RoPE already applied to q and k
+ *   lr        [R, T]      gated learning rate of every token (ttt_base_lr * sigmoid(.) / f)
+ *   tok       [K]         per-position scale max(1/(i+1) + learnable_token_idx[i], 0)
+ *   W1 [H, f, f], b1 [H, f], gamma [H, f], beta [H, f]   initial state and inner LayerNorm
+ * Per mini-batch (i, j < n; E[i][j] = tok[i] * lr[j]; eps 1e-6):
+ *   Z1 = k W + b;  G = d/dZ1 1/2 ||LN(Z1) - (v - k)||^2            (closed form per row)
+ *   b_bar[i] = b - sum_{j<=i} E[i][j] G[j]
+ *   Zb[i]    = q[i] W - sum_{j<=i} E[i][j] (q[i].k[j]) G[j] + b_bar[i]
+ *   out[i]   = q[i] + LN(Zb[i])
+ *   W -= sum_j k[j]^T (E[n-1][j] G[j]);   b -= sum_j E[n-1][j] G[j]
+ * The forward saves the state (W, b) entering every mini-batch (Ws [R, C, f, f],
+ * bs [R, C, f]); the backward recomputes the rest from them.  Every sum runs in a fixed
+ * order, so the thread count never changes the result; the ISA paths (scalar, AVX2,
+ * AVX-512: the same C compiled for each) give identical bits.
+ */
+#ifndef BT_TTT_H
+#define BT_TTT_H
+
+#include <stdint.h>
+
+typedef struct {
+    int64_t R, H, T, f, K;
+    const float *q, *k, *v, *lr, *tok, *W1, *b1, *gamma, *beta;
+} bt_ttt_args;
+
+/* out [R, T, f]; Ws [R, C, f, f]; bs [R, C, f].  BT_OK or BT_ERR_NOMEM. */
+int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *bs);
+
+/* dout [R, T, f] -> dq, dk, dv [R, T, f], dlr [R, T], and per-row partial parameter
+ * gradients (the caller sums them over rows, in a fixed order): dtok [R, K],
+ * dW1 [R, f, f], db1 [R, f], dgamma [R, f], dbeta [R, f].  BT_OK or BT_ERR_NOMEM. */
+int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, const float *bs, const float *dout,
+                    float *dq, float *dk, float *dv, float *dlr, float *dtok, float *dW1, float *db1,
+                    float *dgamma, float *dbeta);
+
+#endif /* BT_TTT_H */

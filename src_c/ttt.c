@@ -1,0 +1,486 @@
+/* ttt.c -- TTT-Linear inner loop, forward and backward (see bt_ttt.h).
+ *
+ * One (sequence, head) row at a time, mini-batch by mini-batch.  The maths is written
+ * once as inline C (chunk_forward / chunk_backward below, mirroring
+ * bitttt/layers/ttt.py: minibatch_forward / minibatch_backward) and compiled three times,
+ * for the baseline ISA, AVX2 and AVX-512; the compiler only vectorizes loops whose lanes
+ * are independent (no reassociation: -ffp-contract=off, no fast-math), so all three give
+ * the same bits, and bt_get_isa() picks one at run time.
+ */
+#include "bt_ttt.h"
+#include "bt_cpu.h"
+#include "bt_ternary.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define LN_EPS 1e-6f
+#define INLINE static inline __attribute__((always_inline))
+
+/* Per-thread scratch, sized for a full mini-batch (K rows). */
+typedef struct {
+    float *Z1c;  /* Z1 - mean (d1)        [K, f] */
+    float *xh1;  /* LN1 normalized        [K, f] */
+    float *r1;   /* LN1 1/std             [K]    */
+    float *go;   /* LN(Z1) - target       [K, f] */
+    float *gxh;  /* go * gamma            [K, f] */
+    float *s1;   /* sum gxh               [K]    */
+    float *s2;   /* sum gxh * xh1         [K]    */
+    float *G;    /* inner gradient        [K, f] */
+    float *A;    /* q k^T (lower part)    [K, K] */
+    float *xh2;  /* LN2 normalized        [K, f] */
+    float *r2;   /* LN2 1/std             [K]    */
+    /* backward only */
+    float *dZb, *dG, *dH, *dZ1, *dd, *dE, *dW, *db, *Wc, *bc;
+    float *WT, *dWT; /* transposes, so that every inner loop is an axpy over contiguous memory */
+} scratch;
+
+static void scratch_free(scratch *s) {
+    free(s->Z1c);
+    memset(s, 0, sizeof *s);
+}
+
+static int scratch_alloc(scratch *s, int64_t K, int64_t f) {
+    const int64_t kf = K * f, kk = K * K, ff = f * f;
+    const int64_t total = 9 * kf + 5 * K + kk + 5 * kf + kk + ff + f + ff + f + 2 * ff;
+    memset(s, 0, sizeof *s);
+    float *p = (float *)calloc((size_t)total, sizeof(float));
+    if (!p) return BT_ERR_NOMEM;
+    s->Z1c = p; p += kf;
+    s->xh1 = p; p += kf;
+    s->r1 = p; p += K;
+    s->go = p; p += kf;
+    s->gxh = p; p += kf;
+    s->s1 = p; p += K;
+    s->s2 = p; p += K;
+    s->G = p; p += kf;
+    s->A = p; p += kk;
+    s->xh2 = p; p += kf;
+    s->r2 = p; p += K;
+    s->dZb = p; p += kf;
+    s->dG = p; p += kf;
+    s->dH = p; p += kf;
+    s->dZ1 = p; p += kf;
+    s->dd = p; p += kf;
+    s->dE = p; p += kk;
+    s->dW = p; p += ff;
+    s->db = p; p += f;
+    s->Wc = p; p += ff;
+    s->bc = p; p += f;
+    s->WT = p; p += ff;
+    s->dWT = p;
+    return BT_OK;
+}
+
+/* One mini-batch forward.  q, k, v [n, f]; lr [n]; tok [n]; W [f, f], b [f] are updated in
+ * place to the state handed on; out [n, f]; the intermediates the backward needs stay in s. */
+INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, const float *v,
+                          const float *lr, const float *tok, const float *gamma, const float *beta,
+                          float *W, float *b, float *out, scratch *s) {
+    const float ff = (float)f;
+    /* Z1 = k W + b, LN1, G */
+    for (int64_t i = 0; i < n; i++) {
+        float *z = s->Z1c + i * f;
+        for (int64_t c = 0; c < f; c++) z[c] = b[c];
+        for (int64_t p = 0; p < f; p++) {
+            const float kp = k[i * f + p];
+            const float *wr = W + p * f;
+            for (int64_t c = 0; c < f; c++) z[c] = z[c] + kp * wr[c];
+        }
+        float mu = 0.0f;
+        for (int64_t c = 0; c < f; c++) mu += z[c];
+        mu /= ff;
+        float var = 0.0f;
+        for (int64_t c = 0; c < f; c++) {
+            z[c] = z[c] - mu;
+            var += z[c] * z[c];
+        }
+        const float r = 1.0f / sqrtf(var / ff + LN_EPS);
+        s->r1[i] = r;
+        float *xh = s->xh1 + i * f, *go = s->go + i * f, *gx = s->gxh + i * f;
+        float s1 = 0.0f, s2 = 0.0f;
+        for (int64_t c = 0; c < f; c++) {
+            xh[c] = z[c] * r;
+            go[c] = gamma[c] * xh[c] + beta[c] - (v[i * f + c] - k[i * f + c]);
+            gx[c] = go[c] * gamma[c];
+        }
+        for (int64_t c = 0; c < f; c++) {
+            s1 += gx[c];
+            s2 += gx[c] * xh[c];
+        }
+        s->s1[i] = s1;
+        s->s2[i] = s2;
+        float *g = s->G + i * f;
+        const float rf = r / ff;
+        for (int64_t c = 0; c < f; c++) g[c] = rf * (ff * gx[c] - s1 - xh[c] * s2);
+    }
+    /* A = q k^T (j <= i) */
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j <= i; j++) {
+            float acc = 0.0f;
+            for (int64_t p = 0; p < f; p++) acc += q[i * f + p] * k[j * f + p];
+            s->A[i * n + j] = acc;
+        }
+    /* Zb = q W - sum_j E (1 + A) G + b ; out = q + LN(Zb) */
+    for (int64_t i = 0; i < n; i++) {
+        float *z = s->dZb + i * f; /* Zb is kept centred in dZb until the backward reuses it */
+        for (int64_t c = 0; c < f; c++) z[c] = b[c];
+        for (int64_t p = 0; p < f; p++) {
+            const float qp = q[i * f + p];
+            const float *wr = W + p * f;
+            for (int64_t c = 0; c < f; c++) z[c] = z[c] + qp * wr[c];
+        }
+        for (int64_t j = 0; j <= i; j++) {
+            const float e = tok[i] * lr[j];
+            const float coef = e * s->A[i * n + j] + e;
+            const float *g = s->G + j * f;
+            for (int64_t c = 0; c < f; c++) z[c] = z[c] - coef * g[c];
+        }
+        float mu = 0.0f;
+        for (int64_t c = 0; c < f; c++) mu += z[c];
+        mu /= ff;
+        float var = 0.0f;
+        for (int64_t c = 0; c < f; c++) {
+            z[c] = z[c] - mu;
+            var += z[c] * z[c];
+        }
+        const float r = 1.0f / sqrtf(var / ff + LN_EPS);
+        s->r2[i] = r;
+        float *xh = s->xh2 + i * f;
+        for (int64_t c = 0; c < f; c++) {
+            xh[c] = z[c] * r;
+            out[i * f + c] = q[i * f + c] + (gamma[c] * xh[c] + beta[c]);
+        }
+    }
+    /* state handed on: W -= k^T (e_last G), b -= sum e_last G */
+    const float tl = tok[n - 1];
+    for (int64_t j = 0; j < n; j++) {
+        const float e = tl * lr[j];
+        const float *g = s->G + j * f;
+        for (int64_t p = 0; p < f; p++) {
+            const float kp = e * k[j * f + p];
+            float *wr = W + p * f;
+            for (int64_t c = 0; c < f; c++) wr[c] = wr[c] - kp * g[c];
+        }
+        for (int64_t c = 0; c < f; c++) b[c] = b[c] - e * g[c];
+    }
+}
+
+/* One mini-batch backward, after chunk_forward(W0, b0) filled s.  dW [f, f], db [f] hold the
+ * gradient of the state this mini-batch hands on and leave holding that of (W0, b0).
+ * Gradients of q, k, v, lr go to dq, dk, dv, dlr ([n, f], [n]); dtok, dgamma, dbeta are
+ * accumulated. */
+INLINE void transpose(int64_t f, const float *a, float *at) {
+    for (int64_t i = 0; i < f; i++)
+        for (int64_t j = 0; j < f; j++) at[j * f + i] = a[i * f + j];
+}
+
+INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k, const float *lr,
+                           const float *tok, const float *gamma, const float *W0, const float *dout,
+                           float *dW, float *db, float *dq, float *dk, float *dv, float *dlr, float *dtok,
+                           float *dgamma, float *dbeta, scratch *s) {
+    const float ff = (float)f;
+    float *dE = s->dE;
+    memset(dE, 0, (size_t)(n * n) * sizeof(float));
+    /* dH = -(k dW) - db, with dW, db the gradients of the handed-on state; contributions of
+     * W -= k^T H and b -= sum H (H = e_last G) */
+    const float tl = tok[n - 1];
+    transpose(f, dW, s->dWT);
+    transpose(f, W0, s->WT);
+    for (int64_t j = 0; j < n; j++) {
+        float *dh = s->dH + j * f;
+        for (int64_t c = 0; c < f; c++) dh[c] = -db[c];
+        for (int64_t p = 0; p < f; p++) {
+            const float kp = k[j * f + p];
+            const float *dwr = dW + p * f;
+            for (int64_t c = 0; c < f; c++) dh[c] = dh[c] - kp * dwr[c];
+        }
+        const float e = tl * lr[j];
+        const float *g = s->G + j * f;
+        float de = 0.0f;
+        for (int64_t c = 0; c < f; c++) de += dh[c] * g[c];
+        dE[(n - 1) * n + j] += de;
+        /* dk[j][p] = -e sum_c G[j][c] dW[p][c] = sum_c (-e G[j][c]) dW^T[c][p] */
+        float *dkj = dk + j * f;
+        for (int64_t p = 0; p < f; p++) dkj[p] = 0.0f;
+        for (int64_t c = 0; c < f; c++) {
+            const float gc = -e * g[c];
+            const float *dwt = s->dWT + c * f;
+            for (int64_t p = 0; p < f; p++) dkj[p] = dkj[p] + gc * dwt[p];
+        }
+        float *dg = s->dG + j * f;
+        for (int64_t c = 0; c < f; c++) dg[c] = e * dh[c];
+    }
+    /* out = q + LN(Zb) */
+    for (int64_t i = 0; i < n; i++) {
+        const float *dy = dout + i * f, *xh = s->xh2 + i * f;
+        float *dz = s->dZb + i * f;
+        float m1 = 0.0f, m2 = 0.0f;
+        for (int64_t c = 0; c < f; c++) {
+            const float g2 = dy[c] * gamma[c];
+            m1 += g2;
+            m2 += g2 * xh[c];
+            dgamma[c] += dy[c] * xh[c];
+            dbeta[c] += dy[c];
+        }
+        m1 /= ff;
+        m2 /= ff;
+        const float r = s->r2[i];
+        for (int64_t c = 0; c < f; c++) dz[c] = r * (dy[c] * gamma[c] - m1 - xh[c] * m2);
+        for (int64_t c = 0; c < f; c++) dq[i * f + c] = dy[c];
+    }
+    /* Zb = q W0 - sum_j E(1 + A) G + b */
+    for (int64_t i = 0; i < n; i++) {
+        const float *dz = s->dZb + i * f;
+        float *dqi = s->dd + i * f; /* dq += dZb W0^T, summed over c in order */
+        for (int64_t p = 0; p < f; p++) dqi[p] = 0.0f;
+        for (int64_t c = 0; c < f; c++) {
+            const float zc = dz[c];
+            const float *wt = s->WT + c * f;
+            for (int64_t p = 0; p < f; p++) dqi[p] = dqi[p] + zc * wt[p];
+        }
+        for (int64_t p = 0; p < f; p++) dq[i * f + p] += dqi[p];
+        for (int64_t p = 0; p < f; p++) { /* dW += q^T dZb */
+            const float qp = q[i * f + p];
+            float *dwr = dW + p * f;
+            for (int64_t c = 0; c < f; c++) dwr[c] = dwr[c] + qp * dz[c];
+        }
+        for (int64_t c = 0; c < f; c++) db[c] += dz[c];
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const float *dz = s->dZb + i * f;
+        for (int64_t j = 0; j <= i; j++) {
+            const float *g = s->G + j * f;
+            float dp = 0.0f; /* dP[i][j] = -dZb[i] . G[j] */
+            for (int64_t c = 0; c < f; c++) dp -= dz[c] * g[c];
+            const float a = s->A[i * n + j], e = tok[i] * lr[j];
+            dE[i * n + j] += dp * (1.0f + a);
+            const float da = dp * e; /* dA[i][j] */
+            for (int64_t c = 0; c < f; c++) dq[i * f + c] += da * k[j * f + c];
+            for (int64_t c = 0; c < f; c++) dk[j * f + c] += da * q[i * f + c];
+            const float coef = e * a + e; /* dG[j] -= (P + Et)[i][j] dZb[i] */
+            float *dg = s->dG + j * f;
+            for (int64_t c = 0; c < f; c++) dg[c] = dg[c] - coef * dz[c];
+        }
+    }
+    /* dE -> dtok, dlr */
+    for (int64_t j = 0; j < n; j++) {
+        float acc = 0.0f;
+        for (int64_t i = j; i < n; i++) acc += dE[i * n + j] * tok[i];
+        dlr[j] = acc;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        float acc = 0.0f;
+        for (int64_t j = 0; j <= i; j++) acc += dE[i * n + j] * lr[j];
+        dtok[i] += acc;
+    }
+    /* G = r1/f (f gxh - s1 - xh1 s2), gxh = gamma go, go = gamma xh1 + beta - v + k */
+    for (int64_t i = 0; i < n; i++) {
+        const float *dg = s->dG + i * f, *gx = s->gxh + i * f, *xh = s->xh1 + i * f;
+        const float *go = s->go + i * f, *d1 = s->Z1c + i * f;
+        const float r = s->r1[i], s1 = s->s1[i], s2 = s->s2[i], rf = r / ff;
+        float dr = 0.0f, su = 0.0f, sux = 0.0f;
+        for (int64_t c = 0; c < f; c++) {
+            dr += dg[c] * (ff * gx[c] - s1 - xh[c] * s2);
+            su += dg[c] * rf;
+            sux += dg[c] * rf * xh[c];
+        }
+        dr /= ff;
+        const float ds1 = -su, ds2 = -sux;
+        float *dxh = s->dd + i * f; /* dxh1 */
+        float dr_tot = dr, mdd = 0.0f;
+        for (int64_t c = 0; c < f; c++) {
+            const float u = dg[c] * rf;
+            const float dgxh = ff * u + ds1 + ds2 * xh[c];
+            const float dgo = dgxh * gamma[c];
+            dgamma[c] += dgxh * go[c] + dgo * xh[c];
+            dbeta[c] += dgo;
+            dxh[c] = -s2 * u + ds2 * gx[c] + dgo * gamma[c];
+            dv[i * f + c] = -dgo;
+            dk[i * f + c] += dgo;
+        }
+        for (int64_t c = 0; c < f; c++) dr_tot += dxh[c] * d1[c];
+        const float k3 = -(r * r * r) * dr_tot / ff;
+        float *dz1 = s->dZ1 + i * f;
+        for (int64_t c = 0; c < f; c++) {
+            dz1[c] = dxh[c] * r + k3 * d1[c];
+            mdd += dz1[c];
+        }
+        mdd /= ff;
+        for (int64_t c = 0; c < f; c++) dz1[c] = dz1[c] - mdd;
+    }
+    /* Z1 = k W0 + b */
+    for (int64_t i = 0; i < n; i++) {
+        const float *dz = s->dZ1 + i * f;
+        float *dki = s->dd + i * f; /* dk += dZ1 W0^T, summed over c in order */
+        for (int64_t p = 0; p < f; p++) dki[p] = 0.0f;
+        for (int64_t c = 0; c < f; c++) {
+            const float zc = dz[c];
+            const float *wt = s->WT + c * f;
+            for (int64_t p = 0; p < f; p++) dki[p] = dki[p] + zc * wt[p];
+        }
+        for (int64_t p = 0; p < f; p++) dk[i * f + p] += dki[p];
+        for (int64_t p = 0; p < f; p++) {
+            const float kp = k[i * f + p];
+            float *dwr = dW + p * f;
+            for (int64_t c = 0; c < f; c++) dwr[c] = dwr[c] + kp * dz[c];
+        }
+        for (int64_t c = 0; c < f; c++) db[c] += dz[c];
+    }
+}
+
+/* -- rows ----------------------------------------------------------------------------- */
+INLINE void row_forward(const bt_ttt_args *a, int64_t r, float *out, float *Ws, float *bs, scratch *s,
+                        const int64_t f) {
+    const int64_t T = a->T, K = a->K, h = r % a->H, C = (T + K - 1) / K;
+    float *W = s->Wc, *b = s->bc;
+    memcpy(W, a->W1 + h * f * f, (size_t)(f * f) * sizeof(float));
+    memcpy(b, a->b1 + h * f, (size_t)f * sizeof(float));
+    for (int64_t c = 0; c < C; c++) {
+        const int64_t t0 = c * K, n = T - t0 < K ? T - t0 : K;
+        memcpy(Ws + (r * C + c) * f * f, W, (size_t)(f * f) * sizeof(float));
+        memcpy(bs + (r * C + c) * f, b, (size_t)f * sizeof(float));
+        const int64_t o = (r * T + t0) * f;
+        chunk_forward(n, f, a->q + o, a->k + o, a->v + o, a->lr + r * T + t0, a->tok, a->gamma + h * f,
+                      a->beta + h * f, W, b, out + o, s);
+    }
+}
+
+INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, const float *bs, const float *dout,
+                         float *dq, float *dk, float *dv, float *dlr, float *dtok, float *dW1, float *db1,
+                         float *dgamma, float *dbeta, scratch *s, float *junk, const int64_t f) {
+    const int64_t T = a->T, K = a->K, h = r % a->H, C = (T + K - 1) / K;
+    float *dW = s->dW, *db = s->db;
+    memset(dW, 0, (size_t)(f * f) * sizeof(float));
+    memset(db, 0, (size_t)f * sizeof(float));
+    memset(dtok + r * K, 0, (size_t)K * sizeof(float));
+    memset(dgamma + r * f, 0, (size_t)f * sizeof(float));
+    memset(dbeta + r * f, 0, (size_t)f * sizeof(float));
+    for (int64_t c = C - 1; c >= 0; c--) {
+        const int64_t t0 = c * K, n = T - t0 < K ? T - t0 : K;
+        const float *W0 = Ws + (r * C + c) * f * f;
+        memcpy(s->Wc, W0, (size_t)(f * f) * sizeof(float));
+        memcpy(s->bc, bs + (r * C + c) * f, (size_t)f * sizeof(float));
+        const int64_t o = (r * T + t0) * f;
+        chunk_forward(n, f, a->q + o, a->k + o, a->v + o, a->lr + r * T + t0, a->tok, a->gamma + h * f,
+                      a->beta + h * f, s->Wc, s->bc, junk, s);
+        chunk_backward(n, f, a->q + o, a->k + o, a->lr + r * T + t0, a->tok, a->gamma + h * f, W0, dout + o,
+                       dW, db, dq + o, dk + o, dv + o, dlr + r * T + t0, dtok + r * K, dgamma + r * f,
+                       dbeta + r * f, s);
+    }
+    memcpy(dW1 + r * f * f, dW, (size_t)(f * f) * sizeof(float));
+    memcpy(db1 + r * f, db, (size_t)f * sizeof(float));
+}
+
+/* Each ISA gets a copy specialized for the common head widths (the compiler then fully
+ * unrolls the short inner loops) and one for any width. */
+#define ROW_FNS(SUFFIX, ATTR)                                                                       \
+    ATTR static void fwd_##SUFFIX(const bt_ttt_args *a, int64_t r, float *out, float *Ws, float *bs, \
+                                  scratch *s) {                                                     \
+        switch (a->f) {                                                                             \
+        case 32: row_forward(a, r, out, Ws, bs, s, 32); break;                                      \
+        case 64: row_forward(a, r, out, Ws, bs, s, 64); break;                                      \
+        case 128: row_forward(a, r, out, Ws, bs, s, 128); break;                                    \
+        default: row_forward(a, r, out, Ws, bs, s, a->f);                                           \
+        }                                                                                           \
+    }                                                                                               \
+    ATTR static void bwd_##SUFFIX(const bt_ttt_args *a, int64_t r, const float *Ws, const float *bs, \
+                                  const float *dout, float *dq, float *dk, float *dv, float *dlr,  \
+                                  float *dtok, float *dW1, float *db1, float *dgamma, float *dbeta, \
+                                  scratch *s, float *junk) {                                        \
+        switch (a->f) {                                                                             \
+        case 32:                                                                                    \
+            row_backward(a, r, Ws, bs, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, junk, 32); \
+            break;                                                                                  \
+        case 64:                                                                                    \
+            row_backward(a, r, Ws, bs, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, junk, 64); \
+            break;                                                                                  \
+        case 128:                                                                                   \
+            row_backward(a, r, Ws, bs, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, junk, 128); \
+            break;                                                                                  \
+        default:                                                                                    \
+            row_backward(a, r, Ws, bs, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, junk, a->f); \
+        }                                                                                           \
+    }
+
+ROW_FNS(scalar, )
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+ROW_FNS(avx2, __attribute__((target("avx2,fma"))))
+ROW_FNS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))))
+#define HAVE_X86 1
+#endif
+
+typedef void (*fwd_fn)(const bt_ttt_args *, int64_t, float *, float *, float *, scratch *);
+typedef void (*bwd_fn)(const bt_ttt_args *, int64_t, const float *, const float *, const float *, float *,
+                       float *, float *, float *, float *, float *, float *, float *, float *, scratch *,
+                       float *);
+
+static int pick(void) {
+#ifdef HAVE_X86
+    return bt_get_isa();
+#else
+    return BT_ISA_SCALAR;
+#endif
+}
+
+int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *bs) {
+    fwd_fn fn = fwd_scalar;
+#ifdef HAVE_X86
+    if (pick() == BT_ISA_AVX512) fn = fwd_avx512;
+    else if (pick() == BT_ISA_AVX2) fn = fwd_avx2;
+#endif
+    const int nt = bt_get_threads() < a->R ? bt_get_threads() : (int)a->R;
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
+#endif
+    {
+        scratch s;
+        const int ok = scratch_alloc(&s, a->K, a->f) == BT_OK;
+        if (!ok) failed = 1;
+        /* every thread reaches the loop (a worksharing construct), a failed one idles */
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t r = 0; r < a->R; r++)
+            if (ok) fn(a, r, out, Ws, bs, &s);
+        if (ok) scratch_free(&s);
+    }
+    (void)nt;
+    return failed ? BT_ERR_NOMEM : BT_OK;
+}
+
+int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, const float *bs, const float *dout, float *dq,
+                    float *dk, float *dv, float *dlr, float *dtok, float *dW1, float *db1, float *dgamma,
+                    float *dbeta) {
+    bwd_fn fn = bwd_scalar;
+#ifdef HAVE_X86
+    if (pick() == BT_ISA_AVX512) fn = bwd_avx512;
+    else if (pick() == BT_ISA_AVX2) fn = bwd_avx2;
+#endif
+    const int nt = bt_get_threads() < a->R ? bt_get_threads() : (int)a->R;
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
+#endif
+    {
+        scratch s;
+        float *junk = (float *)malloc((size_t)(a->K * a->f) * sizeof(float));
+        const int ok = junk && scratch_alloc(&s, a->K, a->f) == BT_OK;
+        if (!ok) failed = 1;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t r = 0; r < a->R; r++)
+            if (ok) fn(a, r, Ws, bs, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, &s, junk);
+        if (ok) scratch_free(&s);
+        free(junk);
+    }
+    (void)nt;
+    return failed ? BT_ERR_NOMEM : BT_OK;
+}
