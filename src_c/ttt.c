@@ -38,6 +38,7 @@ typedef struct {
     /* backward only */
     float *dZb, *dG, *dH, *dZ1, *dd, *dE, *dW, *db, *Wc, *bc;
     float *WT, *dWT; /* transposes, so that every inner loop is an axpy over contiguous memory */
+    float *ta, *tb;  /* [K] temporaries */
 } scratch;
 
 static void scratch_free(scratch *s) {
@@ -47,7 +48,7 @@ static void scratch_free(scratch *s) {
 
 static int scratch_alloc(scratch *s, int64_t K, int64_t f) {
     const int64_t kf = K * f, kk = K * K, ff = f * f;
-    const int64_t total = 9 * kf + 5 * K + kk + 5 * kf + kk + ff + f + ff + f + 2 * ff;
+    const int64_t total = 9 * kf + 5 * K + kk + 5 * kf + kk + ff + f + ff + f + 2 * ff + 2 * K;
     memset(s, 0, sizeof *s);
     float *p = (float *)calloc((size_t)total, sizeof(float));
     if (!p) return BT_ERR_NOMEM;
@@ -73,8 +74,49 @@ static int scratch_alloc(scratch *s, int64_t K, int64_t f) {
     s->Wc = p; p += ff;
     s->bc = p; p += f;
     s->WT = p; p += ff;
-    s->dWT = p;
+    s->dWT = p; p += ff;
+    s->ta = p; p += K;
+    s->tb = p;
     return BT_OK;
+}
+
+/* y += a x over f floats; x and y never overlap (restrict: no run-time alias checks). */
+INLINE void axpy(int64_t f, float a, const float *restrict x, float *restrict y) {
+    for (int64_t c = 0; c < f; c++) y[c] = y[c] + a * x[c];
+}
+
+/* y[0:f] = y0 + sum_p x[p] M[p, 0:f] (sequential in p), accumulated in a local row that
+ * the compiler keeps in registers for the specialized widths.  y may be y0 (read first,
+ * written last). */
+INLINE void vecmat_n(int64_t f, int64_t P, const float *y0, const float *restrict x, const float *restrict M,
+                     float *y) {
+    float acc[128];
+    if (f > 128) { /* wide heads: plain axpy form */
+        for (int64_t c = 0; c < f; c++) y[c] = y0 ? y0[c] : 0.0f;
+        for (int64_t p = 0; p < P; p++) axpy(f, x[p], M + p * f, y);
+        return;
+    }
+    for (int64_t c = 0; c < f; c++) acc[c] = y0 ? y0[c] : 0.0f;
+    for (int64_t p = 0; p < P; p++) {
+        const float xp = x[p];
+        const float *restrict m = M + p * f;
+        for (int64_t c = 0; c < f; c++) acc[c] = acc[c] + xp * m[c];
+    }
+    for (int64_t c = 0; c < f; c++) y[c] = acc[c];
+}
+
+INLINE void vecmat(int64_t f, const float *y0, const float *restrict x, const float *restrict M, float *y) {
+    vecmat_n(f, f, y0, x, M, y);
+}
+
+/* Rank-n update M[p, :] += sum_j a[j] x[j, p] Y[j, :] for p < f (each entry summed over j in
+ * order); x, Y [n, f]; t is scratch [n]. */
+INLINE void rank_update(int64_t f, int64_t n, const float *a, const float *x, const float *restrict Y, float *M,
+                        float *restrict t) {
+    for (int64_t p = 0; p < f; p++) {
+        for (int64_t j = 0; j < n; j++) t[j] = a ? a[j] * x[j * f + p] : x[j * f + p];
+        vecmat_n(f, n, M + p * f, t, Y, M + p * f);
+    }
 }
 
 /* One mini-batch forward.  q, k, v [n, f]; lr [n]; tok [n]; W [f, f], b [f] are updated in
@@ -86,12 +128,7 @@ INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, 
     /* Z1 = k W + b, LN1, G */
     for (int64_t i = 0; i < n; i++) {
         float *z = s->Z1c + i * f;
-        for (int64_t c = 0; c < f; c++) z[c] = b[c];
-        for (int64_t p = 0; p < f; p++) {
-            const float kp = k[i * f + p];
-            const float *wr = W + p * f;
-            for (int64_t c = 0; c < f; c++) z[c] = z[c] + kp * wr[c];
-        }
+        vecmat(f, b, k + i * f, W, z);
         float mu = 0.0f;
         for (int64_t c = 0; c < f; c++) mu += z[c];
         mu /= ff;
@@ -129,17 +166,11 @@ INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, 
     /* Zb = q W - sum_j E (1 + A) G + b ; out = q + LN(Zb) */
     for (int64_t i = 0; i < n; i++) {
         float *z = s->dZb + i * f; /* Zb is kept centred in dZb until the backward reuses it */
-        for (int64_t c = 0; c < f; c++) z[c] = b[c];
-        for (int64_t p = 0; p < f; p++) {
-            const float qp = q[i * f + p];
-            const float *wr = W + p * f;
-            for (int64_t c = 0; c < f; c++) z[c] = z[c] + qp * wr[c];
-        }
+        vecmat(f, b, q + i * f, W, z);
         for (int64_t j = 0; j <= i; j++) {
             const float e = tok[i] * lr[j];
             const float coef = e * s->A[i * n + j] + e;
-            const float *g = s->G + j * f;
-            for (int64_t c = 0; c < f; c++) z[c] = z[c] - coef * g[c];
+            axpy(f, -coef, s->G + j * f, z);
         }
         float mu = 0.0f;
         for (int64_t c = 0; c < f; c++) mu += z[c];
@@ -159,16 +190,10 @@ INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, 
     }
     /* state handed on: W -= k^T (e_last G), b -= sum e_last G */
     const float tl = tok[n - 1];
-    for (int64_t j = 0; j < n; j++) {
-        const float e = tl * lr[j];
-        const float *g = s->G + j * f;
-        for (int64_t p = 0; p < f; p++) {
-            const float kp = e * k[j * f + p];
-            float *wr = W + p * f;
-            for (int64_t c = 0; c < f; c++) wr[c] = wr[c] - kp * g[c];
-        }
-        for (int64_t c = 0; c < f; c++) b[c] = b[c] - e * g[c];
-    }
+    float *ne = s->ta; /* -e_last[j] */
+    for (int64_t j = 0; j < n; j++) ne[j] = -(tl * lr[j]);
+    for (int64_t j = 0; j < n; j++) axpy(f, ne[j], s->G + j * f, b);
+    rank_update(f, n, ne, k, s->G, W, s->tb);
 }
 
 /* One mini-batch backward, after chunk_forward(W0, b0) filled s.  dW [f, f], db [f] hold the
@@ -193,26 +218,19 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
     transpose(f, dW, s->dWT);
     transpose(f, W0, s->WT);
     for (int64_t j = 0; j < n; j++) {
-        float *dh = s->dH + j * f;
+        float *dh = s->dH + j * f, *kn = s->dZ1 + j * f; /* dZ1 is free until later: -k[j] */
         for (int64_t c = 0; c < f; c++) dh[c] = -db[c];
-        for (int64_t p = 0; p < f; p++) {
-            const float kp = k[j * f + p];
-            const float *dwr = dW + p * f;
-            for (int64_t c = 0; c < f; c++) dh[c] = dh[c] - kp * dwr[c];
-        }
+        for (int64_t p = 0; p < f; p++) kn[p] = -k[j * f + p];
+        vecmat(f, dh, kn, dW, dh);
         const float e = tl * lr[j];
         const float *g = s->G + j * f;
         float de = 0.0f;
         for (int64_t c = 0; c < f; c++) de += dh[c] * g[c];
         dE[(n - 1) * n + j] += de;
         /* dk[j][p] = -e sum_c G[j][c] dW[p][c] = sum_c (-e G[j][c]) dW^T[c][p] */
-        float *dkj = dk + j * f;
-        for (int64_t p = 0; p < f; p++) dkj[p] = 0.0f;
-        for (int64_t c = 0; c < f; c++) {
-            const float gc = -e * g[c];
-            const float *dwt = s->dWT + c * f;
-            for (int64_t p = 0; p < f; p++) dkj[p] = dkj[p] + gc * dwt[p];
-        }
+        float *dkj = dk + j * f, *hj = s->dd + j * f;
+        for (int64_t c = 0; c < f; c++) hj[c] = -e * g[c];
+        vecmat(f, NULL, hj, s->dWT, dkj);
         float *dg = s->dG + j * f;
         for (int64_t c = 0; c < f; c++) dg[c] = e * dh[c];
     }
@@ -238,20 +256,11 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
     for (int64_t i = 0; i < n; i++) {
         const float *dz = s->dZb + i * f;
         float *dqi = s->dd + i * f; /* dq += dZb W0^T, summed over c in order */
-        for (int64_t p = 0; p < f; p++) dqi[p] = 0.0f;
-        for (int64_t c = 0; c < f; c++) {
-            const float zc = dz[c];
-            const float *wt = s->WT + c * f;
-            for (int64_t p = 0; p < f; p++) dqi[p] = dqi[p] + zc * wt[p];
-        }
+        vecmat(f, NULL, dz, s->WT, dqi);
         for (int64_t p = 0; p < f; p++) dq[i * f + p] += dqi[p];
-        for (int64_t p = 0; p < f; p++) { /* dW += q^T dZb */
-            const float qp = q[i * f + p];
-            float *dwr = dW + p * f;
-            for (int64_t c = 0; c < f; c++) dwr[c] = dwr[c] + qp * dz[c];
-        }
         for (int64_t c = 0; c < f; c++) db[c] += dz[c];
     }
+    rank_update(f, n, NULL, q, s->dZb, dW, s->tb); /* dW += q^T dZb */
     for (int64_t i = 0; i < n; i++) {
         const float *dz = s->dZb + i * f;
         for (int64_t j = 0; j <= i; j++) {
@@ -261,11 +270,9 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
             const float a = s->A[i * n + j], e = tok[i] * lr[j];
             dE[i * n + j] += dp * (1.0f + a);
             const float da = dp * e; /* dA[i][j] */
-            for (int64_t c = 0; c < f; c++) dq[i * f + c] += da * k[j * f + c];
-            for (int64_t c = 0; c < f; c++) dk[j * f + c] += da * q[i * f + c];
-            const float coef = e * a + e; /* dG[j] -= (P + Et)[i][j] dZb[i] */
-            float *dg = s->dG + j * f;
-            for (int64_t c = 0; c < f; c++) dg[c] = dg[c] - coef * dz[c];
+            axpy(f, da, k + j * f, dq + i * f);
+            axpy(f, da, q + i * f, dk + j * f);
+            axpy(f, -(e * a + e), dz, s->dG + j * f); /* dG[j] -= (P + Et)[i][j] dZb[i] */
         }
     }
     /* dE -> dtok, dlr */
@@ -318,20 +325,11 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
     for (int64_t i = 0; i < n; i++) {
         const float *dz = s->dZ1 + i * f;
         float *dki = s->dd + i * f; /* dk += dZ1 W0^T, summed over c in order */
-        for (int64_t p = 0; p < f; p++) dki[p] = 0.0f;
-        for (int64_t c = 0; c < f; c++) {
-            const float zc = dz[c];
-            const float *wt = s->WT + c * f;
-            for (int64_t p = 0; p < f; p++) dki[p] = dki[p] + zc * wt[p];
-        }
+        vecmat(f, NULL, dz, s->WT, dki);
         for (int64_t p = 0; p < f; p++) dk[i * f + p] += dki[p];
-        for (int64_t p = 0; p < f; p++) {
-            const float kp = k[i * f + p];
-            float *dwr = dW + p * f;
-            for (int64_t c = 0; c < f; c++) dwr[c] = dwr[c] + kp * dz[c];
-        }
         for (int64_t c = 0; c < f; c++) db[c] += dz[c];
     }
+    rank_update(f, n, NULL, k, s->dZ1, dW, s->tb); /* dW += k^T dZ1 */
 }
 
 /* -- rows ----------------------------------------------------------------------------- */
