@@ -44,10 +44,12 @@ cdef extern from "bt_kernels.h":
 
 cdef extern from "bt_ttt.h":
     ctypedef struct bt_ttt_args:
-        int64_t R, H, T, f, K
+        int64_t B, H, T, f, K
         const float *q
         const float *k
         const float *v
+        const float *cos
+        const float *sin
         const float *lr
         const float *tok
         const float *W1
@@ -230,18 +232,20 @@ def sgemm(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] c, bint tr
 
 
 cdef void _ttt_args(bt_ttt_args *a, int64_t H, const float[:, :, ::1] q, const float[:, :, ::1] k,
-                    const float[:, :, ::1] v, const float[:, ::1] lr, const float[::1] tok,
-                    const float[:, :, ::1] W1, const float[:, ::1] b1, const float[:, ::1] gamma,
-                    const float[:, ::1] beta) noexcept:
-    a.R = q.shape[0]
+                    const float[:, :, ::1] v, const float[:, ::1] cos, const float[:, ::1] sin,
+                    const float[:, :, ::1] lr, const float[::1] tok, const float[:, :, ::1] W1,
+                    const float[:, ::1] b1, const float[:, ::1] gamma, const float[:, ::1] beta) noexcept:
+    a.B = q.shape[0]
     a.H = H
     a.T = q.shape[1]
-    a.f = q.shape[2]
+    a.f = q.shape[2] // H
     a.K = tok.shape[0]
     a.q = &q[0, 0, 0]
     a.k = &k[0, 0, 0]
     a.v = &v[0, 0, 0]
-    a.lr = &lr[0, 0]
+    a.cos = &cos[0, 0]
+    a.sin = &sin[0, 0]
+    a.lr = &lr[0, 0, 0]
     a.tok = &tok[0]
     a.W1 = &W1[0, 0, 0]
     a.b1 = &b1[0, 0]
@@ -250,31 +254,32 @@ cdef void _ttt_args(bt_ttt_args *a, int64_t H, const float[:, :, ::1] q, const f
 
 
 def ttt_forward(int64_t H, const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:, :, ::1] v,
-                const float[:, ::1] lr, const float[::1] tok, const float[:, :, ::1] W1, const float[:, ::1] b1,
-                const float[:, ::1] gamma, const float[:, ::1] beta, float[:, :, ::1] out,
-                float[:, :, :, ::1] Ws, float[:, :, ::1] bs):
+                const float[:, ::1] cos, const float[:, ::1] sin, const float[:, :, ::1] lr, const float[::1] tok,
+                const float[:, :, ::1] W1, const float[:, ::1] b1, const float[:, ::1] gamma,
+                const float[:, ::1] beta, float[:, :, ::1] out, float[:, :, :, ::1] Ws, float[:, :, ::1] bs):
     """TTT-Linear inner loop (src_c/bt_ttt.h); shapes checked by bitttt.layers.ttt."""
     cdef bt_ttt_args a
     cdef int err
-    _ttt_args(&a, H, q, k, v, lr, tok, W1, b1, gamma, beta)
+    _ttt_args(&a, H, q, k, v, cos, sin, lr, tok, W1, b1, gamma, beta)
     with nogil:
         err = bt_ttt_forward(&a, &out[0, 0, 0], &Ws[0, 0, 0, 0], &bs[0, 0, 0])
     _check(err)
 
 
 def ttt_backward(int64_t H, const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:, :, ::1] v,
-                 const float[:, ::1] lr, const float[::1] tok, const float[:, :, ::1] W1, const float[:, ::1] b1,
-                 const float[:, ::1] gamma, const float[:, ::1] beta, const float[:, :, :, ::1] Ws,
-                 const float[:, :, ::1] bs, const float[:, :, ::1] dout, float[:, :, ::1] dq, float[:, :, ::1] dk,
-                 float[:, :, ::1] dv, float[:, ::1] dlr, float[:, ::1] dtok, float[:, :, ::1] dW1,
-                 float[:, ::1] db1, float[:, ::1] dgamma, float[:, ::1] dbeta):
+                 const float[:, ::1] cos, const float[:, ::1] sin, const float[:, :, ::1] lr, const float[::1] tok,
+                 const float[:, :, ::1] W1, const float[:, ::1] b1, const float[:, ::1] gamma,
+                 const float[:, ::1] beta, const float[:, :, :, ::1] Ws, const float[:, :, ::1] bs,
+                 const float[:, :, ::1] dout, float[:, :, ::1] dq, float[:, :, ::1] dk, float[:, :, ::1] dv,
+                 float[:, :, ::1] dlr, float[:, ::1] dtok, float[:, :, ::1] dW1, float[:, ::1] db1,
+                 float[:, ::1] dgamma, float[:, ::1] dbeta):
     """Backward of ttt_forward; parameter gradients per row, summed by the caller."""
     cdef bt_ttt_args a
     cdef int err
-    _ttt_args(&a, H, q, k, v, lr, tok, W1, b1, gamma, beta)
+    _ttt_args(&a, H, q, k, v, cos, sin, lr, tok, W1, b1, gamma, beta)
     with nogil:
         err = bt_ttt_backward(&a, &Ws[0, 0, 0, 0], &bs[0, 0, 0], &dout[0, 0, 0], &dq[0, 0, 0], &dk[0, 0, 0],
-                              &dv[0, 0, 0], &dlr[0, 0], &dtok[0, 0], &dW1[0, 0, 0], &db1[0, 0],
+                              &dv[0, 0, 0], &dlr[0, 0, 0], &dtok[0, 0], &dW1[0, 0, 0], &db1[0, 0],
                               &dgamma[0, 0], &dbeta[0, 0])
     _check(err)
 

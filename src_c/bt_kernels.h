@@ -11,8 +11,9 @@
  *   float path  y[m, n]  = s * sum_k x[m, k] * w[n, k]        (forward)
  *               dx[m, k] = s * sum_n dy[m, n] * w[n, k]       (input gradient)
  *     Each output is accumulated sequentially over its reduction index in
- *     float32 (the products are exact since w is -1, 0 or +1), then scaled
- *     by s once.  Every ISA follows that order, so all paths agree bit for bit.
+ *     float32 with one fused multiply-add per term (exact products here, since w
+ *     is -1, 0 or +1), then scaled by s once.  Every ISA follows that order and
+ *     uses FMA (the scalar path through fmaf), so all paths agree bit for bit.
  *
  * Every function is thread-safe, allocates only per call (never inside its
  * loops) and uses bt_get_threads() OpenMP threads.

@@ -2,11 +2,13 @@
  * bt_ttt.h -- the TTT-Linear inner loop (mini-batch gradient descent in the dual form),
  * forward and backward, fused per (sequence, head) and run in parallel over them.
  *
- * Shapes (all float32, C-contiguous): R = B*H independent rows (sequence b, head h = r % H),
- * T tokens, f head dim, K mini-batch size, C = ceil(T / K) mini-batches (the last may be
- * shorter: n = T - (C-1)*K tokens).
- *   q, k, v   [R, T, f]   projected inputs, RoPE already applied to q and k
- *   lr        [R, T]      gated learning rate of every token (ttt_base_lr * sigmoid(.) / f)
+ * Shapes (all float32, C-contiguous): B sequences, H heads, D = H*f, R = B*H independent rows
+ * (r = b*H + h), T tokens, f head dim, K mini-batch size, C = ceil(T / K) mini-batches (the
+ * last may be shorter: n = T - (C-1)*K tokens).
+ *   q, k, v   [B, T, D]   projections as the BitLinears give them (head h = columns h*f..);
+ *                         RoPE is applied here to q and k (pairs (2j, 2j+1), position t mod K)
+ *   cos, sin  [K, f/2]    RoPE tables for positions 0..K-1
+ *   lr        [B, H, T]   gated learning rate of every token (ttt_base_lr * sigmoid(.) / f)
  *   tok       [K]         per-position scale max(1/(i+1) + learnable_token_idx[i], 0)
  *   W1 [H, f, f], b1 [H, f], gamma [H, f], beta [H, f]   initial state and inner LayerNorm
  * Per mini-batch (i, j < n; E[i][j] = tok[i] * lr[j]; eps 1e-6):
@@ -26,14 +28,16 @@
 #include <stdint.h>
 
 typedef struct {
-    int64_t R, H, T, f, K;
-    const float *q, *k, *v, *lr, *tok, *W1, *b1, *gamma, *beta;
+    int64_t B, H, T, f, K;
+    const float *q, *k, *v, *cos, *sin, *lr, *tok, *W1, *b1, *gamma, *beta;
 } bt_ttt_args;
 
-/* out [R, T, f]; Ws [R, C, f, f]; bs [R, C, f].  BT_OK or BT_ERR_NOMEM. */
+/* out [B, T, D] (heads side by side, as post_norm wants them); Ws [R, C, f, f];
+ * bs [R, C, f].  BT_OK or BT_ERR_NOMEM. */
 int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *bs);
 
-/* dout [R, T, f] -> dq, dk, dv [R, T, f], dlr [R, T], and per-row partial parameter
+/* dout [B, T, D] -> dq, dk, dv [B, T, D] (gradients of the raw, un-rotated projections),
+ * dlr [B, H, T], and per-row partial parameter
  * gradients (the caller sums them over rows, in a fixed order): dtok [R, K],
  * dW1 [R, f, f], db1 [R, f], dgamma [R, f], dbeta [R, f].  BT_OK or BT_ERR_NOMEM. */
 int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, const float *bs, const float *dout,

@@ -1,6 +1,8 @@
 /* kernels_scalar.c -- portable C kernels; the reference every SIMD path must match. */
 #include "bt_isa_kernels.h"
 
+#include <math.h>
+
 void bt_i8_scalar(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
                   int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo) {
     const int64_t nblk = w->stride / BT_BLOCK_BYTES;
@@ -31,7 +33,8 @@ void bt_panel_scalar(const float *A, int64_t sa, int64_t sp, int64_t M, const fl
         for (int j = 0; j < BT_PANEL; j++) acc[j] = 0.0f;
         for (int64_t p = 0; p < P; p++) {
             const float ap = a[p * sp], *bp = B + p * BT_PANEL;
-            for (int j = 0; j < BT_PANEL; j++) acc[j] = acc[j] + ap * bp[j];
+            /* fused multiply-add, as the SIMD paths do: the same single rounding per term */
+            for (int j = 0; j < BT_PANEL; j++) acc[j] = fmaf(ap, bp[j], acc[j]);
         }
         for (int j = 0; j < nc; j++) C[i * ldc + j] = acc[j] * s;
     }

@@ -39,6 +39,7 @@ typedef struct {
     float *dZb, *dG, *dH, *dZ1, *dd, *dE, *dW, *db, *Wc, *bc;
     float *WT, *dWT; /* transposes, so that every inner loop is an axpy over contiguous memory */
     float *ta, *tb;  /* [K] temporaries */
+    float *qc, *kc, *vc, *oc, *dqc, *dkc, *dvc; /* one mini-batch gathered from [B, T, D], [K, f] */
 } scratch;
 
 static void scratch_free(scratch *s) {
@@ -48,7 +49,7 @@ static void scratch_free(scratch *s) {
 
 static int scratch_alloc(scratch *s, int64_t K, int64_t f) {
     const int64_t kf = K * f, kk = K * K, ff = f * f;
-    const int64_t total = 9 * kf + 5 * K + kk + 5 * kf + kk + ff + f + ff + f + 2 * ff + 2 * K;
+    const int64_t total = 9 * kf + 5 * K + kk + 5 * kf + kk + ff + f + ff + f + 2 * ff + 2 * K + 7 * kf;
     memset(s, 0, sizeof *s);
     float *p = (float *)calloc((size_t)total, sizeof(float));
     if (!p) return BT_ERR_NOMEM;
@@ -76,7 +77,14 @@ static int scratch_alloc(scratch *s, int64_t K, int64_t f) {
     s->WT = p; p += ff;
     s->dWT = p; p += ff;
     s->ta = p; p += K;
-    s->tb = p;
+    s->tb = p; p += K;
+    s->qc = p; p += kf;
+    s->kc = p; p += kf;
+    s->vc = p; p += kf;
+    s->oc = p; p += kf;
+    s->dqc = p; p += kf;
+    s->dkc = p; p += kf;
+    s->dvc = p;
     return BT_OK;
 }
 
@@ -333,9 +341,50 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
 }
 
 /* -- rows ----------------------------------------------------------------------------- */
+/* Copy n rows of width f from src (row pitch D) to dst [n, f], rotating pairs (2j, 2j+1) of
+ * row i by the RoPE angle of position i (sign -1: the inverse rotation) when cs != NULL. */
+INLINE void gather(int64_t n, int64_t f, int64_t D, const float *src, float *dst, const float *cs,
+                   const float *sn, float sign) {
+    const int64_t h2 = f / 2;
+    for (int64_t i = 0; i < n; i++) {
+        const float *x = src + i * D;
+        float *y = dst + i * f;
+        if (!cs) {
+            for (int64_t c = 0; c < f; c++) y[c] = x[c];
+            continue;
+        }
+        for (int64_t j = 0; j < h2; j++) {
+            const float c = cs[i * h2 + j], sv = sign * sn[i * h2 + j];
+            const float xe = x[2 * j], xo = x[2 * j + 1];
+            y[2 * j] = xe * c - xo * sv;
+            y[2 * j + 1] = xe * sv + xo * c;
+        }
+    }
+}
+
+/* The inverse of gather: dst rows (pitch D) from src [n, f], rotated by sign when cs != NULL. */
+INLINE void scatter(int64_t n, int64_t f, int64_t D, const float *src, float *dst, const float *cs,
+                    const float *sn, float sign) {
+    const int64_t h2 = f / 2;
+    for (int64_t i = 0; i < n; i++) {
+        const float *x = src + i * f;
+        float *y = dst + i * D;
+        if (!cs) {
+            for (int64_t c = 0; c < f; c++) y[c] = x[c];
+            continue;
+        }
+        for (int64_t j = 0; j < h2; j++) {
+            const float c = cs[i * h2 + j], sv = sign * sn[i * h2 + j];
+            const float xe = x[2 * j], xo = x[2 * j + 1];
+            y[2 * j] = xe * c - xo * sv;
+            y[2 * j + 1] = xe * sv + xo * c;
+        }
+    }
+}
+
 INLINE void row_forward(const bt_ttt_args *a, int64_t r, float *out, float *Ws, float *bs, scratch *s,
                         const int64_t f) {
-    const int64_t T = a->T, K = a->K, h = r % a->H, C = (T + K - 1) / K;
+    const int64_t T = a->T, K = a->K, H = a->H, h = r % H, bi = r / H, D = H * f, C = (T + K - 1) / K;
     float *W = s->Wc, *b = s->bc;
     memcpy(W, a->W1 + h * f * f, (size_t)(f * f) * sizeof(float));
     memcpy(b, a->b1 + h * f, (size_t)f * sizeof(float));
@@ -343,16 +392,20 @@ INLINE void row_forward(const bt_ttt_args *a, int64_t r, float *out, float *Ws, 
         const int64_t t0 = c * K, n = T - t0 < K ? T - t0 : K;
         memcpy(Ws + (r * C + c) * f * f, W, (size_t)(f * f) * sizeof(float));
         memcpy(bs + (r * C + c) * f, b, (size_t)f * sizeof(float));
-        const int64_t o = (r * T + t0) * f;
-        chunk_forward(n, f, a->q + o, a->k + o, a->v + o, a->lr + r * T + t0, a->tok, a->gamma + h * f,
-                      a->beta + h * f, W, b, out + o, s);
+        const int64_t o = (bi * T + t0) * D + h * f;
+        gather(n, f, D, a->q + o, s->qc, a->cos, a->sin, 1.0f);
+        gather(n, f, D, a->k + o, s->kc, a->cos, a->sin, 1.0f);
+        gather(n, f, D, a->v + o, s->vc, NULL, NULL, 1.0f);
+        chunk_forward(n, f, s->qc, s->kc, s->vc, a->lr + r * T + t0, a->tok, a->gamma + h * f, a->beta + h * f,
+                      W, b, s->oc, s);
+        scatter(n, f, D, s->oc, out + o, NULL, NULL, 1.0f);
     }
 }
 
 INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, const float *bs, const float *dout,
                          float *dq, float *dk, float *dv, float *dlr, float *dtok, float *dW1, float *db1,
                          float *dgamma, float *dbeta, scratch *s, float *junk, const int64_t f) {
-    const int64_t T = a->T, K = a->K, h = r % a->H, C = (T + K - 1) / K;
+    const int64_t T = a->T, K = a->K, H = a->H, h = r % H, bi = r / H, D = H * f, C = (T + K - 1) / K;
     float *dW = s->dW, *db = s->db;
     memset(dW, 0, (size_t)(f * f) * sizeof(float));
     memset(db, 0, (size_t)f * sizeof(float));
@@ -364,12 +417,18 @@ INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, const
         const float *W0 = Ws + (r * C + c) * f * f;
         memcpy(s->Wc, W0, (size_t)(f * f) * sizeof(float));
         memcpy(s->bc, bs + (r * C + c) * f, (size_t)f * sizeof(float));
-        const int64_t o = (r * T + t0) * f;
-        chunk_forward(n, f, a->q + o, a->k + o, a->v + o, a->lr + r * T + t0, a->tok, a->gamma + h * f,
-                      a->beta + h * f, s->Wc, s->bc, junk, s);
-        chunk_backward(n, f, a->q + o, a->k + o, a->lr + r * T + t0, a->tok, a->gamma + h * f, W0, dout + o,
-                       dW, db, dq + o, dk + o, dv + o, dlr + r * T + t0, dtok + r * K, dgamma + r * f,
-                       dbeta + r * f, s);
+        const int64_t o = (bi * T + t0) * D + h * f;
+        gather(n, f, D, a->q + o, s->qc, a->cos, a->sin, 1.0f);
+        gather(n, f, D, a->k + o, s->kc, a->cos, a->sin, 1.0f);
+        gather(n, f, D, a->v + o, s->vc, NULL, NULL, 1.0f);
+        gather(n, f, D, dout + o, s->oc, NULL, NULL, 1.0f);
+        chunk_forward(n, f, s->qc, s->kc, s->vc, a->lr + r * T + t0, a->tok, a->gamma + h * f, a->beta + h * f,
+                      s->Wc, s->bc, junk, s);
+        chunk_backward(n, f, s->qc, s->kc, a->lr + r * T + t0, a->tok, a->gamma + h * f, W0, s->oc, dW, db,
+                       s->dqc, s->dkc, s->dvc, dlr + r * T + t0, dtok + r * K, dgamma + r * f, dbeta + r * f, s);
+        scatter(n, f, D, s->dqc, dq + o, a->cos, a->sin, -1.0f);
+        scatter(n, f, D, s->dkc, dk + o, a->cos, a->sin, -1.0f);
+        scatter(n, f, D, s->dvc, dv + o, NULL, NULL, 1.0f);
     }
     memcpy(dW1 + r * f * f, dW, (size_t)(f * f) * sizeof(float));
     memcpy(db1 + r * f, db, (size_t)f * sizeof(float));
@@ -432,7 +491,8 @@ int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *bs) {
     if (pick() == BT_ISA_AVX512) fn = fwd_avx512;
     else if (pick() == BT_ISA_AVX2) fn = fwd_avx2;
 #endif
-    const int nt = bt_get_threads() < a->R ? bt_get_threads() : (int)a->R;
+    const int64_t R = a->B * a->H;
+    const int nt = bt_get_threads() < R ? bt_get_threads() : (int)R;
     int failed = 0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
@@ -445,7 +505,7 @@ int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *bs) {
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int64_t r = 0; r < a->R; r++)
+        for (int64_t r = 0; r < R; r++)
             if (ok) fn(a, r, out, Ws, bs, &s);
         if (ok) scratch_free(&s);
     }
@@ -461,7 +521,8 @@ int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, const float *bs, cons
     if (pick() == BT_ISA_AVX512) fn = bwd_avx512;
     else if (pick() == BT_ISA_AVX2) fn = bwd_avx2;
 #endif
-    const int nt = bt_get_threads() < a->R ? bt_get_threads() : (int)a->R;
+    const int64_t R = a->B * a->H;
+    const int nt = bt_get_threads() < R ? bt_get_threads() : (int)R;
     int failed = 0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
@@ -474,7 +535,7 @@ int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, const float *bs, cons
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int64_t r = 0; r < a->R; r++)
+        for (int64_t r = 0; r < R; r++)
             if (ok) fn(a, r, Ws, bs, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, &s, junk);
         if (ok) scratch_free(&s);
         free(junk);

@@ -117,10 +117,14 @@ def test_every_path_is_bit_identical(n, k, rng):
     x = rng.standard_normal((11, k)).astype(np.float32) * 3
     dy = rng.standard_normal((11, n)).astype(np.float32)
 
+    a_dense = rng.standard_normal((11, k)).astype(np.float32)
+    b_dense = rng.standard_normal((k, 37)).astype(np.float32)
+
     def run():
         xq, a = bitttt.quantize_activations(x)
         return [xq, a, bitttt.dot_i8(p, xq), bitttt.bitlinear(p, x), bitttt.matmul(p, x),
-                bitttt.matmul_t(p, dy)]
+                bitttt.matmul_t(p, dy), bitttt.sgemm(a_dense, b_dense), bitttt.sgemm(a_dense.T.copy(), b_dense, True),
+                bitttt.sgemm(a_dense, b_dense.T.copy(), False, True)]
 
     outs = _all_paths(run)
     for name, got in outs[1:]:
@@ -161,3 +165,39 @@ def test_kernels_release_the_gil(threads, rng):
     for t in ts:
         t.join()
     assert all(np.array_equal(r, ref) for r in results)
+
+
+@pytest.mark.parametrize("m,n,p", [(1, 1, 1), (3, 33, 5), (9, 64, 300), (70, 65, 17)])
+def test_sgemm_all_layouts(kernel, m, n, p, rng):
+    a = rng.standard_normal((m, p)).astype(np.float32)
+    b = rng.standard_normal((p, n)).astype(np.float32)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    tol = 1e-6 * p * np.abs(a).max() * np.abs(b).max()
+    for ta in (False, True):
+        for tb in (False, True):
+            c = bitttt.sgemm(a.T.copy() if ta else a, b.T.copy() if tb else b, ta, tb)
+            assert c.shape == (m, n) and np.abs(c - ref).max() <= tol
+
+
+def test_sgemm_sums_sequentially_with_fma(rng):
+    # the documented order: c = fma(a[i, p], b[p, j], c) for p ascending, from 0
+    a = rng.standard_normal((2, 40)).astype(np.float32)
+    b = rng.standard_normal((40, 3)).astype(np.float32)
+    ref = np.zeros((2, 3), np.float64)
+    for p in range(40):  # float64 product of float32 values is exact; round the sum once per term
+        ref = (ref + a[:, p : p + 1].astype(np.float64) * b[p][None, :]).astype(np.float32).astype(np.float64)
+    assert np.array_equal(bitttt.sgemm(a, b), ref.astype(np.float32))
+
+
+def test_sgemm_threads_and_errors(threads, rng):
+    a = rng.standard_normal((130, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 200)).astype(np.float32)
+    outs = []
+    for t in (1, 2, 3):
+        bitttt.set_num_threads(t)
+        outs.append(bitttt.sgemm(a, b))
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+    with pytest.raises(ValueError, match="op\\(a\\) is 130x300 but op\\(b\\) is 200x300"):
+        bitttt.sgemm(a, b, trans_b=True)
+    with pytest.raises(TypeError, match="float32"):
+        bitttt.sgemm(a.astype(np.float64), b)

@@ -179,17 +179,16 @@ def _merge(x: np.ndarray) -> np.ndarray:
 
 
 def ttt_forward(p: dict, x: np.ndarray, cfg: BitLlamaConfig, name: str = "ttt"):
-    """x [B, T, D] -> (y [B, T, D], cache).  p: the parameter dict (names in PARAM_NAMES)."""
+    """x [B, T, D] -> (y [B, T, D], cache).  p: the parameter dict (names in PARAM_NAMES).
+
+    float32 runs the inner loop in C (src_c/ttt.c, RoPE included, parallel over sequences x
+    heads); float64 runs the NumPy mini-batch functions above, the reference for the checks."""
     bsz, t, d = x.shape
     h, f, k = cfg.num_heads, cfg.head_dim, cfg.mini_batch_size
     dt = x.dtype
     q, cq = bitlinear_forward(x, p["q_proj.weight"], cfg.ternary)
     kx, ck = bitlinear_forward(x, p["k_proj.weight"], cfg.ternary)
     v, cv = bitlinear_forward(x, p["v_proj.weight"], cfg.ternary)
-    cos, sin = rope_tables(np.arange(t) % k, f, cfg.rope_theta, dt)
-    Q = rope_apply(_heads(q, h), cos, sin)
-    Kx = rope_apply(_heads(kx, h), cos, sin)
-    V = _heads(v, h)
     # learning-rate gate on the unquantized input
     a = p["learnable_ttt_lr_weight"][:, 0, :]  # [H, D]
     pre = np.einsum("btd,hd->bht", x, a) + p["learnable_ttt_lr_bias"][None, :, :]
@@ -197,20 +196,23 @@ def ttt_forward(p: dict, x: np.ndarray, cfg: BitLlamaConfig, name: str = "ttt"):
     lr = sg * dt.type(cfg.ttt_base_lr / f)  # [B, H, T]
     tok_pre = dt.type(1.0) / np.arange(1, k + 1, dtype=dt) + p["learnable_token_idx"]
     tok = np.maximum(tok_pre, dt.type(0.0))
-    if dt == np.float32:  # fused C inner loop, parallel over (sequence, head)
-        r, nch = bsz * h, -(-t // k)
-        Qc, Kc, Vc = (np.ascontiguousarray(z).reshape(r, t, f) for z in (Q, Kx, V))
-        lrc = np.ascontiguousarray(lr.reshape(r, t))
-        Ws = np.empty((r, nch, f, f), dtype=dt)
-        bs = np.empty((r, nch, f), dtype=dt)
-        outc = np.empty((r, t, f), dtype=dt)
-        cargs = (h, Qc, Kc, Vc, lrc, np.ascontiguousarray(tok), np.ascontiguousarray(p["W1"]),
+    if dt == np.float32:
+        cos, sin = rope_tables(np.arange(k), f, cfg.rope_theta, dt)  # positions t mod K
+        nch = -(-t // k)
+        Ws = np.empty((bsz * h, nch, f, f), dtype=dt)
+        bs = np.empty((bsz * h, nch, f), dtype=dt)
+        merged = np.empty((bsz, t, d), dtype=dt)
+        cargs = (h, np.ascontiguousarray(q), np.ascontiguousarray(kx), np.ascontiguousarray(v), cos, sin,
+                 np.ascontiguousarray(lr), np.ascontiguousarray(tok), np.ascontiguousarray(p["W1"]),
                  np.ascontiguousarray(p["b1"].reshape(h, f)), np.ascontiguousarray(p["ttt_norm_weight"]),
                  np.ascontiguousarray(p["ttt_norm_bias"]))
-        _core.ttt_forward(*cargs, outc, Ws, bs)
-        out = outc.reshape(bsz, h, t, f)
-        caches = ("c", cargs, Ws, bs)
+        _core.ttt_forward(*cargs, merged, Ws, bs)
+        inner = ("c", cargs, Ws, bs)
     else:
+        cos, sin = rope_tables(np.arange(t) % k, f, cfg.rope_theta, dt)
+        Q = rope_apply(_heads(q, h), cos, sin)
+        Kx = rope_apply(_heads(kx, h), cos, sin)
+        V = _heads(v, h)
         gamma = p["ttt_norm_weight"][None, :, None, :]
         beta = p["ttt_norm_bias"][None, :, None, :]
         W = np.broadcast_to(p["W1"][None], (bsz, h, f, f))
@@ -224,41 +226,41 @@ def ttt_forward(p: dict, x: np.ndarray, cfg: BitLlamaConfig, name: str = "ttt"):
             o, W, bb, c = minibatch_forward(W, bb, Q[:, :, s:e], Kx[:, :, s:e], V[:, :, s:e], E, gamma, beta)
             out[:, :, s:e] = o
             caches.append(c)
-    merged = _merge(out)
+        merged = _merge(out)
+        inner = ("numpy", caches, cos, sin)
     normed, cpn = layernorm_forward(merged, p["post_norm.weight"], p["post_norm.bias"], LN_EPS)
     y, co = bitlinear_forward(normed, p["o_proj.weight"], cfg.ternary)
     check_finite(name, output=y)
-    cache = (x, cq, ck, cv, cos, sin, sg, tok_pre, tok, caches, cpn, co, (bsz, t, d))
+    cache = (x, cq, ck, cv, sg, tok_pre, tok, inner, cpn, co, (bsz, t, d))
     return y, cache
 
 
 def ttt_backward(dy: np.ndarray, cache, p: dict, cfg: BitLlamaConfig):
     """dy [B, T, D] -> (dx [B, T, D], grads dict with the PARAM_NAMES)."""
-    x, cq, ck, cv, cos, sin, sg, tok_pre, tok, caches, cpn, co, (bsz, t, d) = cache
+    x, cq, ck, cv, sg, tok_pre, tok, inner, cpn, co, (bsz, t, d) = cache
     h, f, k = cfg.num_heads, cfg.head_dim, cfg.mini_batch_size
     dt = x.dtype.type
     g = {}
     dnormed, g["o_proj.weight"] = bitlinear_backward(dy, co)
     dmerged, g["post_norm.weight"], g["post_norm.bias"] = layernorm_backward(dnormed, cpn)
-    dout = _heads(dmerged, h)
-    if isinstance(caches, tuple):  # the C inner loop
-        _, cargs, Ws, bs = caches
+    if inner[0] == "c":
+        _, cargs, Ws, bs = inner
         r = bsz * h
-        dQ, dK, dV = (np.empty((r, t, f), dtype=x.dtype) for _ in range(3))
-        dlr = np.empty((r, t), dtype=x.dtype)
+        dq, dk, dv = (np.empty((bsz, t, d), dtype=x.dtype) for _ in range(3))
+        dlr = np.empty((bsz, h, t), dtype=x.dtype)
         dtok_r = np.empty((r, k), dtype=x.dtype)
         dW1_r = np.empty((r, f, f), dtype=x.dtype)
         db1_r, dgamma_r, dbeta_r = (np.empty((r, f), dtype=x.dtype) for _ in range(3))
-        _core.ttt_backward(*cargs, Ws, bs, np.ascontiguousarray(dout).reshape(r, t, f), dQ, dK, dV, dlr,
-                           dtok_r, dW1_r, db1_r, dgamma_r, dbeta_r)
-        dQ, dK, dV = (z.reshape(bsz, h, t, f) for z in (dQ, dK, dV))
-        dlr = dlr.reshape(bsz, h, t)
+        _core.ttt_backward(*cargs, Ws, bs, np.ascontiguousarray(dmerged), dq, dk, dv, dlr, dtok_r, dW1_r, db1_r,
+                           dgamma_r, dbeta_r)
         dtok = dtok_r.sum(axis=0)
         g["W1"] = dW1_r.reshape(bsz, h, f, f).sum(axis=0)
         g["b1"] = db1_r.reshape(bsz, h, 1, f).sum(axis=0)
         g["ttt_norm_weight"] = dgamma_r.reshape(bsz, h, f).sum(axis=0)
         g["ttt_norm_bias"] = dbeta_r.reshape(bsz, h, f).sum(axis=0)
     else:
+        _, caches, cos, sin = inner
+        dout = _heads(dmerged, h)
         dQ = np.empty((bsz, h, t, f), dtype=x.dtype)
         dK = np.empty_like(dQ)
         dV = np.empty_like(dQ)
@@ -273,8 +275,8 @@ def ttt_backward(dy: np.ndarray, cache, p: dict, cfg: BitLlamaConfig):
         for s, c in zip(reversed(starts), reversed(caches)):
             e = min(s + k, t)
             n = e - s
-            dW, db, dq, dkx, dv, dE, dga, dbe = minibatch_backward(dout[:, :, s:e], dW, db, c)
-            dQ[:, :, s:e], dK[:, :, s:e], dV[:, :, s:e] = dq, dkx, dv
+            dW, db, dqc, dkc, dvc, dE, dga, dbe = minibatch_backward(dout[:, :, s:e], dW, db, c)
+            dQ[:, :, s:e], dK[:, :, s:e], dV[:, :, s:e] = dqc, dkc, dvc
             dgamma += dga.sum(axis=(0, 2))
             dbeta += dbe.sum(axis=(0, 2))
             # E[b,h,i,j] = tok[i] * lr[b,h,s+j]
@@ -284,17 +286,18 @@ def ttt_backward(dy: np.ndarray, cache, p: dict, cfg: BitLlamaConfig):
         g["b1"] = db.sum(axis=0)
         g["ttt_norm_weight"] = dgamma
         g["ttt_norm_bias"] = dbeta
+        dq = _merge(rope_apply(dQ, cos, sin, inverse=True))
+        dk = _merge(rope_apply(dK, cos, sin, inverse=True))
+        dv = _merge(dV)
     g["learnable_token_idx"] = dtok * (tok_pre >= 0)
     dpre = dlr * dt(cfg.ttt_base_lr / f) * sg * (1 - sg)  # [B, H, T]
     a = p["learnable_ttt_lr_weight"][:, 0, :]
     g["learnable_ttt_lr_weight"] = np.einsum("bht,btd->hd", dpre, x)[:, None, :]
     g["learnable_ttt_lr_bias"] = dpre.sum(axis=(0, 2))[:, None]
     dx = np.einsum("bht,hd->btd", dpre, a)
-    dq = _merge(rope_apply(dQ, cos, sin, inverse=True))
-    dk = _merge(rope_apply(dK, cos, sin, inverse=True))
     dxq, g["q_proj.weight"] = bitlinear_backward(dq, cq)
     dxk, g["k_proj.weight"] = bitlinear_backward(dk, ck)
-    dxv, g["v_proj.weight"] = bitlinear_backward(_merge(dV), cv)
+    dxv, g["v_proj.weight"] = bitlinear_backward(dv, cv)
     dx = dx + dxq + dxk + dxv
     return dx, g
 
