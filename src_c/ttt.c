@@ -88,9 +88,36 @@ static int scratch_alloc(scratch *s, int64_t K, int64_t f) {
     return BT_OK;
 }
 
+/* Reductions in one fixed order on every ISA: 16 interleaved partial sums (lane l takes
+ * elements c = l mod 16, in order), then a fixed halving tree.  The lanes are independent,
+ * so the compiler vectorizes the loop without reassociating anything. */
+INLINE float tree16(float *acc) {
+    for (int w = 8; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] = acc[l] + acc[l + w];
+    return acc[0];
+}
+
+INLINE float dot(int64_t f, const float *restrict x, const float *restrict y) {
+    float acc[16] = {0.0f};
+    int64_t c = 0;
+    for (; c + 16 <= f; c += 16)
+        for (int l = 0; l < 16; l++) acc[l] = fmaf(x[c + l], y[c + l], acc[l]);
+    for (int l = 0; c + l < f; l++) acc[l] = fmaf(x[c + l], y[c + l], acc[l]);
+    return tree16(acc);
+}
+
+INLINE float sum(int64_t f, const float *restrict x) {
+    float acc[16] = {0.0f};
+    int64_t c = 0;
+    for (; c + 16 <= f; c += 16)
+        for (int l = 0; l < 16; l++) acc[l] = acc[l] + x[c + l];
+    for (int l = 0; c + l < f; l++) acc[l] = acc[l] + x[c + l];
+    return tree16(acc);
+}
+
 /* y += a x over f floats; x and y never overlap (restrict: no run-time alias checks). */
 INLINE void axpy(int64_t f, float a, const float *restrict x, float *restrict y) {
-    for (int64_t c = 0; c < f; c++) y[c] = y[c] + a * x[c];
+    for (int64_t c = 0; c < f; c++) y[c] = fmaf(a, x[c], y[c]);
 }
 
 /* y[0:f] = y0 + sum_p x[p] M[p, 0:f] (sequential in p), accumulated in a local row that
@@ -108,7 +135,7 @@ INLINE void vecmat_n(int64_t f, int64_t P, const float *y0, const float *restric
     for (int64_t p = 0; p < P; p++) {
         const float xp = x[p];
         const float *restrict m = M + p * f;
-        for (int64_t c = 0; c < f; c++) acc[c] = acc[c] + xp * m[c];
+        for (int64_t c = 0; c < f; c++) acc[c] = fmaf(xp, m[c], acc[c]);
     }
     for (int64_t c = 0; c < f; c++) y[c] = acc[c];
 }
@@ -137,27 +164,17 @@ INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, 
     for (int64_t i = 0; i < n; i++) {
         float *z = s->Z1c + i * f;
         vecmat(f, b, k + i * f, W, z);
-        float mu = 0.0f;
-        for (int64_t c = 0; c < f; c++) mu += z[c];
-        mu /= ff;
-        float var = 0.0f;
-        for (int64_t c = 0; c < f; c++) {
-            z[c] = z[c] - mu;
-            var += z[c] * z[c];
-        }
-        const float r = 1.0f / sqrtf(var / ff + LN_EPS);
+        const float mu = sum(f, z) / ff;
+        for (int64_t c = 0; c < f; c++) z[c] = z[c] - mu;
+        const float r = 1.0f / sqrtf(dot(f, z, z) / ff + LN_EPS);
         s->r1[i] = r;
         float *xh = s->xh1 + i * f, *go = s->go + i * f, *gx = s->gxh + i * f;
-        float s1 = 0.0f, s2 = 0.0f;
         for (int64_t c = 0; c < f; c++) {
             xh[c] = z[c] * r;
             go[c] = gamma[c] * xh[c] + beta[c] - (v[i * f + c] - k[i * f + c]);
             gx[c] = go[c] * gamma[c];
         }
-        for (int64_t c = 0; c < f; c++) {
-            s1 += gx[c];
-            s2 += gx[c] * xh[c];
-        }
+        const float s1 = sum(f, gx), s2 = dot(f, gx, xh);
         s->s1[i] = s1;
         s->s2[i] = s2;
         float *g = s->G + i * f;
@@ -166,11 +183,7 @@ INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, 
     }
     /* A = q k^T (j <= i) */
     for (int64_t i = 0; i < n; i++)
-        for (int64_t j = 0; j <= i; j++) {
-            float acc = 0.0f;
-            for (int64_t p = 0; p < f; p++) acc += q[i * f + p] * k[j * f + p];
-            s->A[i * n + j] = acc;
-        }
+        for (int64_t j = 0; j <= i; j++) s->A[i * n + j] = dot(f, q + i * f, k + j * f);
     /* Zb = q W - sum_j E (1 + A) G + b ; out = q + LN(Zb) */
     for (int64_t i = 0; i < n; i++) {
         float *z = s->dZb + i * f; /* Zb is kept centred in dZb until the backward reuses it */
@@ -180,15 +193,9 @@ INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, 
             const float coef = e * s->A[i * n + j] + e;
             axpy(f, -coef, s->G + j * f, z);
         }
-        float mu = 0.0f;
-        for (int64_t c = 0; c < f; c++) mu += z[c];
-        mu /= ff;
-        float var = 0.0f;
-        for (int64_t c = 0; c < f; c++) {
-            z[c] = z[c] - mu;
-            var += z[c] * z[c];
-        }
-        const float r = 1.0f / sqrtf(var / ff + LN_EPS);
+        const float mu = sum(f, z) / ff;
+        for (int64_t c = 0; c < f; c++) z[c] = z[c] - mu;
+        const float r = 1.0f / sqrtf(dot(f, z, z) / ff + LN_EPS);
         s->r2[i] = r;
         float *xh = s->xh2 + i * f;
         for (int64_t c = 0; c < f; c++) {
@@ -232,9 +239,7 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
         vecmat(f, dh, kn, dW, dh);
         const float e = tl * lr[j];
         const float *g = s->G + j * f;
-        float de = 0.0f;
-        for (int64_t c = 0; c < f; c++) de += dh[c] * g[c];
-        dE[(n - 1) * n + j] += de;
+        dE[(n - 1) * n + j] += dot(f, dh, g);
         /* dk[j][p] = -e sum_c G[j][c] dW[p][c] = sum_c (-e G[j][c]) dW^T[c][p] */
         float *dkj = dk + j * f, *hj = s->dd + j * f;
         for (int64_t c = 0; c < f; c++) hj[c] = -e * g[c];
@@ -246,18 +251,14 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
     for (int64_t i = 0; i < n; i++) {
         const float *dy = dout + i * f, *xh = s->xh2 + i * f;
         float *dz = s->dZb + i * f;
-        float m1 = 0.0f, m2 = 0.0f;
         for (int64_t c = 0; c < f; c++) {
-            const float g2 = dy[c] * gamma[c];
-            m1 += g2;
-            m2 += g2 * xh[c];
+            dz[c] = dy[c] * gamma[c]; /* g2, turned into dZb below */
             dgamma[c] += dy[c] * xh[c];
             dbeta[c] += dy[c];
         }
-        m1 /= ff;
-        m2 /= ff;
+        const float m1 = sum(f, dz) / ff, m2 = dot(f, dz, xh) / ff;
         const float r = s->r2[i];
-        for (int64_t c = 0; c < f; c++) dz[c] = r * (dy[c] * gamma[c] - m1 - xh[c] * m2);
+        for (int64_t c = 0; c < f; c++) dz[c] = r * (dz[c] - m1 - xh[c] * m2);
         for (int64_t c = 0; c < f; c++) dq[i * f + c] = dy[c];
     }
     /* Zb = q W0 - sum_j E(1 + A) G + b */
@@ -272,9 +273,7 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
     for (int64_t i = 0; i < n; i++) {
         const float *dz = s->dZb + i * f;
         for (int64_t j = 0; j <= i; j++) {
-            const float *g = s->G + j * f;
-            float dp = 0.0f; /* dP[i][j] = -dZb[i] . G[j] */
-            for (int64_t c = 0; c < f; c++) dp -= dz[c] * g[c];
+            const float dp = -dot(f, dz, s->G + j * f); /* dP[i][j] = -dZb[i] . G[j] */
             const float a = s->A[i * n + j], e = tok[i] * lr[j];
             dE[i * n + j] += dp * (1.0f + a);
             const float da = dp * e; /* dA[i][j] */
@@ -299,16 +298,10 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
         const float *dg = s->dG + i * f, *gx = s->gxh + i * f, *xh = s->xh1 + i * f;
         const float *go = s->go + i * f, *d1 = s->Z1c + i * f;
         const float r = s->r1[i], s1 = s->s1[i], s2 = s->s2[i], rf = r / ff;
-        float dr = 0.0f, su = 0.0f, sux = 0.0f;
-        for (int64_t c = 0; c < f; c++) {
-            dr += dg[c] * (ff * gx[c] - s1 - xh[c] * s2);
-            su += dg[c] * rf;
-            sux += dg[c] * rf * xh[c];
-        }
-        dr /= ff;
-        const float ds1 = -su, ds2 = -sux;
-        float *dxh = s->dd + i * f; /* dxh1 */
-        float dr_tot = dr, mdd = 0.0f;
+        float *dxh = s->dd + i * f; /* dxh1; first holds (f gxh - s1 - xh1 s2) */
+        for (int64_t c = 0; c < f; c++) dxh[c] = ff * gx[c] - s1 - xh[c] * s2;
+        const float dr = dot(f, dg, dxh) / ff;
+        const float ds1 = -(rf * sum(f, dg)), ds2 = -(rf * dot(f, dg, xh));
         for (int64_t c = 0; c < f; c++) {
             const float u = dg[c] * rf;
             const float dgxh = ff * u + ds1 + ds2 * xh[c];
@@ -319,14 +312,11 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
             dv[i * f + c] = -dgo;
             dk[i * f + c] += dgo;
         }
-        for (int64_t c = 0; c < f; c++) dr_tot += dxh[c] * d1[c];
+        const float dr_tot = dr + dot(f, dxh, d1);
         const float k3 = -(r * r * r) * dr_tot / ff;
         float *dz1 = s->dZ1 + i * f;
-        for (int64_t c = 0; c < f; c++) {
-            dz1[c] = dxh[c] * r + k3 * d1[c];
-            mdd += dz1[c];
-        }
-        mdd /= ff;
+        for (int64_t c = 0; c < f; c++) dz1[c] = dxh[c] * r + k3 * d1[c];
+        const float mdd = sum(f, dz1) / ff;
         for (int64_t c = 0; c < f; c++) dz1[c] = dz1[c] - mdd;
     }
     /* Z1 = k W0 + b */
