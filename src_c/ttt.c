@@ -88,31 +88,32 @@ static int scratch_alloc(scratch *s, int64_t K, int64_t f) {
     return BT_OK;
 }
 
-/* Reductions in one fixed order on every ISA: 16 interleaved partial sums (lane l takes
- * elements c = l mod 16, in order), then a fixed halving tree.  The lanes are independent,
+/* Reductions in one fixed order on every ISA: 8 interleaved partial sums (lane l takes
+ * elements c = l mod 8, in order), then a fixed halving tree.  The lanes are independent,
  * so the compiler vectorizes the loop without reassociating anything. */
-INLINE float tree16(float *acc) {
-    for (int w = 8; w >= 1; w /= 2)
+#define RL 8
+INLINE float tree(float *acc) {
+    for (int w = RL / 2; w >= 1; w /= 2)
         for (int l = 0; l < w; l++) acc[l] = acc[l] + acc[l + w];
     return acc[0];
 }
 
 INLINE float dot(int64_t f, const float *restrict x, const float *restrict y) {
-    float acc[16] = {0.0f};
+    float acc[RL] = {0.0f};
     int64_t c = 0;
-    for (; c + 16 <= f; c += 16)
-        for (int l = 0; l < 16; l++) acc[l] = fmaf(x[c + l], y[c + l], acc[l]);
+    for (; c + RL <= f; c += RL)
+        for (int l = 0; l < RL; l++) acc[l] = fmaf(x[c + l], y[c + l], acc[l]);
     for (int l = 0; c + l < f; l++) acc[l] = fmaf(x[c + l], y[c + l], acc[l]);
-    return tree16(acc);
+    return tree(acc);
 }
 
 INLINE float sum(int64_t f, const float *restrict x) {
-    float acc[16] = {0.0f};
+    float acc[RL] = {0.0f};
     int64_t c = 0;
-    for (; c + 16 <= f; c += 16)
-        for (int l = 0; l < 16; l++) acc[l] = acc[l] + x[c + l];
+    for (; c + RL <= f; c += RL)
+        for (int l = 0; l < RL; l++) acc[l] = acc[l] + x[c + l];
     for (int l = 0; c + l < f; l++) acc[l] = acc[l] + x[c + l];
-    return tree16(acc);
+    return tree(acc);
 }
 
 /* y += a x over f floats; x and y never overlap (restrict: no run-time alias checks). */
