@@ -61,6 +61,16 @@ cdef extern from "bt_ttt.h":
                         float *dq, float *dk, float *dv, float *dlr, float *dtok, float *dW1, float *db1,
                         float *dgamma, float *dbeta) nogil
 
+cdef extern from "bt_ops.h":
+    void bt_rmsnorm_fwd(const float *x, const float *w, int64_t M, int64_t D, float eps, float *y, float *r) nogil
+    int bt_rmsnorm_bwd(const float *dy, const float *x, const float *w, const float *r, int64_t M, int64_t D,
+                       float *dx, float *dw) nogil
+    void bt_swiglu_fwd(const float *g, const float *u, int64_t n, float *h, float *sg) nogil
+    void bt_swiglu_bwd(const float *dh, const float *g, const float *u, const float *sg, int64_t n, float *dg,
+                       float *du) nogil
+    void bt_softmax_xent(const float *logits, const int64_t *targets, const float *wt, int64_t M, int64_t V,
+                         float *dlogits, double *loss) nogil
+
 cdef extern from "bt_cpu.h":
     int BT_ISA_COUNT
     int bt_isa_supported(int isa)
@@ -282,6 +292,37 @@ def ttt_backward(int64_t H, const float[:, :, ::1] q, const float[:, :, ::1] k, 
                               &dv[0, 0, 0], &dlr[0, 0, 0], &dtok[0, 0], &dW1[0, 0, 0], &db1[0, 0],
                               &dgamma[0, 0], &dbeta[0, 0])
     _check(err)
+
+
+def rmsnorm_fwd(const float[:, ::1] x, const float[::1] w, float eps, float[:, ::1] y, float[::1] r):
+    with nogil:
+        bt_rmsnorm_fwd(&x[0, 0], &w[0], x.shape[0], x.shape[1], eps, &y[0, 0], &r[0])
+
+
+def rmsnorm_bwd(const float[:, ::1] dy, const float[:, ::1] x, const float[::1] w, const float[::1] r,
+                float[:, ::1] dx, float[::1] dw):
+    cdef int err
+    with nogil:
+        err = bt_rmsnorm_bwd(&dy[0, 0], &x[0, 0], &w[0], &r[0], x.shape[0], x.shape[1], &dx[0, 0], &dw[0])
+    _check(err)
+
+
+def swiglu_fwd(const float[::1] g, const float[::1] u, float[::1] h, float[::1] sg):
+    with nogil:
+        bt_swiglu_fwd(&g[0], &u[0], g.shape[0], &h[0], &sg[0])
+
+
+def swiglu_bwd(const float[::1] dh, const float[::1] g, const float[::1] u, const float[::1] sg,
+               float[::1] dg, float[::1] du):
+    with nogil:
+        bt_swiglu_bwd(&dh[0], &g[0], &u[0], &sg[0], g.shape[0], &dg[0], &du[0])
+
+
+def softmax_xent(const float[:, ::1] logits, const int64_t[::1] targets, const float[::1] wt,
+                 float[:, ::1] dlogits, double[::1] loss):
+    with nogil:
+        bt_softmax_xent(&logits[0, 0], &targets[0], &wt[0], logits.shape[0], logits.shape[1],
+                        &dlogits[0, 0], &loss[0])
 
 
 def isa_supported(int isa):

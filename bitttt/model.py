@@ -42,7 +42,7 @@ def param_shapes(cfg: BitLlamaConfig) -> dict[str, tuple[int, ...]]:
 
 def _check_norm(where: str, cache) -> None:
     """RMSNorm's 1/rms is 0 when the squares overflow: the stream has blown up."""
-    r = cache[1]
+    r = cache[2]
     if not (np.isfinite(r).all() and (r > 0).all()):
         raise NonFiniteError(f"{where}: the residual stream overflows (values too large for the dtype)")
 

@@ -173,3 +173,69 @@ def test_config_round_trip_and_validation(tmp_path):
         BitLlamaConfig(ternary="yes")
     with pytest.raises(ValueError, match="not valid JSON"):
         BitLlamaConfig.from_json("{nope")
+
+
+def _c_vs_numpy(fn64, fn32, tol=2e-5):
+    """The float32 path (C, src_c/ops.c) against the float64 path (NumPy) of the same function."""
+    outs64, outs32 = fn64(), fn32()
+    for a, b in zip(outs64, outs32):
+        assert b.dtype == np.float32
+        assert np.abs(a - b).max() <= tol * max(np.abs(a).max(), 1e-3)  # D = 1: dx is 0 up to rounding
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (130, 257)])
+def test_fused_ops_match_numpy(shape, rng):
+    x = rng.standard_normal(shape) * 3
+    w = rng.standard_normal(shape[-1])
+    r = rng.standard_normal(shape)
+    u = rng.standard_normal(shape)
+
+    def rms(dt):
+        y, c = rmsnorm_forward(x.astype(dt), w.astype(dt), 1e-6)
+        dx, dw = rmsnorm_backward(r.astype(dt), c)
+        return y, dx, dw
+
+    _c_vs_numpy(lambda: rms(np.float64), lambda: rms(np.float32))
+
+    wg, wu, wd = (rng.standard_normal((5, shape[-1])), rng.standard_normal((5, shape[-1])),
+                  rng.standard_normal((shape[-1], 5)))
+
+    def swi(dt):
+        y, c = swiglu_forward(x.astype(dt), wg.astype(dt), wu.astype(dt), wd.astype(dt), False)
+        return (y, *swiglu_backward(r.astype(dt), c))
+
+    _c_vs_numpy(lambda: swi(np.float64), lambda: swi(np.float32), tol=1e-4)
+
+    targets = rng.integers(0, shape[-1], shape[:-1])
+    mask = (rng.random(shape[:-1]) > 0.3).astype(np.float32)
+    mask.reshape(-1)[0] = 1
+
+    def xent(dt):
+        loss, c = cross_entropy_forward(x.astype(dt), targets, mask)
+        return np.array([loss]), cross_entropy_backward(c)
+
+    _c_vs_numpy(lambda: xent(np.float64), lambda: xent(np.float32), tol=1e-5)
+    del u
+
+
+def test_fused_ops_same_bits_on_every_path_and_thread_count(rng, threads):
+    x = rng.standard_normal((200, 300)).astype(np.float32)
+    w = rng.standard_normal(300).astype(np.float32)
+    r = rng.standard_normal((200, 300)).astype(np.float32)
+    targets = rng.integers(0, 300, 200)
+    before = bitttt.get_kernel()
+    outs = []
+    try:
+        for name in bitttt.available_kernels():
+            for n in (1, 2, 3):
+                bitttt.set_kernel(name)
+                bitttt.set_num_threads(n)
+                y, c = rmsnorm_forward(x, w, 1e-6)
+                dx, dw = rmsnorm_backward(r, c)
+                loss, cl = cross_entropy_forward(x, targets, None)
+                outs.append([y, dx, dw, np.array([loss]), cross_entropy_backward(cl)])
+    finally:
+        bitttt.set_kernel(before)
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            assert np.array_equal(a, b)

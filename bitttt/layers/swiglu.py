@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _core
 from .bit_linear import bitlinear_backward, bitlinear_forward
 
 
@@ -19,9 +20,14 @@ def swiglu_forward(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: 
     """x [..., D] -> (y [..., D], cache)."""
     g, cg = bitlinear_forward(x, w_gate, ternary)
     u, cu = bitlinear_forward(x, w_up, ternary)
-    sg = _sigmoid(g)
-    h = g * sg
-    h *= u
+    if g.dtype == np.float32:  # fused in C (src_c/ops.c)
+        g, u = np.ascontiguousarray(g), np.ascontiguousarray(u)
+        h, sg = np.empty_like(g), np.empty_like(g)
+        _core.swiglu_fwd(g.reshape(-1), u.reshape(-1), h.reshape(-1), sg.reshape(-1))
+    else:
+        sg = _sigmoid(g)
+        h = g * sg
+        h *= u
     y, cd = bitlinear_forward(h, w_down, ternary)
     return y, (cg, cu, cd, g, sg, u)
 
@@ -30,6 +36,13 @@ def swiglu_backward(dy: np.ndarray, cache):
     """dy [..., D] -> (dx [..., D], dw_gate, dw_up, dw_down)."""
     cg, cu, cd, g, sg, u = cache
     dh, dw_down = bitlinear_backward(dy, cd)
+    if g.dtype == np.float32:
+        dh = np.ascontiguousarray(dh, dtype=np.float32)
+        dg, du = np.empty_like(g), np.empty_like(g)
+        _core.swiglu_bwd(dh.reshape(-1), g.reshape(-1), u.reshape(-1), sg.reshape(-1), dg.reshape(-1), du.reshape(-1))
+        dxg, dw_gate = bitlinear_backward(dg, cg)
+        dxu, dw_up = bitlinear_backward(du, cu)
+        return dxg + dxu, dw_gate, dw_up, dw_down
     du = dh * g
     du *= sg
     one = g.dtype.type(1.0)

@@ -1,0 +1,144 @@
+/* ops.c -- fused row-wise operations (see bt_ops.h).  Plain C: the loops whose lanes are
+ * independent vectorize, and no sum is reassociated, so every ISA gives the same bits. */
+#include "bt_ops.h"
+#include "bt_cpu.h"
+#include "bt_ternary.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define RL 8
+
+/* sum_c x[c] * y[c] (y == NULL: sum x) in 8 interleaved lanes and a fixed tree. */
+static inline float rsum(int64_t n, const float *restrict x, const float *restrict y) {
+    float acc[RL] = {0.0f};
+    int64_t c = 0;
+    for (; c + RL <= n; c += RL)
+        for (int l = 0; l < RL; l++) acc[l] = acc[l] + (y ? x[c + l] * y[c + l] : x[c + l]);
+    for (int l = 0; c + l < n; l++) acc[l] = acc[l] + (y ? x[c + l] * y[c + l] : x[c + l]);
+    for (int w = RL / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] = acc[l] + acc[l + w];
+    return acc[0];
+}
+
+static int nthreads(int64_t work, int64_t units) {
+    int nt = bt_get_threads();
+    if (work < (1 << 16)) nt = 1;
+    if (nt > units) nt = (int)(units > 0 ? units : 1);
+    return nt;
+}
+
+void bt_rmsnorm_fwd(const float *x, const float *w, int64_t M, int64_t D, float eps, float *y, float *r) {
+    const int nt = nthreads(M * D, M);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+#endif
+    for (int64_t m = 0; m < M; m++) {
+        const float *xr = x + m * D;
+        float *yr = y + m * D;
+        const float rr = 1.0f / sqrtf(rsum(D, xr, xr) / (float)D + eps);
+        r[m] = rr;
+        for (int64_t c = 0; c < D; c++) yr[c] = xr[c] * rr * w[c];
+    }
+    (void)nt;
+}
+
+int bt_rmsnorm_bwd(const float *dy, const float *x, const float *w, const float *r, int64_t M, int64_t D,
+                   float *dx, float *dw) {
+    const int64_t nb = (M + BT_OPS_ROWS - 1) / BT_OPS_ROWS;
+    float *part = (float *)calloc((size_t)(nb * D), sizeof(float));
+    if (!part) return BT_ERR_NOMEM;
+    const int nt = nthreads(M * D, nb);
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
+#endif
+    {
+        float *buf = (float *)malloc((size_t)D * 2 * sizeof(float));
+        if (!buf) failed = 1;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t bk = 0; bk < nb; bk++) {
+            float *pd = part + bk * D;
+            const int64_t m1 = (bk + 1) * BT_OPS_ROWS < M ? (bk + 1) * BT_OPS_ROWS : M;
+            for (int64_t m = bk * BT_OPS_ROWS; m < m1 && buf; m++) {
+                const float *xr = x + m * D, *dyr = dy + m * D;
+                float *dxr = dx + m * D, *xn = buf, *g = buf + D;
+                const float rr = r[m];
+                for (int64_t c = 0; c < D; c++) {
+                    xn[c] = xr[c] * rr;
+                    g[c] = dyr[c] * w[c];
+                    pd[c] = pd[c] + dyr[c] * xn[c];
+                }
+                const float mg = rsum(D, g, xn) / (float)D;
+                for (int64_t c = 0; c < D; c++) dxr[c] = rr * (g[c] - xn[c] * mg);
+            }
+        }
+        free(buf);
+    }
+    (void)nt;
+    if (failed) {
+        free(part);
+        return BT_ERR_NOMEM;
+    }
+    for (int64_t c = 0; c < D; c++) dw[c] = 0.0f;
+    for (int64_t bk = 0; bk < nb; bk++)
+        for (int64_t c = 0; c < D; c++) dw[c] = dw[c] + part[bk * D + c];
+    free(part);
+    return BT_OK;
+}
+
+void bt_swiglu_fwd(const float *g, const float *u, int64_t n, float *h, float *sg) {
+    const int nt = nthreads(n, n / 4096 + 1);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+#endif
+    for (int64_t i = 0; i < n; i++) {
+        const float s = 0.5f + 0.5f * tanhf(0.5f * g[i]);
+        sg[i] = s;
+        h[i] = g[i] * s * u[i];
+    }
+    (void)nt;
+}
+
+void bt_swiglu_bwd(const float *dh, const float *g, const float *u, const float *sg, int64_t n, float *dg,
+                   float *du) {
+    const int nt = nthreads(n, n / 4096 + 1);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+#endif
+    for (int64_t i = 0; i < n; i++) {
+        const float s = sg[i];
+        du[i] = dh[i] * g[i] * s;
+        dg[i] = dh[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
+    }
+    (void)nt;
+}
+
+void bt_softmax_xent(const float *logits, const int64_t *targets, const float *wt, int64_t M, int64_t V,
+                     float *dlogits, double *loss) {
+    const int nt = nthreads(M * V, M);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+#endif
+    for (int64_t m = 0; m < M; m++) {
+        const float *l = logits + m * V;
+        float *d = dlogits + m * V;
+        float mx = l[0];
+        for (int64_t c = 1; c < V; c++) mx = l[c] > mx ? l[c] : mx;
+        const float lt = l[targets[m]];
+        for (int64_t c = 0; c < V; c++) d[c] = expf(l[c] - mx); /* may overwrite l (d == l) */
+        const float se = rsum(V, d, NULL);
+        loss[m] = (double)wt[m] * ((double)logf(se) + (double)mx - (double)lt);
+        const float k = wt[m] / se;
+        for (int64_t c = 0; c < V; c++) d[c] = d[c] * k;
+        d[targets[m]] = d[targets[m]] - wt[m];
+    }
+    (void)nt;
+}
