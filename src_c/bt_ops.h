@@ -5,7 +5,8 @@
  * x, y, dy, dx: [M, D] C-contiguous float32.  Row sums use the fixed 8-lane order of
  * ttt.c; parameter gradients summed over rows (dw, db) are reduced per block of
  * BT_OPS_ROWS rows and the blocks are then added in order, so neither the thread count
- * nor the ISA changes a bit of any result.
+ * nor the ISA changes a bit of any result; exp is computed by a polynomial in plain C
+ * (bt_expf in ops.c) for the same reason.
  */
 #ifndef BT_OPS_H
 #define BT_OPS_H
