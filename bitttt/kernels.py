@@ -30,8 +30,9 @@ def _check_w(w) -> PackedTernary:
     return w
 
 
-def _rows(x: np.ndarray, k: int, name: str, what: str) -> np.ndarray:
+def _rows(x: np.ndarray, k: int, name: str, w: PackedTernary, transposed: bool = False) -> np.ndarray:
     if x.shape[-1] != k:
+        what = f"W {w.shape}{' transposed' if transposed else ''}"
         raise ValueError(f"{name} has {x.shape[-1]} features in its last dimension; {what} needs {k}")
     return x.reshape(1, k) if x.ndim == 1 else x
 
@@ -63,7 +64,7 @@ def dot_i8(w: PackedTernary, xq: np.ndarray) -> np.ndarray:
     """Exact int32 products dot(w_n, xq_m): xq int8 [K] or [M, K] -> [N] or [M, N]."""
     w = _check_w(w)
     xq = check_array(xq, "xq", np.int8)
-    x2 = _rows(xq, w.cols, "xq", f"W {w.shape}")
+    x2 = _rows(xq, w.cols, "xq", w)
     out = np.empty((x2.shape[0], w.rows), dtype=np.int32)
     _core.gemm_i8_raw(w.codes, w.cols, x2, out)
     return out[0] if xq.ndim == 1 else out
@@ -73,7 +74,7 @@ def gemm_i8(w: PackedTernary, xq: np.ndarray, a) -> np.ndarray:
     """float32 y = dot_i8(W, xq) * (s / a): xq int8 [K] or [M, K], a float32 [M] -> [N] or [M, N]."""
     w = _check_w(w)
     xq = check_array(xq, "xq", np.int8)
-    x2 = _rows(xq, w.cols, "xq", f"W {w.shape}")
+    x2 = _rows(xq, w.cols, "xq", w)
     if not isinstance(a, np.ndarray) or a.dtype != np.float32:
         raise TypeError(f"a must be a float32 numpy array, got {getattr(a, 'dtype', type(a).__name__)}")
     if a.size != x2.shape[0]:
@@ -87,7 +88,7 @@ def bitlinear(w: PackedTernary, x: np.ndarray) -> np.ndarray:
     """W1.58A8 linear layer: y = Qa(x) @ (s w)^T, x float32 [K] or [M, K] -> [N] or [M, N]."""
     w = _check_w(w)
     x = check_array(x, "x", np.float32)
-    x2 = _rows(x, w.cols, "x", f"W {w.shape}")
+    x2 = _rows(x, w.cols, "x", w)
     y = np.empty((x2.shape[0], w.rows), dtype=np.float32)
     _core.bitlinear(w.codes, w.cols, w.scale, x2, y, np.empty(x2.shape[0], dtype=np.float32))
     return y[0] if x.ndim == 1 else y
@@ -97,7 +98,7 @@ def matmul(w: PackedTernary, x: np.ndarray) -> np.ndarray:
     """float32 y = x @ (s w)^T: x float32 [K] or [M, K] -> [N] or [M, N]."""
     w = _check_w(w)
     x = check_array(x, "x", np.float32)
-    x2 = _rows(x, w.cols, "x", f"W {w.shape}")
+    x2 = _rows(x, w.cols, "x", w)
     y = np.empty((x2.shape[0], w.rows), dtype=np.float32)
     _core.gemm_f32(w.codes, w.cols, w.scale, x2, y)
     return y[0] if x.ndim == 1 else y
@@ -107,7 +108,7 @@ def matmul_t(w: PackedTernary, dy: np.ndarray) -> np.ndarray:
     """float32 dx = dy @ (s w): dy float32 [N] or [M, N] -> [K] or [M, K] (backward of matmul)."""
     w = _check_w(w)
     dy = check_array(dy, "dy", np.float32)
-    d2 = _rows(dy, w.rows, "dy", f"W {w.shape} transposed")
+    d2 = _rows(dy, w.rows, "dy", w, transposed=True)
     dx = np.empty((d2.shape[0], w.cols), dtype=np.float32)
     _core.gemm_f32_t(w.codes, w.cols, w.scale, d2, dx)
     return dx[0] if dy.ndim == 1 else dx
