@@ -332,34 +332,15 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
 }
 
 /* -- rows ----------------------------------------------------------------------------- */
-/* Copy n rows of width f from src (row pitch D) to dst [n, f], rotating pairs (2j, 2j+1) of
- * row i by the RoPE angle of position i (sign -1: the inverse rotation) when cs != NULL. */
-INLINE void gather(int64_t n, int64_t f, int64_t D, const float *src, float *dst, const float *cs,
-                   const float *sn, float sign) {
+/* Copy n rows of width f from src (row pitch ps) to dst (row pitch pd), rotating the pairs
+ * (2j, 2j+1) of row i by the RoPE angle of position i (sign -1: the inverse rotation) when
+ * cs != NULL.  Gathers a mini-batch from [B, T, D] (ps = D, pd = f) and scatters it back. */
+INLINE void copy_rows(int64_t n, int64_t f, const float *src, int64_t ps, float *dst, int64_t pd,
+                      const float *cs, const float *sn, float sign) {
     const int64_t h2 = f / 2;
     for (int64_t i = 0; i < n; i++) {
-        const float *x = src + i * D;
-        float *y = dst + i * f;
-        if (!cs) {
-            for (int64_t c = 0; c < f; c++) y[c] = x[c];
-            continue;
-        }
-        for (int64_t j = 0; j < h2; j++) {
-            const float c = cs[i * h2 + j], sv = sign * sn[i * h2 + j];
-            const float xe = x[2 * j], xo = x[2 * j + 1];
-            y[2 * j] = xe * c - xo * sv;
-            y[2 * j + 1] = xe * sv + xo * c;
-        }
-    }
-}
-
-/* The inverse of gather: dst rows (pitch D) from src [n, f], rotated by sign when cs != NULL. */
-INLINE void scatter(int64_t n, int64_t f, int64_t D, const float *src, float *dst, const float *cs,
-                    const float *sn, float sign) {
-    const int64_t h2 = f / 2;
-    for (int64_t i = 0; i < n; i++) {
-        const float *x = src + i * f;
-        float *y = dst + i * D;
+        const float *x = src + i * ps;
+        float *y = dst + i * pd;
         if (!cs) {
             for (int64_t c = 0; c < f; c++) y[c] = x[c];
             continue;
@@ -384,12 +365,12 @@ INLINE void row_forward(const bt_ttt_args *a, int64_t r, float *out, float *Ws, 
         memcpy(Ws + (r * C + c) * f * f, W, (size_t)(f * f) * sizeof(float));
         memcpy(bs + (r * C + c) * f, b, (size_t)f * sizeof(float));
         const int64_t o = (bi * T + t0) * D + h * f;
-        gather(n, f, D, a->q + o, s->qc, a->cos, a->sin, 1.0f);
-        gather(n, f, D, a->k + o, s->kc, a->cos, a->sin, 1.0f);
-        gather(n, f, D, a->v + o, s->vc, NULL, NULL, 1.0f);
+        copy_rows(n, f, a->q + o, D, s->qc, f, a->cos, a->sin, 1.0f);
+        copy_rows(n, f, a->k + o, D, s->kc, f, a->cos, a->sin, 1.0f);
+        copy_rows(n, f, a->v + o, D, s->vc, f, NULL, NULL, 1.0f);
         chunk_forward(n, f, s->qc, s->kc, s->vc, a->lr + r * T + t0, a->tok, a->gamma + h * f, a->beta + h * f,
                       W, b, s->oc, s);
-        scatter(n, f, D, s->oc, out + o, NULL, NULL, 1.0f);
+        copy_rows(n, f, s->oc, f, out + o, D, NULL, NULL, 1.0f);
     }
 }
 
@@ -409,17 +390,17 @@ INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, const
         memcpy(s->Wc, W0, (size_t)(f * f) * sizeof(float));
         memcpy(s->bc, bs + (r * C + c) * f, (size_t)f * sizeof(float));
         const int64_t o = (bi * T + t0) * D + h * f;
-        gather(n, f, D, a->q + o, s->qc, a->cos, a->sin, 1.0f);
-        gather(n, f, D, a->k + o, s->kc, a->cos, a->sin, 1.0f);
-        gather(n, f, D, a->v + o, s->vc, NULL, NULL, 1.0f);
-        gather(n, f, D, dout + o, s->oc, NULL, NULL, 1.0f);
+        copy_rows(n, f, a->q + o, D, s->qc, f, a->cos, a->sin, 1.0f);
+        copy_rows(n, f, a->k + o, D, s->kc, f, a->cos, a->sin, 1.0f);
+        copy_rows(n, f, a->v + o, D, s->vc, f, NULL, NULL, 1.0f);
+        copy_rows(n, f, dout + o, D, s->oc, f, NULL, NULL, 1.0f);
         chunk_forward(n, f, s->qc, s->kc, s->vc, a->lr + r * T + t0, a->tok, a->gamma + h * f, a->beta + h * f,
                       s->Wc, s->bc, junk, s);
         chunk_backward(n, f, s->qc, s->kc, a->lr + r * T + t0, a->tok, a->gamma + h * f, W0, s->oc, dW, db,
                        s->dqc, s->dkc, s->dvc, dlr + r * T + t0, dtok + r * K, dgamma + r * f, dbeta + r * f, s);
-        scatter(n, f, D, s->dqc, dq + o, a->cos, a->sin, -1.0f);
-        scatter(n, f, D, s->dkc, dk + o, a->cos, a->sin, -1.0f);
-        scatter(n, f, D, s->dvc, dv + o, NULL, NULL, 1.0f);
+        copy_rows(n, f, s->dqc, f, dq + o, D, a->cos, a->sin, -1.0f);
+        copy_rows(n, f, s->dkc, f, dk + o, D, a->cos, a->sin, -1.0f);
+        copy_rows(n, f, s->dvc, f, dv + o, D, NULL, NULL, 1.0f);
     }
     memcpy(dW1 + r * f * f, dW, (size_t)(f * f) * sizeof(float));
     memcpy(db1 + r * f, db, (size_t)f * sizeof(float));
