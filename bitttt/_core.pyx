@@ -56,8 +56,9 @@ cdef extern from "bt_ttt.h":
         const float *b1
         const float *gamma
         const float *beta
-    int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *bs) nogil
-    int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, const float *bs, const float *dout,
+    int64_t bt_ttt_saved_floats(int64_t K, int64_t f)
+    int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *saved) nogil
+    int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, float *saved, const float *dout,
                         float *dq, float *dk, float *dv, float *dlr, float *dtok, float *dW1, float *db1,
                         float *dgamma, float *dbeta) nogil
 
@@ -266,20 +267,25 @@ cdef void _ttt_args(bt_ttt_args *a, int64_t H, const float[:, :, ::1] q, const f
 def ttt_forward(int64_t H, const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:, :, ::1] v,
                 const float[:, ::1] cos, const float[:, ::1] sin, const float[:, :, ::1] lr, const float[::1] tok,
                 const float[:, :, ::1] W1, const float[:, ::1] b1, const float[:, ::1] gamma,
-                const float[:, ::1] beta, float[:, :, ::1] out, float[:, :, :, ::1] Ws, float[:, :, ::1] bs):
+                const float[:, ::1] beta, float[:, :, ::1] out, float[:, :, :, ::1] Ws, float[:, :, ::1] saved):
     """TTT-Linear inner loop (src_c/bt_ttt.h); shapes checked by bitttt.layers.ttt."""
     cdef bt_ttt_args a
     cdef int err
     _ttt_args(&a, H, q, k, v, cos, sin, lr, tok, W1, b1, gamma, beta)
     with nogil:
-        err = bt_ttt_forward(&a, &out[0, 0, 0], &Ws[0, 0, 0, 0], &bs[0, 0, 0])
+        err = bt_ttt_forward(&a, &out[0, 0, 0], &Ws[0, 0, 0, 0], &saved[0, 0, 0])
     _check(err)
+
+
+def ttt_saved_floats(int64_t K, int64_t f):
+    """Floats the TTT forward saves per (sequence x head, mini-batch) for the backward."""
+    return bt_ttt_saved_floats(K, f)
 
 
 def ttt_backward(int64_t H, const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:, :, ::1] v,
                  const float[:, ::1] cos, const float[:, ::1] sin, const float[:, :, ::1] lr, const float[::1] tok,
                  const float[:, :, ::1] W1, const float[:, ::1] b1, const float[:, ::1] gamma,
-                 const float[:, ::1] beta, const float[:, :, :, ::1] Ws, const float[:, :, ::1] bs,
+                 const float[:, ::1] beta, const float[:, :, :, ::1] Ws, float[:, :, ::1] saved,
                  const float[:, :, ::1] dout, float[:, :, ::1] dq, float[:, :, ::1] dk, float[:, :, ::1] dv,
                  float[:, :, ::1] dlr, float[:, ::1] dtok, float[:, :, ::1] dW1, float[:, ::1] db1,
                  float[:, ::1] dgamma, float[:, ::1] dbeta):
@@ -288,7 +294,7 @@ def ttt_backward(int64_t H, const float[:, :, ::1] q, const float[:, :, ::1] k, 
     cdef int err
     _ttt_args(&a, H, q, k, v, cos, sin, lr, tok, W1, b1, gamma, beta)
     with nogil:
-        err = bt_ttt_backward(&a, &Ws[0, 0, 0, 0], &bs[0, 0, 0], &dout[0, 0, 0], &dq[0, 0, 0], &dk[0, 0, 0],
+        err = bt_ttt_backward(&a, &Ws[0, 0, 0, 0], &saved[0, 0, 0], &dout[0, 0, 0], &dq[0, 0, 0], &dk[0, 0, 0],
                               &dv[0, 0, 0], &dlr[0, 0, 0], &dtok[0, 0], &dW1[0, 0, 0], &db1[0, 0],
                               &dgamma[0, 0], &dbeta[0, 0])
     _check(err)

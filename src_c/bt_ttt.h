@@ -17,8 +17,8 @@
  *   Zb[i]    = q[i] W - sum_{j<=i} E[i][j] (q[i].k[j]) G[j] + b_bar[i]
  *   out[i]   = q[i] + LN(Zb[i])
  *   W -= sum_j k[j]^T (E[n-1][j] G[j]);   b -= sum_j E[n-1][j] G[j]
- * The forward saves the state (W, b) entering every mini-batch (Ws [R, C, f, f],
- * bs [R, C, f]); the backward recomputes the rest from them.  Every sum runs in a fixed
+ * The forward saves the state W entering every mini-batch (Ws [R, C, f, f]) and the
+ * intermediates the backward needs (saved [R, C, bt_ttt_saved_floats(K, f)]).  Every sum runs in a fixed
  * order, so the thread count never changes the result; the ISA paths (scalar, AVX2,
  * AVX-512: the same C compiled for each) give identical bits.
  */
@@ -32,15 +32,18 @@ typedef struct {
     const float *q, *k, *v, *cos, *sin, *lr, *tok, *W1, *b1, *gamma, *beta;
 } bt_ttt_args;
 
+/* Floats saved per (row, mini-batch) for the backward. */
+static inline int64_t bt_ttt_saved_floats(int64_t K, int64_t f) { return 6 * K * f + 4 * K + K * K; }
+
 /* out [B, T, D] (heads side by side, as post_norm wants them); Ws [R, C, f, f];
- * bs [R, C, f].  BT_OK or BT_ERR_NOMEM. */
-int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *bs);
+ * saved [R, C, bt_ttt_saved_floats(K, f)].  BT_OK or BT_ERR_NOMEM. */
+int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *saved);
 
 /* dout [B, T, D] -> dq, dk, dv [B, T, D] (gradients of the raw, un-rotated projections),
  * dlr [B, H, T], and per-row partial parameter
  * gradients (the caller sums them over rows, in a fixed order): dtok [R, K],
  * dW1 [R, f, f], db1 [R, f], dgamma [R, f], dbeta [R, f].  BT_OK or BT_ERR_NOMEM. */
-int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, const float *bs, const float *dout,
+int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, float *saved, const float *dout,
                     float *dq, float *dk, float *dv, float *dlr, float *dtok, float *dW1, float *db1,
                     float *dgamma, float *dbeta);
 

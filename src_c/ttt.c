@@ -39,11 +39,12 @@ typedef struct {
     float *dZb, *dG, *dH, *dZ1, *dd, *dE, *dW, *db, *Wc, *bc;
     float *WT, *dWT; /* transposes, so that every inner loop is an axpy over contiguous memory */
     float *ta, *tb;  /* [K] temporaries */
+    float *base;     /* the one allocation */
     float *qc, *kc, *vc, *oc, *dqc, *dkc, *dvc; /* one mini-batch gathered from [B, T, D], [K, f] */
 } scratch;
 
 static void scratch_free(scratch *s) {
-    free(s->Z1c);
+    free(s->base);
     memset(s, 0, sizeof *s);
 }
 
@@ -53,6 +54,7 @@ static int scratch_alloc(scratch *s, int64_t K, int64_t f) {
     memset(s, 0, sizeof *s);
     float *p = (float *)calloc((size_t)total, sizeof(float));
     if (!p) return BT_ERR_NOMEM;
+    s->base = p;
     s->Z1c = p; p += kf;
     s->xh1 = p; p += kf;
     s->r1 = p; p += K;
@@ -153,6 +155,23 @@ INLINE void rank_update(int64_t f, int64_t n, const float *a, const float *x, co
         for (int64_t j = 0; j < n; j++) t[j] = a ? a[j] * x[j * f + p] : x[j * f + p];
         vecmat_n(f, n, M + p * f, t, Y, M + p * f);
     }
+}
+
+/* Point the intermediates the backward needs at a mini-batch's slot of the saved buffer
+ * (layout: Z1c, xh1, go, gxh, G, xh2 [K, f]; r1, s1, s2, r2 [K]; A [K, K]). */
+static inline void bind_saved(scratch *s, float *p, int64_t K, int64_t f) {
+    const int64_t kf = K * f;
+    s->Z1c = p; p += kf;
+    s->xh1 = p; p += kf;
+    s->go = p; p += kf;
+    s->gxh = p; p += kf;
+    s->G = p; p += kf;
+    s->xh2 = p; p += kf;
+    s->r1 = p; p += K;
+    s->s1 = p; p += K;
+    s->s2 = p; p += K;
+    s->r2 = p; p += K;
+    s->A = p;
 }
 
 /* One mini-batch forward.  q, k, v [n, f]; lr [n]; tok [n]; W [f, f], b [f] are updated in
@@ -354,7 +373,7 @@ INLINE void copy_rows(int64_t n, int64_t f, const float *src, int64_t ps, float 
     }
 }
 
-INLINE void row_forward(const bt_ttt_args *a, int64_t r, float *out, float *Ws, float *bs, scratch *s,
+INLINE void row_forward(const bt_ttt_args *a, int64_t r, float *out, float *Ws, float *saved, scratch *s,
                         const int64_t f) {
     const int64_t T = a->T, K = a->K, H = a->H, h = r % H, bi = r / H, D = H * f, C = (T + K - 1) / K;
     float *W = s->Wc, *b = s->bc;
@@ -363,7 +382,7 @@ INLINE void row_forward(const bt_ttt_args *a, int64_t r, float *out, float *Ws, 
     for (int64_t c = 0; c < C; c++) {
         const int64_t t0 = c * K, n = T - t0 < K ? T - t0 : K;
         memcpy(Ws + (r * C + c) * f * f, W, (size_t)(f * f) * sizeof(float));
-        memcpy(bs + (r * C + c) * f, b, (size_t)f * sizeof(float));
+        bind_saved(s, saved + (r * C + c) * bt_ttt_saved_floats(K, f), K, f);
         const int64_t o = (bi * T + t0) * D + h * f;
         copy_rows(n, f, a->q + o, D, s->qc, f, a->cos, a->sin, 1.0f);
         copy_rows(n, f, a->k + o, D, s->kc, f, a->cos, a->sin, 1.0f);
@@ -374,9 +393,9 @@ INLINE void row_forward(const bt_ttt_args *a, int64_t r, float *out, float *Ws, 
     }
 }
 
-INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, const float *bs, const float *dout,
+INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, float *saved, const float *dout,
                          float *dq, float *dk, float *dv, float *dlr, float *dtok, float *dW1, float *db1,
-                         float *dgamma, float *dbeta, scratch *s, float *junk, const int64_t f) {
+                         float *dgamma, float *dbeta, scratch *s, const int64_t f) {
     const int64_t T = a->T, K = a->K, H = a->H, h = r % H, bi = r / H, D = H * f, C = (T + K - 1) / K;
     float *dW = s->dW, *db = s->db;
     memset(dW, 0, (size_t)(f * f) * sizeof(float));
@@ -387,15 +406,11 @@ INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, const
     for (int64_t c = C - 1; c >= 0; c--) {
         const int64_t t0 = c * K, n = T - t0 < K ? T - t0 : K;
         const float *W0 = Ws + (r * C + c) * f * f;
-        memcpy(s->Wc, W0, (size_t)(f * f) * sizeof(float));
-        memcpy(s->bc, bs + (r * C + c) * f, (size_t)f * sizeof(float));
+        bind_saved(s, saved + (r * C + c) * bt_ttt_saved_floats(K, f), K, f);
         const int64_t o = (bi * T + t0) * D + h * f;
         copy_rows(n, f, a->q + o, D, s->qc, f, a->cos, a->sin, 1.0f);
         copy_rows(n, f, a->k + o, D, s->kc, f, a->cos, a->sin, 1.0f);
-        copy_rows(n, f, a->v + o, D, s->vc, f, NULL, NULL, 1.0f);
         copy_rows(n, f, dout + o, D, s->oc, f, NULL, NULL, 1.0f);
-        chunk_forward(n, f, s->qc, s->kc, s->vc, a->lr + r * T + t0, a->tok, a->gamma + h * f, a->beta + h * f,
-                      s->Wc, s->bc, junk, s);
         chunk_backward(n, f, s->qc, s->kc, a->lr + r * T + t0, a->tok, a->gamma + h * f, W0, s->oc, dW, db,
                        s->dqc, s->dkc, s->dvc, dlr + r * T + t0, dtok + r * K, dgamma + r * f, dbeta + r * f, s);
         copy_rows(n, f, s->dqc, f, dq + o, D, a->cos, a->sin, -1.0f);
@@ -409,31 +424,31 @@ INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, const
 /* Each ISA gets a copy specialized for the common head widths (the compiler then fully
  * unrolls the short inner loops) and one for any width. */
 #define ROW_FNS(SUFFIX, ATTR)                                                                       \
-    ATTR static void fwd_##SUFFIX(const bt_ttt_args *a, int64_t r, float *out, float *Ws, float *bs, \
+    ATTR static void fwd_##SUFFIX(const bt_ttt_args *a, int64_t r, float *out, float *Ws, float *sv, \
                                   scratch *s) {                                                     \
         switch (a->f) {                                                                             \
-        case 32: row_forward(a, r, out, Ws, bs, s, 32); break;                                      \
-        case 64: row_forward(a, r, out, Ws, bs, s, 64); break;                                      \
-        case 128: row_forward(a, r, out, Ws, bs, s, 128); break;                                    \
-        default: row_forward(a, r, out, Ws, bs, s, a->f);                                           \
+        case 32: row_forward(a, r, out, Ws, sv, s, 32); break;                                      \
+        case 64: row_forward(a, r, out, Ws, sv, s, 64); break;                                      \
+        case 128: row_forward(a, r, out, Ws, sv, s, 128); break;                                    \
+        default: row_forward(a, r, out, Ws, sv, s, a->f);                                           \
         }                                                                                           \
     }                                                                                               \
-    ATTR static void bwd_##SUFFIX(const bt_ttt_args *a, int64_t r, const float *Ws, const float *bs, \
+    ATTR static void bwd_##SUFFIX(const bt_ttt_args *a, int64_t r, const float *Ws, float *sv,       \
                                   const float *dout, float *dq, float *dk, float *dv, float *dlr,  \
                                   float *dtok, float *dW1, float *db1, float *dgamma, float *dbeta, \
-                                  scratch *s, float *junk) {                                        \
+                                  scratch *s) {                                                     \
         switch (a->f) {                                                                             \
         case 32:                                                                                    \
-            row_backward(a, r, Ws, bs, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, junk, 32); \
+            row_backward(a, r, Ws, sv, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, 32); \
             break;                                                                                  \
         case 64:                                                                                    \
-            row_backward(a, r, Ws, bs, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, junk, 64); \
+            row_backward(a, r, Ws, sv, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, 64); \
             break;                                                                                  \
         case 128:                                                                                   \
-            row_backward(a, r, Ws, bs, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, junk, 128); \
+            row_backward(a, r, Ws, sv, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, 128); \
             break;                                                                                  \
         default:                                                                                    \
-            row_backward(a, r, Ws, bs, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, junk, a->f); \
+            row_backward(a, r, Ws, sv, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, a->f); \
         }                                                                                           \
     }
 
@@ -445,9 +460,8 @@ ROW_FNS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f
 #endif
 
 typedef void (*fwd_fn)(const bt_ttt_args *, int64_t, float *, float *, float *, scratch *);
-typedef void (*bwd_fn)(const bt_ttt_args *, int64_t, const float *, const float *, const float *, float *,
-                       float *, float *, float *, float *, float *, float *, float *, float *, scratch *,
-                       float *);
+typedef void (*bwd_fn)(const bt_ttt_args *, int64_t, const float *, float *, const float *, float *, float *,
+                       float *, float *, float *, float *, float *, float *, float *, scratch *);
 
 static int pick(void) {
 #ifdef HAVE_X86
@@ -457,7 +471,7 @@ static int pick(void) {
 #endif
 }
 
-int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *bs) {
+int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *saved) {
     fwd_fn fn = fwd_scalar;
 #ifdef HAVE_X86
     if (pick() == BT_ISA_AVX512) fn = fwd_avx512;
@@ -478,14 +492,14 @@ int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *bs) {
 #pragma omp for schedule(static)
 #endif
         for (int64_t r = 0; r < R; r++)
-            if (ok) fn(a, r, out, Ws, bs, &s);
+            if (ok) fn(a, r, out, Ws, saved, &s);
         if (ok) scratch_free(&s);
     }
     (void)nt;
     return failed ? BT_ERR_NOMEM : BT_OK;
 }
 
-int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, const float *bs, const float *dout, float *dq,
+int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, float *saved, const float *dout, float *dq,
                     float *dk, float *dv, float *dlr, float *dtok, float *dW1, float *db1, float *dgamma,
                     float *dbeta) {
     bwd_fn fn = bwd_scalar;
@@ -501,16 +515,14 @@ int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, const float *bs, cons
 #endif
     {
         scratch s;
-        float *junk = (float *)malloc((size_t)(a->K * a->f) * sizeof(float));
-        const int ok = junk && scratch_alloc(&s, a->K, a->f) == BT_OK;
+        const int ok = scratch_alloc(&s, a->K, a->f) == BT_OK;
         if (!ok) failed = 1;
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (int64_t r = 0; r < R; r++)
-            if (ok) fn(a, r, Ws, bs, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, &s, junk);
+            if (ok) fn(a, r, Ws, saved, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, &s);
         if (ok) scratch_free(&s);
-        free(junk);
     }
     (void)nt;
     return failed ? BT_ERR_NOMEM : BT_OK;

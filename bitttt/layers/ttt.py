@@ -200,14 +200,14 @@ def ttt_forward(p: dict, x: np.ndarray, cfg: BitLlamaConfig, name: str = "ttt"):
         cos, sin = rope_tables(np.arange(k), f, cfg.rope_theta, dt)  # positions t mod K
         nch = -(-t // k)
         Ws = np.empty((bsz * h, nch, f, f), dtype=dt)
-        bs = np.empty((bsz * h, nch, f), dtype=dt)
+        saved = np.empty((bsz * h, nch, _core.ttt_saved_floats(k, f)), dtype=dt)
         merged = np.empty((bsz, t, d), dtype=dt)
         cargs = (h, np.ascontiguousarray(q), np.ascontiguousarray(kx), np.ascontiguousarray(v), cos, sin,
                  np.ascontiguousarray(lr), np.ascontiguousarray(tok), np.ascontiguousarray(p["W1"]),
                  np.ascontiguousarray(p["b1"].reshape(h, f)), np.ascontiguousarray(p["ttt_norm_weight"]),
                  np.ascontiguousarray(p["ttt_norm_bias"]))
-        _core.ttt_forward(*cargs, merged, Ws, bs)
-        inner = ("c", cargs, Ws, bs)
+        _core.ttt_forward(*cargs, merged, Ws, saved)
+        inner = ("c", cargs, Ws, saved)
     else:
         cos, sin = rope_tables(np.arange(t) % k, f, cfg.rope_theta, dt)
         Q = rope_apply(_heads(q, h), cos, sin)
@@ -244,14 +244,14 @@ def ttt_backward(dy: np.ndarray, cache, p: dict, cfg: BitLlamaConfig):
     dnormed, g["o_proj.weight"] = bitlinear_backward(dy, co)
     dmerged, g["post_norm.weight"], g["post_norm.bias"] = layernorm_backward(dnormed, cpn)
     if inner[0] == "c":
-        _, cargs, Ws, bs = inner
+        _, cargs, Ws, saved = inner
         r = bsz * h
         dq, dk, dv = (np.empty((bsz, t, d), dtype=x.dtype) for _ in range(3))
         dlr = np.empty((bsz, h, t), dtype=x.dtype)
         dtok_r = np.empty((r, k), dtype=x.dtype)
         dW1_r = np.empty((r, f, f), dtype=x.dtype)
         db1_r, dgamma_r, dbeta_r = (np.empty((r, f), dtype=x.dtype) for _ in range(3))
-        _core.ttt_backward(*cargs, Ws, bs, np.ascontiguousarray(dmerged), dq, dk, dv, dlr, dtok_r, dW1_r, db1_r,
+        _core.ttt_backward(*cargs, Ws, saved, np.ascontiguousarray(dmerged), dq, dk, dv, dlr, dtok_r, dW1_r, db1_r,
                            dgamma_r, dbeta_r)
         dtok = dtok_r.sum(axis=0)
         g["W1"] = dW1_r.reshape(bsz, h, f, f).sum(axis=0)
