@@ -29,17 +29,45 @@ def quantize_act(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x * a), -128, 127) / a
 
 
-def bitlinear_forward(x: np.ndarray, w: np.ndarray, ternary: bool):
-    """x [..., K], w [N, K] -> (y [..., N], cache)."""
+class SharedInput:
+    """One input x feeding several BitLinears (q, k, v; gate, up): its int8 quantization
+    (float32 runs) is computed once, and its dequantized Qa(x) once for the backward."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = x
+        self._q = None
+        self._deq = None
+
+    def quantized(self):
+        """(xq int8 [M, K], a float32 [M]) of x viewed as [M, K]."""
+        if self._q is None:
+            x2 = np.ascontiguousarray(self.x.reshape(-1, self.x.shape[-1]))
+            self._q = kernels.quantize_activations(x2)
+        return self._q
+
+    def dequantized(self) -> np.ndarray:
+        """Qa(x) = xq / a, float32 [M, K]."""
+        if self._deq is None:
+            xq, a = self.quantized()
+            self._deq = xq.astype(np.float32)
+            self._deq /= a[:, None]
+        return self._deq
+
+
+def bitlinear_forward(x, w: np.ndarray, ternary: bool):
+    """x [..., K] (or a SharedInput over it), w [N, K] -> (y [..., N], cache)."""
+    shared = x if isinstance(x, SharedInput) else None
+    x = shared.x if shared is not None else x
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     if not ternary:
         return mm(x2, w, trans_b=True).reshape(*lead, w.shape[0]), ("float", x2, w, lead)
     if x.dtype == np.float32:
         p = PackedTernary.quantize(w)
-        xq, a = kernels.quantize_activations(np.ascontiguousarray(x2))
+        shared = shared if shared is not None else SharedInput(x)
+        xq, a = shared.quantized()
         y = kernels.gemm_i8(p, xq, a)
-        return y.reshape(*lead, w.shape[0]), ("packed", xq, a, p, lead)
+        return y.reshape(*lead, w.shape[0]), ("packed", shared, p, lead)
     wq = quantize_weight(w)
     xq = quantize_act(x2)
     return (xq @ wq.T).reshape(*lead, w.shape[0]), ("numpy", xq, wq, lead)
@@ -50,12 +78,10 @@ def bitlinear_backward(dy: np.ndarray, cache):
     kind = cache[0]
     dy2 = dy.reshape(-1, dy.shape[-1])
     if kind == "packed":
-        _, xq, a, p, lead = cache
+        _, shared, p, lead = cache
         dy2 = np.ascontiguousarray(dy2, dtype=np.float32)
         dx = kernels.matmul_t(p, dy2)
-        xd = xq.astype(np.float32)
-        xd /= a[:, None]
-        dw = mm(dy2, xd, trans_a=True)
+        dw = mm(dy2, shared.dequantized(), trans_a=True)
     else:
         _, xin, wq, lead = cache  # xin is x (float) or Qa(x) (ternary numpy)
         dx = mm(dy2, wq)

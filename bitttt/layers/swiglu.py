@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from .bit_linear import bitlinear_backward, bitlinear_forward
+from .bit_linear import SharedInput, bitlinear_backward, bitlinear_forward
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -18,8 +18,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def swiglu_forward(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray, ternary: bool):
     """x [..., D] -> (y [..., D], cache)."""
-    g, cg = bitlinear_forward(x, w_gate, ternary)
-    u, cu = bitlinear_forward(x, w_up, ternary)
+    xs = SharedInput(x)  # gate and up quantize x once
+    g, cg = bitlinear_forward(xs, w_gate, ternary)
+    u, cu = bitlinear_forward(xs, w_up, ternary)
     if g.dtype == np.float32:  # fused in C (src_c/ops.c)
         g, u = np.ascontiguousarray(g), np.ascontiguousarray(u)
         h, sg = np.empty_like(g), np.empty_like(g)

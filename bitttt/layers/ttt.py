@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import _core
 from ..config import BitLlamaConfig
-from .bit_linear import bitlinear_backward, bitlinear_forward
+from .bit_linear import SharedInput, bitlinear_backward, bitlinear_forward
 from .common import check_finite
 from .norms import layernorm_backward, layernorm_forward
 from .rope import rope_apply, rope_tables
@@ -186,9 +186,10 @@ def ttt_forward(p: dict, x: np.ndarray, cfg: BitLlamaConfig, name: str = "ttt"):
     bsz, t, d = x.shape
     h, f, k = cfg.num_heads, cfg.head_dim, cfg.mini_batch_size
     dt = x.dtype
-    q, cq = bitlinear_forward(x, p["q_proj.weight"], cfg.ternary)
-    kx, ck = bitlinear_forward(x, p["k_proj.weight"], cfg.ternary)
-    v, cv = bitlinear_forward(x, p["v_proj.weight"], cfg.ternary)
+    xs = SharedInput(x)  # q, k and v quantize x once
+    q, cq = bitlinear_forward(xs, p["q_proj.weight"], cfg.ternary)
+    kx, ck = bitlinear_forward(xs, p["k_proj.weight"], cfg.ternary)
+    v, cv = bitlinear_forward(xs, p["v_proj.weight"], cfg.ternary)
     # learning-rate gate on the unquantized input
     a = p["learnable_ttt_lr_weight"][:, 0, :]  # [H, D]
     pre = np.einsum("btd,hd->bht", x, a) + p["learnable_ttt_lr_bias"][None, :, :]
