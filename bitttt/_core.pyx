@@ -66,6 +66,10 @@ cdef extern from "bt_ops.h":
     void bt_rmsnorm_fwd(const float *x, const float *w, int64_t M, int64_t D, float eps, float *y, float *r) nogil
     int bt_rmsnorm_bwd(const float *dy, const float *x, const float *w, const float *r, int64_t M, int64_t D,
                        float *dx, float *dw) nogil
+    void bt_layernorm_fwd(const float *x, const float *w, const float *b, int64_t M, int64_t D, float eps,
+                          float *y, float *xh, float *r) nogil
+    int bt_layernorm_bwd(const float *dy, const float *xh, const float *w, const float *r, int64_t M, int64_t D,
+                         float *dx, float *dw, float *db) nogil
     void bt_swiglu_fwd(const float *g, const float *u, int64_t n, float *h, float *sg) nogil
     void bt_swiglu_bwd(const float *dh, const float *g, const float *u, const float *sg, int64_t n, float *dg,
                        float *du) nogil
@@ -310,6 +314,21 @@ def rmsnorm_bwd(const float[:, ::1] dy, const float[:, ::1] x, const float[::1] 
     cdef int err
     with nogil:
         err = bt_rmsnorm_bwd(&dy[0, 0], &x[0, 0], &w[0], &r[0], x.shape[0], x.shape[1], &dx[0, 0], &dw[0])
+    _check(err)
+
+
+def layernorm_fwd(const float[:, ::1] x, const float[::1] w, const float[::1] b, float eps, float[:, ::1] y,
+                  float[:, ::1] xh, float[::1] r):
+    with nogil:
+        bt_layernorm_fwd(&x[0, 0], &w[0], &b[0], x.shape[0], x.shape[1], eps, &y[0, 0], &xh[0, 0], &r[0])
+
+
+def layernorm_bwd(const float[:, ::1] dy, const float[:, ::1] xh, const float[::1] w, const float[::1] r,
+                  float[:, ::1] dx, float[::1] dw, float[::1] db):
+    cdef int err
+    with nogil:
+        err = bt_layernorm_bwd(&dy[0, 0], &xh[0, 0], &w[0], &r[0], xh.shape[0], xh.shape[1], &dx[0, 0], &dw[0],
+                               &db[0])
     _check(err)
 
 

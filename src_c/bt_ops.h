@@ -22,6 +22,13 @@ void bt_rmsnorm_fwd(const float *x, const float *w, int64_t M, int64_t D, float 
 int bt_rmsnorm_bwd(const float *dy, const float *x, const float *w, const float *r, int64_t M, int64_t D,
                    float *dx, float *dw);
 
+/* LayerNorm: xh = (x - mean) * r, r[m] = 1 / sqrt(var + eps), y = xh * w + b. */
+void bt_layernorm_fwd(const float *x, const float *w, const float *b, int64_t M, int64_t D, float eps, float *y,
+                      float *xh, float *r);
+/* g = dy * w: dx = r * (g - mean(g) - xh * mean(g * xh)); dw = sum_rows dy * xh; db = sum_rows dy. */
+int bt_layernorm_bwd(const float *dy, const float *xh, const float *w, const float *r, int64_t M, int64_t D,
+                     float *dx, float *dw, float *db);
+
 /* SwiGLU gate over n elements: sg = sigmoid(g), h = g * sg * u. */
 void bt_swiglu_fwd(const float *g, const float *u, int64_t n, float *h, float *sg);
 /* du = dh * g * sg;  dg = dh * u * sg * (1 + g * (1 - sg)). */

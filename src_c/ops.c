@@ -119,6 +119,76 @@ int bt_rmsnorm_bwd(const float *dy, const float *x, const float *w, const float 
     return BT_OK;
 }
 
+void bt_layernorm_fwd(const float *x, const float *w, const float *b, int64_t M, int64_t D, float eps, float *y,
+                      float *xh, float *r) {
+    const int nt = nthreads(M * D, M);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+#endif
+    for (int64_t m = 0; m < M; m++) {
+        const float *xr = x + m * D;
+        float *h = xh + m * D, *yr = y + m * D;
+        const float mu = rsum(D, xr, NULL) / (float)D;
+        for (int64_t c = 0; c < D; c++) h[c] = xr[c] - mu;
+        const float rr = 1.0f / sqrtf(rsum(D, h, h) / (float)D + eps);
+        r[m] = rr;
+        for (int64_t c = 0; c < D; c++) {
+            h[c] = h[c] * rr;
+            yr[c] = h[c] * w[c] + b[c];
+        }
+    }
+    (void)nt;
+}
+
+int bt_layernorm_bwd(const float *dy, const float *xh, const float *w, const float *r, int64_t M, int64_t D,
+                     float *dx, float *dw, float *db) {
+    const int64_t nb = (M + BT_OPS_ROWS - 1) / BT_OPS_ROWS;
+    float *part = (float *)calloc((size_t)(2 * nb * D), sizeof(float));
+    if (!part) return BT_ERR_NOMEM;
+    const int nt = nthreads(M * D, nb);
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
+#endif
+    {
+        float *g = (float *)malloc((size_t)D * sizeof(float));
+        if (!g) failed = 1;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t bk = 0; bk < nb; bk++) {
+            float *pw = part + 2 * bk * D, *pb = pw + D;
+            const int64_t m1 = (bk + 1) * BT_OPS_ROWS < M ? (bk + 1) * BT_OPS_ROWS : M;
+            for (int64_t m = bk * BT_OPS_ROWS; m < m1 && g; m++) {
+                const float *dyr = dy + m * D, *h = xh + m * D;
+                float *dxr = dx + m * D;
+                for (int64_t c = 0; c < D; c++) {
+                    g[c] = dyr[c] * w[c];
+                    pw[c] = pw[c] + dyr[c] * h[c];
+                    pb[c] = pb[c] + dyr[c];
+                }
+                const float m1g = rsum(D, g, NULL) / (float)D, m2g = rsum(D, g, h) / (float)D;
+                const float rr = r[m];
+                for (int64_t c = 0; c < D; c++) dxr[c] = rr * (g[c] - m1g - h[c] * m2g);
+            }
+        }
+        free(g);
+    }
+    (void)nt;
+    if (failed) {
+        free(part);
+        return BT_ERR_NOMEM;
+    }
+    for (int64_t c = 0; c < D; c++) dw[c] = db[c] = 0.0f;
+    for (int64_t bk = 0; bk < nb; bk++)
+        for (int64_t c = 0; c < D; c++) {
+            dw[c] = dw[c] + part[2 * bk * D + c];
+            db[c] = db[c] + part[(2 * bk + 1) * D + c];
+        }
+    free(part);
+    return BT_OK;
+}
+
 void bt_swiglu_fwd(const float *g, const float *u, int64_t n, float *h, float *sg) {
     const int nt = nthreads(n, n / 4096 + 1);
 #ifdef _OPENMP

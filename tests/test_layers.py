@@ -197,6 +197,15 @@ def test_fused_ops_match_numpy(shape, rng):
 
     _c_vs_numpy(lambda: rms(np.float64), lambda: rms(np.float32))
 
+    bias = rng.standard_normal(shape[-1])
+
+    def ln(dt):
+        y, c = layernorm_forward(x.astype(dt), w.astype(dt), bias.astype(dt), 1e-6)
+        return (y, *layernorm_backward(r.astype(dt), c))
+
+    if shape[-1] > 1:  # D = 1: LayerNorm's output is b exactly, its dx is noise on both sides
+        _c_vs_numpy(lambda: ln(np.float64), lambda: ln(np.float32), tol=1e-4)
+
     wg, wu, wd = (rng.standard_normal((5, shape[-1])), rng.standard_normal((5, shape[-1])),
                   rng.standard_normal((shape[-1], 5)))
 
@@ -233,7 +242,9 @@ def test_fused_ops_same_bits_on_every_path_and_thread_count(rng, threads):
                 y, c = rmsnorm_forward(x, w, 1e-6)
                 dx, dw = rmsnorm_backward(r, c)
                 loss, cl = cross_entropy_forward(x, targets, None)
-                outs.append([y, dx, dw, np.array([loss]), cross_entropy_backward(cl)])
+                yl, cln = layernorm_forward(x, w, w[::-1].copy(), 1e-6)
+                outs.append([y, dx, dw, np.array([loss]), cross_entropy_backward(cl), yl,
+                             *layernorm_backward(r, cln)])
     finally:
         bitttt.set_kernel(before)
     for other in outs[1:]:

@@ -27,7 +27,7 @@ import numpy as np
 from .. import _core
 from ..config import BitLlamaConfig
 from .bit_linear import SharedInput, bitlinear_backward, bitlinear_forward
-from .common import check_finite
+from .common import check_finite, mm
 from .norms import layernorm_backward, layernorm_forward
 from .rope import rope_apply, rope_tables
 from .swiglu import _sigmoid
@@ -192,7 +192,8 @@ def ttt_forward(p: dict, x: np.ndarray, cfg: BitLlamaConfig, name: str = "ttt"):
     v, cv = bitlinear_forward(xs, p["v_proj.weight"], cfg.ternary)
     # learning-rate gate on the unquantized input
     a = p["learnable_ttt_lr_weight"][:, 0, :]  # [H, D]
-    pre = np.einsum("btd,hd->bht", x, a) + p["learnable_ttt_lr_bias"][None, :, :]
+    pre = mm(x.reshape(-1, d), a, trans_b=True).reshape(bsz, t, h).transpose(0, 2, 1) \
+        + p["learnable_ttt_lr_bias"][None, :, :]
     sg = _sigmoid(pre)
     lr = sg * dt.type(cfg.ttt_base_lr / f)  # [B, H, T]
     tok_pre = dt.type(1.0) / np.arange(1, k + 1, dtype=dt) + p["learnable_token_idx"]
@@ -293,9 +294,10 @@ def ttt_backward(dy: np.ndarray, cache, p: dict, cfg: BitLlamaConfig):
     g["learnable_token_idx"] = dtok * (tok_pre >= 0)
     dpre = dlr * dt(cfg.ttt_base_lr / f) * sg * (1 - sg)  # [B, H, T]
     a = p["learnable_ttt_lr_weight"][:, 0, :]
-    g["learnable_ttt_lr_weight"] = np.einsum("bht,btd->hd", dpre, x)[:, None, :]
+    dpre_t = np.ascontiguousarray(dpre.transpose(0, 2, 1)).reshape(-1, h)  # [B*T, H]
+    g["learnable_ttt_lr_weight"] = mm(dpre_t, x.reshape(-1, d), trans_a=True)[:, None, :]
     g["learnable_ttt_lr_bias"] = dpre.sum(axis=(0, 2))[:, None]
-    dx = np.einsum("bht,hd->btd", dpre, a)
+    dx = mm(dpre_t, a).reshape(bsz, t, d)
     dxq, g["q_proj.weight"] = bitlinear_backward(dq, cq)
     dxk, g["k_proj.weight"] = bitlinear_backward(dk, ck)
     dxv, g["v_proj.weight"] = bitlinear_backward(dv, cv)
