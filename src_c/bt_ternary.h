@@ -89,7 +89,8 @@ static inline unsigned bt_code_at(const bt_ternary *t, int64_t r, int64_t k) {
 }
 
 /* absmean scale of w [rows*cols] (row-major, row pitch ldw floats):
- * s = mean|w| + 1e-5, summed in double.  BT_ERR_NONFINITE on NaN/inf. */
+ * s = mean|w| + 1e-5, each row summed in double, the row sums added in row order.
+ * BT_ERR_NONFINITE on NaN/inf, BT_ERR_NOMEM if its row buffer cannot be allocated. */
 int bt_absmean_scale(const float *w, int64_t rows, int64_t cols, int64_t ldw, float *scale);
 
 /* Quantize w with a given scale into t (t->codes already allocated,

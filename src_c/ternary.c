@@ -1,11 +1,25 @@
 /* ternary.c -- packing, unpacking and validation of bt_ternary (see bt_ternary.h). */
 #include "bt_ternary.h"
+#include "bt_cpu.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Rows run in parallel; each row is summed in double, then the row sums are added in
+ * row order, so the result does not depend on the thread count. */
 int bt_absmean_scale(const float *w, int64_t rows, int64_t cols, int64_t ldw, float *scale) {
-    double total = 0.0;
+    double *rs = (double *)malloc((size_t)rows * sizeof(double));
+    if (!rs) return BT_ERR_NOMEM;
+    int bad_any = 0;
+    const int nt = rows * cols >= (1 << 16) ? bt_get_threads() : 1;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static) reduction(| : bad_any)
+#endif
     for (int64_t r = 0; r < rows; r++) {
         const float *row = w + r * ldw;
         double acc = 0.0;
@@ -14,9 +28,14 @@ int bt_absmean_scale(const float *w, int64_t rows, int64_t cols, int64_t ldw, fl
             acc += fabs((double)row[k]);
             bad += row[k] * 0.0f; /* NaN for NaN or inf, else 0 */
         }
-        if (bad != 0.0f || bad != bad) return BT_ERR_NONFINITE;
-        total += acc;
+        rs[r] = acc;
+        if (bad != bad) bad_any = 1;
     }
+    (void)nt;
+    double total = 0.0;
+    for (int64_t r = 0; r < rows; r++) total += rs[r];
+    free(rs);
+    if (bad_any) return BT_ERR_NONFINITE;
     *scale = (float)(total / ((double)rows * (double)cols) + 1e-5);
     return BT_OK;
 }
@@ -33,12 +52,20 @@ int bt_pack(const float *w, int64_t ldw, float scale, bt_ternary *t) {
     if (!(scale > 0.0f) || isinf(scale)) return BT_ERR_NONFINITE;
     t->scale = scale;
     const int64_t full = t->cols / BT_BLOCK;
+    int bad_any = 0;
+    const int nt = t->rows * t->cols >= (1 << 16) ? bt_get_threads() : 1;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static) reduction(| : bad_any)
+#endif
     for (int64_t r = 0; r < t->rows; r++) {
         const float *src = w + r * ldw;
         uint8_t *dst = t->codes + r * t->stride;
         float bad = 0.0f;
         for (int64_t k = 0; k < t->cols; k++) bad += src[k] * 0.0f; /* NaN for NaN or inf */
-        if (bad != bad) return BT_ERR_NONFINITE;
+        if (bad != bad) {
+            bad_any = 1;
+            continue;
+        }
         for (int64_t b = 0; b < full; b++) {
             const float *x = src + b * BT_BLOCK;
             uint8_t *o = dst + b * BT_BLOCK_BYTES;
@@ -56,7 +83,8 @@ int bt_pack(const float *w, int64_t ldw, float scale, bt_ternary *t) {
             }
         }
     }
-    return BT_OK;
+    (void)nt;
+    return bad_any ? BT_ERR_NONFINITE : BT_OK;
 }
 
 void bt_unpack(const bt_ternary *t, float *out, int64_t ldo) {
