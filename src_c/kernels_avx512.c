@@ -12,6 +12,7 @@
 
 #ifdef BT_HAVE_X86
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma")))
@@ -88,10 +89,16 @@ T512 static void gemv_1(const uint8_t *w, int64_t stride, int64_t nblk, const in
             a3##t = _mm512_dpbusd_epi32(a3##t, u3, xv);                               \
         }                                                                             \
     }
-#define UNPACK(r) _mm512_and_si512(_mm512_srli_epi16(_mm512_loadu_si512(w + r * stride + b * BT_BLOCK_BYTES), 2 * p), m)
+/* unpacked = 0: w is the packed codes (stride bytes per row); unpacked = 1: w holds one code
+ * byte per weight in natural k order (see unpack_u8), stride = padded K. */
+#define UNPACK(r)                                                                                      \
+    (unpacked ? _mm512_loadu_si512(w + r * stride + b * BT_BLOCK + 64 * p)                           \
+              : _mm512_and_si512(_mm512_srli_epi16(_mm512_loadu_si512(w + r * stride + b * BT_BLOCK_BYTES), \
+                                                   2 * p),                                             \
+                                 m))
 
 T512 INLINE void gemm_tile(const uint8_t *w, int64_t stride, int64_t nblk, const int8_t *x,
-                           int64_t ldq, const int R, const int T, int32_t *dot) {
+                           int64_t ldq, const int R, const int T, int32_t *dot, const int unpacked) {
     const __m512i m = _mm512_set1_epi8(0x03), z = _mm512_setzero_si512();
     __m512i a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
     __m512i a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;
@@ -121,7 +128,11 @@ T512 INLINE void gemm_tile(const uint8_t *w, int64_t stride, int64_t nblk, const
 #define GEMM_TILE(R, T)                                                                          \
     T512 static void gemm_##R##_##T(const uint8_t *w, int64_t stride, int64_t nblk,             \
                                     const int8_t *x, int64_t ldq, int32_t *dot) {               \
-        gemm_tile(w, stride, nblk, x, ldq, R, T, dot);                                           \
+        gemm_tile(w, stride, nblk, x, ldq, R, T, dot, 0);                                        \
+    }                                                                                            \
+    T512 static void gemm_u8_##R##_##T(const uint8_t *w, int64_t stride, int64_t nblk,          \
+                                       const int8_t *x, int64_t ldq, int32_t *dot) {            \
+        gemm_tile(w, stride, nblk, x, ldq, R, T, dot, 1);                                        \
     }
 GEMM_TILE(4, 4)
 GEMM_TILE(4, 3)
@@ -132,39 +143,86 @@ GEMM_TILE(1, 2)
 
 typedef void (*tile_fn)(const uint8_t *, int64_t, int64_t, const int8_t *, int64_t, int32_t *);
 
-T512 void bt_i8_avx512(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
-                       int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo) {
-    const int64_t nblk = w->stride / BT_BLOCK_BYTES, stride = w->stride;
+/* Rows [n0, n1) of w as one code byte (0, 1, 2) per weight, row pitch kp = padded K. */
+T512 static void unpack_u8(const bt_ternary *w, int64_t n0, int64_t n1, uint8_t *u) {
+    const int64_t nblk = w->stride / BT_BLOCK_BYTES, kp = nblk * BT_BLOCK;
+    const __m512i m = _mm512_set1_epi8(0x03);
+    for (int64_t n = n0; n < n1; n++)
+        for (int64_t b = 0; b < nblk; b++) {
+            const __m512i c = _mm512_loadu_si512(w->codes + n * w->stride + b * BT_BLOCK_BYTES);
+            uint8_t *dst = u + (n - n0) * kp + b * BT_BLOCK;
+            _mm512_storeu_si512(dst, _mm512_and_si512(c, m));
+            _mm512_storeu_si512(dst + 64, _mm512_and_si512(_mm512_srli_epi16(c, 2), m));
+            _mm512_storeu_si512(dst + 128, _mm512_and_si512(_mm512_srli_epi16(c, 4), m));
+            _mm512_storeu_si512(dst + 192, _mm512_and_si512(_mm512_srli_epi16(c, 6), m));
+        }
+}
+
+/* Tokens from this many on, the rows are unpacked to one byte per weight, a chunk of rows
+ * at a time (BT_U8_CHUNK bytes, so that the chunk stays in L2 while every token tile walks
+ * it): the tiles then run vpdpbusd straight from memory with no shift/and per tile. */
+#define BT_U8_MIN_TOKENS 16
+#define BT_U8_CHUNK (256 * 1024)
+
+/* Token tiles [0, mt) x rows [r0, r1); rows are read at base + n * stride. */
+T512 static void gemm_rows(const uint8_t *base, int64_t stride, int64_t nblk, int unpacked, const int8_t *xq,
+                           int64_t ldq, const int32_t *sums, int64_t mt, int64_t r0, int64_t r1, int32_t *out,
+                           int64_t ldo) {
     int32_t dot[16];
-    /* single tokens (M == 1, or the last token of an odd tail) use the GEMV kernel */
-    int64_t mt = M >= 2 ? M - (M % 4 == 1 ? 1 : 0) : 0; /* tokens handled by tiles */
     for (int64_t m = 0; m < mt;) {
-        int64_t left = mt - m;
-        int T = left >= 4 ? 4 : (int)left; /* 2, 3 or 4 */
-        tile_fn f4 = T == 4 ? gemm_4_4 : (T == 3 ? gemm_4_3 : gemm_4_2);
-        tile_fn f1 = T == 4 ? gemm_1_4 : (T == 3 ? gemm_1_3 : gemm_1_2);
+        const int64_t left = mt - m;
+        const int T = left >= 4 ? 4 : (int)left; /* 2, 3 or 4 */
+        tile_fn f4, f1;
+        if (unpacked) {
+            f4 = T == 4 ? gemm_u8_4_4 : (T == 3 ? gemm_u8_4_3 : gemm_u8_4_2);
+            f1 = T == 4 ? gemm_u8_1_4 : (T == 3 ? gemm_u8_1_3 : gemm_u8_1_2);
+        } else {
+            f4 = T == 4 ? gemm_4_4 : (T == 3 ? gemm_4_3 : gemm_4_2);
+            f1 = T == 4 ? gemm_1_4 : (T == 3 ? gemm_1_3 : gemm_1_2);
+        }
         const int8_t *x = xq + m * ldq;
-        int64_t n = n0;
-        for (; n + 4 <= n1; n += 4) {
-            f4(w->codes + n * stride, stride, nblk, x, ldq, dot);
+        int64_t n = r0;
+        for (; n + 4 <= r1; n += 4) {
+            f4(base + n * stride, stride, nblk, x, ldq, dot);
             for (int r = 0; r < 4; r++)
                 for (int t = 0; t < T; t++) out[(m + t) * ldo + n + r] = dot[r * 4 + t] - sums[m + t];
         }
-        for (; n < n1; n++) {
-            f1(w->codes + n * stride, stride, nblk, x, ldq, dot);
+        for (; n < r1; n++) {
+            f1(base + n * stride, stride, nblk, x, ldq, dot);
             for (int t = 0; t < T; t++) out[(m + t) * ldo + n] = dot[t] - sums[m + t];
         }
         m += T;
+    }
+}
+
+T512 void bt_i8_avx512(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
+                       int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo) {
+    const int64_t nblk = w->stride / BT_BLOCK_BYTES, kp = nblk * BT_BLOCK;
+    int32_t dot[16];
+    /* single tokens (M == 1, or the last token of an odd tail) use the GEMV kernel */
+    const int64_t mt = M >= 2 ? M - (M % 4 == 1 ? 1 : 0) : 0; /* tokens handled by tiles */
+    int64_t chunk = (BT_U8_CHUNK / kp) / 4 * 4;
+    chunk = chunk < 4 ? 4 : chunk;
+    uint8_t *u = mt >= BT_U8_MIN_TOKENS ? (uint8_t *)aligned_alloc(BT_ALIGN, (size_t)(chunk * kp)) : NULL;
+    if (u) {
+        for (int64_t r0 = n0; r0 < n1; r0 += chunk) {
+            const int64_t r1 = r0 + chunk < n1 ? r0 + chunk : n1;
+            unpack_u8(w, r0, r1, u);
+            gemm_rows(u - r0 * kp, kp, nblk, 1, xq, ldq, sums, mt, r0, r1, out, ldo);
+        }
+        free(u);
+    } else {
+        gemm_rows(w->codes, w->stride, nblk, 0, xq, ldq, sums, mt, n0, n1, out, ldo);
     }
     for (int64_t m = mt; m < M; m++) {
         const int8_t *x = xq + m * ldq;
         int64_t n = n0;
         for (; n + 4 <= n1; n += 4) {
-            gemv_4(w->codes + n * stride, stride, nblk, x, dot);
+            gemv_4(w->codes + n * w->stride, w->stride, nblk, x, dot);
             for (int r = 0; r < 4; r++) out[m * ldo + n + r] = dot[r] - sums[m];
         }
         for (; n < n1; n++) {
-            gemv_1(w->codes + n * stride, stride, nblk, x, dot);
+            gemv_1(w->codes + n * w->stride, w->stride, nblk, x, dot);
             out[m * ldo + n] = dot[0] - sums[m];
         }
     }

@@ -201,3 +201,16 @@ def test_sgemm_threads_and_errors(threads, rng):
         bitttt.sgemm(a, b, trans_b=True)
     with pytest.raises(TypeError, match="float32"):
         bitttt.sgemm(a.astype(np.float64), b)
+
+
+@pytest.mark.parametrize("n,k", [(50, 5000), (37, 20000)])
+def test_many_tokens_over_several_row_chunks(kernel, threads, n, k, rng):
+    # from 16 tokens the AVX-512 path unpacks rows to bytes, 256 KiB of rows at a time:
+    # these shapes take several chunks, with tails of rows and of tokens
+    p = _packed(rng, n, k)
+    x = rng.standard_normal((21, k)).astype(np.float32)
+    xq, a = bitttt.quantize_activations(x)
+    ref = refimpl.dot_i8(p.ternary(), xq)
+    for t in (1, 2):
+        bitttt.set_num_threads(t)
+        assert np.array_equal(bitttt.dot_i8(p, xq), ref)
