@@ -27,6 +27,7 @@ cdef extern from "bt_ternary.h":
 cdef extern from "bt_quant.h":
     int bt_quantize_act(const float *x, int64_t M, int64_t K, int64_t ldx,
                         int8_t *q, int64_t ldq, float *a, int32_t *sums) nogil
+    void bt_dequant_act(const int8_t *q, int64_t M, int64_t K, const float *a, float *out) nogil
 
 cdef extern from "bt_kernels.h":
     int bt_gemm_i8_raw(const bt_ternary *w, const int8_t *xq, int64_t M, int64_t ldx,
@@ -178,6 +179,12 @@ def quantize_act(const float[:, ::1] x, int8_t[:, ::1] q, float[::1] a, int32_t[
         err = bt_quantize_act(&x[0, 0], x.shape[0], x.shape[1], x.shape[1],
                               &q[0, 0], q.shape[1], &a[0], &sums[0])
     _check(err)
+
+
+def dequant_act(const int8_t[:, ::1] q, const float[::1] a, float[:, ::1] out):
+    """out [M, K] = q / a[m]."""
+    with nogil:
+        bt_dequant_act(&q[0, 0], q.shape[0], q.shape[1], &a[0], &out[0, 0])
 
 
 def gemm_i8_raw(const uint8_t[:, ::1] codes, int64_t cols, const int8_t[:, ::1] xq,

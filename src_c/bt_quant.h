@@ -25,4 +25,7 @@ int bt_quantize_act(const float *x, int64_t M, int64_t K, int64_t ldx,
 void bt_pad_act(const int8_t *x, int64_t M, int64_t K, int64_t ldx,
                 int8_t *q, int64_t ldq, int32_t *sums);
 
+/* out [M, K] = q / a[m] (float32): Qa(x), the dequantized activations. */
+void bt_dequant_act(const int8_t *q, int64_t M, int64_t K, const float *a, float *out);
+
 #endif /* BT_QUANT_H */

@@ -5,6 +5,10 @@
 #include "bt_isa_kernels.h"
 
 #include <math.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <string.h>
 
 int bt_quant_rows_scalar(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q,
@@ -58,4 +62,18 @@ void bt_pad_act(const int8_t *x, int64_t M, int64_t K, int64_t ldx,
         }
         if (sums) sums[m] = s;
     }
+}
+
+void bt_dequant_act(const int8_t *q, int64_t M, int64_t K, const float *a, float *out) {
+    const int nt = M * K >= (1 << 16) ? bt_get_threads() : 1;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+#endif
+    for (int64_t m = 0; m < M; m++) {
+        const int8_t *src = q + m * K;
+        float *dst = out + m * K;
+        const float am = a[m];
+        for (int64_t k = 0; k < K; k++) dst[k] = (float)src[k] / am;
+    }
+    (void)nt;
 }

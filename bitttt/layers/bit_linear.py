@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels
+from .. import _core, kernels
 from ..ternary import PackedTernary
 from .common import mm
 
@@ -49,8 +49,8 @@ class SharedInput:
         """Qa(x) = xq / a, float32 [M, K]."""
         if self._deq is None:
             xq, a = self.quantized()
-            self._deq = xq.astype(np.float32)
-            self._deq /= a[:, None]
+            self._deq = np.empty(xq.shape, dtype=np.float32)
+            _core.dequant_act(xq, a, self._deq)
         return self._deq
 
 
