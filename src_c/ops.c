@@ -189,40 +189,32 @@ int bt_layernorm_bwd(const float *dy, const float *xh, const float *w, const flo
     return BT_OK;
 }
 
-void bt_swiglu_fwd(const float *g, const float *u, int64_t n, float *h, float *sg) {
-    const int nt = nthreads(n, n / 4096 + 1);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-#endif
-    for (int64_t i = 0; i < n; i++) {
+/* The elementwise bodies, compiled once per ISA (plain C: the copies differ only in vector
+ * width, never in the order of operations, so they give the same bits). */
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE void swiglu_fwd_body(const float *restrict g, const float *restrict u, int64_t i0, int64_t i1,
+                            float *restrict h, float *restrict sg) {
+    for (int64_t i = i0; i < i1; i++) {
         const float s = 1.0f / (1.0f + bt_expf(-g[i]));
         sg[i] = s;
         h[i] = g[i] * s * u[i];
     }
-    (void)nt;
 }
 
-void bt_swiglu_bwd(const float *dh, const float *g, const float *u, const float *sg, int64_t n, float *dg,
-                   float *du) {
-    const int nt = nthreads(n, n / 4096 + 1);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-#endif
-    for (int64_t i = 0; i < n; i++) {
+INLINE void swiglu_bwd_body(const float *restrict dh, const float *restrict g, const float *restrict u,
+                            const float *restrict sg, int64_t i0, int64_t i1, float *restrict dg,
+                            float *restrict du) {
+    for (int64_t i = i0; i < i1; i++) {
         const float s = sg[i];
         du[i] = dh[i] * g[i] * s;
         dg[i] = dh[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
     }
-    (void)nt;
 }
 
-void bt_softmax_xent(const float *logits, const int64_t *targets, const float *wt, int64_t M, int64_t V,
-                     float *dlogits, double *loss) {
-    const int nt = nthreads(M * V, M);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-#endif
-    for (int64_t m = 0; m < M; m++) {
+INLINE void xent_rows(const float *logits, const int64_t *targets, const float *wt, int64_t m0, int64_t m1,
+                      int64_t V, float *dlogits, double *loss) {
+    for (int64_t m = m0; m < m1; m++) {
         const float *l = logits + m * V;
         float *d = dlogits + m * V;
         float mx = l[0];
@@ -234,6 +226,95 @@ void bt_softmax_xent(const float *logits, const int64_t *targets, const float *w
         const float k = wt[m] / se;
         for (int64_t c = 0; c < V; c++) d[c] = d[c] * k;
         d[targets[m]] = d[targets[m]] - wt[m];
+    }
+}
+
+#define OPS_FNS(SUFFIX, ATTR)                                                                              \
+    ATTR static void swf_##SUFFIX(const float *g, const float *u, int64_t i0, int64_t i1, float *h,        \
+                                  float *sg) {                                                             \
+        swiglu_fwd_body(g, u, i0, i1, h, sg);                                                              \
+    }                                                                                                      \
+    ATTR static void swb_##SUFFIX(const float *dh, const float *g, const float *u, const float *sg,        \
+                                  int64_t i0, int64_t i1, float *dg, float *du) {                          \
+        swiglu_bwd_body(dh, g, u, sg, i0, i1, dg, du);                                                     \
+    }                                                                                                      \
+    ATTR static void xe_##SUFFIX(const float *l, const int64_t *t, const float *wt, int64_t m0, int64_t m1, \
+                                 int64_t V, float *d, double *loss) {                                      \
+        xent_rows(l, t, wt, m0, m1, V, d, loss);                                                           \
+    }
+
+OPS_FNS(scalar, )
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+OPS_FNS(avx2, __attribute__((target("avx2,fma"))))
+OPS_FNS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))))
+#define OPS_X86 1
+#endif
+
+typedef void (*swf_fn)(const float *, const float *, int64_t, int64_t, float *, float *);
+typedef void (*swb_fn)(const float *, const float *, const float *, const float *, int64_t, int64_t, float *,
+                       float *);
+typedef void (*xe_fn)(const float *, const int64_t *, const float *, int64_t, int64_t, int64_t, float *, double *);
+
+#ifdef OPS_X86
+#define PICK(name) (bt_get_isa() == BT_ISA_AVX512 ? name##_avx512 : bt_get_isa() == BT_ISA_AVX2 ? name##_avx2 : name##_scalar)
+#else
+#define PICK(name) name##_scalar
+#endif
+
+/* [0, n) cut in `parts` contiguous ranges; range `idx`. */
+static void range_of(int64_t n, int parts, int idx, int64_t *lo, int64_t *hi) {
+    *lo = n * idx / parts;
+    *hi = n * (idx + 1) / parts;
+}
+
+#ifdef _OPENMP
+#define TID omp_get_thread_num()
+#define NTH omp_get_num_threads()
+#else
+#define TID 0
+#define NTH 1
+#endif
+
+void bt_swiglu_fwd(const float *g, const float *u, int64_t n, float *h, float *sg) {
+    const swf_fn fn = PICK(swf);
+    const int nt = nthreads(n, n / 4096 + 1);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+        int64_t i0, i1;
+        range_of(n, NTH, TID, &i0, &i1);
+        fn(g, u, i0, i1, h, sg);
+    }
+    (void)nt;
+}
+
+void bt_swiglu_bwd(const float *dh, const float *g, const float *u, const float *sg, int64_t n, float *dg,
+                   float *du) {
+    const swb_fn fn = PICK(swb);
+    const int nt = nthreads(n, n / 4096 + 1);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+        int64_t i0, i1;
+        range_of(n, NTH, TID, &i0, &i1);
+        fn(dh, g, u, sg, i0, i1, dg, du);
+    }
+    (void)nt;
+}
+
+void bt_softmax_xent(const float *logits, const int64_t *targets, const float *wt, int64_t M, int64_t V,
+                     float *dlogits, double *loss) {
+    const xe_fn fn = PICK(xe);
+    const int nt = nthreads(M * V, M);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+        int64_t m0, m1;
+        range_of(M, NTH, TID, &m0, &m1);
+        fn(logits, targets, wt, m0, m1, V, dlogits, loss);
     }
     (void)nt;
 }

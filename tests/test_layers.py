@@ -4,6 +4,7 @@ import pytest
 from gradcheck import max_rel_error
 
 import bitttt
+from bitttt import _core
 from bitttt.config import BitLlamaConfig
 from bitttt.layers import (
     bitlinear_backward,
@@ -243,8 +244,14 @@ def test_fused_ops_same_bits_on_every_path_and_thread_count(rng, threads):
                 dx, dw = rmsnorm_backward(r, c)
                 loss, cl = cross_entropy_forward(x, targets, None)
                 yl, cln = layernorm_forward(x, w, w[::-1].copy(), 1e-6)
+                g, u = x * 5, r.copy()
+                h, sg = np.empty_like(g), np.empty_like(g)
+                _core.swiglu_fwd(g.reshape(-1), u.reshape(-1), h.reshape(-1), sg.reshape(-1))
+                dg, du = np.empty_like(g), np.empty_like(g)
+                _core.swiglu_bwd(x.reshape(-1), g.reshape(-1), u.reshape(-1), sg.reshape(-1), dg.reshape(-1),
+                                 du.reshape(-1))
                 outs.append([y, dx, dw, np.array([loss]), cross_entropy_backward(cl), yl,
-                             *layernorm_backward(r, cln)])
+                             *layernorm_backward(r, cln), h, sg, dg, du])
     finally:
         bitttt.set_kernel(before)
     for other in outs[1:]:
