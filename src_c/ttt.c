@@ -126,8 +126,48 @@ INLINE void axpy(int64_t f, float a, const float *restrict x, float *restrict y)
 /* y[0:f] = y0 + sum_p x[p] M[p, 0:f] (sequential in p), accumulated in a local row that
  * the compiler keeps in registers for the specialized widths.  y may be y0 (read first,
  * written last). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+/* vecmat_n for f = 64 with its four accumulators held in zmm registers; the same fused
+ * multiply-adds in the same order as the C loop below, so the same bits. */
+__attribute__((target("avx512f"))) static void vecmat64_avx512(int64_t P, const float *y0, const float *x,
+                                                               const float *M, float *y) {
+    __m512 a0, a1, a2, a3;
+    if (y0) {
+        a0 = _mm512_loadu_ps(y0);
+        a1 = _mm512_loadu_ps(y0 + 16);
+        a2 = _mm512_loadu_ps(y0 + 32);
+        a3 = _mm512_loadu_ps(y0 + 48);
+    } else {
+        a0 = a1 = a2 = a3 = _mm512_setzero_ps();
+    }
+    for (int64_t p = 0; p < P; p++) {
+        const __m512 xb = _mm512_set1_ps(x[p]);
+        const float *m = M + p * 64;
+        a0 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(m), a0);
+        a1 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(m + 16), a1);
+        a2 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(m + 32), a2);
+        a3 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(m + 48), a3);
+    }
+    _mm512_storeu_ps(y, a0);
+    _mm512_storeu_ps(y + 16, a1);
+    _mm512_storeu_ps(y + 32, a2);
+    _mm512_storeu_ps(y + 48, a3);
+}
+#define HAVE_VECMAT64 1
+#endif
+
+/* Set by the dispatchers below before the parallel region: the AVX-512 path is active. */
+static int g_simd512;
+
 INLINE void vecmat_n(int64_t f, int64_t P, const float *y0, const float *restrict x, const float *restrict M,
                      float *y) {
+#ifdef HAVE_VECMAT64
+    if (f == 64 && g_simd512) {
+        vecmat64_avx512(P, y0, x, M, y);
+        return;
+    }
+#endif
     float acc[128];
     if (f > 128) { /* wide heads: plain axpy form */
         for (int64_t c = 0; c < f; c++) y[c] = y0 ? y0[c] : 0.0f;
@@ -473,6 +513,7 @@ static int pick(void) {
 
 int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *saved) {
     fwd_fn fn = fwd_scalar;
+    g_simd512 = pick() == BT_ISA_AVX512;
 #ifdef HAVE_X86
     if (pick() == BT_ISA_AVX512) fn = fwd_avx512;
     else if (pick() == BT_ISA_AVX2) fn = fwd_avx2;
@@ -503,6 +544,7 @@ int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, float *saved, const f
                     float *dk, float *dv, float *dlr, float *dtok, float *dW1, float *db1, float *dgamma,
                     float *dbeta) {
     bwd_fn fn = bwd_scalar;
+    g_simd512 = pick() == BT_ISA_AVX512;
 #ifdef HAVE_X86
     if (pick() == BT_ISA_AVX512) fn = bwd_avx512;
     else if (pick() == BT_ISA_AVX2) fn = bwd_avx2;
