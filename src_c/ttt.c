@@ -511,13 +511,12 @@ static int pick(void) {
 #endif
 }
 
-int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *saved) {
-    fwd_fn fn = fwd_scalar;
+/* Run body(a, r, ctx, scratch) for every row r = (sequence, head) on the thread pool, each
+ * thread with its own scratch.  BT_ERR_NOMEM if a scratch cannot be allocated. */
+typedef void (*row_body)(const bt_ttt_args *a, int64_t r, void *ctx, scratch *s);
+
+static int parallel_rows(const bt_ttt_args *a, row_body body, void *ctx) {
     g_simd512 = pick() == BT_ISA_AVX512;
-#ifdef HAVE_X86
-    if (pick() == BT_ISA_AVX512) fn = fwd_avx512;
-    else if (pick() == BT_ISA_AVX2) fn = fwd_avx2;
-#endif
     const int64_t R = a->B * a->H;
     const int nt = bt_get_threads() < R ? bt_get_threads() : (int)R;
     int failed = 0;
@@ -533,39 +532,51 @@ int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *saved) {
 #pragma omp for schedule(static)
 #endif
         for (int64_t r = 0; r < R; r++)
-            if (ok) fn(a, r, out, Ws, saved, &s);
+            if (ok) body(a, r, ctx, &s);
         if (ok) scratch_free(&s);
     }
     (void)nt;
     return failed ? BT_ERR_NOMEM : BT_OK;
 }
 
+typedef struct {
+    fwd_fn fn;
+    float *out, *Ws, *saved;
+} fwd_ctx;
+
+typedef struct {
+    bwd_fn fn;
+    const float *Ws, *dout;
+    float *saved, *dq, *dk, *dv, *dlr, *dtok, *dW1, *db1, *dgamma, *dbeta;
+} bwd_ctx;
+
+static void fwd_body(const bt_ttt_args *a, int64_t r, void *ctx, scratch *s) {
+    const fwd_ctx *c = (const fwd_ctx *)ctx;
+    c->fn(a, r, c->out, c->Ws, c->saved, s);
+}
+
+static void bwd_body(const bt_ttt_args *a, int64_t r, void *ctx, scratch *s) {
+    const bwd_ctx *c = (const bwd_ctx *)ctx;
+    c->fn(a, r, c->Ws, c->saved, c->dout, c->dq, c->dk, c->dv, c->dlr, c->dtok, c->dW1, c->db1, c->dgamma,
+          c->dbeta, s);
+}
+
+int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *saved) {
+    fwd_ctx c = {fwd_scalar, out, Ws, saved};
+#ifdef HAVE_X86
+    if (pick() == BT_ISA_AVX512) c.fn = fwd_avx512;
+    else if (pick() == BT_ISA_AVX2) c.fn = fwd_avx2;
+#endif
+    return parallel_rows(a, fwd_body, &c);
+}
+
 int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, float *saved, const float *dout, float *dq,
                     float *dk, float *dv, float *dlr, float *dtok, float *dW1, float *db1, float *dgamma,
                     float *dbeta) {
-    bwd_fn fn = bwd_scalar;
-    g_simd512 = pick() == BT_ISA_AVX512;
+    bwd_ctx c = {bwd_scalar, Ws, dout, saved, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta};
 #ifdef HAVE_X86
-    if (pick() == BT_ISA_AVX512) fn = bwd_avx512;
-    else if (pick() == BT_ISA_AVX2) fn = bwd_avx2;
+    if (pick() == BT_ISA_AVX512) c.fn = bwd_avx512;
+    else if (pick() == BT_ISA_AVX2) c.fn = bwd_avx2;
 #endif
-    const int64_t R = a->B * a->H;
-    const int nt = bt_get_threads() < R ? bt_get_threads() : (int)R;
-    int failed = 0;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
-#endif
-    {
-        scratch s;
-        const int ok = scratch_alloc(&s, a->K, a->f) == BT_OK;
-        if (!ok) failed = 1;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (int64_t r = 0; r < R; r++)
-            if (ok) fn(a, r, Ws, saved, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, &s);
-        if (ok) scratch_free(&s);
-    }
-    (void)nt;
-    return failed ? BT_ERR_NOMEM : BT_OK;
+    return parallel_rows(a, bwd_body, &c);
 }
