@@ -186,3 +186,10 @@ def test_bad_shapes_and_order(rng):
         layer.forward(rng.standard_normal((1, 5, 16)).astype(np.float32))
     with pytest.raises(RuntimeError, match="forward first"):
         TTTLinear(_cfg()).backward(np.zeros((1, 5, 16)))
+
+
+def test_wrong_parameter_shape_is_refused(rng):
+    layer = _layer(rng, _cfg(), np.float32)
+    layer.params["W1"] = np.zeros((2, 8, 7), np.float32)
+    with pytest.raises(ValueError, match="W1 has shape"):
+        layer.forward(rng.standard_normal((1, 5, 16)).astype(np.float32))

@@ -34,14 +34,8 @@ from .swiglu import _sigmoid
 
 LN_EPS = 1e-6
 
-PARAM_NAMES = (
-    "q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "W1", "b1",
-    "ttt_norm_weight", "ttt_norm_bias", "learnable_ttt_lr_weight", "learnable_ttt_lr_bias",
-    "learnable_token_idx", "post_norm.weight", "post_norm.bias",
-)
-
-
 def ttt_param_shapes(cfg: BitLlamaConfig) -> dict[str, tuple[int, ...]]:
+    """The layer's parameter names (without the layers.{i}.ttt. prefix) and shapes."""
     d, h, f, k = cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.mini_batch_size
     return {
         "q_proj.weight": (d, d), "k_proj.weight": (d, d), "v_proj.weight": (d, d), "o_proj.weight": (d, d),
@@ -179,13 +173,16 @@ def _merge(x: np.ndarray) -> np.ndarray:
 
 
 def ttt_forward(p: dict, x: np.ndarray, cfg: BitLlamaConfig, name: str = "ttt"):
-    """x [B, T, D] -> (y [B, T, D], cache).  p: the parameter dict (names in PARAM_NAMES).
+    """x [B, T, D] -> (y [B, T, D], cache).  p: the parameters by name (ttt_param_shapes).
 
     float32 runs the inner loop in C (src_c/ttt.c, RoPE included, parallel over sequences x
     heads); float64 runs the NumPy mini-batch functions above, the reference for the checks."""
     bsz, t, d = x.shape
     h, f, k = cfg.num_heads, cfg.head_dim, cfg.mini_batch_size
     dt = x.dtype
+    for pname, shape in ttt_param_shapes(cfg).items():  # the C loop trusts these shapes
+        if p[pname].shape != shape:
+            raise ValueError(f"{name}: parameter {pname} has shape {p[pname].shape}, the config needs {shape}")
     xs = SharedInput(x)  # q, k and v quantize x once
     q, cq = bitlinear_forward(xs, p["q_proj.weight"], cfg.ternary)
     kx, ck = bitlinear_forward(xs, p["k_proj.weight"], cfg.ternary)
@@ -238,7 +235,7 @@ def ttt_forward(p: dict, x: np.ndarray, cfg: BitLlamaConfig, name: str = "ttt"):
 
 
 def ttt_backward(dy: np.ndarray, cache, p: dict, cfg: BitLlamaConfig):
-    """dy [B, T, D] -> (dx [B, T, D], grads dict with the PARAM_NAMES)."""
+    """dy [B, T, D] -> (dx [B, T, D], grads under the parameter names)."""
     x, cq, ck, cv, sg, tok_pre, tok, inner, cpn, co, (bsz, t, d) = cache
     h, f, k = cfg.num_heads, cfg.head_dim, cfg.mini_batch_size
     dt = x.dtype.type
@@ -306,7 +303,8 @@ def ttt_backward(dy: np.ndarray, cache, p: dict, cfg: BitLlamaConfig):
 
 
 class TTTLinear:
-    """A TTT-Linear layer on its own: parameters under the PARAM_NAMES, forward and backward.
+    """A TTT-Linear layer on its own: parameters under the names of ttt_param_shapes,
+    forward and backward.
 
     layer = TTTLinear(cfg); layer.init_weights(seed); y = layer.forward(x)  (x [B, T, D]);
     dx, grads = layer.backward(dy)  (after a forward).
