@@ -305,17 +305,18 @@ int bt_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t P, const fl
     const int64_t tiles = (M + BT_ATILE - 1) / BT_ATILE;
     float *at = (float *)aligned_alloc(BT_ALIGN, (size_t)((tiles * BT_ATILE * P * 4 + 63) / 64 * 64));
     if (!at) return BT_ERR_NOMEM;
-    const int nt = threads_for((double)M * (double)P * (double)N, tiles);
+    /* rows p of A are read in order (each one sequentially) and dealt out to the tiles */
+    const int nt = threads_for((double)M * (double)P * (double)N, P);
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
 #endif
-    for (int64_t t = 0; t < tiles; t++) {
-        const int64_t i0 = t * BT_ATILE, mr = M - i0 < BT_ATILE ? M - i0 : BT_ATILE;
-        float *dst = at + t * BT_ATILE * P;
-        for (int64_t p = 0; p < P; p++) {
-            const float *src = A + p * lda + i0;
-            for (int64_t i = 0; i < mr; i++) dst[p * BT_ATILE + i] = src[i];
-            for (int64_t i = mr; i < BT_ATILE; i++) dst[p * BT_ATILE + i] = 0.0f;
+    for (int64_t p = 0; p < P; p++) {
+        const float *src = A + p * lda;
+        for (int64_t t = 0; t < tiles; t++) {
+            const int64_t i0 = t * BT_ATILE, mr = M - i0 < BT_ATILE ? M - i0 : BT_ATILE;
+            float *dst = at + t * BT_ATILE * P + p * BT_ATILE;
+            for (int64_t i = 0; i < mr; i++) dst[i] = src[i0 + i];
+            for (int64_t i = mr; i < BT_ATILE; i++) dst[i] = 0.0f;
         }
     }
     (void)nt;
