@@ -212,13 +212,27 @@ INLINE void swiglu_bwd_body(const float *restrict dh, const float *restrict g, c
     }
 }
 
+/* max of x[0..n), n >= 1, in 16 fixed lanes (a serial `x > m ? x : m` loop is latency-bound).
+ * Max is exact, so this is the serial loop's value: a NaN in x[0] propagates, later NaNs are
+ * skipped; only the sign of a zero max may differ, which changes no result below (x - (+-0)
+ * differ only for x = -0, and exp(+-0) = 1).  The lanes are fixed, so ISA and threads agree. */
+INLINE float rmax(int64_t n, const float *x) {
+    float acc[16];
+    for (int l = 0; l < 16; l++) acc[l] = x[0];
+    int64_t c = 0;
+    for (; c + 16 <= n; c += 16)
+        for (int l = 0; l < 16; l++) acc[l] = x[c + l] > acc[l] ? x[c + l] : acc[l];
+    for (; c < n; c++) acc[0] = x[c] > acc[0] ? x[c] : acc[0];
+    for (int l = 1; l < 16; l++) acc[0] = acc[l] > acc[0] ? acc[l] : acc[0];
+    return acc[0];
+}
+
 INLINE void xent_rows(const float *logits, const int64_t *targets, const float *wt, int64_t m0, int64_t m1,
                       int64_t V, float *dlogits, double *loss) {
     for (int64_t m = m0; m < m1; m++) {
         const float *l = logits + m * V;
         float *d = dlogits + m * V;
-        float mx = l[0];
-        for (int64_t c = 1; c < V; c++) mx = l[c] > mx ? l[c] : mx;
+        const float mx = rmax(V, l);
         const float lt = l[targets[m]];
         for (int64_t c = 0; c < V; c++) d[c] = bt_expf(l[c] - mx); /* may overwrite l (d == l) */
         const float se = rsum(V, d, NULL);
