@@ -26,6 +26,9 @@ void bt_i8_scalar(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int3
                   int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo);
 typedef int (*bt_quant_fn)(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q,
                            int64_t ldq, float *a, int32_t *sums);
+/* dst[k] = clip(rint(row[k] * scale), -128, 127) for k in [k0, k1); returns their sum.
+ * The one scalar definition of the rounding, shared by every path's tails. */
+int32_t bt_quant_span(const float *row, int64_t k0, int64_t k1, float scale, int8_t *dst);
 int bt_quant_rows_scalar(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q, int64_t ldq,
                          float *a, int32_t *sums);
 void bt_panel_scalar(const float *A, int64_t sa, int64_t sp, int64_t M, const float *B, int64_t P,

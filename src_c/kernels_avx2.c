@@ -172,13 +172,7 @@ T256 int bt_quant_rows_avx2(const float *x, int64_t M, int64_t K, int64_t ldx, i
             _mm256_storeu_si256((__m256i *)tmp, iv);
             for (int i = 0; i < 8; i++) dst[k + i] = (int8_t)tmp[i];
         }
-        int32_t s = hsum8(vsum);
-        for (int64_t k = K8; k < K; k++) {
-            float r = rintf(row[k] * scale);
-            r = r < -128.0f ? -128.0f : (r > 127.0f ? 127.0f : r);
-            dst[k] = (int8_t)r;
-            s += dst[k];
-        }
+        const int32_t s = hsum8(vsum) + bt_quant_span(row, K8, K, scale, dst);
         if (ldq > K) memset(dst + K, 0, (size_t)(ldq - K));
         a[m] = scale;
         if (sums) sums[m] = s;

@@ -289,46 +289,40 @@ static void range_of(int64_t n, int parts, int idx, int64_t *lo, int64_t *hi) {
 #define NTH 1
 #endif
 
+/* Run STMT on thread-contiguous ranges [lo, hi) of [0, N), with the local `nt` threads. */
+#ifdef _OPENMP
+#define RANGES(N, STMT)                                                             \
+    _Pragma("omp parallel num_threads(nt) if (nt > 1)") {                           \
+        int64_t lo, hi;                                                             \
+        range_of(N, NTH, TID, &lo, &hi);                                            \
+        STMT;                                                                       \
+    }
+#else
+#define RANGES(N, STMT)                                                             \
+    {                                                                               \
+        int64_t lo, hi;                                                             \
+        (void)nt;                                                                   \
+        range_of(N, 1, 0, &lo, &hi);                                                \
+        STMT;                                                                       \
+    }
+#endif
+
 void bt_swiglu_fwd(const float *g, const float *u, int64_t n, float *h, float *sg) {
     const swf_fn fn = PICK(swf);
     const int nt = nthreads(n, n / 4096 + 1);
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    {
-        int64_t i0, i1;
-        range_of(n, NTH, TID, &i0, &i1);
-        fn(g, u, i0, i1, h, sg);
-    }
-    (void)nt;
+    RANGES(n, fn(g, u, lo, hi, h, sg))
 }
 
 void bt_swiglu_bwd(const float *dh, const float *g, const float *u, const float *sg, int64_t n, float *dg,
                    float *du) {
     const swb_fn fn = PICK(swb);
     const int nt = nthreads(n, n / 4096 + 1);
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    {
-        int64_t i0, i1;
-        range_of(n, NTH, TID, &i0, &i1);
-        fn(dh, g, u, sg, i0, i1, dg, du);
-    }
-    (void)nt;
+    RANGES(n, fn(dh, g, u, sg, lo, hi, dg, du))
 }
 
 void bt_softmax_xent(const float *logits, const int64_t *targets, const float *wt, int64_t M, int64_t V,
                      float *dlogits, double *loss) {
     const xe_fn fn = PICK(xe);
     const int nt = nthreads(M * V, M);
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    {
-        int64_t m0, m1;
-        range_of(M, NTH, TID, &m0, &m1);
-        fn(logits, targets, wt, m0, m1, V, dlogits, loss);
-    }
-    (void)nt;
+    RANGES(M, fn(logits, targets, wt, lo, hi, V, dlogits, loss))
 }

@@ -11,6 +11,17 @@
 #endif
 #include <string.h>
 
+int32_t bt_quant_span(const float *row, int64_t k0, int64_t k1, float scale, int8_t *dst) {
+    int32_t s = 0;
+    for (int64_t k = k0; k < k1; k++) {
+        float r = rintf(row[k] * scale);
+        r = r < -128.0f ? -128.0f : (r > 127.0f ? 127.0f : r);
+        dst[k] = (int8_t)r;
+        s += dst[k];
+    }
+    return s;
+}
+
 int bt_quant_rows_scalar(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q,
                          int64_t ldq, float *a, int32_t *sums) {
     for (int64_t m = 0; m < M; m++) {
@@ -24,13 +35,7 @@ int bt_quant_rows_scalar(const float *x, int64_t M, int64_t K, int64_t ldx, int8
         if (bad != bad) return BT_ERR_NONFINITE;
         const float scale = 127.0f / (amax > 1e-5f ? amax : 1e-5f);
         int8_t *dst = q + m * ldq;
-        int32_t s = 0;
-        for (int64_t k = 0; k < K; k++) {
-            float r = rintf(row[k] * scale);
-            r = r < -128.0f ? -128.0f : (r > 127.0f ? 127.0f : r);
-            dst[k] = (int8_t)r;
-            s += dst[k];
-        }
+        const int32_t s = bt_quant_span(row, 0, K, scale, dst);
         if (ldq > K) memset(dst + K, 0, (size_t)(ldq - K));
         a[m] = scale;
         if (sums) sums[m] = s;
