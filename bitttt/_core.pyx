@@ -398,3 +398,41 @@ def read_bandwidth(int64_t nbytes, int reps, int threads):
 def now():
     """Monotonic clock, seconds."""
     return bt_now()
+
+
+cdef extern from "bt_optim.h":
+    ctypedef struct bt_adamw_args:
+        float lr, beta1, beta2, eps, weight_decay, bc1, bc2, gscale
+    void bt_adamw(const bt_adamw_args *a, float *p, const float *grad, float *m, float *v, int64_t n) nogil
+    double bt_sumsq(const float *x, int64_t n) nogil
+
+
+def adamw(float[::1] p, const float[::1] grad, float[::1] m, float[::1] v, float lr, float beta1, float beta2,
+          float eps, float weight_decay, float bc1, float bc2, float gscale):
+    """One AdamW step over flat float32 views (p, m, v updated in place)."""
+    cdef int64_t n = p.shape[0]
+    if grad.shape[0] != n or m.shape[0] != n or v.shape[0] != n:
+        raise ValueError("adamw: p, grad, m and v must have the same length")
+    cdef bt_adamw_args a
+    a.lr = lr
+    a.beta1 = beta1
+    a.beta2 = beta2
+    a.eps = eps
+    a.weight_decay = weight_decay
+    a.bc1 = bc1
+    a.bc2 = bc2
+    a.gscale = gscale
+    if n == 0:
+        return
+    with nogil:
+        bt_adamw(&a, &p[0], &grad[0], &m[0], &v[0], n)
+
+
+def sumsq(const float[::1] x):
+    """Sum of squares of a flat float32 view, in double, in a fixed order."""
+    if x.shape[0] == 0:
+        return 0.0
+    cdef double r
+    with nogil:
+        r = bt_sumsq(&x[0], x.shape[0])
+    return r

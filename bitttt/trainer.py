@@ -1,0 +1,568 @@
+"""The training loop: AdamW, warmup + cosine schedule, clipping, accumulation, evaluation,
+checkpoints, resume, clean stops.
+
+    from bitttt import Trainer, TrainConfig
+    tr = Trainer(TrainConfig(data="prepared/", max_steps=500))   # or a dict, or a JSON file path
+    tr.fit()                                                      # the whole run, with progress bar and log
+    tr = Trainer.resume("runs/default")                           # continues bit-identically
+
+A run directory (out_dir/name) holds `train_config.json`, `log.jsonl` (one JSON object per
+logged step or evaluation), `checkpoints/step_NNNNNNN.safetensors` (the last `keep_last`),
+`checkpoints/best.safetensors` (lowest validation loss) and, when the trainer prepared the
+corpus itself, `data/` (token files and tokenizer).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from . import runtime
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import BitLlamaConfig
+from .layers.common import NonFiniteError
+from .layers.loss import cross_entropy_forward
+from .model import BitLlama
+from .monitor import Monitor
+from .optim import AdamW, global_norm, lr_at
+
+DEFAULT_MODEL = {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 344,
+                 "mini_batch_size": 16, "ternary": True}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs.  Durations are in optimizer steps unless named *_time (seconds).
+
+    Data: `data` is a folder made by `python -m bitttt.data prepare` (train.bin, val.bin,
+    tokenizer.model, manifest.json); `val_data` optionally another such folder whose val split is
+    used for evaluation instead.  Without `data`, the files in `corpus` (or the built-in
+    `builtin:python-docs`) are prepared into <run>/data with a new tokenizer of `vocab_size`.
+    `model` holds BitLlamaConfig fields; its vocab_size comes from the tokenizer.
+    """
+
+    name: str = "default"
+    out_dir: str = "runs"
+    data: str | None = None
+    val_data: str | None = None
+    corpus: list = field(default_factory=lambda: ["builtin:python-docs"])
+    vocab_size: int = 2048
+    tokenizer_type: str = "unigram"
+    val_fraction: float = 0.02
+    model: dict = field(default_factory=lambda: dict(DEFAULT_MODEL))
+    batch_size: int = 8
+    seq_len: int = 128
+    grad_accum: int = 1
+    max_steps: int = 3000
+    max_time: float = 180.0
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    eval_interval: int = 100
+    eval_batches: int = 8
+    ckpt_interval: int = 250
+    keep_last: int = 3
+    log_interval: int = 10
+    seed: int = 0
+    threads: int = 0
+    sample_tokens: int = 48
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """ValueError / TypeError naming the field for any invalid value."""
+        ints_pos = ("vocab_size", "batch_size", "seq_len", "grad_accum", "max_steps", "eval_interval",
+                    "eval_batches", "ckpt_interval", "keep_last", "log_interval")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ints_pos or f.name in ("warmup_steps", "seed", "threads", "sample_tokens"):
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise TypeError(f"train.{f.name} must be an integer, got {v!r}")
+                if f.name in ints_pos and v < 1:
+                    raise ValueError(f"train.{f.name} must be >= 1, got {v}")
+                if v < 0:
+                    raise ValueError(f"train.{f.name} must be >= 0, got {v}")
+            elif f.name in ("max_time", "lr", "min_lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip",
+                            "val_fraction"):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise TypeError(f"train.{f.name} must be a finite number, got {v!r}")
+                setattr(self, f.name, float(v))
+        for k in ("lr", "eps"):
+            if getattr(self, k) <= 0:
+                raise ValueError(f"train.{k} must be > 0, got {getattr(self, k)}")
+        for k in ("min_lr", "weight_decay", "max_time", "grad_clip"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"train.{k} must be >= 0, got {getattr(self, k)}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"train.min_lr ({self.min_lr}) must not exceed train.lr ({self.lr})")
+        for k in ("beta1", "beta2"):
+            if not 0 <= getattr(self, k) < 1:
+                raise ValueError(f"train.{k} must be in [0, 1), got {getattr(self, k)}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"train.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.tokenizer_type not in ("unigram", "bpe"):
+            raise ValueError(f"train.tokenizer_type must be 'unigram' or 'bpe', got {self.tokenizer_type!r}")
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            raise ValueError(f"train.name must be a plain folder name (letters, digits, . _ -), got {self.name!r}")
+        for k in ("data", "val_data"):
+            if getattr(self, k) is not None and not isinstance(getattr(self, k), str):
+                raise TypeError(f"train.{k} must be a folder path or null, got {getattr(self, k)!r}")
+        if not isinstance(self.corpus, list) or not all(isinstance(c, str) for c in self.corpus):
+            raise TypeError(f"train.corpus must be a list of file paths, got {self.corpus!r}")
+        if self.data is None and not self.corpus:
+            raise ValueError("train.data or train.corpus must name the training text")
+        if not isinstance(self.model, dict):
+            raise TypeError(f"train.model must be an object of model config fields, got {self.model!r}")
+        known = {f.name for f in fields(BitLlamaConfig)}
+        unknown = sorted(set(self.model) - known)
+        if unknown:
+            raise ValueError(f"unknown model config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(f"train.warmup_steps ({self.warmup_steps}) exceeds train.max_steps ({self.max_steps})")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        if not isinstance(d, dict):
+            raise TypeError(f"a training config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, path: str) -> TrainConfig:
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise ValueError(f"{path}: no such config file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(d)
+
+    def with_overrides(self, overrides: dict) -> TrainConfig:
+        """A copy with `key: value` pairs applied; `model.<field>` keys go into the model dict."""
+        d = self.to_dict()
+        for k, v in overrides.items():
+            if k.startswith("model."):
+                d["model"] = dict(d["model"])
+                d["model"][k[6:]] = v
+            else:
+                d[k] = v
+        return TrainConfig.from_dict(d)
+
+
+def _ckpt_step(path: str) -> int:
+    m = re.fullmatch(r"step_(\d+)\.safetensors", os.path.basename(path))
+    return int(m.group(1)) if m else -1
+
+
+class Trainer:
+    """Trains a BitLlama on prepared token files.  See the module docstring."""
+
+    def __init__(self, config: TrainConfig | dict | str | None = None, *, run_dir: str | None = None,
+                 progress: bool | None = None, _resume_from: str | None = None):
+        from .loader import Batches, TokenData
+        from .tokenizer import Tokenizer
+
+        if config is None:
+            config = TrainConfig()
+        elif isinstance(config, dict):
+            config = TrainConfig.from_dict(config)
+        elif isinstance(config, str):
+            config = TrainConfig.from_json(config)
+        config.validate()
+        self.cfg = config
+        self.run_dir = run_dir or os.path.join(config.out_dir, config.name)
+        self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
+        self.progress = progress
+        if config.threads:
+            runtime.set_num_threads(config.threads)
+
+        ckpt = load_checkpoint(_resume_from) if _resume_from else None
+        data_dir = config.data or os.path.join(self.run_dir, "data")
+        if ckpt is None and config.data is None and not os.path.exists(os.path.join(data_dir, "manifest.json")):
+            self._prepare_corpus(data_dir)
+        self.data_dir = data_dir
+        self.train_data = TokenData(data_dir, "train")
+        self.val_data = TokenData(config.val_data or data_dir, "val")
+        tok_path = os.path.join(data_dir, "tokenizer.model")
+        self.tokenizer = Tokenizer.load(tok_path)
+        for d in (self.train_data, self.val_data):
+            d.check_tokenizer(self.tokenizer.sha256)
+        mcfg = dict(config.model)
+        if mcfg.get("vocab_size", self.tokenizer.vocab_size) != self.tokenizer.vocab_size:
+            raise ValueError(f"model.vocab_size is {mcfg['vocab_size']} but the tokenizer has "
+                             f"{self.tokenizer.vocab_size} tokens: leave model.vocab_size out to take the tokenizer's")
+        mcfg["vocab_size"] = self.tokenizer.vocab_size
+        self.model_config = BitLlamaConfig.from_dict(mcfg)
+        for d in (self.train_data, self.val_data):
+            if d.vocab_size > self.model_config.vocab_size:
+                raise ValueError(f"{d.path}: token data has vocabulary {d.vocab_size}, larger than the model's "
+                                 f"{self.model_config.vocab_size}")
+        self.model = BitLlama(self.model_config)
+        self.model.init_weights(config.seed)
+        self.opt = AdamW(self.model.params, betas=(config.beta1, config.beta2), eps=config.eps,
+                         weight_decay=config.weight_decay)
+        self.batches = Batches(self.train_data, config.batch_size, config.seq_len, config.seed)
+        self.step = 0
+        self.best_val = float("inf")
+        self.tokens_seen = 0
+        self.elapsed = 0.0
+        self.last_eval: dict | None = None
+        self.monitor = Monitor()
+        if ckpt is not None:
+            self._restore(ckpt)
+
+    # -- data ------------------------------------------------------------------------
+    def _prepare_corpus(self, data_dir: str) -> None:
+        from .corpus import BUILTIN, write_builtin
+        from .data import prepare
+
+        cfg = self.cfg
+        os.makedirs(self.run_dir, exist_ok=True)
+        files = []
+        for c in cfg.corpus:
+            if c in BUILTIN:
+                src = os.path.join(self.run_dir, c.split(":", 1)[1] + ".txt")
+                if not os.path.exists(src):
+                    print(f"writing the built-in corpus {c} to {src}", file=sys.stderr)
+                    write_builtin(c, src)
+                files.append(src)
+            else:
+                files.append(c)
+        prepare(files, data_dir, vocab_size=cfg.vocab_size, model_type=cfg.tokenizer_type,
+                val_fraction=cfg.val_fraction, seed=cfg.seed, progress=self._show_progress())
+
+    def _show_progress(self) -> bool:
+        return sys.stderr.isatty() if self.progress is None else bool(self.progress)
+
+    # -- state -----------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {"step": self.step, "optim_t": self.opt.t, "data": self.batches.state(), "best_val": self.best_val,
+                "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed, "threads": runtime.get_num_threads()}
+
+    def _restore(self, ck) -> None:
+        if ck.config != self.model_config:
+            raise CheckpointError(f"{ck.path}: the checkpoint's model config does not match this run's")
+        if ck.tokenizer is not None:
+            import hashlib
+
+            if hashlib.sha256(ck.tokenizer).hexdigest() != self.tokenizer.sha256:
+                raise CheckpointError(f"{ck.path}: the checkpoint was trained with another tokenizer than "
+                                      f"{self.data_dir}/tokenizer.model")
+        self.model.load_state_dict(ck.params)
+        self.opt = AdamW(self.model.params, betas=(self.cfg.beta1, self.cfg.beta2), eps=self.cfg.eps,
+                         weight_decay=self.cfg.weight_decay)
+        st = ck.state
+        self.opt.load_state_tensors(ck.optim, st["optim_t"])
+        self.batches.load_state(st["data"])
+        self.step = int(st["step"])
+        self.best_val = float(st.get("best_val", float("inf")))
+        self.tokens_seen = int(st.get("tokens_seen", 0))
+        self.elapsed = float(st.get("elapsed_s", 0.0))
+
+    def save(self, path: str | None = None) -> str:
+        """Write a checkpoint (weights, optimizer moments, schedule position, data position,
+        config, tokenizer) to `path`, default <run>/checkpoints/step_NNNNNNN.safetensors."""
+        if path is None:
+            os.makedirs(self.ckpt_dir, exist_ok=True)
+            path = os.path.join(self.ckpt_dir, f"step_{self.step:07d}.safetensors")
+        else:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        save_checkpoint(path, params=self.model.params, optim=self.opt.state_tensors(), config=self.model_config,
+                        train=self.cfg.to_dict(), state=self._state(), tokenizer=self.tokenizer.to_bytes())
+        return path
+
+    def _prune(self) -> None:
+        ckpts = sorted((p for p in os.listdir(self.ckpt_dir) if _ckpt_step(p) >= 0), key=_ckpt_step)
+        for p in ckpts[:-self.cfg.keep_last]:
+            os.unlink(os.path.join(self.ckpt_dir, p))
+
+    @staticmethod
+    def latest_checkpoint(run_dir: str) -> str:
+        """The newest step checkpoint of a run that reads back intact (older ones are tried when
+        the newest is damaged, with a warning).  CheckpointError when there is none."""
+        cdir = os.path.join(run_dir, "checkpoints")
+        if not os.path.isdir(run_dir):
+            raise CheckpointError(f"{run_dir}: no such run directory")
+        names = sorted((p for p in os.listdir(cdir) if _ckpt_step(p) >= 0), key=_ckpt_step,
+                       reverse=True) if os.path.isdir(cdir) else []
+        errors = []
+        for p in names:
+            path = os.path.join(cdir, p)
+            try:
+                load_checkpoint(path)
+            except CheckpointError as e:
+                errors.append(str(e))
+                print(f"warning: skipping damaged checkpoint: {e}", file=sys.stderr)
+                continue
+            return path
+        raise CheckpointError(f"{run_dir}: no intact checkpoint to resume from"
+                              + (f" ({'; '.join(errors)})" if errors else " (checkpoints/ is empty)"))
+
+    @classmethod
+    def resume(cls, run_dir: str, overrides: dict | None = None, *, progress: bool | None = None) -> Trainer:
+        """Continue a run from its newest intact checkpoint: model, optimizer moments, schedule,
+        data position and counters are restored, so the run continues bit-identically.
+        `overrides` may change run-length and logging keys (max_steps, max_time, intervals, threads)."""
+        path = run_dir if os.path.isfile(run_dir) else cls.latest_checkpoint(run_dir)
+        ck = load_checkpoint(path)
+        cfg = TrainConfig.from_dict(ck.train)
+        if overrides:
+            allowed = {"max_steps", "max_time", "eval_interval", "eval_batches", "ckpt_interval", "keep_last",
+                       "log_interval", "threads", "sample_tokens"}
+            bad = sorted(set(overrides) - allowed)
+            if bad:
+                raise ValueError(f"cannot change {', '.join(bad)} when resuming (it would change the run); "
+                                 f"allowed: {', '.join(sorted(allowed))}")
+            cfg = cfg.with_overrides(overrides)
+        rd = run_dir if os.path.isdir(run_dir) else os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        return cls(cfg, run_dir=rd, progress=progress, _resume_from=path)
+
+    # -- steps -----------------------------------------------------------------------
+    def train_step(self, batch=None) -> float:
+        """One optimizer step; returns the mean training loss of its micro-batches.
+
+        batch: None (take `grad_accum` micro-batches from the loader) or (x, y) / (x, y, mask)
+        with x, y int [B, T] (y = targets of x) and mask [B, T] of 0/1 (or None)."""
+        cfg = self.cfg
+        micro = [batch] if batch is not None else [self.batches.next() for _ in range(cfg.grad_accum)]
+        total, acc = 0.0, None
+        for mb in micro:
+            x, y = mb[0], mb[1]
+            m = mb[2] if len(mb) > 2 else None
+            loss, grads = self.model.loss_and_grads(x, y, m)
+            total += loss
+            self.tokens_seen += int(np.asarray(x).size)
+            if acc is None:
+                acc = grads
+            else:
+                for k, g in grads.items():
+                    acc[k] += g
+        n = len(micro)
+        norm = global_norm(acc) / n
+        if not math.isfinite(norm):
+            raise NonFiniteError(f"gradient norm is {norm} at step {self.step}: training diverged")
+        gscale = 1.0 / n
+        if cfg.grad_clip > 0 and norm > cfg.grad_clip:
+            gscale *= cfg.grad_clip / norm
+        lr = lr_at(self.step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps)
+        self.opt.step(acc, lr, gscale)
+        self.step += 1
+        self.last_lr, self.last_grad_norm = lr, norm
+        return total / n
+
+    def evaluate(self, max_batches: int | None = None) -> dict[str, float]:
+        """Validation loss (nats/token), perplexity and bits per byte over the first `max_batches`
+        (default eval_batches) non-overlapping windows of the validation split."""
+        cfg = self.cfg
+        nb = max_batches or cfg.eval_batches
+        tot, cnt = 0.0, 0.0
+        for x, y, m in self.val_data.iter_eval(cfg.batch_size, cfg.seq_len, nb):
+            logits = self.model.forward(x)
+            w = np.ones(y.shape, np.float32) if m is None else m.astype(np.float32)
+            if w.sum() == 0:
+                continue
+            loss, _ = cross_entropy_forward(logits, y, w)
+            tot += float(loss) * float(w.sum())
+            cnt += float(w.sum())
+        if cnt == 0:
+            raise ValueError("the validation split has no tokens to evaluate")
+        loss = tot / cnt
+        out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0))}
+        bpt = self.val_data.bytes_per_token()
+        if bpt:
+            out["val_bpb"] = loss / math.log(2) / bpt
+        return out
+
+    # -- the run ---------------------------------------------------------------------
+    def _log(self, rec: dict) -> None:
+        os.makedirs(self.run_dir, exist_ok=True)
+        with open(os.path.join(self.run_dir, "log.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def sample(self, prompt: str = "", n: int = 48, temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> str:
+        """A short continuation of `prompt`, by full forward passes (for the end-of-run summary)."""
+        rng = np.random.default_rng(seed)
+        ids = [self.tokenizer.eos_id] + self.tokenizer.encode(prompt)
+        out = []
+        for _ in range(n):
+            logits = self.model.forward(np.array(ids[-self.cfg.seq_len:], dtype=np.int64))[-1].astype(np.float64)
+            top = np.argpartition(-logits, top_k)[:top_k]
+            z = logits[top] / temperature
+            p = np.exp(z - z.max())
+            nxt = int(top[rng.choice(len(top), p=p / p.sum())])
+            if nxt == self.tokenizer.eos_id:
+                break
+            ids.append(nxt)
+            out.append(nxt)
+        return self.tokenizer.decode(out)
+
+    def fit(self) -> dict:
+        """Train until max_steps or max_time (whichever comes first), a signal (Ctrl+C, SIGTERM)
+        or a STOP file in the run directory; evaluate, log and checkpoint on the way.  Returns
+        the summary (also printed)."""
+        cfg = self.cfg
+        os.makedirs(self.ckpt_dir, exist_ok=True)
+        for p in os.listdir(self.ckpt_dir):  # leftovers of a write that was killed
+            if p.startswith(".tmp-") and p.endswith(".part"):
+                os.unlink(os.path.join(self.ckpt_dir, p))
+        cfg_path = os.path.join(self.run_dir, "train_config.json")
+        if not os.path.exists(cfg_path):
+            from .fileio import atomic_write_bytes
+
+            atomic_write_bytes(cfg_path, (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+        stop_file = os.path.join(self.run_dir, "STOP")
+        self._stop: str | None = None
+        old = {}
+
+        def handler(signum, frame):
+            if self._stop is not None:  # a second signal: stop now (the last checkpoint is intact)
+                raise KeyboardInterrupt
+            self._stop = signal.Signals(signum).name
+
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                old[s] = signal.signal(s, handler)
+        except ValueError:  # not the main thread: no signal handling
+            old = {}
+        show = self._show_progress()
+        bar = None
+        if show:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True, file=sys.stderr)
+        start_step, start_tokens = self.step, self.tokens_seen
+        t_train = 0.0  # seconds inside train_step (the throughput figure)
+        t_run = time.perf_counter()
+        elapsed0 = self.elapsed
+        reason = "max_steps"
+        last_log_t, last_log_tok = time.perf_counter(), self.tokens_seen
+        ckpt_path = None
+        snap = self.monitor.snapshot()
+        try:
+            while self.step < cfg.max_steps:
+                if cfg.max_time and self.elapsed >= cfg.max_time:
+                    reason = "max_time"
+                    break
+                if self._stop is not None:
+                    reason = self._stop
+                    break
+                if os.path.exists(stop_file):
+                    reason = "STOP file"
+                    os.unlink(stop_file)
+                    break
+                t0 = time.perf_counter()
+                loss = self.train_step()
+                t_train += time.perf_counter() - t0
+                self.elapsed = elapsed0 + time.perf_counter() - t_run
+                if self.step % cfg.log_interval == 0 or self.step == 1:
+                    now = time.perf_counter()
+                    tps = (self.tokens_seen - last_log_tok) / max(now - last_log_t, 1e-9)
+                    last_log_t, last_log_tok = now, self.tokens_seen
+                    snap = self.monitor.snapshot()
+                    rec = {"step": self.step, "loss": round(loss, 5), "lr": self.last_lr,
+                           "grad_norm": round(self.last_grad_norm, 5), "tokens": self.tokens_seen,
+                           "tokens_per_s": round(tps, 1), "elapsed_s": round(self.elapsed, 3), **snap}
+                    self._log(rec)
+                    if bar is None:
+                        print(f"step {self.step:6d} | loss {loss:.4f} | lr {self.last_lr:.2e} | "
+                              f"{tps:,.0f} tok/s | {self.monitor.short(snap)}", file=sys.stderr, flush=True)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(f"loss {loss:.3f} lr {self.last_lr:.1e} "
+                                        f"{(self.tokens_seen - start_tokens) / max(t_train, 1e-9):,.0f} tok/s "
+                                        f"{self.monitor.short(snap)}", refresh=False)
+                if self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps:
+                    self._eval_and_log(bar)
+                if self.step % cfg.ckpt_interval == 0:
+                    ckpt_path = self._checkpoint()
+        except NonFiniteError as e:
+            if bar is not None:
+                bar.close()
+            last = None
+            try:
+                last = self.latest_checkpoint(self.run_dir)
+            except CheckpointError:
+                pass
+            raise NonFiniteError(f"{e} (step {self.step + 1}); nothing was saved from it"
+                                 + (f"; the last good checkpoint is {last}" if last else "")
+                                 + ". Try a lower lr or a stronger grad_clip.") from None
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        if bar is not None:
+            bar.close()
+        if self.last_eval is None or self.last_eval["step"] != self.step:
+            if self.step > start_step:
+                self._eval_and_log(None)
+        if self.step > start_step and (ckpt_path is None or _ckpt_step(ckpt_path) != self.step):
+            ckpt_path = self._checkpoint()
+        wall = time.perf_counter() - t_run
+        trained = self.tokens_seen - start_tokens
+        summary = {"run_dir": self.run_dir, "stopped_by": reason, "step": self.step, "tokens": self.tokens_seen,
+                   "wall_s": round(wall, 2), "train_tokens_per_s": round(trained / max(t_train, 1e-9), 1),
+                   "overall_tokens_per_s": round(trained / max(wall, 1e-9), 1),
+                   "best_val_loss": self.best_val, "checkpoint": ckpt_path,
+                   "peak_rss_mb": self.monitor.snapshot()["peak_rss_mb"], "threads": runtime.get_num_threads()}
+        if self.last_eval:
+            summary.update({k: v for k, v in self.last_eval.items() if k != "step"})
+        self._log({"summary": summary})
+        self._print_summary(summary)
+        return summary
+
+    def _eval_and_log(self, bar) -> None:
+        ev = self.evaluate()
+        ev["step"] = self.step
+        self.last_eval = ev
+        self._log({**ev, "elapsed_s": round(self.elapsed, 3)})
+        improved = ev["val_loss"] < self.best_val
+        if improved:
+            self.best_val = ev["val_loss"]
+        msg = (f"eval step {self.step}: val loss {ev['val_loss']:.4f}, ppl {ev['val_ppl']:.2f}"
+               + (f", {ev['val_bpb']:.3f} bits/byte" if "val_bpb" in ev else "") + (" (best)" if improved else ""))
+        (bar.write if bar is not None else lambda s: print(s, file=sys.stderr, flush=True))(msg)
+        if improved:
+            self.save(os.path.join(self.ckpt_dir, "best.safetensors"))
+
+    def _checkpoint(self) -> str:
+        path = self.save()
+        self._prune()
+        return path
+
+    def _print_summary(self, s: dict) -> None:
+        lines = [f"stopped by {s['stopped_by']} at step {s['step']} ({s['tokens']:,} tokens, {s['wall_s']:.1f} s)",
+                 f"throughput: {s['train_tokens_per_s']:,.0f} tokens/s in training steps, "
+                 f"{s['overall_tokens_per_s']:,.0f} overall, {s['threads']} thread(s); peak RSS {s['peak_rss_mb']:.0f} MiB"]
+        if "val_loss" in s:
+            lines.append(f"validation: loss {s['val_loss']:.4f}, perplexity {s['val_ppl']:.2f}"
+                         + (f", {s['val_bpb']:.3f} bits/byte" if "val_bpb" in s else "")
+                         + f" (best {s['best_val_loss']:.4f})")
+        if s["checkpoint"]:
+            lines.append(f"checkpoint: {s['checkpoint']}")
+            lines.append(f"resume with: python -m bitttt.train --resume {self.run_dir}")
+        if self.cfg.sample_tokens and s["step"] > 0:
+            try:
+                lines.append("sample: " + repr(self.sample("", self.cfg.sample_tokens)))
+            except Exception as e:  # a sample is a courtesy: never fail a finished run over it
+                lines.append(f"(no sample: {e})")
+        print("\n".join(lines), flush=True)
