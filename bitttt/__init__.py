@@ -5,6 +5,10 @@ Public API:
   PackedTernary                          packed 2-bit ternary matrix (quantize, save/load)
   quantize_activations, dot_i8, gemm_i8, bitlinear, matmul, matmul_t   CPU kernels
   set_num_threads, get_num_threads, set_kernel, get_kernel, available_kernels, cpu_info
+  Tokenizer                              SentencePiece unigram / BPE with byte fallback and chat tokens
+  Trainer, TrainConfig                   the training loop (python -m bitttt.train)
+  bitttt.data.prepare, bitttt.loader     token files and the memory-mapped batch loader
+  bitttt.monitor.Monitor                 RAM / CPU / GPU use
 """
 from . import layers  # bitttt.layers.TTTLinear
 from .config import BitLlamaConfig
@@ -19,6 +23,8 @@ from .runtime import (
     set_num_threads,
 )
 from .ternary import PackedFormatError, PackedTernary
+from .tokenizer import Tokenizer
+from .trainer import TrainConfig, Trainer
 
 __version__ = "0.1.0"
 
@@ -41,4 +47,7 @@ __all__ = [
     "get_kernel",
     "available_kernels",
     "cpu_info",
+    "Tokenizer",
+    "Trainer",
+    "TrainConfig",
 ]

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             m = trainer.model_config
             print(f"model: D={m.hidden_size}, {m.num_layers} layers, H={m.num_heads}, I={m.intermediate_size}, "
                   f"V={m.vocab_size}, {'ternary' if m.ternary else 'float'}; {trainer.model.num_params():,} "
-                  f"parameters; {trainer.train_data.num_tokens:,} training tokens; run dir {trainer.run_dir}",
+                  f"parameters; {trainer.train_data.n_tokens:,} training tokens; run dir {trainer.run_dir}",
                   file=sys.stderr)
         trainer.fit()
     except (ValueError, TypeError, CheckpointError, NonFiniteError, FileNotFoundError) as e:

@@ -43,8 +43,9 @@ class TrainConfig:
     """Everything a training run needs.  Durations are in optimizer steps unless named *_time (seconds).
 
     Data: `data` is a folder made by `python -m bitttt.data prepare` (train.bin, val.bin,
-    tokenizer.model, manifest.json); `val_data` optionally another such folder whose val split is
-    used for evaluation instead.  Without `data`, the files in `corpus` (or the built-in
+    tokenizer.model, manifest.json); `val_data` optionally another such folder, prepared with the
+    same tokenizer and `--val-fraction 0`, whose tokens are the validation set instead.
+    Without `data`, the files in `corpus` (or the built-in
     `builtin:python-docs`) are prepared into <run>/data with a new tokenizer of `vocab_size`.
     `model` holds BitLlamaConfig fields; its vocab_size comes from the tokenizer.
     """
@@ -61,7 +62,7 @@ class TrainConfig:
     batch_size: int = 8
     seq_len: int = 128
     grad_accum: int = 1
-    max_steps: int = 3000
+    max_steps: int = 600
     max_time: float = 180.0
     lr: float = 3e-3
     min_lr: float = 3e-4
@@ -131,8 +132,6 @@ class TrainConfig:
         unknown = sorted(set(self.model) - known)
         if unknown:
             raise ValueError(f"unknown model config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        if self.warmup_steps > self.max_steps:
-            raise ValueError(f"train.warmup_steps ({self.warmup_steps}) exceeds train.max_steps ({self.max_steps})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -203,7 +202,8 @@ class Trainer:
             self._prepare_corpus(data_dir)
         self.data_dir = data_dir
         self.train_data = TokenData(data_dir, "train")
-        self.val_data = TokenData(config.val_data or data_dir, "val")
+        # a separate validation folder is prepared with --val-fraction 0: all its tokens are in train.bin
+        self.val_data = TokenData(config.val_data, "train") if config.val_data else TokenData(data_dir, "val")
         tok_path = os.path.join(data_dir, "tokenizer.model")
         self.tokenizer = Tokenizer.load(tok_path)
         for d in (self.train_data, self.val_data):
@@ -389,9 +389,8 @@ class Trainer:
             raise ValueError("the validation split has no tokens to evaluate")
         loss = tot / cnt
         out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0))}
-        bpt = self.val_data.bytes_per_token()
-        if bpt:
-            out["val_bpb"] = loss / math.log(2) / bpt
+        if self.val_data.n_bytes:  # bits per byte of the split's source text
+            out["val_bpb"] = loss / math.log(2) * self.val_data.n_tokens / self.val_data.n_bytes
         return out
 
     # -- the run ---------------------------------------------------------------------
@@ -552,7 +551,8 @@ class Trainer:
     def _print_summary(self, s: dict) -> None:
         lines = [f"stopped by {s['stopped_by']} at step {s['step']} ({s['tokens']:,} tokens, {s['wall_s']:.1f} s)",
                  f"throughput: {s['train_tokens_per_s']:,.0f} tokens/s in training steps, "
-                 f"{s['overall_tokens_per_s']:,.0f} overall, {s['threads']} thread(s); peak RSS {s['peak_rss_mb']:.0f} MiB"]
+                 f"{s['overall_tokens_per_s']:,.0f} overall, {s['threads']} thread(s); "
+                 f"peak RSS {s['peak_rss_mb']:.0f} MiB"]
         if "val_loss" in s:
             lines.append(f"validation: loss {s['val_loss']:.4f}, perplexity {s['val_ppl']:.2f}"
                          + (f", {s['val_bpb']:.3f} bits/byte" if "val_bpb" in s else "")

@@ -90,8 +90,8 @@ def test_sigkill_mid_write_keeps_previous(tmp_path):
     p = tmp_path / "c.safetensors"
     _save(p, step=1)
     before = p.read_bytes()
-    code = ("import sys; sys.path.insert(0, %r); import test_checkpoint as t; t._save(%r, step=2)"
-            % (os.path.dirname(__file__), str(p)))
+    here = os.path.dirname(__file__)
+    code = f"import sys; sys.path.insert(0, {here!r}); import test_checkpoint as t; t._save({str(p)!r}, step=2)"
     env = dict(os.environ, BITTTT_TEST_CKPT_PAUSE="30")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     try:
