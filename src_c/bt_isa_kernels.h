@@ -40,6 +40,12 @@ void bt_i8_avx2(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_
                 int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo);
 void bt_panel_avx2(const float *A, int64_t sa, int64_t sp, int64_t M, const float *B, int64_t P,
                    float *C, int64_t ldc, int nc, float s);
+/* G panels at once (panel g at B + g*ldp, columns C + 32g, the last one nc_last wide), A in
+ * tiles of H rows: A(i, p) = A[(i / H)*ts + (i % H)*sa + p*sp], H a multiple of 3 or >= M.
+ * Same results as G calls of the f32 panel kernel. */
+void bt_panels_avx2(const float *A, int64_t sa, int64_t sp, int64_t H, int64_t ts, int64_t M,
+                    const float *B, int64_t ldp, int G, int64_t P, float *C, int64_t ldc, int nc_last,
+                    float s);
 int bt_quant_rows_avx2(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q, int64_t ldq,
                        float *a, int32_t *sums);
 int bt_quant_rows_avx512(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q, int64_t ldq,

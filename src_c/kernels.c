@@ -198,16 +198,34 @@ static void panel_cols(const bt_ternary *w, int64_t k0, float *B) {
  * contiguous ranges of panels. */
 typedef void (*fill_fn)(const void *ctx, int64_t j0, float *B);
 
-#define BT_ATILE 8 /* rows of a packed A tile (see bt_sgemm) */
+#define BT_ATILE 8       /* rows of a packed A tile (see bt_sgemm) */
+#define BT_ATILE_AVX2 12 /* the same for the AVX2 panels: a multiple of their 3-row tiles */
+#ifndef BT_GROUP_BYTES
+#define BT_GROUP_BYTES (4 << 20) /* B panels filled ahead for one bt_panels_avx2 call */
+#endif
+#define BT_GROUP_MAX 16
 
-/* tile_packed: A is stored as tiles of BT_ATILE rows, tile t at A + t*BT_ATILE*P laid out
- * [P][BT_ATILE] (then sa, sp are ignored). */
+/* atile > 0: A is stored as tiles of atile rows, tile t at A + t*atile*P laid out
+ * [P][atile] (then sa, sp are ignored).
+ * AVX2 takes the panels of a thread in groups (up to BT_GROUP_BYTES of filled panels),
+ * so that bt_panels_avx2 reads each block of A once per group instead of once per panel;
+ * the other paths take one panel at a time.  Same results either way. */
 static int panel_driver_ex(const void *ctx, fill_fn fill, const float *A, int64_t sa, int64_t sp, int64_t M,
-                           int64_t P, int64_t total_cols, float *C, int64_t ldc, float s, int tile_packed) {
+                           int64_t P, int64_t total_cols, float *C, int64_t ldc, float s, int atile) {
     if (M <= 0 || total_cols <= 0) return BT_OK;
     const bt_panel_fn fn = pick_panel();
     const int64_t npanels = (total_cols + BT_PANEL - 1) / BT_PANEL;
     const int nt = threads_for((double)M * (double)P * (double)total_cols, npanels);
+    /* room for whole blocks of rows: ternary panel fills may write up to bt_padded_cols */
+    const int64_t rows = bt_padded_cols(P), ldp = rows * BT_PANEL;
+    int grouped = 0, group = 1;
+#ifdef BT_HAVE_X86
+    if (fn == bt_panel_avx2 && atile % 3 == 0) {
+        const int64_t g = BT_GROUP_BYTES / (ldp * 4);
+        grouped = 1;
+        group = g < 1 ? 1 : (g > BT_GROUP_MAX ? BT_GROUP_MAX : (int)g);
+    }
+#endif
     int failed = 0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
@@ -220,23 +238,30 @@ static int panel_driver_ex(const void *ctx, fill_fn fill, const float *A, int64_
 #endif
         int64_t q0, q1;
         split(npanels, cnt, tid, 1, &q0, &q1);
+        const int gmax = q1 - q0 < group ? (int)(q1 - q0) : group;
         float *B = NULL;
         if (q1 > q0) {
-            /* room for whole blocks of rows: ternary panel fills may write up to bt_padded_cols */
-            const int64_t rows = bt_padded_cols(P);
-            B = (float *)aligned_alloc(BT_ALIGN, (size_t)(rows * BT_PANEL * 4));
+            B = (float *)aligned_alloc(BT_ALIGN, (size_t)(gmax * ldp * 4));
             if (!B) failed = 1;
         }
-        for (int64_t q = q0; q < q1 && B; q++) {
-            const int64_t j0 = q * BT_PANEL;
-            const int nc = total_cols - j0 < BT_PANEL ? (int)(total_cols - j0) : BT_PANEL;
-            fill(ctx, j0, B);
-            if (!tile_packed) {
+        for (int64_t q = q0; q < q1 && B; q += gmax) {
+            const int g = q1 - q < gmax ? (int)(q1 - q) : gmax;
+            const int64_t j0 = q * BT_PANEL, jl = (q + g - 1) * BT_PANEL;
+            const int nc = total_cols - jl < BT_PANEL ? (int)(total_cols - jl) : BT_PANEL;
+            for (int k = 0; k < g; k++) fill(ctx, j0 + k * BT_PANEL, B + k * ldp);
+            if (grouped) {
+#ifdef BT_HAVE_X86
+                if (!atile)
+                    bt_panels_avx2(A, sa, sp, M, 0, M, B, ldp, g, P, C + j0, ldc, nc, s);
+                else
+                    bt_panels_avx2(A, 1, atile, atile, atile * P, M, B, ldp, g, P, C + j0, ldc, nc, s);
+#endif
+            } else if (!atile) {
                 fn(A, sa, sp, M, B, P, C + j0, ldc, nc, s);
             } else {
-                for (int64_t i0 = 0; i0 < M; i0 += BT_ATILE) {
-                    const int64_t mr = M - i0 < BT_ATILE ? M - i0 : BT_ATILE;
-                    fn(A + i0 * P, 1, BT_ATILE, mr, B, P, C + i0 * ldc + j0, ldc, nc, s);
+                for (int64_t i0 = 0; i0 < M; i0 += atile) {
+                    const int64_t mr = M - i0 < atile ? M - i0 : atile;
+                    fn(A + i0 * P, 1, atile, mr, B, P, C + i0 * ldc + j0, ldc, nc, s);
                 }
             }
         }
@@ -300,10 +325,15 @@ int bt_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t P, const fl
     }
     const dense_b d = {B, ldb, P, N, trans_b};
     if (!trans_a) return panel_driver(&d, fill_dense, A, lda, 1, M, P, N, C, ldc, 1.0f);
-    /* op(A) = A^T: pack A once into tiles of 8 rows of op(A), [P][8] each (8 contiguous
-     * floats of a row of A per p), so that the microkernels read A sequentially. */
-    const int64_t tiles = (M + BT_ATILE - 1) / BT_ATILE;
-    float *at = (float *)aligned_alloc(BT_ALIGN, (size_t)((tiles * BT_ATILE * P * 4 + 63) / 64 * 64));
+    /* op(A) = A^T: pack A once into tiles of h rows of op(A), [P][h] each (h contiguous
+     * floats of a row of A per p), so that the microkernels read A sequentially; h is a
+     * multiple of 3 for the AVX2 panels (3-row tiles), else 8. */
+    int64_t h = BT_ATILE;
+#ifdef BT_HAVE_X86
+    if (pick_panel() == bt_panel_avx2) h = BT_ATILE_AVX2;
+#endif
+    const int64_t tiles = (M + h - 1) / h;
+    float *at = (float *)aligned_alloc(BT_ALIGN, (size_t)((tiles * h * P * 4 + 63) / 64 * 64));
     if (!at) return BT_ERR_NOMEM;
     /* rows p of A are read in order (each one sequentially) and dealt out to the tiles */
     const int nt = threads_for((double)M * (double)P * (double)N, P);
@@ -313,14 +343,14 @@ int bt_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t P, const fl
     for (int64_t p = 0; p < P; p++) {
         const float *src = A + p * lda;
         for (int64_t t = 0; t < tiles; t++) {
-            const int64_t i0 = t * BT_ATILE, mr = M - i0 < BT_ATILE ? M - i0 : BT_ATILE;
-            float *dst = at + t * BT_ATILE * P + p * BT_ATILE;
+            const int64_t i0 = t * h, mr = M - i0 < h ? M - i0 : h;
+            float *dst = at + t * h * P + p * h;
             for (int64_t i = 0; i < mr; i++) dst[i] = src[i0 + i];
-            for (int64_t i = mr; i < BT_ATILE; i++) dst[i] = 0.0f;
+            for (int64_t i = mr; i < h; i++) dst[i] = 0.0f;
         }
     }
     (void)nt;
-    const int err = panel_driver_ex(&d, fill_dense, at, 0, 0, M, P, N, C, ldc, 1.0f, 1);
+    const int err = panel_driver_ex(&d, fill_dense, at, 0, 0, M, P, N, C, ldc, 1.0f, (int)h);
     free(at);
     return err;
 }

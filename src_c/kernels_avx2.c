@@ -83,50 +83,133 @@ T256 void bt_i8_avx2(const bt_ternary *w, const int8_t *xq, int64_t ldq, const i
     }
 }
 
-/* Float panel: tiles of up to 4 rows of A x 16 columns (two ymm), twice per panel. */
-T256 INLINE void panel_tile(const float *A, int64_t sa, int64_t sp, const float *B, int64_t P, float *C,
-                            int64_t ldc, int MR, int nc, float s) {
-    for (int h = 0; h < 2; h++) {
-        const int j0 = 16 * h;
-        if (j0 >= nc) break;
-        __m256 acc[4][2];
+/* Float panels (contract in bt_isa_kernels.h): C[i*ldc + j] = s * sum_{p<P} A(i, p) * B[p*32 + j].
+ *
+ * Register tile: 3 rows of A x the whole 32-column panel, 12 accumulators (acc[i][v]
+ * holds row i, columns 8v..8v+7).  Per p the three A values are broadcast, then each of
+ * the four B vectors of panel row p is loaded once and fused-multiply-added into the
+ * three rows: 12 FMAs for 3 + 4 loads, 12 + 3 + 1 = 16 ymm.  Tails of 2 and 1 rows use
+ * the same code.
+ *
+ * Blocking (bt_panels_avx2): depth blocks of BT_AVX2_KC, row blocks of BT_AVX2_MC (the
+ * A block, MC x KC, is read from memory once and serves every panel of the group from
+ * cache), then the panels of the group (B slice KC x 32 floats each), then the row tiles.
+ * KC = 512, MC = 192 measured best on Zen 3 (32 KiB L1, 512 KiB L2) among KC 128..1024,
+ * MC 96..384: the B slice streams from L2 fine, and fewer depth blocks mean fewer
+ * round trips of the sums through C.  Between depth blocks the running sums are parked in C, unscaled, and
+ * reloaded as they were: each output is still the single FMA chain over p = 0..P-1 in
+ * order, from +0, multiplied by s once after the last block -- the operations of
+ * bt_panel_scalar, so the same bits.  Columns j >= nc of C are never read or written
+ * (masked loads and stores at the edge). */
+#ifndef BT_AVX2_KC
+#define BT_AVX2_KC 512
+#endif
+#ifndef BT_AVX2_MC
+#define BT_AVX2_MC 192 /* a multiple of 3 */
+#endif
+
+/* Rows [0, MR) of the tile (row i at A + i*sa, then + p*sp), depth [k0, k1);
+ * first: start from 0, else reload C; last: store s * sums, else store the sums. */
+T256 INLINE void panel_tile(const float *A, int64_t sa, int64_t sp, const float *B, int64_t k0, int64_t k1,
+                            float *C, int64_t ldc, const int MR, int nc, float s, int first, int last) {
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i mask[4];
 #pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-        for (int64_t p = 0; p < P; p++) {
-            const float *bp = B + p * BT_PANEL + j0;
-            const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+    for (int v = 0; v < 4; v++) mask[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(nc - 8 * v), iota);
+    __m256 acc[3][4];
+#pragma GCC unroll 3
+    for (int i = 0; i < 3; i++) {
+        if (i >= MR) break;
 #pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) {
-                if (i >= MR) break;
-                const __m256 a = _mm256_broadcast_ss(A + i * sa + p * sp);
-                acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
-                acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
-            }
+        for (int v = 0; v < 4; v++) {
+            if (first)
+                acc[i][v] = _mm256_setzero_ps();
+            else if (nc == BT_PANEL)
+                acc[i][v] = _mm256_loadu_ps(C + i * ldc + 8 * v);
+            else
+                acc[i][v] = _mm256_maskload_ps(C + i * ldc + 8 * v, mask[v]);
         }
-        const __m256 sv = _mm256_set1_ps(s);
-        for (int i = 0; i < MR; i++) {
-            float tmp[16];
-            _mm256_storeu_ps(tmp, _mm256_mul_ps(acc[i][0], sv));
-            _mm256_storeu_ps(tmp + 8, _mm256_mul_ps(acc[i][1], sv));
-            const int n = nc - j0 < 16 ? nc - j0 : 16;
-            for (int j = 0; j < n; j++) C[i * ldc + j0 + j] = tmp[j];
+    }
+    const float *a0 = A + k0 * sp, *a1 = MR > 1 ? a0 + sa : a0, *a2 = MR > 2 ? a1 + sa : a0;
+    const float *bp = B + k0 * BT_PANEL;
+    for (int64_t p = k0; p < k1; p++) {
+        /* three A values, then one B vector at a time into the three rows */
+        const __m256 x0 = _mm256_broadcast_ss(a0);
+        const __m256 x1 = MR > 1 ? _mm256_broadcast_ss(a1) : x0;
+        const __m256 x2 = MR > 2 ? _mm256_broadcast_ss(a2) : x0;
+        a0 += sp;
+        a1 += sp;
+        a2 += sp;
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++) {
+            const __m256 b = _mm256_loadu_ps(bp + 8 * v);
+            acc[0][v] = _mm256_fmadd_ps(x0, b, acc[0][v]);
+            if (MR > 1) acc[1][v] = _mm256_fmadd_ps(x1, b, acc[1][v]);
+            if (MR > 2) acc[2][v] = _mm256_fmadd_ps(x2, b, acc[2][v]);
+        }
+        bp += BT_PANEL;
+    }
+    const __m256 sv = _mm256_set1_ps(s);
+#pragma GCC unroll 3
+    for (int i = 0; i < 3; i++) {
+        if (i >= MR) break;
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++) {
+            const __m256 r = last ? _mm256_mul_ps(acc[i][v], sv) : acc[i][v];
+            if (nc == BT_PANEL)
+                _mm256_storeu_ps(C + i * ldc + 8 * v, r);
+            else
+                _mm256_maskstore_ps(C + i * ldc + 8 * v, mask[v], r);
         }
     }
 }
 
-#define PANEL_TILE(MR)                                                                           \
-    T256 static void panel_##MR(const float *A, int64_t sa, int64_t sp, const float *B, int64_t P, \
-                                float *C, int64_t ldc, int nc, float s) {                       \
-        panel_tile(A, sa, sp, B, P, C, ldc, MR, nc, s);                                             \
+#define PANEL_TILE(MR)                                                                              \
+    T256 static void panel_##MR(const float *A, int64_t sa, int64_t sp, const float *B, int64_t k0,  \
+                                int64_t k1, float *C, int64_t ldc, int nc, float s, int first,       \
+                                int last) {                                                          \
+        panel_tile(A, sa, sp, B, k0, k1, C, ldc, MR, nc, s, first, last);                            \
     }
-PANEL_TILE(4)
+PANEL_TILE(3)
+PANEL_TILE(2)
 PANEL_TILE(1)
+
+/* G panels, panel g at B + g*ldp (P x 32 floats) giving columns C + 32g, all of them
+ * full but the last (nc_last columns).  A(i, p) = A[(i / H)*ts + (i % H)*sa + p*sp]: A in
+ * tiles of H rows (H a multiple of 3, or H >= M for a single tile), so that no row tile
+ * of 3 straddles two of them. */
+T256 void bt_panels_avx2(const float *A, int64_t sa, int64_t sp, int64_t H, int64_t ts, int64_t M,
+                         const float *B, int64_t ldp, int G, int64_t P, float *C, int64_t ldc, int nc_last,
+                         float s) {
+    int64_t k0 = 0;
+    do { /* at least one depth block, so that P == 0 still writes s * 0 */
+        const int64_t k1 = P - k0 > BT_AVX2_KC ? k0 + BT_AVX2_KC : P;
+        const int first = k0 == 0, last = k1 == P;
+        for (int64_t m0 = 0; m0 < M; m0 += BT_AVX2_MC) {
+            const int64_t m1 = M - m0 > BT_AVX2_MC ? m0 + BT_AVX2_MC : M;
+            for (int g = 0; g < G; g++) {
+                const float *Bg = B + g * ldp;
+                float *Cg = C + g * BT_PANEL;
+                const int nc = g == G - 1 ? nc_last : BT_PANEL;
+                int64_t i = m0;
+                for (; i + 3 <= m1; i += 3) {
+                    const float *Ai = A + (i / H) * ts + (i % H) * sa;
+                    panel_3(Ai, sa, sp, Bg, k0, k1, Cg + i * ldc, ldc, nc, s, first, last);
+                }
+                if (i < m1) {
+                    const float *Ai = A + (i / H) * ts + (i % H) * sa;
+                    if (m1 - i == 2) panel_2(Ai, sa, sp, Bg, k0, k1, Cg + i * ldc, ldc, nc, s, first, last);
+                    else panel_1(Ai, sa, sp, Bg, k0, k1, Cg + i * ldc, ldc, nc, s, first, last);
+                }
+            }
+        }
+        k0 = k1;
+    } while (k0 < P);
+}
 
 T256 void bt_panel_avx2(const float *A, int64_t sa, int64_t sp, int64_t M, const float *B, int64_t P,
                         float *C, int64_t ldc, int nc, float s) {
-    int64_t i = 0;
-    for (; i + 4 <= M; i += 4) panel_4(A + i * sa, sa, sp, B, P, C + i * ldc, ldc, nc, s);
-    for (; i < M; i++) panel_1(A + i * sa, sa, sp, B, P, C + i * ldc, ldc, nc, s);
+    bt_panels_avx2(A, sa, sp, M > 0 ? M : 1, 0, M, B, 0, 1, P, C, ldc, nc, s);
 }
 
 /* Activation quantization (bt_quant.h), 8 floats at a time; the tail is done in C

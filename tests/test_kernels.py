@@ -214,3 +214,29 @@ def test_many_tokens_over_several_row_chunks(kernel, threads, n, k, rng):
     for t in (1, 2):
         bitttt.set_num_threads(t)
         assert np.array_equal(bitttt.dot_i8(p, xq), ref)
+
+
+@pytest.mark.parametrize("m,n,p", [(1, 1, 1), (2, 31, 127), (4, 33, 128), (5, 70, 129), (13, 97, 257),
+                                   (200, 600, 40), (385, 64, 300), (14, 40, 1100)])
+def test_float_panel_blocking_edges_bit_identical(threads, m, n, p, rng):
+    # the SIMD panels cut rows in tiles (3 on AVX2, tails of 1 and 2), depth in blocks
+    # (sums parked in C between them), rows in blocks and panels in groups, with partial
+    # panels (n not a multiple of 32): every path and thread count gives the scalar bits
+    a = rng.standard_normal((m, p)).astype(np.float32)
+    b = rng.standard_normal((p, n)).astype(np.float32)
+    w = _packed(rng, n, p)
+    dy = rng.standard_normal((m, n)).astype(np.float32)
+
+    def run():
+        outs = []
+        for t in (1, 2):
+            bitttt.set_num_threads(t)
+            outs += [bitttt.sgemm(a, b), bitttt.sgemm(a.T.copy(), b, True), bitttt.sgemm(a, b.T.copy(), False, True),
+                     bitttt.matmul(w, a), bitttt.matmul_t(w, dy)]
+        return outs
+
+    outs = _all_paths(run)
+    assert outs[0][0] == "scalar"
+    for name, got in outs[1:]:
+        for ref, val in zip(outs[0][1], got):
+            assert np.array_equal(ref.view(np.uint32), val.view(np.uint32)), name
