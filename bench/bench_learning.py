@@ -100,7 +100,7 @@ def main() -> None:
         run(common + [f"name={name}_probe", "max_steps=12", "warmup_steps=1", "eval_interval=1000",
                       "ckpt_interval=1000", "max_time=0"], stdout=subprocess.DEVNULL)
         tps = tokens_per_s(os.path.join(probe, "log.jsonl"))
-        steps = int(0.93 * seconds * tps / (8 * 256))
+        steps = int(0.9 * seconds * tps / (8 * 256))
         t0 = time.time()
         run(common + [f"name={name}", f"max_steps={steps}", f"max_time={seconds}", f"lr={args.lr}",
                       f"min_lr={args.lr / 10}", "warmup_steps=50", "eval_interval=40", "eval_batches=6",

@@ -7,6 +7,7 @@ Public API:
   set_num_threads, get_num_threads, set_kernel, get_kernel, available_kernels, cpu_info
   Tokenizer                              SentencePiece unigram / BPE with byte fallback and chat tokens
   Trainer, TrainConfig                   the training loop (python -m bitttt.train)
+  load                                   a model for generation (python -m bitttt.infer)
   bitttt.data.prepare, bitttt.loader     token files and the memory-mapped batch loader
   bitttt.monitor.Monitor                 RAM / CPU / GPU use
 """
@@ -25,6 +26,14 @@ from .runtime import (
 from .ternary import PackedFormatError, PackedTernary
 from .tokenizer import Tokenizer
 from .trainer import TrainConfig, Trainer
+
+
+def load(path: str):
+    """A model for generation from a packed model file, a training checkpoint or a run directory:
+    `.generate(prompt, **sampling)`, `.stream(prompt, **sampling)`, `.session()` (bitttt.generation)."""
+    from .generation import load as _load
+
+    return _load(path)
 
 __version__ = "0.1.0"
 
@@ -50,4 +59,5 @@ __all__ = [
     "Tokenizer",
     "Trainer",
     "TrainConfig",
+    "load",
 ]

@@ -436,3 +436,20 @@ def sumsq(const float[::1] x):
     with nogil:
         r = bt_sumsq(&x[0], x.shape[0])
     return r
+
+
+cdef extern from "bt_int8.h":
+    void bt_gemm_s8(const int8_t *W, int64_t ldw, const float *wscale, int64_t N, int64_t K, const int8_t *xq,
+                    int64_t ldx, const float *a, int64_t M, float *y, int64_t ldy) nogil
+
+
+def gemm_s8(const int8_t[:, ::1] w, const float[::1] wscale, const int8_t[:, ::1] xq, const float[::1] a,
+            float[:, ::1] y):
+    """y[m, n] = (sum_k w[n, k] xq[m, k]) * wscale[n] / a[m]  (exact int32 sums)."""
+    cdef int64_t N = w.shape[0], K = w.shape[1], M = xq.shape[0]
+    if xq.shape[1] != K or wscale.shape[0] != N or a.shape[0] != M or y.shape[0] != M or y.shape[1] != N:
+        raise ValueError("gemm_s8: shapes do not agree")
+    if N == 0 or M == 0:
+        return
+    with nogil:
+        bt_gemm_s8(&w[0, 0], K, &wscale[0], N, K, &xq[0, 0], K, &a[0], M, &y[0, 0], N)

@@ -100,9 +100,10 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray], m
         pass
 
 
-def read_safetensors(path: str | os.PathLike, *, verify: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def read_safetensors(path: str | os.PathLike, *, verify: bool = True,
+                     header_only: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read every tensor and the metadata; CheckpointError naming the file when it is missing,
-    truncated, not safetensors, or a CRC does not match."""
+    truncated, not safetensors, or a CRC does not match.  header_only: ({}, metadata)."""
     path = os.fspath(path)
     try:
         size = os.path.getsize(path)
@@ -122,6 +123,8 @@ def read_safetensors(path: str | os.PathLike, *, verify: bool = True) -> tuple[d
             end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
             if 8 + n + end > size:
                 raise CheckpointError(f"{path}: truncated: {size} bytes, the header promises {8 + n + end}")
+            if header_only:
+                return {}, meta
             data = np.fromfile(f, dtype=np.uint8, count=end)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None

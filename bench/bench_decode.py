@@ -1,0 +1,179 @@
+"""Decode and prefill speed of a packed model against the memory roofline.
+
+    python bench/bench_decode.py [--threads 1 2] [--decode 64] [--no-append]
+
+Model: random ternary weights in the shape of the llama.cpp comparison in issue 5: D = 2048,
+8 layers, 16 heads, I = 5632, V = 32000, K = 16, int8 LM head (the export's default).  The
+file is written once (bench/.cache, ignored by git), then each thread count runs in its own
+process that loads it like `python -m bitttt.infer` does.
+
+Roofline: bytes read per decoded token (packed BitLinear weights + the int8 head + its scales;
+norms, TTT state and the one embedding row are included too) over the read bandwidth measured
+in the same process (bitttt's probe).  Prefill: tokens/s reading 128 and 512-token prompts.
+Peak RSS while decoding `--long` tokens must stay below the file size + 100 MB.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CACHE = os.path.join(HERE, ".cache")
+SHAPE = dict(vocab_size=32000, hidden_size=2048, num_layers=8, num_heads=16, intermediate_size=5632,
+             mini_batch_size=16, ternary=True)
+
+
+def build(path: str) -> None:
+    """Write a packed model file with random ternary weights (no float copy of them is ever made)."""
+    import base64
+    import hashlib
+
+    from bitttt import BitLlamaConfig, PackedTernary
+    from bitttt.checkpoint import write_safetensors
+    from bitttt.export import MODEL_FORMAT
+    from bitttt.layers.ttt import ttt_init
+    from bitttt.model import param_shapes
+    from bitttt.tokenizer import Tokenizer
+
+    cfg = BitLlamaConfig(**SHAPE)
+    rng = np.random.default_rng(0)
+    tensors, meta = {}, {}
+    for name, shape in param_shapes(cfg).items():
+        if name.endswith("_proj.weight"):
+            t = rng.integers(-1, 2, shape, dtype=np.int8)
+            tt, m = PackedTernary.from_ternary(t, 0.02).to_tensors(name)
+            tensors.update(tt)
+            meta.update({k: v for k, v in m.items() if k.endswith("crc32")})
+        elif name == "embed.weight":
+            tensors[name] = rng.normal(0, 1.0, shape).astype(np.float16)
+    for li in range(cfg.num_layers):
+        for k, v in ttt_init(cfg, rng, np.float32).items():
+            if not k.endswith("_proj.weight"):
+                tensors[f"layers.{li}.ttt.{k}"] = v
+        tensors[f"layers.{li}.norm1.weight"] = np.ones(cfg.hidden_size, np.float32)
+        tensors[f"layers.{li}.norm2.weight"] = np.ones(cfg.hidden_size, np.float32)
+    tensors["norm_f.weight"] = np.ones(cfg.hidden_size, np.float32)
+    tensors["head.weight.int8"] = rng.integers(-127, 128, (cfg.vocab_size, cfg.hidden_size), dtype=np.int8)
+    tensors["head.weight.scale"] = np.full(cfg.vocab_size, 1e-3, np.float32)
+    text = " ".join(f"w{i}" for i in range(3000))
+    tok = Tokenizer.train_from_iterator([text], vocab_size=300)
+    meta.update({"format": MODEL_FORMAT, "config": cfg.to_json(),
+                 "tokenizer": base64.b64encode(tok.to_bytes()).decode(),
+                 "tokenizer_sha256": hashlib.sha256(tok.to_bytes()).hexdigest(), "model_id": "bench-random",
+                 "head": "int8", "source": "bench_decode random weights", "step": "0"})
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_safetensors(path, tensors, meta)
+
+
+def bytes_per_token(im) -> int:
+    from bitttt import PackedTernary
+
+    n = sum(w.codes.nbytes for w in im.lin.values() if isinstance(w, PackedTernary))
+    n += im.head_q.nbytes + im.head_scale.nbytes if im.head_q is not None else im.head.nbytes
+    n += sum(v.nbytes for k, v in im.p.items() if k != "embed.weight")  # norms and TTT parameters
+    n += im.new_state().nbytes + im.embed.shape[1] * 4
+    return n
+
+
+def worker(args) -> dict:
+    from bitttt import _core, set_num_threads
+    from bitttt.export import load_packed
+
+    set_num_threads(args.threads)
+    im = load_packed(args.file)
+    v = SHAPE["vocab_size"]
+    rng = np.random.default_rng(1)
+    bw = max(_core.read_bandwidth(512 * 2**20, 3, args.threads) for _ in range(2))  # bytes/s
+    bpt = bytes_per_token(im)
+    out = {"threads": args.threads, "bandwidth_gbs": bw / 1e9, "bytes_per_token": bpt}
+    for n in (128, 512):
+        ts = []
+        for _ in range(3):
+            st = im.new_state()
+            ids = rng.integers(0, v, n)
+            t0 = time.perf_counter()
+            im.feed(st, ids)
+            ts.append(time.perf_counter() - t0)
+        out[f"prefill{n}_tps"] = n / float(np.median(ts))
+    st = im.new_state()
+    logits = im.feed(st, rng.integers(0, v, 16))
+    ts = []
+    for _ in range(args.decode):
+        t0 = time.perf_counter()
+        logits = im.feed(st, [int(np.argmax(logits))])
+        ts.append(time.perf_counter() - t0)
+    out["decode_tps"] = 1.0 / float(np.median(ts[3:]))
+    out["roofline_tps"] = bw / bpt
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for _ in range(args.long):
+        logits = im.feed(st, [int(np.argmax(logits))])
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["rss_growth_mb"] = out["peak_rss_mb"] - rss0
+    out["file_mb"] = os.path.getsize(args.file) / 2**20
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--decode", type=int, default=64, help="decode steps timed (median)")
+    ap.add_argument("--long", type=int, default=10000, help="tokens decoded for the memory check")
+    ap.add_argument("--file", default=os.path.join(CACHE, "decode_2048x8_v32000.safetensors"))
+    ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    if not os.path.exists(args.file):
+        print(f"building {args.file} ...", flush=True)
+        build(args.file)
+    rows = []
+    for t in args.threads:
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--threads", str(t), "--decode",
+               str(args.decode), "--long", str(args.long), "--file", args.file]
+        r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    lines = ["| threads | decode tok/s | roofline tok/s | of roofline | prefill 128 tok/s | prefill 512 tok/s | "
+             "read GB/s | MB/token | peak RSS MiB (file MiB) | RSS growth over decode MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['threads']} | {r['decode_tps']:.1f} | {r['roofline_tps']:.1f} | "
+                     f"{r['decode_tps'] / r['roofline_tps']:.0%} | {r['prefill128_tps']:.1f} | "
+                     f"{r['prefill512_tps']:.1f} | "
+                     f"{r['bandwidth_gbs']:.1f} | {r['bytes_per_token'] / 1e6:.1f} | {r['peak_rss_mb']:.0f} "
+                     f"({r['file_mb']:.0f}) | {r['rss_growth_mb']:.1f} |")
+    print("\n".join(lines))
+    if args.no_append:
+        return
+    import bitttt
+
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    head = [f"\n## bench_decode -- {datetime.datetime.now():%Y-%m-%d %H:%M}\n",
+            f"- machine: {cpu}, {os.cpu_count()} cores, kernel {bitttt.cpu_info()['kernel']}",
+            f"- command: `python bench/bench_decode.py --decode {args.decode} --long {args.long}`",
+            "- model: D=2048, 8 layers, H=16, I=5632, V=32000, K=16, random ternary weights, int8 head; "
+            f"decode = median of {args.decode} steps; memory check over {args.long} decoded tokens",
+            "- llama.cpp reference (issue 5, TQ2_0 + Q8_0 head, another machine): decode 116-121 (1 thread), "
+            "152-154 (2); prefill 128: 198 and 390 tokens/s", ""]
+    with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
+        f.write("\n".join(head + lines) + "\n")
+    print(f"appended to {os.path.join(HERE, 'RESULTS.md')}")
+
+
+if __name__ == "__main__":
+    main()

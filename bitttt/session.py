@@ -1,0 +1,327 @@
+"""Inference: a BitLlama prepared for generation, and sessions that carry the TTT state.
+
+The TTT state is the model's recurrent memory; there is no KV cache and no context limit.
+Per layer and head it holds the inner model at the start of the current mini-batch (W0
+[f, f], b0 [f]) and the learning-rate-weighted gradient sums of the tokens read so far in
+that mini-batch (SW = sum_j lr_j k_j^T g_j, Sb = sum_j lr_j g_j), plus the position in the
+mini-batch.  Token i of a mini-batch reads the inner model
+
+    W_i = W0 - tok_i * SW_{<=i},   b_i = b0 - tok_i * Sb_{<=i}      (tok_i the position scale)
+    out_i = q_i + LN(q_i W_i + b_i)
+
+which is the dual form of the training forward written token by token: the gradients g_j are
+taken at (W0, b0), and when a mini-batch is full (W0, b0) <- (W_{K-1}, b_{K-1}).  A prompt is
+read in one pass per layer (GEMMs over all its tokens; the inner loop in blocks that never
+cross a mini-batch boundary); decoding is the same code with one token.
+
+    from bitttt.session import InferenceModel
+    m = InferenceModel.from_checkpoint("runs/default/checkpoints/best.safetensors")
+    s = m.new_state()
+    logits = m.feed(s, token_ids)          # [V] for the last token ([T, V] with all_logits=True)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from . import _core, kernels
+from .checkpoint import CheckpointError, read_safetensors, write_safetensors
+from .config import BitLlamaConfig
+from .layers.norms import layernorm_forward, rmsnorm_forward
+from .layers.rope import rope_tables
+from .ternary import PackedTernary
+
+LN_EPS = 1e-6
+MEMORY_FORMAT = "bitttt-memory/1"
+_LINEARS = ("ttt.q_proj", "ttt.k_proj", "ttt.v_proj", "ttt.o_proj", "mlp.gate_proj", "mlp.up_proj",
+            "mlp.down_proj")
+
+
+class MemoryFileError(ValueError):
+    """A memory (TTT state) file that is missing, damaged, or belongs to another model."""
+
+
+class TTTState:
+    """The recurrent state of every layer: W0 [L, H, f, f], b0 [L, H, f], SW, Sb (same shapes),
+    pos (tokens read in the current mini-batch, 0 <= pos < K) and n_tokens (tokens read in all)."""
+
+    def __init__(self, W0, b0, SW, Sb, pos: int = 0, n_tokens: int = 0):
+        self.W0, self.b0, self.SW, self.Sb = W0, b0, SW, Sb
+        self.pos, self.n_tokens = int(pos), int(n_tokens)
+
+    def copy(self) -> TTTState:
+        return TTTState(self.W0.copy(), self.b0.copy(), self.SW.copy(), self.Sb.copy(), self.pos, self.n_tokens)
+
+    @property
+    def nbytes(self) -> int:
+        return self.W0.nbytes + self.b0.nbytes + self.SW.nbytes + self.Sb.nbytes
+
+
+def _ln_grad(z1, target, gamma, beta, f):
+    """G = d/dz1 of 1/2 ||LN(z1) - target||^2 per row (LN with weight gamma, bias beta, eps 1e-6)."""
+    mu = z1.mean(axis=-1, keepdims=True)
+    d1 = z1 - mu
+    r1 = 1.0 / np.sqrt((d1 * d1).mean(axis=-1, keepdims=True) + np.float32(LN_EPS))
+    xh = d1 * r1
+    gxh = (gamma * xh + beta - target) * gamma
+    s1 = gxh.sum(axis=-1, keepdims=True)
+    s2 = (gxh * xh).sum(axis=-1, keepdims=True)
+    return (r1 / np.float32(f)) * (np.float32(f) * gxh - s1 - xh * s2)
+
+
+def _ln(z, gamma, beta):
+    mu = z.mean(axis=-1, keepdims=True)
+    d = z - mu
+    return d / np.sqrt((d * d).mean(axis=-1, keepdims=True) + np.float32(LN_EPS)) * gamma + beta
+
+
+def weights_id(config: BitLlamaConfig, params: dict[str, np.ndarray]) -> str:
+    """The identity of a model: sha256 of its config and float32 weights (memory files carry it)."""
+    h = hashlib.sha256(config.to_json().encode())
+    for name in sorted(params):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(params[name], dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+class InferenceModel:
+    """A BitLlama ready for generation: ternary weights packed once (2 bits per weight),
+    float32 everywhere else.  `tokenizer` (bitttt.Tokenizer) is optional."""
+
+    def __init__(self, config: BitLlamaConfig, params: dict[str, np.ndarray], tokenizer=None, source: str = "",
+                 packed: dict[str, PackedTernary] | None = None, model_id: str | None = None,
+                 head_int8: tuple[np.ndarray, np.ndarray] | None = None):
+        """params: every tensor of bitttt.model.param_shapes (float), except the BitLinear weights
+        given already packed in `packed` (a packed model file).  model_id: the identity memory
+        files are tagged with (default: a hash of the config and the float weights).
+        head_int8: (int8 [V, D], float32 [V] row scales) for an int8 LM head (bitttt._core.gemm_s8)."""
+        from .model import param_shapes
+
+        config.validate()
+        self.config, self.tokenizer, self.source = config, tokenizer, source
+        packed = packed or {}
+        shapes = param_shapes(config)
+        for name, shape in shapes.items():
+            if name in packed:
+                if (packed[name].rows, packed[name].cols) != shape:
+                    raise ValueError(f"{source or 'model'}: packed {name} is {packed[name].rows}x{packed[name].cols}, "
+                                     f"the config needs {shape}")
+                continue
+            if name not in params:
+                raise ValueError(f"{source or 'model'}: missing tensor {name}")
+            if tuple(params[name].shape) != shape:
+                raise ValueError(f"{source or 'model'}: {name} has shape {params[name].shape}, "
+                                 f"the config needs {shape}")
+        p = {k: np.ascontiguousarray(params[k], dtype=np.float32) for k in shapes if k not in packed}
+        for k, v in p.items():
+            if not np.isfinite(v).all():
+                raise ValueError(f"{source or 'model'}: parameter {k} contains NaN or infinity")
+        self.p = p
+        self.lin: dict[str, PackedTernary | np.ndarray] = {}
+        for li in range(config.num_layers):
+            for n in _LINEARS:
+                name = f"layers.{li}.{n}.weight"
+                if name in packed:
+                    self.lin[name] = packed[name]
+                else:
+                    self.lin[name] = PackedTernary.quantize(p[name]) if config.ternary else p[name]
+        self.embed = p["embed.weight"]
+        self.head_q = self.head_scale = None
+        if head_int8 is not None:
+            self.head_q = np.ascontiguousarray(head_int8[0], dtype=np.int8)
+            self.head_scale = np.ascontiguousarray(head_int8[1], dtype=np.float32)
+            if self.head_q.shape != (config.vocab_size, config.hidden_size) or \
+                    self.head_scale.shape != (config.vocab_size,) or np.any(self.head_q == -128):
+                raise ValueError(f"{source or 'model'}: the int8 LM head does not match the config")
+            self.head = None
+        else:
+            head = params.get("head.weight")  # a packed file may carry its own head
+            self.head = np.ascontiguousarray(head, np.float32) if head is not None else \
+                p["embed.weight" if config.tie_word_embeddings else "lm_head.weight"]
+        k, f = config.mini_batch_size, config.head_dim
+        self.cos, self.sin = rope_tables(np.arange(k), f, config.rope_theta, np.float32)
+        self.tok_scale = [np.maximum(np.float32(1.0) / np.arange(1, k + 1, dtype=np.float32)
+                                     + p[f"layers.{li}.ttt.learnable_token_idx"], np.float32(0.0))
+                          for li in range(config.num_layers)]
+        self.model_id = model_id or weights_id(config, p)
+        if config.ternary:  # the float copies of packed weights are not needed any more
+            for name in self.lin:
+                p.pop(name, None)
+
+    # -- loading -----------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str) -> InferenceModel:
+        """A training checkpoint (weights, config and tokenizer inside)."""
+        from .checkpoint import load_checkpoint
+        from .tokenizer import Tokenizer
+
+        ck = load_checkpoint(path)
+        tok = Tokenizer.from_bytes(ck.tokenizer) if ck.tokenizer else None
+        return cls(ck.config, ck.params, tok, source=os.fspath(path))
+
+    @classmethod
+    def from_file(cls, path: str) -> InferenceModel:
+        """A packed model file (python -m bitttt.export) or a training checkpoint."""
+        from .export import MODEL_FORMAT, load_packed
+
+        path = os.fspath(path)
+        _, meta = read_safetensors(path, verify=False, header_only=True)
+        if meta.get("format") == MODEL_FORMAT:
+            return load_packed(path)
+        return cls.from_checkpoint(path)
+
+    @classmethod
+    def from_model(cls, model, tokenizer=None) -> InferenceModel:
+        """From a bitttt.BitLlama in memory."""
+        return cls(model.config, model.params, tokenizer, source="BitLlama")
+
+    # -- state -------------------------------------------------------------------------
+    def new_state(self) -> TTTState:
+        """Every sequence starts from the trained (W1, b1) of each layer, with empty sums."""
+        cfg = self.config
+        L, h, f = cfg.num_layers, cfg.num_heads, cfg.head_dim
+        W0 = np.stack([self.p[f"layers.{li}.ttt.W1"] for li in range(L)])
+        b0 = np.stack([self.p[f"layers.{li}.ttt.b1"].reshape(h, f) for li in range(L)])
+        return TTTState(W0, b0, np.zeros_like(W0), np.zeros_like(b0))
+
+    # -- forward -----------------------------------------------------------------------
+    def _linear(self, name: str, x: np.ndarray, xq=None) -> np.ndarray:
+        w = self.lin[name]
+        if isinstance(w, PackedTernary):
+            if xq is None:
+                xq = kernels.quantize_activations(x)
+            return kernels.gemm_i8(w, xq[0], xq[1])
+        return kernels.sgemm(x, w, trans_b=True)
+
+    def _quant(self, x: np.ndarray):
+        return kernels.quantize_activations(x) if self.config.ternary else None
+
+    def _ttt(self, li: int, x: np.ndarray, st: TTTState) -> np.ndarray:
+        """x [T, D] (normalized layer input) -> TTT output [T, D]; updates layer li of st."""
+        cfg, p = self.config, self.p
+        T, D = x.shape
+        H, f, K = cfg.num_heads, cfg.head_dim, cfg.mini_batch_size
+        pre = f"layers.{li}."
+        xq = self._quant(x)
+        q = self._linear(pre + "ttt.q_proj.weight", x, xq).reshape(T, H, f).transpose(1, 0, 2)
+        k = self._linear(pre + "ttt.k_proj.weight", x, xq).reshape(T, H, f).transpose(1, 0, 2)
+        v = self._linear(pre + "ttt.v_proj.weight", x, xq).reshape(T, H, f).transpose(1, 0, 2)
+        a = p[pre + "ttt.learnable_ttt_lr_weight"][:, 0, :]
+        z = kernels.sgemm(x, a, trans_b=True).T + p[pre + "ttt.learnable_ttt_lr_bias"]  # [H, T]
+        lr = (np.float32(0.5) * (np.float32(1.0) + np.tanh(np.float32(0.5) * z))) * np.float32(cfg.ttt_base_lr / f)
+        pos = (st.pos + np.arange(T)) % K
+        cos, sin = self.cos[pos], self.sin[pos]
+
+        def rope(u):
+            out = np.empty_like(u)
+            ue, uo = u[..., 0::2], u[..., 1::2]
+            out[..., 0::2] = ue * cos - uo * sin
+            out[..., 1::2] = ue * sin + uo * cos
+            return out
+
+        q, k = rope(q), rope(k)
+        gamma = p[pre + "ttt.ttt_norm_weight"][:, None, :]
+        beta = p[pre + "ttt.ttt_norm_bias"][:, None, :]
+        tok = self.tok_scale[li]
+        W0, b0, SW, Sb = st.W0[li], st.b0[li][:, None, :], st.SW[li], st.Sb[li][:, None, :]
+        out = np.empty((H, T, f), dtype=np.float32)
+        t, p0 = 0, st.pos
+        while t < T:
+            n = min(K - p0, T - t)
+            Q, Kx, V, L = q[:, t:t + n], k[:, t:t + n], v[:, t:t + n], lr[:, t:t + n]
+            G = _ln_grad(Kx @ W0 + b0, V - Kx, gamma, beta, f)  # [H, n, f], at (W0, b0)
+            tv = tok[p0:p0 + n][None, :, None]  # [1, n, 1]
+            tri = np.tril(np.ones((n, n), dtype=np.float32))
+            LG = L[:, :, None] * G  # lr_j g_j
+            A = (Q @ Kx.transpose(0, 2, 1)) * tri  # q_i . k_j, j <= i
+            zb = Q @ W0 + b0 - tv * (Q @ SW + Sb + A @ LG + tri @ LG)
+            out[:, t:t + n] = Q + _ln(zb, gamma, beta)
+            SW = SW + Kx.transpose(0, 2, 1) @ LG
+            Sb = Sb + LG.sum(axis=1, keepdims=True)
+            p0 += n
+            t += n
+            if p0 == K:  # the mini-batch is complete: its last token's inner model carries on
+                W0 = W0 - tok[K - 1] * SW
+                b0 = b0 - tok[K - 1] * Sb
+                SW, Sb = np.zeros_like(SW), np.zeros_like(Sb)
+                p0 = 0
+        st.W0[li], st.b0[li], st.SW[li], st.Sb[li] = W0, b0[:, 0], SW, Sb[:, 0]
+        merged = np.ascontiguousarray(out.transpose(1, 0, 2).reshape(T, D))
+        normed, _ = layernorm_forward(merged, p[pre + "ttt.post_norm.weight"], p[pre + "ttt.post_norm.bias"], LN_EPS)
+        return self._linear(pre + "ttt.o_proj.weight", np.ascontiguousarray(normed))
+
+    def _mlp(self, li: int, x: np.ndarray) -> np.ndarray:
+        pre = f"layers.{li}.mlp."
+        xq = self._quant(x)
+        g = self._linear(pre + "gate_proj.weight", x, xq)
+        u = self._linear(pre + "up_proj.weight", x, xq)
+        h = g * (np.float32(0.5) * (np.float32(1.0) + np.tanh(np.float32(0.5) * g))) * u
+        return self._linear(pre + "down_proj.weight", np.ascontiguousarray(h))
+
+    def feed(self, st: TTTState, tokens, all_logits: bool = False) -> np.ndarray:
+        """Read `tokens` (ints [T], T >= 1) into state `st` (updated in place).
+        -> logits of the last token [V] (float32), or of every token [T, V] with all_logits."""
+        cfg = self.config
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise ValueError("feed needs at least one token")
+        if ids.min() < 0 or ids.max() >= cfg.vocab_size:
+            raise ValueError(f"token ids must be in [0, {cfg.vocab_size}), got values in [{ids.min()}, {ids.max()}]")
+        x = self.embed[ids]
+        eps = cfg.rms_norm_eps
+        for li in range(cfg.num_layers):
+            pre = f"layers.{li}."
+            n1, _ = rmsnorm_forward(x, self.p[pre + "norm1.weight"], eps)
+            x = x + self._ttt(li, np.ascontiguousarray(n1), st)
+            n2, _ = rmsnorm_forward(x, self.p[pre + "norm2.weight"], eps)
+            x = x + self._mlp(li, np.ascontiguousarray(n2))
+        st.pos = (st.pos + ids.size) % cfg.mini_batch_size
+        st.n_tokens += ids.size
+        last = x if all_logits else x[-1:]
+        nf, _ = rmsnorm_forward(np.ascontiguousarray(last), self.p["norm_f.weight"], eps)
+        nf = np.ascontiguousarray(nf)
+        if self.head_q is not None:
+            xq, a = kernels.quantize_activations(nf)
+            logits = np.empty((nf.shape[0], self.config.vocab_size), dtype=np.float32)
+            _core.gemm_s8(self.head_q, self.head_scale, xq, a, logits)
+        else:
+            logits = kernels.sgemm(nf, self.head, trans_b=True)
+        if not np.isfinite(logits).all():
+            raise FloatingPointError("the model produced NaN or infinite logits")
+        return logits if all_logits else logits[0]
+
+    # -- memory files ------------------------------------------------------------------
+    def save_memory(self, st: TTTState, path: str, note: str = "") -> None:
+        """Write the state to a safetensors file tagged with this model's identity (atomic)."""
+        meta = {"format": MEMORY_FORMAT, "model_id": self.model_id, "config": self.config.to_json(),
+                "pos": str(st.pos), "n_tokens": str(st.n_tokens), "note": note}
+        write_safetensors(path, {"W0": st.W0, "b0": st.b0, "SW": st.SW, "Sb": st.Sb}, meta)
+
+    def load_memory(self, path: str) -> TTTState:
+        """Read a state saved by save_memory; MemoryFileError when it is damaged or from another model."""
+        try:
+            t, meta = read_safetensors(path)
+        except CheckpointError as e:
+            raise MemoryFileError(str(e).replace("checkpoint", "memory file")) from None
+        if meta.get("format") != MEMORY_FORMAT:
+            raise MemoryFileError(f"{path}: not a bitttt memory file (format {meta.get('format')!r})")
+        if meta.get("model_id") != self.model_id:
+            try:
+                other = json.loads(meta.get("config", "{}"))
+            except ValueError:
+                other = {}
+            raise MemoryFileError(f"{path}: this memory belongs to another model (id {meta.get('model_id', '?')[:12]}, "
+                               f"D={other.get('hidden_size', '?')}, {other.get('num_layers', '?')} layers), "
+                               f"not to this one (id {self.model_id[:12]})")
+        ref = self.new_state()
+        for name in ("W0", "b0", "SW", "Sb"):
+            if name not in t or t[name].shape != getattr(ref, name).shape:
+                raise MemoryFileError(f"{path}: tensor {name} is missing or has the wrong shape")
+        pos = int(meta.get("pos", "0"))
+        if not 0 <= pos < self.config.mini_batch_size:
+            raise MemoryFileError(f"{path}: invalid mini-batch position {pos}")
+        return TTTState(*(np.ascontiguousarray(t[n], np.float32) for n in ("W0", "b0", "SW", "Sb")), pos,
+                        int(meta.get("n_tokens", "0")))
