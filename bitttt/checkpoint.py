@@ -55,7 +55,12 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray], m
     offset = 0
     arrays = []
     crcs = {}
-    for name, a in tensors.items():
+    # tensors whose size is a multiple of 64 bytes go first and the header is padded to a multiple of
+    # 64 bytes, so that they all start 64-byte aligned in the file (packed codes can then be used in
+    # place from a memory map)
+    order = sorted(tensors, key=lambda k: np.asarray(tensors[k]).nbytes % 64 != 0)
+    for name in order:
+        a = tensors[name]
         a = np.ascontiguousarray(a)
         if a.dtype not in _DTYPES:
             raise TypeError(f"{name}: dtype {a.dtype} cannot be stored")
@@ -68,7 +73,7 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray], m
     meta["crc32"] = json.dumps(crcs, separators=(",", ":"))
     header["__metadata__"] = meta
     hb = json.dumps(header, separators=(",", ":")).encode()
-    hb += b" " * (-len(hb) % 8)
+    hb += b" " * (-(len(hb) + 8) % 64)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -100,10 +105,11 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray], m
         pass
 
 
-def read_safetensors(path: str | os.PathLike, *, verify: bool = True,
-                     header_only: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def read_safetensors(path: str | os.PathLike, *, verify: bool = True, header_only: bool = False,
+                     mmap: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read every tensor and the metadata; CheckpointError naming the file when it is missing,
-    truncated, not safetensors, or a CRC does not match.  header_only: ({}, metadata)."""
+    truncated, not safetensors, or a CRC does not match.  header_only: ({}, metadata).
+    mmap: the tensors are read-only views of a memory map of the file (no copy in memory)."""
     path = os.fspath(path)
     try:
         size = os.path.getsize(path)
@@ -125,7 +131,14 @@ def read_safetensors(path: str | os.PathLike, *, verify: bool = True,
                 raise CheckpointError(f"{path}: truncated: {size} bytes, the header promises {8 + n + end}")
             if header_only:
                 return {}, meta
-            data = np.fromfile(f, dtype=np.uint8, count=end)
+            if mmap and end:
+                data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n, shape=(end,))
+            else:  # 64-byte aligned, so that packed codes stored aligned in the file are used in place
+                from ._arrays import aligned_empty
+
+                data = aligned_empty((end,), np.uint8)
+                if f.readinto(memoryview(data)) != end:
+                    raise CheckpointError(f"{path}: truncated while reading")
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
     except IsADirectoryError:

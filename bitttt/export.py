@@ -106,6 +106,8 @@ def load_packed(path: str):
             packed[name] = PackedTernary.from_tensors(t, meta, prefix=name, source=path)
         elif name == "lm_head.weight":
             continue
+        elif name == "embed.weight" and name in t:
+            params[name] = t[name]  # float16 rows, converted when looked up
         elif name in t:
             params[name] = t[name].astype(np.float32)
         else:

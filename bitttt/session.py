@@ -115,9 +115,13 @@ class InferenceModel:
             if tuple(params[name].shape) != shape:
                 raise ValueError(f"{source or 'model'}: {name} has shape {params[name].shape}, "
                                  f"the config needs {shape}")
-        p = {k: np.ascontiguousarray(params[k], dtype=np.float32) for k in shapes if k not in packed}
+        p = {k: np.ascontiguousarray(params[k], dtype=np.float16 if k == "embed.weight" and
+                                     params[k].dtype == np.float16 else np.float32)
+             for k in shapes if k not in packed}
         for k, v in p.items():
-            if not np.isfinite(v).all():
+            flat = v.reshape(-1)
+            step = 1 << 20  # in slices: no full-size temporary for a large embedding
+            if not all(np.isfinite(flat[i:i + step]).all() for i in range(0, flat.size, step)):
                 raise ValueError(f"{source or 'model'}: parameter {k} contains NaN or infinity")
         self.p = p
         self.lin: dict[str, PackedTernary | np.ndarray] = {}
@@ -270,7 +274,7 @@ class InferenceModel:
             raise ValueError("feed needs at least one token")
         if ids.min() < 0 or ids.max() >= cfg.vocab_size:
             raise ValueError(f"token ids must be in [0, {cfg.vocab_size}), got values in [{ids.min()}, {ids.max()}]")
-        x = self.embed[ids]
+        x = self.embed[ids].astype(np.float32)
         eps = cfg.rms_norm_eps
         for li in range(cfg.num_layers):
             pre = f"layers.{li}."

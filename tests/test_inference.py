@@ -288,3 +288,17 @@ def test_eval_cli(checkpoint, tmp_path):
     ref = sum(float(np.log(np.exp(logits[t] - logits[t].max()).sum()) + logits[t].max() - logits[t, ids[t + 1]])
               for t in range(len(ids) - 1))
     assert n == len(ids) - 1 and total == pytest.approx(ref, rel=1e-4)
+
+
+def test_shipped_model_tells_a_story():
+    from bitttt.infer import SHIPPED_MODEL
+
+    assert os.path.getsize(SHIPPED_MODEL) <= 10 * 2**20
+    import bitttt
+
+    m = bitttt.load(SHIPPED_MODEL)
+    text = m.generate("Once upon a time", max_tokens=40, seed=1, temperature=0.7)
+    words = text.split()
+    assert len(words) >= 15
+    common = {"the", "a", "and", "was", "to", "she", "he", "her", "his", "they", "said", "in", "with"}
+    assert sum(w.lower().strip('.,!"') in common for w in words) >= 4, text

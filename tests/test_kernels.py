@@ -240,3 +240,23 @@ def test_float_panel_blocking_edges_bit_identical(threads, m, n, p, rng):
     for name, got in outs[1:]:
         for ref, val in zip(outs[0][1], got):
             assert np.array_equal(ref.view(np.uint32), val.view(np.uint32)), name
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (1, 300, 31), (3, 257, 64), (5, 64, 2048), (4, 1000, 95)])
+def test_int8_head_gemm_exact(kernel, threads, m, n, k, rng):
+    """int8 x int8 head product: exact int32 sums times wscale / a, the same bits on every path."""
+    from bitttt import _core
+
+    w = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    w[0, : min(k, 3)] = 127
+    ws = rng.uniform(1e-3, 1e-1, n).astype(np.float32)
+    xq = rng.integers(-127, 128, (m, k), dtype=np.int8)
+    xq[0, : min(k, 3)] = -127  # the extremes: |w x| = 127 * 127 must not saturate
+    a = rng.uniform(1.0, 50.0, m).astype(np.float32)
+    exact = xq.astype(np.int64) @ w.astype(np.int64).T
+    want = exact.astype(np.float32) * (ws[None, :] / a[:, None])
+    for t in (1, 2):
+        bitttt.set_num_threads(t)
+        y = np.empty((m, n), np.float32)
+        _core.gemm_s8(w, ws, xq, a, y)
+        assert np.array_equal(y, want)
