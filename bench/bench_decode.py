@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -160,16 +159,13 @@ def main() -> None:
     print("\n".join(lines))
     if args.no_append:
         return
+    from bench_kernels import machine
+
     import bitttt
 
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = machine()
     head = [f"\n## bench_decode -- {datetime.datetime.now():%Y-%m-%d %H:%M}\n",
-            f"- machine: {cpu}, {os.cpu_count()} cores, kernel {bitttt.cpu_info()['kernel']}",
+            f"- machine: {cpu}, kernel {bitttt.cpu_info()['kernel']}",
             f"- command: `python bench/bench_decode.py --decode {args.decode} --long {args.long}`",
             "- model: D=2048, 8 layers, H=16, I=5632, V=32000, K=16, random ternary weights, int8 head; "
             f"decode = median of {args.decode} steps; memory check over {args.long} decoded tokens",

@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -118,16 +117,13 @@ def main() -> None:
     print("\n".join(lines))
     if args.no_append:
         return
+    from bench_kernels import machine
+
     import bitttt
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = machine()
     out = [f"\n## bench_learning -- {datetime.datetime.now():%Y-%m-%d %H:%M}\n",
-           f"- machine: {cpu}, {os.cpu_count()} cores, kernel {bitttt.cpu_info()['kernel']}, "
+           f"- machine: {cpu}, kernel {bitttt.cpu_info()['kernel']}, "
            f"{args.threads} threads",
            f"- command: `python bench/bench_learning.py --minutes {args.minutes:g} --threads {args.threads}`",
            "- data: tinystories_train_sample.txt (train), tinystories_valid_sample.txt (validation), 4096-token "

@@ -19,13 +19,13 @@ import base64
 import json
 import os
 import struct
-import tempfile
 import time
 import zlib
 
 import numpy as np
 
 from .config import BitLlamaConfig
+from .fileio import atomic_writer
 
 FORMAT = "bitttt-checkpoint/1"
 _DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.float16): "F16",
@@ -49,8 +49,6 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray], m
     tensor so that no second copy of the whole checkpoint is built in memory.
 
     A `crc32` entry (JSON name -> CRC-32) is added to the metadata."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
     header: dict = {}
     offset = 0
     arrays = []
@@ -74,35 +72,16 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray], m
     header["__metadata__"] = meta
     hb = json.dumps(header, separators=(",", ":")).encode()
     hb += b" " * (-(len(hb) + 8) % 64)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(hb)))
-            f.write(hb)
-            half = len(arrays) // 2
-            for i, a in enumerate(arrays):
-                if i == half:
-                    f.flush()
-                    _pause_for_tests()
-                if a.nbytes:
-                    f.write(memoryview(a).cast("B"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    with atomic_writer(path) as f:
+        f.write(struct.pack("<Q", len(hb)))
+        f.write(hb)
+        half = len(arrays) // 2
+        for i, arr in enumerate(arrays):
+            if i == half:
+                f.flush()
+                _pause_for_tests()
+            if arr.nbytes:
+                f.write(memoryview(arr).cast("B"))
 
 
 def read_safetensors(path: str | os.PathLike, *, verify: bool = True, header_only: bool = False,
