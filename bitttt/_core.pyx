@@ -453,3 +453,28 @@ def gemm_s8(const int8_t[:, ::1] w, const float[::1] wscale, const int8_t[:, ::1
         return
     with nogil:
         bt_gemm_s8(&w[0, 0], K, &wscale[0], N, K, &xq[0, 0], K, &a[0], M, &y[0, 0], N)
+
+
+cdef extern from "bt_ttt.h":
+    void bt_ttt_decode(int64_t H, int64_t f, const float *q, const float *k, const float *v, const float *lr,
+                       float tok, const float *gamma, const float *beta, float *W0, float *b0, float *SW, float *Sb,
+                       int commit, float *out, float *scratch) nogil
+
+
+def ttt_decode(const float[:, ::1] q, const float[:, ::1] k, const float[:, ::1] v, const float[::1] lr, float tok,
+               const float[:, ::1] gamma, const float[:, ::1] beta, float[:, :, ::1] W0, float[:, ::1] b0,
+               float[:, :, ::1] SW, float[:, ::1] Sb, bint commit, float[:, ::1] out):
+    """One decoded token through a layer's TTT inner loop, every head; state updated in place."""
+    cdef int64_t H = q.shape[0], f = q.shape[1]
+    if k.shape[0] != H or v.shape[0] != H or gamma.shape[0] != H or beta.shape[0] != H or b0.shape[0] != H \
+            or Sb.shape[0] != H or out.shape[0] != H or k.shape[1] != f or v.shape[1] != f or gamma.shape[1] != f \
+            or beta.shape[1] != f or b0.shape[1] != f or Sb.shape[1] != f or out.shape[1] != f:
+        raise ValueError("ttt_decode: [H, f] arrays disagree")
+    if lr.shape[0] != H or W0.shape[0] != H or SW.shape[0] != H or W0.shape[1] != f or W0.shape[2] != f \
+            or SW.shape[1] != f or SW.shape[2] != f:
+        raise ValueError("ttt_decode: state shapes disagree")
+    import numpy as np
+    cdef float[::1] scratch = np.empty(H * 3 * f, dtype=np.float32)
+    with nogil:
+        bt_ttt_decode(H, f, &q[0, 0], &k[0, 0], &v[0, 0], &lr[0], tok, &gamma[0, 0], &beta[0, 0], &W0[0, 0, 0],
+                      &b0[0, 0], &SW[0, 0, 0], &Sb[0, 0], commit, &out[0, 0], &scratch[0])

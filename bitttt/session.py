@@ -227,9 +227,18 @@ class InferenceModel:
             return out
 
         q, k = rope(q), rope(k)
+        tok = self.tok_scale[li]
+        if T == 1:  # decoding: the inner loop of one token in C, the state updated in place
+            out1 = np.empty((H, f), dtype=np.float32)
+            _core.ttt_decode(np.ascontiguousarray(q[:, 0]), np.ascontiguousarray(k[:, 0]),
+                             np.ascontiguousarray(v[:, 0]), np.ascontiguousarray(lr[:, 0]), float(tok[st.pos]),
+                             p[pre + "ttt.ttt_norm_weight"], p[pre + "ttt.ttt_norm_bias"], st.W0[li], st.b0[li],
+                             st.SW[li], st.Sb[li], st.pos == K - 1, out1)
+            normed, _ = layernorm_forward(out1.reshape(1, D), p[pre + "ttt.post_norm.weight"],
+                                          p[pre + "ttt.post_norm.bias"], LN_EPS)
+            return self._linear(pre + "ttt.o_proj.weight", np.ascontiguousarray(normed))
         gamma = p[pre + "ttt.ttt_norm_weight"][:, None, :]
         beta = p[pre + "ttt.ttt_norm_bias"][:, None, :]
-        tok = self.tok_scale[li]
         W0, b0, SW, Sb = st.W0[li], st.b0[li][:, None, :], st.SW[li], st.Sb[li][:, None, :]
         out = np.empty((H, T, f), dtype=np.float32)
         t, p0 = 0, st.pos

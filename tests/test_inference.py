@@ -62,6 +62,13 @@ def test_feed_matches_full_forward(ternary):
     assert np.abs(np.concatenate(parts) - got).max() <= 1e-4 * np.abs(ref).max()
     for a, b in ((st.W0, st2.W0), (st.b0, st2.b0), (st.SW, st2.SW), (st.Sb, st2.Sb)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # token by token: the decode step (C) against the block path (NumPy), across 5 mini-batch ends
+    st3 = im.new_state()
+    one = np.stack([im.feed(st3, [t]) for t in ids])
+    assert np.abs(one - got).max() <= 1e-4 * np.abs(ref).max()
+    for a, b in ((st.W0, st3.W0), (st.b0, st3.b0), (st.SW, st3.SW), (st.Sb, st3.Sb)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert st3.pos == st.pos and st3.n_tokens == 45
 
 
 def test_greedy_decode_equals_full_forward_argmax():
