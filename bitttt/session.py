@@ -31,7 +31,9 @@ from . import _core, kernels
 from .checkpoint import CheckpointError, read_safetensors, write_safetensors
 from .config import BitLlamaConfig
 from .layers.norms import layernorm_forward, rmsnorm_forward
-from .layers.rope import rope_tables
+from .layers.rope import rope_apply, rope_tables
+from .layers.swiglu import _sigmoid
+from .layers.ttt import inner_loss_grad
 from .ternary import PackedTernary
 
 LN_EPS = 1e-6
@@ -58,18 +60,6 @@ class TTTState:
     @property
     def nbytes(self) -> int:
         return self.W0.nbytes + self.b0.nbytes + self.SW.nbytes + self.Sb.nbytes
-
-
-def _ln_grad(z1, target, gamma, beta, f):
-    """G = d/dz1 of 1/2 ||LN(z1) - target||^2 per row (LN with weight gamma, bias beta, eps 1e-6)."""
-    mu = z1.mean(axis=-1, keepdims=True)
-    d1 = z1 - mu
-    r1 = 1.0 / np.sqrt((d1 * d1).mean(axis=-1, keepdims=True) + np.float32(LN_EPS))
-    xh = d1 * r1
-    gxh = (gamma * xh + beta - target) * gamma
-    s1 = gxh.sum(axis=-1, keepdims=True)
-    s2 = (gxh * xh).sum(axis=-1, keepdims=True)
-    return (r1 / np.float32(f)) * (np.float32(f) * gxh - s1 - xh * s2)
 
 
 def _ln(z, gamma, beta):
@@ -215,18 +205,11 @@ class InferenceModel:
         v = self._linear(pre + "ttt.v_proj.weight", x, xq).reshape(T, H, f).transpose(1, 0, 2)
         a = p[pre + "ttt.learnable_ttt_lr_weight"][:, 0, :]
         z = kernels.sgemm(x, a, trans_b=True).T + p[pre + "ttt.learnable_ttt_lr_bias"]  # [H, T]
-        lr = (np.float32(0.5) * (np.float32(1.0) + np.tanh(np.float32(0.5) * z))) * np.float32(cfg.ttt_base_lr / f)
+        lr = _sigmoid(z) * np.float32(cfg.ttt_base_lr / f)
         pos = (st.pos + np.arange(T)) % K
         cos, sin = self.cos[pos], self.sin[pos]
 
-        def rope(u):
-            out = np.empty_like(u)
-            ue, uo = u[..., 0::2], u[..., 1::2]
-            out[..., 0::2] = ue * cos - uo * sin
-            out[..., 1::2] = ue * sin + uo * cos
-            return out
-
-        q, k = rope(q), rope(k)
+        q, k = rope_apply(q, cos, sin), rope_apply(k, cos, sin)
         tok = self.tok_scale[li]
         if T == 1:  # decoding: the inner loop of one token in C, the state updated in place
             out1 = np.empty((H, f), dtype=np.float32)
@@ -245,7 +228,7 @@ class InferenceModel:
         while t < T:
             n = min(K - p0, T - t)
             Q, Kx, V, L = q[:, t:t + n], k[:, t:t + n], v[:, t:t + n], lr[:, t:t + n]
-            G = _ln_grad(Kx @ W0 + b0, V - Kx, gamma, beta, f)  # [H, n, f], at (W0, b0)
+            G, _ = inner_loss_grad(Kx @ W0 + b0, V - Kx, gamma, beta)  # [H, n, f], at (W0, b0)
             tv = tok[p0:p0 + n][None, :, None]  # [1, n, 1]
             tri = np.tril(np.ones((n, n), dtype=np.float32))
             LG = L[:, :, None] * G  # lr_j g_j
@@ -271,7 +254,8 @@ class InferenceModel:
         xq = self._quant(x)
         g = self._linear(pre + "gate_proj.weight", x, xq)
         u = self._linear(pre + "up_proj.weight", x, xq)
-        h = g * (np.float32(0.5) * (np.float32(1.0) + np.tanh(np.float32(0.5) * g))) * u
+        h, sg = np.empty_like(g), np.empty_like(g)  # the training forward's fused gate (src_c/ops.c)
+        _core.swiglu_fwd(g.reshape(-1), u.reshape(-1), h.reshape(-1), sg.reshape(-1))
         return self._linear(pre + "down_proj.weight", np.ascontiguousarray(h))
 
     def feed(self, st: TTTState, tokens, all_logits: bool = False) -> np.ndarray:

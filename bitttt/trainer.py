@@ -400,21 +400,12 @@ class Trainer:
             f.write(json.dumps(rec) + "\n")
 
     def sample(self, prompt: str = "", n: int = 48, temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> str:
-        """A short continuation of `prompt`, by full forward passes (for the end-of-run summary)."""
-        rng = np.random.default_rng(seed)
-        ids = [self.tokenizer.eos_id] + self.tokenizer.encode(prompt)
-        out = []
-        for _ in range(n):
-            logits = self.model.forward(np.array(ids[-self.cfg.seq_len:], dtype=np.int64))[-1].astype(np.float64)
-            top = np.argpartition(-logits, top_k)[:top_k]
-            z = logits[top] / temperature
-            p = np.exp(z - z.max())
-            nxt = int(top[rng.choice(len(top), p=p / p.sum())])
-            if nxt == self.tokenizer.eos_id:
-                break
-            ids.append(nxt)
-            out.append(nxt)
-        return self.tokenizer.decode(out)
+        """A short continuation of `prompt` by the current weights (for the end-of-run summary)."""
+        from .generation import Model
+        from .session import InferenceModel
+
+        model = Model(InferenceModel.from_model(self.model, self.tokenizer))
+        return model.generate(prompt, max_tokens=n, temperature=temperature, top_k=top_k, seed=seed)
 
     def fit(self) -> dict:
         """Train until max_steps or max_time (whichever comes first), a signal (Ctrl+C, SIGTERM)

@@ -70,23 +70,29 @@ def _tril(n: int, dtype) -> np.ndarray:
     return np.tril(np.ones((n, n), dtype=dtype))
 
 
-def minibatch_forward(W, b, Q, Kx, V, E, gamma, beta):
-    """W [.., f, f], b [.., 1, f], Q/Kx/V [.., n, f], E [.., n, n], gamma/beta [.., 1, f]
-    -> (out [.., n, f], W_new, b_new, cache)."""
-    n, f = Q.shape[-2], Q.shape[-1]
-    dt = Q.dtype.type
-    tri = _tril(n, Q.dtype)
-    # inner loss gradient G = d/dZ1 1/2 ||LN(Z1) - (V - Kx)||^2
-    Z1 = Kx @ W + b
+def inner_loss_grad(Z1, target, gamma, beta):
+    """G = d/dZ1 of 1/2 ||LN(Z1) - target||^2 per row (inner LN: weight gamma, bias beta, eps 1e-6)
+    -> (G, (xh1, r1, go, gxh, s2)), the intermediates the backward needs.  Z1, target [.., n, f]."""
+    f = Z1.shape[-1]
+    dt = Z1.dtype.type
     mu = Z1.mean(axis=-1, keepdims=True)
     d1 = Z1 - mu
     r1 = 1.0 / np.sqrt((d1 * d1).mean(axis=-1, keepdims=True) + dt(LN_EPS))
     xh1 = d1 * r1
-    go = gamma * xh1 + beta - (V - Kx)
+    go = gamma * xh1 + beta - target
     gxh = go * gamma
     s1 = gxh.sum(axis=-1, keepdims=True)
     s2 = (gxh * xh1).sum(axis=-1, keepdims=True)
     G = (r1 / dt(f)) * (dt(f) * gxh - s1 - xh1 * s2)
+    return G, (xh1, r1, go, gxh, s2)
+
+
+def minibatch_forward(W, b, Q, Kx, V, E, gamma, beta):
+    """W [.., f, f], b [.., 1, f], Q/Kx/V [.., n, f], E [.., n, n], gamma/beta [.., 1, f]
+    -> (out [.., n, f], W_new, b_new, cache)."""
+    n = Q.shape[-2]
+    tri = _tril(n, Q.dtype)
+    G, (xh1, r1, go, gxh, s2) = inner_loss_grad(Kx @ W + b, V - Kx, gamma, beta)
     # dual form
     Et = E * tri
     A = (Q @ np.swapaxes(Kx, -1, -2)) * tri
