@@ -8,7 +8,8 @@ file is written once (bench/.cache, ignored by git), then each thread count runs
 process that loads it like `python -m bitttt.infer` does.
 
 Roofline: bytes read per decoded token (packed BitLinear weights + the int8 head + its scales;
-norms, TTT state and the one embedding row are included too) over the read bandwidth measured
+norms, TTT parameters, the TTT state (with W0's rewrite once per mini-batch, spread over its
+tokens) and the one embedding row are included too) over the read bandwidth measured
 in the same process (bitttt's probe).  Prefill: tokens/s reading 128 and 512-token prompts.
 Peak RSS while decoding `--long` tokens must stay below the file size + 100 MB.
 """
@@ -78,8 +79,10 @@ def bytes_per_token(im) -> int:
 
     n = sum(w.codes.nbytes for w in im.lin.values() if isinstance(w, PackedTernary))
     n += im.head_q.nbytes + im.head_scale.nbytes if im.head_q is not None else im.head.nbytes
-    n += sum(v.nbytes for k, v in im.p.items() if k != "embed.weight")  # norms and TTT parameters
-    n += im.new_state().nbytes + im.embed.shape[1] * 4
+    # norms and TTT parameters (W1, b1 are read only when a state starts)
+    n += sum(v.nbytes for k, v in im.p.items() if k != "embed.weight" and not k.endswith(("ttt.W1", "ttt.b1")))
+    st = im.new_state()  # W0 read once per token, rewritten once per mini-batch; the factor rows
+    n += st.nbytes + 2 * st.W0.nbytes // im.config.mini_batch_size + im.embed.shape[1] * 4
     return n
 
 

@@ -5,7 +5,7 @@ Callers (bitttt.ternary, bitttt.kernels) validate dtypes, shapes and contiguity;
 the functions here trust their arguments, release the GIL around the C calls and
 map C error codes to Python exceptions.
 """
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uintptr_t
 
 
 cdef extern from "bt_ternary.h":
@@ -455,26 +455,170 @@ def gemm_s8(const int8_t[:, ::1] w, const float[::1] wscale, const int8_t[:, ::1
         bt_gemm_s8(&w[0, 0], K, &wscale[0], N, K, &xq[0, 0], K, &a[0], M, &y[0, 0], N)
 
 
-cdef extern from "bt_ttt.h":
-    void bt_ttt_decode(int64_t H, int64_t f, const float *q, const float *k, const float *v, const float *lr,
-                       float tok, const float *gamma, const float *beta, float *W0, float *b0, float *SW, float *Sb,
-                       int commit, float *out, float *scratch) nogil
+cdef extern from "bt_kernels.h":
+    int bt_gemm_i8_sums(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums, const float *a,
+                        int64_t M, float *y, int64_t ldy) nogil
 
 
-def ttt_decode(const float[:, ::1] q, const float[:, ::1] k, const float[:, ::1] v, const float[::1] lr, float tok,
-               const float[:, ::1] gamma, const float[:, ::1] beta, float[:, :, ::1] W0, float[:, ::1] b0,
-               float[:, :, ::1] SW, float[:, ::1] Sb, bint commit, float[:, ::1] out):
-    """One decoded token through a layer's TTT inner loop, every head; state updated in place."""
-    cdef int64_t H = q.shape[0], f = q.shape[1]
-    if k.shape[0] != H or v.shape[0] != H or gamma.shape[0] != H or beta.shape[0] != H or b0.shape[0] != H \
-            or Sb.shape[0] != H or out.shape[0] != H or k.shape[1] != f or v.shape[1] != f or gamma.shape[1] != f \
-            or beta.shape[1] != f or b0.shape[1] != f or Sb.shape[1] != f or out.shape[1] != f:
-        raise ValueError("ttt_decode: [H, f] arrays disagree")
-    if lr.shape[0] != H or W0.shape[0] != H or SW.shape[0] != H or W0.shape[1] != f or W0.shape[2] != f \
-            or SW.shape[1] != f or SW.shape[2] != f:
-        raise ValueError("ttt_decode: state shapes disagree")
+cdef extern from "bt_decode.h":
+    ctypedef struct bt_dec_dims:
+        int64_t D, H, f, I, K
+        float rms_eps
+        float lr_scale
+        const float *cos
+        const float *sin
+    ctypedef struct bt_dec_layer:
+        bt_ternary wq, wk, wv, wo, wgate, wup, wdown
+        const float *norm1
+        const float *norm2
+        const float *lr_w
+        const float *lr_b
+        const float *gamma
+        const float *beta
+        const float *tok
+        const float *post_w
+        const float *post_b
+    ctypedef struct bt_dec_state:
+        float *W0
+        float *b0
+        float *Kb
+        float *Gb
+        float *Sb
+    size_t bt_decode_scratch_floats(const bt_dec_dims *d)
+    int bt_decode_layer(const bt_dec_dims *d, const bt_dec_layer *l, const bt_dec_state *s, int64_t pos, float *x,
+                        float *scratch) nogil
+    int bt_decode_head(const bt_dec_dims *d, const float *x, const float *norm_w, const int8_t *Wq,
+                       const float *wscale, const float *head, int64_t V, float *logits, float *scratch) nogil
+
+
+from libc.stdlib cimport calloc, free
+
+
+cdef const float *_fptr(object keep, object arr, int64_t n, str name) except NULL:
+    """A pointer into float32 C-contiguous `arr` of n values (kept alive in `keep`)."""
     import numpy as np
-    cdef float[::1] scratch = np.empty(H * 3 * f, dtype=np.float32)
-    with nogil:
-        bt_ttt_decode(H, f, &q[0, 0], &k[0, 0], &v[0, 0], &lr[0], tok, &gamma[0, 0], &beta[0, 0], &W0[0, 0, 0],
-                      &b0[0, 0], &SW[0, 0, 0], &Sb[0, 0], commit, &out[0, 0], &scratch[0])
+    flat = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)
+    cdef const float[::1] mv = flat
+    if mv.shape[0] != n:
+        raise ValueError(f"Decoder: {name} has {mv.shape[0]} values, expected {n}")
+    keep.append(flat)
+    return &mv[0]
+
+
+cdef class Decoder:
+    """One token through every layer and the head in one C call per layer (bt_decode.h).
+
+    dims: dict with D, H, f, I, K, rms_eps, lr_scale, cos, sin ([K, f / 2] float32).
+    layers: one dict per layer: 'wq', 'wk', 'wv', 'wo', 'wgate', 'wup', 'wdown' as (codes
+    uint8 [rows, stride], cols, scale), and float32 arrays 'norm1', 'norm2' [D], 'lr_w'
+    [H, D], 'lr_b' [H], 'gamma', 'beta' [H, f], 'tok' [K], 'post_w', 'post_b' [D]."""
+    cdef bt_dec_dims dims
+    cdef bt_dec_layer *layers
+    cdef int64_t L
+    cdef list keep
+    cdef float[::1] scratch
+
+    def __cinit__(self):
+        self.layers = NULL
+
+    def __init__(self, dict dims, list layers):
+        import numpy as np
+        self.keep = []
+        cdef int64_t D = dims["D"], H = dims["H"], f = dims["f"], I = dims["I"], K = dims["K"]
+        if D != H * f or f % 2 or K < 1 or I < 1:
+            raise ValueError("Decoder: inconsistent dimensions")
+        self.dims.D, self.dims.H, self.dims.f, self.dims.I, self.dims.K = D, H, f, I, K
+        self.dims.rms_eps = dims["rms_eps"]
+        self.dims.lr_scale = dims["lr_scale"]
+        self.dims.cos = _fptr(self.keep, dims["cos"], K * (f // 2), "cos")
+        self.dims.sin = _fptr(self.keep, dims["sin"], K * (f // 2), "sin")
+        self.L = len(layers)
+        self.layers = <bt_dec_layer *>calloc(max(self.L, 1), sizeof(bt_dec_layer))
+        if self.layers == NULL:
+            raise MemoryError()
+        cdef bt_dec_layer *l
+        cdef bt_ternary *slots[7]
+        cdef const uint8_t[:, ::1] codes
+        for i, spec in enumerate(layers):
+            l = &self.layers[i]
+            slots[0], slots[1], slots[2], slots[3] = &l.wq, &l.wk, &l.wv, &l.wo
+            slots[4], slots[5], slots[6] = &l.wgate, &l.wup, &l.wdown
+            for j, (name, rows, cols) in enumerate((("wq", D, D), ("wk", D, D), ("wv", D, D), ("wo", D, D),
+                                                    ("wgate", I, D), ("wup", I, D), ("wdown", D, I))):
+                c, ncols, scale = spec[name]
+                codes = c
+                if codes.shape[0] != rows or ncols != cols or codes.shape[1] != bt_row_stride(cols):
+                    raise ValueError(f"Decoder: layer {i} {name} has the wrong shape")
+                self.keep.append(c)
+                _view(slots[j], codes, cols, scale)
+            l.norm1 = _fptr(self.keep, spec["norm1"], D, "norm1")
+            l.norm2 = _fptr(self.keep, spec["norm2"], D, "norm2")
+            l.lr_w = _fptr(self.keep, spec["lr_w"], H * D, "lr_w")
+            l.lr_b = _fptr(self.keep, spec["lr_b"], H, "lr_b")
+            l.gamma = _fptr(self.keep, spec["gamma"], H * f, "gamma")
+            l.beta = _fptr(self.keep, spec["beta"], H * f, "beta")
+            l.tok = _fptr(self.keep, spec["tok"], K, "tok")
+            l.post_w = _fptr(self.keep, spec["post_w"], D, "post_w")
+            l.post_b = _fptr(self.keep, spec["post_b"], D, "post_b")
+        n = bt_decode_scratch_floats(&self.dims) + 16
+        self.scratch = np.empty(n, dtype=np.float32)
+
+    def __dealloc__(self):
+        free(self.layers)
+
+    cdef float *_scr(self) noexcept:
+        cdef uintptr_t p = <uintptr_t>&self.scratch[0]
+        return <float *>((p + 63) & ~(<uintptr_t>63))
+
+    def step(self, float[::1] x, float[:, :, :, ::1] W0, float[:, :, ::1] b0, float[:, :, :, ::1] Kb,
+             float[:, :, :, ::1] Gb, float[:, :, ::1] Sb, int64_t pos):
+        """x [D] in place through every layer at mini-batch position pos; the state arrays
+        ([L, H, f, f], [L, H, f], [L, H, K, f] twice, [L, H, f]) are updated in place."""
+        cdef int64_t L = self.L, H = self.dims.H, f = self.dims.f, K = self.dims.K
+        if x.shape[0] != self.dims.D or not 0 <= pos < K:
+            raise ValueError("Decoder.step: bad x or pos")
+        if W0.shape[0] != L or W0.shape[1] != H or W0.shape[2] != f or W0.shape[3] != f or b0.shape[0] != L \
+                or b0.shape[1] != H or b0.shape[2] != f or Sb.shape[0] != L or Sb.shape[1] != H or Sb.shape[2] != f \
+                or Kb.shape[0] != L or Kb.shape[1] != H or Kb.shape[2] != K or Kb.shape[3] != f \
+                or Gb.shape[0] != L or Gb.shape[1] != H or Gb.shape[2] != K or Gb.shape[3] != f:
+            raise ValueError("Decoder.step: the state does not match the model")
+        cdef bt_dec_state s
+        cdef int err = 0
+        cdef int64_t li
+        cdef float *scr = self._scr()
+        with nogil:
+            for li in range(L):
+                s.W0 = &W0[li, 0, 0, 0]
+                s.b0 = &b0[li, 0, 0]
+                s.Kb = &Kb[li, 0, 0, 0]
+                s.Gb = &Gb[li, 0, 0, 0]
+                s.Sb = &Sb[li, 0, 0]
+                err = bt_decode_layer(&self.dims, &self.layers[li], &s, pos, &x[0], scr)
+                if err:
+                    break
+        _check(err)
+
+    def head_s8(self, const float[::1] x, const float[::1] norm_w, const int8_t[:, ::1] Wq, const float[::1] wscale,
+                float[::1] logits):
+        """logits [V] = RMSNorm(x) . (Wq * wscale)^T with per-token int8 activations."""
+        if x.shape[0] != self.dims.D or norm_w.shape[0] != self.dims.D or Wq.shape[1] != self.dims.D \
+                or wscale.shape[0] != Wq.shape[0] or logits.shape[0] != Wq.shape[0]:
+            raise ValueError("Decoder.head_s8: shapes disagree")
+        cdef int err
+        cdef float *scr = self._scr()
+        with nogil:
+            err = bt_decode_head(&self.dims, &x[0], &norm_w[0], &Wq[0, 0], &wscale[0], NULL, Wq.shape[0], &logits[0],
+                                 scr)
+        _check(err)
+
+    def head_f32(self, const float[::1] x, const float[::1] norm_w, const float[:, ::1] head, float[::1] logits):
+        """logits [V] = RMSNorm(x) . head^T, head float32 [V, D]."""
+        if x.shape[0] != self.dims.D or norm_w.shape[0] != self.dims.D or head.shape[1] != self.dims.D \
+                or logits.shape[0] != head.shape[0]:
+            raise ValueError("Decoder.head_f32: shapes disagree")
+        cdef int err
+        cdef float *scr = self._scr()
+        with nogil:
+            err = bt_decode_head(&self.dims, &x[0], &norm_w[0], NULL, NULL, &head[0, 0], head.shape[0], &logits[0],
+                                 scr)
+        _check(err)

@@ -2,17 +2,20 @@
 
 The TTT state is the model's recurrent memory; there is no KV cache and no context limit.
 Per layer and head it holds the inner model at the start of the current mini-batch (W0
-[f, f], b0 [f]) and the learning-rate-weighted gradient sums of the tokens read so far in
-that mini-batch (SW = sum_j lr_j k_j^T g_j, Sb = sum_j lr_j g_j), plus the position in the
-mini-batch.  Token i of a mini-batch reads the inner model
+[f, f], b0 [f]), the learning-rate-weighted gradients of the tokens read so far in that
+mini-batch (g_j = lr_j dL/dz_j, with their keys k_j: SW = sum_j k_j^T g_j is kept as these
+factors, Kb and Gb [K, f], and Sb = sum_j g_j), plus the position in the mini-batch.  Token i
+of a mini-batch reads the inner model
 
     W_i = W0 - tok_i * SW_{<=i},   b_i = b0 - tok_i * Sb_{<=i}      (tok_i the position scale)
     out_i = q_i + LN(q_i W_i + b_i)
 
 which is the dual form of the training forward written token by token: the gradients g_j are
-taken at (W0, b0), and when a mini-batch is full (W0, b0) <- (W_{K-1}, b_{K-1}).  A prompt is
-read in one pass per layer (GEMMs over all its tokens; the inner loop in blocks that never
-cross a mini-batch boundary); decoding is the same code with one token.
+taken at (W0, b0), and when a mini-batch is full (W0, b0) <- (W_{K-1}, b_{K-1}).  Keeping SW
+as factors means a decoded token reads W0 once and never writes it, except once per
+mini-batch.  A prompt is read in one pass per layer (GEMMs over all its tokens; the inner
+loop in blocks that never cross a mini-batch boundary); a decoded token goes through every
+layer in C (bitttt._core.Decoder, src_c/decode.c).
 
     from bitttt.session import InferenceModel
     m = InferenceModel.from_checkpoint("runs/default/checkpoints/best.safetensors")
@@ -37,7 +40,8 @@ from .layers.ttt import inner_loss_grad
 from .ternary import PackedTernary
 
 LN_EPS = 1e-6
-MEMORY_FORMAT = "bitttt-memory/1"
+MEMORY_FORMAT = "bitttt-memory/2"
+MEMORY_FORMAT_V1 = "bitttt-memory/1"  # dense SW; still read
 _LINEARS = ("ttt.q_proj", "ttt.k_proj", "ttt.v_proj", "ttt.o_proj", "mlp.gate_proj", "mlp.up_proj",
             "mlp.down_proj")
 
@@ -47,19 +51,27 @@ class MemoryFileError(ValueError):
 
 
 class TTTState:
-    """The recurrent state of every layer: W0 [L, H, f, f], b0 [L, H, f], SW, Sb (same shapes),
+    """The recurrent state of every layer: W0 [L, H, f, f], b0 [L, H, f], the factors of the
+    current mini-batch's gradient sum Kb, Gb [L, H, K, f] (rows < pos are live), Sb [L, H, f],
     pos (tokens read in the current mini-batch, 0 <= pos < K) and n_tokens (tokens read in all)."""
 
-    def __init__(self, W0, b0, SW, Sb, pos: int = 0, n_tokens: int = 0):
-        self.W0, self.b0, self.SW, self.Sb = W0, b0, SW, Sb
+    def __init__(self, W0, b0, Kb, Gb, Sb, pos: int = 0, n_tokens: int = 0):
+        self.W0, self.b0, self.Kb, self.Gb, self.Sb = W0, b0, Kb, Gb, Sb
         self.pos, self.n_tokens = int(pos), int(n_tokens)
 
     def copy(self) -> TTTState:
-        return TTTState(self.W0.copy(), self.b0.copy(), self.SW.copy(), self.Sb.copy(), self.pos, self.n_tokens)
+        return TTTState(self.W0.copy(), self.b0.copy(), self.Kb.copy(), self.Gb.copy(), self.Sb.copy(), self.pos,
+                        self.n_tokens)
+
+    @property
+    def SW(self) -> np.ndarray:
+        """The dense gradient sum of the current mini-batch, sum_{j<pos} k_j^T g_j [L, H, f, f]."""
+        p = self.pos
+        return np.einsum("lhji,lhjk->lhik", self.Kb[:, :, :p], self.Gb[:, :, :p]).astype(np.float32)
 
     @property
     def nbytes(self) -> int:
-        return self.W0.nbytes + self.b0.nbytes + self.SW.nbytes + self.Sb.nbytes
+        return self.W0.nbytes + self.b0.nbytes + self.Kb.nbytes + self.Gb.nbytes + self.Sb.nbytes
 
 
 def _ln(z, gamma, beta):
@@ -144,6 +156,30 @@ class InferenceModel:
         if config.ternary:  # the float copies of packed weights are not needed any more
             for name in self.lin:
                 p.pop(name, None)
+        self._dec = self._decoder() if config.ternary else None
+
+    def _decoder(self):
+        """The C decode path (one call per layer): packed weights and float parameters by pointer."""
+        cfg, p, f = self.config, self.p, self.config.head_dim
+        layers = []
+        for li in range(cfg.num_layers):
+            pre = f"layers.{li}."
+
+            def w(n, pre=pre):
+                t = self.lin[pre + n + ".weight"]
+                return (t.codes, t.cols, t.scale)
+
+            layers.append({"wq": w("ttt.q_proj"), "wk": w("ttt.k_proj"), "wv": w("ttt.v_proj"), "wo": w("ttt.o_proj"),
+                           "wgate": w("mlp.gate_proj"), "wup": w("mlp.up_proj"), "wdown": w("mlp.down_proj"),
+                           "norm1": p[pre + "norm1.weight"], "norm2": p[pre + "norm2.weight"],
+                           "lr_w": p[pre + "ttt.learnable_ttt_lr_weight"][:, 0, :],
+                           "lr_b": p[pre + "ttt.learnable_ttt_lr_bias"], "gamma": p[pre + "ttt.ttt_norm_weight"],
+                           "beta": p[pre + "ttt.ttt_norm_bias"], "tok": self.tok_scale[li],
+                           "post_w": p[pre + "ttt.post_norm.weight"], "post_b": p[pre + "ttt.post_norm.bias"]})
+        dims = {"D": cfg.hidden_size, "H": cfg.num_heads, "f": f, "I": cfg.intermediate_size,
+                "K": cfg.mini_batch_size, "rms_eps": cfg.rms_norm_eps, "lr_scale": cfg.ttt_base_lr / f,
+                "cos": self.cos, "sin": self.sin}
+        return _core.Decoder(dims, layers)
 
     # -- loading -----------------------------------------------------------------------
     @classmethod
@@ -179,7 +215,8 @@ class InferenceModel:
         L, h, f = cfg.num_layers, cfg.num_heads, cfg.head_dim
         W0 = np.stack([self.p[f"layers.{li}.ttt.W1"] for li in range(L)])
         b0 = np.stack([self.p[f"layers.{li}.ttt.b1"].reshape(h, f) for li in range(L)])
-        return TTTState(W0, b0, np.zeros_like(W0), np.zeros_like(b0))
+        Kb = np.zeros((L, h, cfg.mini_batch_size, f), dtype=np.float32)
+        return TTTState(W0, b0, Kb, np.zeros_like(Kb), np.zeros_like(b0))
 
     # -- forward -----------------------------------------------------------------------
     def _linear(self, name: str, x: np.ndarray, xq=None) -> np.ndarray:
@@ -211,40 +248,31 @@ class InferenceModel:
 
         q, k = rope_apply(q, cos, sin), rope_apply(k, cos, sin)
         tok = self.tok_scale[li]
-        if T == 1:  # decoding: the inner loop of one token in C, the state updated in place
-            out1 = np.empty((H, f), dtype=np.float32)
-            _core.ttt_decode(np.ascontiguousarray(q[:, 0]), np.ascontiguousarray(k[:, 0]),
-                             np.ascontiguousarray(v[:, 0]), np.ascontiguousarray(lr[:, 0]), float(tok[st.pos]),
-                             p[pre + "ttt.ttt_norm_weight"], p[pre + "ttt.ttt_norm_bias"], st.W0[li], st.b0[li],
-                             st.SW[li], st.Sb[li], st.pos == K - 1, out1)
-            normed, _ = layernorm_forward(out1.reshape(1, D), p[pre + "ttt.post_norm.weight"],
-                                          p[pre + "ttt.post_norm.bias"], LN_EPS)
-            return self._linear(pre + "ttt.o_proj.weight", np.ascontiguousarray(normed))
         gamma = p[pre + "ttt.ttt_norm_weight"][:, None, :]
         beta = p[pre + "ttt.ttt_norm_bias"][:, None, :]
-        W0, b0, SW, Sb = st.W0[li], st.b0[li][:, None, :], st.SW[li], st.Sb[li][:, None, :]
+        W0, b0, Sb = st.W0[li], st.b0[li][:, None, :], st.Sb[li][:, None, :]
+        Kb, Gb = st.Kb[li], st.Gb[li]  # [H, K, f], written in place
         out = np.empty((H, T, f), dtype=np.float32)
         t, p0 = 0, st.pos
         while t < T:
             n = min(K - p0, T - t)
             Q, Kx, V, L = q[:, t:t + n], k[:, t:t + n], v[:, t:t + n], lr[:, t:t + n]
             G, _ = inner_loss_grad(Kx @ W0 + b0, V - Kx, gamma, beta)  # [H, n, f], at (W0, b0)
-            tv = tok[p0:p0 + n][None, :, None]  # [1, n, 1]
-            tri = np.tril(np.ones((n, n), dtype=np.float32))
             LG = L[:, :, None] * G  # lr_j g_j
-            A = (Q @ Kx.transpose(0, 2, 1)) * tri  # q_i . k_j, j <= i
-            zb = Q @ W0 + b0 - tv * (Q @ SW + Sb + A @ LG + tri @ LG)
+            Kb[:, p0:p0 + n], Gb[:, p0:p0 + n] = Kx, LG
+            tv = tok[p0:p0 + n][None, :, None]  # [1, n, 1]
+            A = (Q @ Kb[:, :p0 + n].transpose(0, 2, 1)) * np.tri(n, p0 + n, p0, dtype=np.float32)  # q_i . k_j, j <= i
+            zb = Q @ W0 + b0 - tv * (A @ Gb[:, :p0 + n] + Sb + np.cumsum(LG, axis=1))
             out[:, t:t + n] = Q + _ln(zb, gamma, beta)
-            SW = SW + Kx.transpose(0, 2, 1) @ LG
             Sb = Sb + LG.sum(axis=1, keepdims=True)
             p0 += n
             t += n
             if p0 == K:  # the mini-batch is complete: its last token's inner model carries on
-                W0 = W0 - tok[K - 1] * SW
+                W0 = W0 - tok[K - 1] * (Kb.transpose(0, 2, 1) @ Gb)
                 b0 = b0 - tok[K - 1] * Sb
-                SW, Sb = np.zeros_like(SW), np.zeros_like(Sb)
+                Sb = np.zeros_like(Sb)
                 p0 = 0
-        st.W0[li], st.b0[li], st.SW[li], st.Sb[li] = W0, b0[:, 0], SW, Sb[:, 0]
+        st.W0[li], st.b0[li], st.Sb[li] = W0, b0[:, 0], Sb[:, 0]
         merged = np.ascontiguousarray(out.transpose(1, 0, 2).reshape(T, D))
         normed, _ = layernorm_forward(merged, p[pre + "ttt.post_norm.weight"], p[pre + "ttt.post_norm.bias"], LN_EPS)
         return self._linear(pre + "ttt.o_proj.weight", np.ascontiguousarray(normed))
@@ -269,6 +297,23 @@ class InferenceModel:
             raise ValueError(f"token ids must be in [0, {cfg.vocab_size}), got values in [{ids.min()}, {ids.max()}]")
         x = self.embed[ids].astype(np.float32)
         eps = cfg.rms_norm_eps
+        if ids.size == 1 and self._dec is not None:  # decoding: every layer in C
+            x = x.reshape(-1)
+            self._dec.step(x, st.W0, st.b0, st.Kb, st.Gb, st.Sb, st.pos)
+            st.pos = (st.pos + 1) % cfg.mini_batch_size
+            st.n_tokens += 1
+            logits = np.empty(cfg.vocab_size, dtype=np.float32)
+            if self.head_q is not None:
+                self._dec.head_s8(x, self.p["norm_f.weight"], self.head_q, self.head_scale, logits)
+            elif self.head.dtype == np.float32:
+                self._dec.head_f32(x, self.p["norm_f.weight"], self.head, logits)
+            else:
+                nf, _ = rmsnorm_forward(x.reshape(1, -1), self.p["norm_f.weight"], eps)
+                logits = kernels.sgemm(np.ascontiguousarray(nf), np.ascontiguousarray(self.head, np.float32),
+                                       trans_b=True)[0]
+            if not np.isfinite(logits).all():
+                raise FloatingPointError("the model produced NaN or infinite logits")
+            return logits[None] if all_logits else logits
         for li in range(cfg.num_layers):
             pre = f"layers.{li}."
             n1, _ = rmsnorm_forward(x, self.p[pre + "norm1.weight"], eps)
@@ -295,7 +340,7 @@ class InferenceModel:
         """Write the state to a safetensors file tagged with this model's identity (atomic)."""
         meta = {"format": MEMORY_FORMAT, "model_id": self.model_id, "config": self.config.to_json(),
                 "pos": str(st.pos), "n_tokens": str(st.n_tokens), "note": note}
-        write_safetensors(path, {"W0": st.W0, "b0": st.b0, "SW": st.SW, "Sb": st.Sb}, meta)
+        write_safetensors(path, {"W0": st.W0, "b0": st.b0, "Kb": st.Kb, "Gb": st.Gb, "Sb": st.Sb}, meta)
 
     def load_memory(self, path: str) -> TTTState:
         """Read a state saved by save_memory; MemoryFileError when it is damaged or from another model."""
@@ -303,7 +348,7 @@ class InferenceModel:
             t, meta = read_safetensors(path)
         except CheckpointError as e:
             raise MemoryFileError(str(e).replace("checkpoint", "memory file")) from None
-        if meta.get("format") != MEMORY_FORMAT:
+        if meta.get("format") not in (MEMORY_FORMAT, MEMORY_FORMAT_V1):
             raise MemoryFileError(f"{path}: not a bitttt memory file (format {meta.get('format')!r})")
         if meta.get("model_id") != self.model_id:
             try:
@@ -314,11 +359,21 @@ class InferenceModel:
                                f"D={other.get('hidden_size', '?')}, {other.get('num_layers', '?')} layers), "
                                f"not to this one (id {self.model_id[:12]})")
         ref = self.new_state()
-        for name in ("W0", "b0", "SW", "Sb"):
-            if name not in t or t[name].shape != getattr(ref, name).shape:
-                raise MemoryFileError(f"{path}: tensor {name} is missing or has the wrong shape")
         pos = int(meta.get("pos", "0"))
         if not 0 <= pos < self.config.mini_batch_size:
             raise MemoryFileError(f"{path}: invalid mini-batch position {pos}")
-        return TTTState(*(np.ascontiguousarray(t[n], np.float32) for n in ("W0", "b0", "SW", "Sb")), pos,
-                        int(meta.get("n_tokens", "0")))
+        names = ("W0", "b0", "Kb", "Gb", "Sb") if meta["format"] == MEMORY_FORMAT else ("W0", "b0", "SW", "Sb")
+        for name in names:
+            want = ref.W0.shape if name == "SW" else getattr(ref, name).shape
+            if name not in t or t[name].shape != want:
+                raise MemoryFileError(f"{path}: tensor {name} is missing or has the wrong shape")
+        a = {n: np.ascontiguousarray(t[n], np.float32) for n in names}
+        if meta["format"] == MEMORY_FORMAT_V1:  # dense SW of rank <= pos: factor it (exact to rounding)
+            a["Kb"], a["Gb"] = ref.Kb, ref.Gb
+            if pos:
+                u, sv, vt = np.linalg.svd(a.pop("SW").astype(np.float64))
+                a["Kb"][:, :, :pos] = (u[..., :pos] * sv[..., None, :pos]).transpose(0, 1, 3, 2)
+                a["Gb"][:, :, :pos] = vt[..., :pos, :]
+            else:
+                a.pop("SW")
+        return TTTState(a["W0"], a["b0"], a["Kb"], a["Gb"], a["Sb"], pos, int(meta.get("n_tokens", "0")))

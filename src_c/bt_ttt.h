@@ -48,12 +48,15 @@ int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, float *saved, const f
                     float *dgamma, float *dbeta);
 
 /* One decoded token through the inner loop of a layer, per head h < H (inference; see
- * bitttt/session.py for the state):  g = d/dz of 1/2 ||LN(k W0 + b0) - (v - k)||^2;
- * SW += lr k^T g; Sb += lr g; out = q + LN(q (W0 - tok SW) + b0 - tok Sb).  With `commit`
- * (the token closes a mini-batch) W0 -= tok SW, b0 -= tok Sb and the sums restart at 0.
- * q, k, v, gamma, beta, out, b0, Sb: [H, f]; W0, SW: [H, f, f]; lr: [H]; scratch: [H, 3 f]. */
-void bt_ttt_decode(int64_t H, int64_t f, const float *q, const float *k, const float *v, const float *lr, float tok,
-                   const float *gamma, const float *beta, float *W0, float *b0, float *SW, float *Sb, int commit,
-                   float *out, float *scratch);
+ * bitttt/session.py for the state).  The token is number `pos` (0 <= pos < K) of its
+ * mini-batch; the mini-batch's gradient sum is kept as factors, SW = sum_{t<=pos} Kb_t^T Gb_t:
+ *   g = lr d/dz of 1/2 ||LN(k W0 + b0) - (v - k)||^2;  Kb_pos = k, Gb_pos = g, Sb += g;
+ *   out = q + LN(q W0 + b0 - tok (q SW + Sb)).
+ * The last token of a mini-batch (pos = K - 1) commits: W0 -= tok SW, b0 -= tok Sb, Sb = 0.
+ * q, k, v, gamma, beta, out, b0, Sb: [H, f]; W0: [H, f, f]; Kb, Gb: [H, K, f]; lr: [H];
+ * scratch: [H, 3 f]. */
+void bt_ttt_decode(int64_t H, int64_t f, int64_t K, int64_t pos, const float *q, const float *k, const float *v,
+                   const float *lr, float tok, const float *gamma, const float *beta, float *W0, float *b0,
+                   float *Kb, float *Gb, float *Sb, float *out, float *scratch);
 
 #endif /* BT_TTT_H */

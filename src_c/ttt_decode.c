@@ -1,4 +1,9 @@
-/* ttt_decode.c -- one token through a TTT-Linear inner loop (bt_ttt_decode in bt_ttt.h). */
+/* ttt_decode.c -- one token through a TTT-Linear inner loop (bt_ttt_decode in bt_ttt.h).
+ *
+ * The mini-batch's gradient sum SW = sum_j k_j^T g_j is kept as its factors (the rows k_j
+ * in Kb, g_j in Gb, j < pos): a token then reads W0 once (for k W0 and q W0 together) and
+ * the at most K factor rows, instead of reading W0 twice and reading and writing a dense
+ * SW.  W0 is rewritten once per mini-batch, when the last token commits the update. */
 #include <math.h>
 
 #include "bt_cpu.h"
@@ -25,47 +30,57 @@ static float ln_rows(const float *z, int64_t f, float *xh) {
     return r;
 }
 
-static void decode_head(int64_t f, const float *q, const float *k, const float *v, float lr, float tok,
-                        const float *gamma, const float *beta, float *W0, float *b0, float *SW, float *Sb,
-                        int commit, float *out, float *z, float *g, float *xh) {
-    /* z = k W0 + b0 */
-    for (int64_t j = 0; j < f; j++) z[j] = b0[j];
-    for (int64_t i = 0; i < f; i++) {
-        const float ki = k[i];
-        const float *w = W0 + i * f;
-        for (int64_t j = 0; j < f; j++) z[j] += ki * w[j];
+static void decode_head(int64_t f, int64_t K, int64_t pos, const float *q, const float *k, const float *v, float lr,
+                        float tok, const float *gamma, const float *beta, float *W0, float *b0, float *Kb, float *Gb,
+                        float *Sb, int commit, float *out, float *zk, float *zq, float *xh) {
+    /* zk = k W0 + b0 and zq = q W0 in one pass over W0 */
+    for (int64_t j = 0; j < f; j++) {
+        zk[j] = b0[j];
+        zq[j] = 0.0f;
     }
-    /* g = r / f * (f gxh - sum gxh - xh sum(gxh xh)), gxh = (gamma xh + beta - (v - k)) gamma */
-    const float r = ln_rows(z, f, xh);
+    for (int64_t i = 0; i < f; i++) {
+        const float ki = k[i], qi = q[i];
+        const float *w = W0 + i * f;
+        for (int64_t j = 0; j < f; j++) {
+            zk[j] += ki * w[j];
+            zq[j] += qi * w[j];
+        }
+    }
+    /* g = lr r / f (f gxh - sum gxh - xh sum(gxh xh)), gxh = (gamma xh + beta - (v - k)) gamma */
+    const float r = ln_rows(zk, f, xh);
     float s1 = 0.0f, s2 = 0.0f;
+    float *g = Gb + pos * f, *kr = Kb + pos * f;
     for (int64_t j = 0; j < f; j++) {
         const float gx = (gamma[j] * xh[j] + beta[j] - (v[j] - k[j])) * gamma[j];
         g[j] = gx;
         s1 += gx;
         s2 += gx * xh[j];
     }
-    for (int64_t j = 0; j < f; j++) g[j] = lr * (r / (float)f) * ((float)f * g[j] - s1 - xh[j] * s2);
-    /* sums, then zb = q (W0 - tok SW) + b0 - tok Sb */
-    for (int64_t i = 0; i < f; i++) {
-        const float ki = k[i];
-        float *s = SW + i * f;
-        for (int64_t j = 0; j < f; j++) s[j] += ki * g[j];
-    }
+    const float c = lr * (r / (float)f);
     for (int64_t j = 0; j < f; j++) {
+        g[j] = c * ((float)f * g[j] - s1 - xh[j] * s2);
+        kr[j] = k[j];
         Sb[j] += g[j];
-        z[j] = b0[j] - tok * Sb[j];
     }
-    for (int64_t i = 0; i < f; i++) {
-        const float qi = q[i];
-        const float *w = W0 + i * f, *s = SW + i * f;
-        for (int64_t j = 0; j < f; j++) z[j] += qi * (w[j] - tok * s[j]);
+    /* q SW = sum_j (q . k_j) g_j;  z = q W0 + b0 - tok (q SW + Sb) */
+    for (int64_t j = 0; j < f; j++) zk[j] = 0.0f; /* zk now holds q SW */
+    for (int64_t t = 0; t <= pos; t++) {
+        const float *kt = Kb + t * f, *gt = Gb + t * f;
+        float a = 0.0f;
+        for (int64_t j = 0; j < f; j++) a += q[j] * kt[j];
+        for (int64_t j = 0; j < f; j++) zk[j] += a * gt[j];
     }
-    ln_rows(z, f, xh);
+    for (int64_t j = 0; j < f; j++) zq[j] = zq[j] + b0[j] - tok * (zk[j] + Sb[j]);
+    ln_rows(zq, f, xh);
     for (int64_t j = 0; j < f; j++) out[j] = q[j] + xh[j] * gamma[j] + beta[j];
-    if (commit) {
-        for (int64_t i = 0; i < f * f; i++) {
-            W0[i] -= tok * SW[i];
-            SW[i] = 0.0f;
+    if (commit) { /* W0 -= tok sum_t k_t^T g_t, b0 -= tok Sb; the sums restart */
+        for (int64_t i = 0; i < f; i++) {
+            float *w = W0 + i * f;
+            for (int64_t t = 0; t < K; t++) {
+                const float a = tok * Kb[t * f + i];
+                const float *gt = Gb + t * f;
+                for (int64_t j = 0; j < f; j++) w[j] -= a * gt[j];
+            }
         }
         for (int64_t j = 0; j < f; j++) {
             b0[j] -= tok * Sb[j];
@@ -74,19 +89,21 @@ static void decode_head(int64_t f, const float *q, const float *k, const float *
     }
 }
 
-void bt_ttt_decode(int64_t H, int64_t f, const float *q, const float *k, const float *v, const float *lr, float tok,
-                   const float *gamma, const float *beta, float *W0, float *b0, float *SW, float *Sb, int commit,
-                   float *out, float *scratch) {
+void bt_ttt_decode(int64_t H, int64_t f, int64_t K, int64_t pos, const float *q, const float *k, const float *v,
+                   const float *lr, float tok, const float *gamma, const float *beta, float *W0, float *b0,
+                   float *Kb, float *Gb, float *Sb, float *out, float *scratch) {
     int nt = bt_get_threads();
     if (nt > H) nt = (int)H;
     if (H * f * f < 65536) nt = 1;
+    const int commit = pos == K - 1;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
 #endif
     for (int64_t h = 0; h < H; h++) {
         float *sc = scratch + h * 3 * f;
-        decode_head(f, q + h * f, k + h * f, v + h * f, lr[h], tok, gamma + h * f, beta + h * f, W0 + h * f * f,
-                    b0 + h * f, SW + h * f * f, Sb + h * f, commit, out + h * f, sc, sc + f, sc + 2 * f);
+        decode_head(f, K, pos, q + h * f, k + h * f, v + h * f, lr[h], tok, gamma + h * f, beta + h * f,
+                    W0 + h * f * f, b0 + h * f, Kb + h * K * f, Gb + h * K * f, Sb + h * f, commit, out + h * f,
+                    sc, sc + f, sc + 2 * f);
     }
     (void)nt;
 }

@@ -114,6 +114,29 @@ def test_memory_save_load_continue(tokenizer, tmp_path):
         model.session().load_memory(str(tmp_path / "bad.mem"))
 
 
+def test_memory_file_of_the_first_format_still_loads(tmp_path):
+    """bitttt-memory/1 files held the gradient sum as a dense SW: it is factored on load."""
+    from bitttt.checkpoint import write_safetensors
+    from bitttt.session import MEMORY_FORMAT_V1
+
+    im = InferenceModel.from_model(_model(True, seed=8))
+    ids = np.random.default_rng(2).integers(0, 300, 21)  # ends mid mini-batch (pos 5)
+    st = im.new_state()
+    im.feed(st, ids)
+    assert st.pos == 5
+    meta = {"format": MEMORY_FORMAT_V1, "model_id": im.model_id, "config": im.config.to_json(),
+            "pos": str(st.pos), "n_tokens": str(st.n_tokens), "note": ""}
+    write_safetensors(str(tmp_path / "old.mem"), {"W0": st.W0, "b0": st.b0, "SW": st.SW, "Sb": st.Sb}, meta)
+    old = im.load_memory(str(tmp_path / "old.mem"))
+    assert old.pos == 5 and old.n_tokens == 21
+    np.testing.assert_allclose(old.SW, st.SW, rtol=1e-5, atol=1e-7)
+    nxt = [7, 8, 9, 10, 11, 12]  # crosses the mini-batch end, where SW is folded into W0
+    a = np.stack([im.feed(st, [t]) for t in nxt])
+    b = np.stack([im.feed(old, [t]) for t in nxt])
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    np.testing.assert_allclose(old.W0, st.W0, rtol=1e-4, atol=1e-6)
+
+
 def test_seed_reproduces_sample(tokenizer):
     model = Model(InferenceModel.from_model(_model(True, seed=6, peaky=False), tokenizer))
     kw = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=25)
@@ -262,6 +285,11 @@ def test_export_matches_checkpoint(checkpoint, tmp_path, head):
     else:
         assert np.abs(la - lb).max() <= 3e-2 * scale
         assert (la.argmax(-1) == lb.argmax(-1)).mean() >= 0.9
+    # the packed file decoded token by token (C layers and head) equals its own block path
+    sb = b.new_state()
+    b.feed(sb, ids[:30])
+    one = np.stack([b.feed(sb, [t]) for t in ids[30:]])
+    assert np.abs(one - lb[30:]).max() <= 1e-4 * np.abs(lb).max()
     # memories move between the checkpoint and its export
     sa = a.new_state()
     a.feed(sa, ids)

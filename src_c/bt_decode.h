@@ -1,0 +1,58 @@
+/*
+ * bt_decode.h -- one decoded token through a whole BitLlama layer, and the LM head, in C
+ * (inference; bitttt/session.py builds these structs once per model).
+ *
+ * A layer (shapes: D hidden, H heads of f = D / H, I intermediate, K mini-batch):
+ *   n = RMSNorm(x; norm1)                        xq = Qa(n)
+ *   q, k, v = xq . Wq^T, Wk^T, Wv^T              (packed ternary, exact int8 sums)
+ *   lr[h] = lr_scale * sigmoid(n . lr_w[h] + lr_b[h])      (reads n unquantized)
+ *   q, k rotated by RoPE at position pos         (cos, sin: [K, f / 2])
+ *   o = bt_ttt_decode(...)                        (state updated in place)
+ *   x += Qa(LN(o; post_w, post_b)) . Wo^T
+ *   n = RMSNorm(x; norm2);  x += Qa(silu(Qa(n) Wg^T) * (Qa(n) Wu^T)) . Wd^T
+ * Every buffer comes from the caller's scratch (bt_decode_scratch_floats): nothing is
+ * allocated per token.
+ */
+#ifndef BT_DECODE_H
+#define BT_DECODE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bt_ternary.h"
+
+typedef struct {
+    int64_t D, H, f, I, K;
+    float rms_eps;    /* RMSNorm epsilon (the TTT LayerNorms use 1e-6)      */
+    float lr_scale;   /* ttt_base_lr / f                                     */
+    const float *cos, *sin; /* [K, f / 2] RoPE tables                       */
+} bt_dec_dims;
+
+typedef struct {
+    bt_ternary wq, wk, wv, wo, wgate, wup, wdown;
+    const float *norm1, *norm2;       /* [D]     */
+    const float *lr_w, *lr_b;         /* [H, D], [H] */
+    const float *gamma, *beta;        /* [H, f]  inner LayerNorm */
+    const float *tok;                 /* [K]     position scales, clamped at 0 */
+    const float *post_w, *post_b;     /* [D]     */
+} bt_dec_layer;
+
+typedef struct {
+    float *W0, *b0, *Kb, *Gb, *Sb;    /* [H, f, f], [H, f], [H, K, f], [H, K, f], [H, f] */
+} bt_dec_state;
+
+/* Floats of scratch bt_decode_layer and bt_decode_head need (64-byte aligned by the caller). */
+size_t bt_decode_scratch_floats(const bt_dec_dims *d);
+
+/* x [D] in place: the token at mini-batch position pos (0 <= pos < K) through one layer.
+ * BT_OK, or BT_ERR_NONFINITE when an activation to quantize holds NaN or inf. */
+int bt_decode_layer(const bt_dec_dims *d, const bt_dec_layer *l, const bt_dec_state *s, int64_t pos, float *x,
+                    float *scratch);
+
+/* logits [V] = RMSNorm(x; norm_w) . head^T, with an int8 head (Wq [V, D], wscale [V]: W = Wq *
+ * wscale per row, activations quantized per token) when Wq is given, else a float32 head
+ * [V, D].  BT_OK or BT_ERR_NONFINITE. */
+int bt_decode_head(const bt_dec_dims *d, const float *x, const float *norm_w, const int8_t *Wq, const float *wscale,
+                   const float *head, int64_t V, float *logits, float *scratch);
+
+#endif /* BT_DECODE_H */
