@@ -140,7 +140,7 @@ class InferenceModel:
             self.head_q = np.ascontiguousarray(head_int8[0], dtype=np.int8)
             self.head_scale = np.ascontiguousarray(head_int8[1], dtype=np.float32)
             if self.head_q.shape != (config.vocab_size, config.hidden_size) or \
-                    self.head_scale.shape != (config.vocab_size,) or np.any(self.head_q == -128):
+                    self.head_scale.shape != (config.vocab_size,) or int(self.head_q.min()) == -128:
                 raise ValueError(f"{source or 'model'}: the int8 LM head does not match the config")
             self.head = None
         else:
