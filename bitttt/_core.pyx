@@ -484,11 +484,15 @@ cdef extern from "bt_decode.h":
         float *Kb
         float *Gb
         float *Sb
+    ctypedef struct bt_dec_head:
+        const float *norm_w
+        const int8_t *Wq
+        const float *wscale
+        const float *Wf
+        int64_t V
     size_t bt_decode_scratch_floats(const bt_dec_dims *d)
-    int bt_decode_layer(const bt_dec_dims *d, const bt_dec_layer *l, const bt_dec_state *s, int64_t pos, float *x,
-                        float *scratch) nogil
-    int bt_decode_head(const bt_dec_dims *d, const float *x, const float *norm_w, const int8_t *Wq,
-                       const float *wscale, const float *head, int64_t V, float *logits, float *scratch) nogil
+    int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_dec_state *states, int64_t L,
+                        int64_t pos, float *x, const bt_dec_head *hd, float *logits, float *scratch) nogil
 
 
 from libc.stdlib cimport calloc, free
@@ -511,17 +515,21 @@ cdef class Decoder:
     dims: dict with D, H, f, I, K, rms_eps, lr_scale, cos, sin ([K, f / 2] float32).
     layers: one dict per layer: 'wq', 'wk', 'wv', 'wo', 'wgate', 'wup', 'wdown' as (codes
     uint8 [rows, stride], cols, scale), and float32 arrays 'norm1', 'norm2' [D], 'lr_w'
-    [H, D], 'lr_b' [H], 'gamma', 'beta' [H, f], 'tok' [K], 'post_w', 'post_b' [D]."""
+    [H, D], 'lr_b' [H], 'gamma', 'beta' [H, f], 'tok' [K], 'post_w', 'post_b' [D].
+    head: dict with 'norm_w' [D] and either 'Wq' int8 [V, D] with 'wscale' [V], or 'Wf' float32 [V, D]."""
     cdef bt_dec_dims dims
     cdef bt_dec_layer *layers
+    cdef bt_dec_state *states
+    cdef bt_dec_head hd
     cdef int64_t L
     cdef list keep
     cdef float[::1] scratch
 
     def __cinit__(self):
         self.layers = NULL
+        self.states = NULL
 
-    def __init__(self, dict dims, list layers):
+    def __init__(self, dict dims, list layers, dict head):
         import numpy as np
         self.keep = []
         cdef int64_t D = dims["D"], H = dims["H"], f = dims["f"], I = dims["I"], K = dims["K"]
@@ -534,7 +542,8 @@ cdef class Decoder:
         self.dims.sin = _fptr(self.keep, dims["sin"], K * (f // 2), "sin")
         self.L = len(layers)
         self.layers = <bt_dec_layer *>calloc(max(self.L, 1), sizeof(bt_dec_layer))
-        if self.layers == NULL:
+        self.states = <bt_dec_state *>calloc(max(self.L, 1), sizeof(bt_dec_state))
+        if self.layers == NULL or self.states == NULL:
             raise MemoryError()
         cdef bt_dec_layer *l
         cdef bt_ternary *slots[7]
@@ -560,65 +569,56 @@ cdef class Decoder:
             l.tok = _fptr(self.keep, spec["tok"], K, "tok")
             l.post_w = _fptr(self.keep, spec["post_w"], D, "post_w")
             l.post_b = _fptr(self.keep, spec["post_b"], D, "post_b")
+        cdef const int8_t[:, ::1] wq
+        cdef const float[::1] ws
+        cdef const float[:, ::1] wf
+        self.hd.norm_w = _fptr(self.keep, head["norm_w"], D, "norm_w")
+        self.hd.Wq, self.hd.wscale, self.hd.Wf = NULL, NULL, NULL
+        if head.get("Wq") is not None:
+            wq, ws = head["Wq"], head["wscale"]
+            if wq.shape[1] != D or ws.shape[0] != wq.shape[0]:
+                raise ValueError("Decoder: the int8 head does not match")
+            self.keep += [head["Wq"], head["wscale"]]
+            self.hd.Wq, self.hd.wscale, self.hd.V = &wq[0, 0], &ws[0], wq.shape[0]
+        else:
+            wf = head["Wf"]
+            if wf.shape[1] != D:
+                raise ValueError("Decoder: the head does not match")
+            self.keep.append(head["Wf"])
+            self.hd.Wf, self.hd.V = &wf[0, 0], wf.shape[0]
         n = bt_decode_scratch_floats(&self.dims) + 16
         self.scratch = np.empty(n, dtype=np.float32)
 
     def __dealloc__(self):
         free(self.layers)
+        free(self.states)
 
     cdef float *_scr(self) noexcept:
         cdef uintptr_t p = <uintptr_t>&self.scratch[0]
         return <float *>((p + 63) & ~(<uintptr_t>63))
 
     def step(self, float[::1] x, float[:, :, :, ::1] W0, float[:, :, ::1] b0, float[:, :, :, ::1] Kb,
-             float[:, :, :, ::1] Gb, float[:, :, ::1] Sb, int64_t pos):
-        """x [D] in place through every layer at mini-batch position pos; the state arrays
-        ([L, H, f, f], [L, H, f], [L, H, K, f] twice, [L, H, f]) are updated in place."""
+             float[:, :, :, ::1] Gb, float[:, :, ::1] Sb, int64_t pos, float[::1] logits):
+        """x [D] in place through every layer at mini-batch position pos, then logits [V] from
+        the head; the state arrays ([L, H, f, f], [L, H, f], [L, H, K, f] twice, [L, H, f]) are
+        updated in place."""
         cdef int64_t L = self.L, H = self.dims.H, f = self.dims.f, K = self.dims.K
-        if x.shape[0] != self.dims.D or not 0 <= pos < K:
-            raise ValueError("Decoder.step: bad x or pos")
+        if x.shape[0] != self.dims.D or not 0 <= pos < K or logits.shape[0] != self.hd.V:
+            raise ValueError("Decoder.step: bad x, pos or logits")
         if W0.shape[0] != L or W0.shape[1] != H or W0.shape[2] != f or W0.shape[3] != f or b0.shape[0] != L \
                 or b0.shape[1] != H or b0.shape[2] != f or Sb.shape[0] != L or Sb.shape[1] != H or Sb.shape[2] != f \
                 or Kb.shape[0] != L or Kb.shape[1] != H or Kb.shape[2] != K or Kb.shape[3] != f \
                 or Gb.shape[0] != L or Gb.shape[1] != H or Gb.shape[2] != K or Gb.shape[3] != f:
             raise ValueError("Decoder.step: the state does not match the model")
-        cdef bt_dec_state s
         cdef int err = 0
         cdef int64_t li
         cdef float *scr = self._scr()
+        for li in range(L):
+            self.states[li].W0 = &W0[li, 0, 0, 0]
+            self.states[li].b0 = &b0[li, 0, 0]
+            self.states[li].Kb = &Kb[li, 0, 0, 0]
+            self.states[li].Gb = &Gb[li, 0, 0, 0]
+            self.states[li].Sb = &Sb[li, 0, 0]
         with nogil:
-            for li in range(L):
-                s.W0 = &W0[li, 0, 0, 0]
-                s.b0 = &b0[li, 0, 0]
-                s.Kb = &Kb[li, 0, 0, 0]
-                s.Gb = &Gb[li, 0, 0, 0]
-                s.Sb = &Sb[li, 0, 0]
-                err = bt_decode_layer(&self.dims, &self.layers[li], &s, pos, &x[0], scr)
-                if err:
-                    break
-        _check(err)
-
-    def head_s8(self, const float[::1] x, const float[::1] norm_w, const int8_t[:, ::1] Wq, const float[::1] wscale,
-                float[::1] logits):
-        """logits [V] = RMSNorm(x) . (Wq * wscale)^T with per-token int8 activations."""
-        if x.shape[0] != self.dims.D or norm_w.shape[0] != self.dims.D or Wq.shape[1] != self.dims.D \
-                or wscale.shape[0] != Wq.shape[0] or logits.shape[0] != Wq.shape[0]:
-            raise ValueError("Decoder.head_s8: shapes disagree")
-        cdef int err
-        cdef float *scr = self._scr()
-        with nogil:
-            err = bt_decode_head(&self.dims, &x[0], &norm_w[0], &Wq[0, 0], &wscale[0], NULL, Wq.shape[0], &logits[0],
-                                 scr)
-        _check(err)
-
-    def head_f32(self, const float[::1] x, const float[::1] norm_w, const float[:, ::1] head, float[::1] logits):
-        """logits [V] = RMSNorm(x) . head^T, head float32 [V, D]."""
-        if x.shape[0] != self.dims.D or norm_w.shape[0] != self.dims.D or head.shape[1] != self.dims.D \
-                or logits.shape[0] != head.shape[0]:
-            raise ValueError("Decoder.head_f32: shapes disagree")
-        cdef int err
-        cdef float *scr = self._scr()
-        with nogil:
-            err = bt_decode_head(&self.dims, &x[0], &norm_w[0], NULL, NULL, &head[0, 0], head.shape[0], &logits[0],
-                                 scr)
+            err = bt_decode_token(&self.dims, self.layers, self.states, L, pos, &x[0], &self.hd, &logits[0], scr)
         _check(err)

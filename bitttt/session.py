@@ -179,7 +179,11 @@ class InferenceModel:
         dims = {"D": cfg.hidden_size, "H": cfg.num_heads, "f": f, "I": cfg.intermediate_size,
                 "K": cfg.mini_batch_size, "rms_eps": cfg.rms_norm_eps, "lr_scale": cfg.ttt_base_lr / f,
                 "cos": self.cos, "sin": self.sin}
-        return _core.Decoder(dims, layers)
+        if self.head_q is not None:
+            head = {"norm_w": p["norm_f.weight"], "Wq": self.head_q, "wscale": self.head_scale}
+        else:
+            head = {"norm_w": p["norm_f.weight"], "Wf": np.ascontiguousarray(self.head, np.float32)}
+        return _core.Decoder(dims, layers, head)
 
     # -- loading -----------------------------------------------------------------------
     @classmethod
@@ -298,19 +302,10 @@ class InferenceModel:
         x = self.embed[ids].astype(np.float32)
         eps = cfg.rms_norm_eps
         if ids.size == 1 and self._dec is not None:  # decoding: every layer in C
-            x = x.reshape(-1)
-            self._dec.step(x, st.W0, st.b0, st.Kb, st.Gb, st.Sb, st.pos)
+            logits = np.empty(cfg.vocab_size, dtype=np.float32)
+            self._dec.step(x.reshape(-1), st.W0, st.b0, st.Kb, st.Gb, st.Sb, st.pos, logits)
             st.pos = (st.pos + 1) % cfg.mini_batch_size
             st.n_tokens += 1
-            logits = np.empty(cfg.vocab_size, dtype=np.float32)
-            if self.head_q is not None:
-                self._dec.head_s8(x, self.p["norm_f.weight"], self.head_q, self.head_scale, logits)
-            elif self.head.dtype == np.float32:
-                self._dec.head_f32(x, self.p["norm_f.weight"], self.head, logits)
-            else:
-                nf, _ = rmsnorm_forward(x.reshape(1, -1), self.p["norm_f.weight"], eps)
-                logits = kernels.sgemm(np.ascontiguousarray(nf), np.ascontiguousarray(self.head, np.float32),
-                                       trans_b=True)[0]
             if not np.isfinite(logits).all():
                 raise FloatingPointError("the model produced NaN or infinite logits")
             return logits[None] if all_logits else logits

@@ -1,5 +1,5 @@
 /*
- * bt_decode.h -- one decoded token through a whole BitLlama layer, and the LM head, in C
+ * bt_decode.h -- one decoded token through every BitLlama layer and the LM head, in C
  * (inference; bitttt/session.py builds these structs once per model).
  *
  * A layer (shapes: D hidden, H heads of f = D / H, I intermediate, K mini-batch):
@@ -41,18 +41,23 @@ typedef struct {
     float *W0, *b0, *Kb, *Gb, *Sb;    /* [H, f, f], [H, f], [H, K, f], [H, K, f], [H, f] */
 } bt_dec_state;
 
-/* Floats of scratch bt_decode_layer and bt_decode_head need (64-byte aligned by the caller). */
+/* Floats of scratch bt_decode_token needs (64-byte aligned by the caller). */
 size_t bt_decode_scratch_floats(const bt_dec_dims *d);
 
-/* x [D] in place: the token at mini-batch position pos (0 <= pos < K) through one layer.
- * BT_OK, or BT_ERR_NONFINITE when an activation to quantize holds NaN or inf. */
-int bt_decode_layer(const bt_dec_dims *d, const bt_dec_layer *l, const bt_dec_state *s, int64_t pos, float *x,
-                    float *scratch);
+typedef struct {
+    const float *norm_w;              /* [D] final RMSNorm */
+    const int8_t *Wq;                 /* int8 head [V, D] with row scales wscale [V], or NULL */
+    const float *wscale;
+    const float *Wf;                  /* float32 head [V, D] when Wq is NULL */
+    int64_t V;
+} bt_dec_head;
 
-/* logits [V] = RMSNorm(x; norm_w) . head^T, with an int8 head (Wq [V, D], wscale [V]: W = Wq *
- * wscale per row, activations quantized per token) when Wq is given, else a float32 head
- * [V, D].  BT_OK or BT_ERR_NONFINITE. */
-int bt_decode_head(const bt_dec_dims *d, const float *x, const float *norm_w, const int8_t *Wq, const float *wscale,
-                   const float *head, int64_t V, float *logits, float *scratch);
+/* x [D] in place: the token at mini-batch position pos (0 <= pos < K) through the L layers
+ * (states [L], updated in place), then, when hd is given, logits [V] = RMSNorm(x; norm_w) .
+ * head^T (int8 head: activations quantized per token, exact int32 sums).  One thread team
+ * for the whole token; results do not depend on the thread count.
+ * BT_OK, or BT_ERR_NONFINITE when an activation to quantize holds NaN or inf. */
+int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_dec_state *states, int64_t L,
+                    int64_t pos, float *x, const bt_dec_head *hd, float *logits, float *scratch);
 
 #endif /* BT_DECODE_H */

@@ -18,4 +18,8 @@
 void bt_gemm_s8(const int8_t *W, int64_t ldw, const float *wscale, int64_t N, int64_t K, const int8_t *xq,
                 int64_t ldx, const float *a, int64_t M, float *y, int64_t ldy);
 
+/* Rows [n0, n1) of y on the calling thread (no threads of its own). */
+void bt_gemm_s8_rows(const int8_t *W, int64_t ldw, const float *wscale, int64_t n0, int64_t n1, int64_t K,
+                     const int8_t *xq, int64_t ldx, const float *a, int64_t M, float *y, int64_t ldy);
+
 #endif

@@ -42,6 +42,11 @@ int bt_bitlinear(const bt_ternary *w, const float *x, int64_t M, int64_t ldx, fl
 int bt_gemm_i8_sums(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums, const float *a,
                     int64_t M, float *y, int64_t ldy);
 
+/* Rows [n0, n1) of bt_gemm_i8_sums on the calling thread (no threads of its own, no checks:
+ * the caller has checked the scales).  For callers that split the rows themselves. */
+void bt_gemm_i8_rows(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums, const float *a,
+                     int64_t M, int64_t n0, int64_t n1, float *y, int64_t ldy);
+
 int bt_gemm_f32(const bt_ternary *w, const float *x, int64_t M, int64_t ldx,
                 float *y, int64_t ldy);
 

@@ -59,4 +59,9 @@ void bt_ttt_decode(int64_t H, int64_t f, int64_t K, int64_t pos, const float *q,
                    const float *lr, float tok, const float *gamma, const float *beta, float *W0, float *b0,
                    float *Kb, float *Gb, float *Sb, float *out, float *scratch);
 
+/* The same for heads [h0, h1) on the calling thread (no threads of its own). */
+void bt_ttt_decode_heads(int64_t h0, int64_t h1, int64_t f, int64_t K, int64_t pos, const float *q, const float *k,
+                         const float *v, const float *lr, float tok, const float *gamma, const float *beta, float *W0,
+                         float *b0, float *Kb, float *Gb, float *Sb, float *out, float *scratch);
+
 #endif /* BT_TTT_H */

@@ -7,7 +7,12 @@
 #include "bt_kernels.h"
 #include "bt_ops.h"
 #include "bt_quant.h"
+#include "bt_cpu.h"
 #include "bt_ttt.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define DEC_LN_EPS 1e-6f
 
@@ -49,79 +54,152 @@ static dec_bufs carve(const bt_dec_dims *d, float *s) {
     return b;
 }
 
-/* y = Qa(x) . W^T for one token: x [W.cols] float32 -> y [W.rows]. */
-static int bitlinear1(const bt_ternary *w, const float *x, dec_bufs *b, float *y) {
-    const int err = bt_quantize_act(x, 1, w->cols, w->cols, b->q8, bt_padded_cols(w->cols), b->a, b->sums);
-    if (err) return err;
-    return bt_gemm_i8_sums(w, b->q8, bt_padded_cols(w->cols), b->sums, b->a, 1, y, w->rows);
-}
-
-/* Three projections of the same quantized input share one quantization. */
-static int project3(const bt_ternary *w0, const bt_ternary *w1, const bt_ternary *w2, const float *x, dec_bufs *b,
-                    float *y0, float *y1, float *y2) {
-    const int64_t kp = bt_padded_cols(w0->cols);
-    int err = bt_quantize_act(x, 1, w0->cols, w0->cols, b->q8, kp, b->a, b->sums);
-    if (!err) err = bt_gemm_i8_sums(w0, b->q8, kp, b->sums, b->a, 1, y0, w0->rows);
-    if (!err) err = bt_gemm_i8_sums(w1, b->q8, kp, b->sums, b->a, 1, y1, w1->rows);
-    if (!err && w2) err = bt_gemm_i8_sums(w2, b->q8, kp, b->sums, b->a, 1, y2, w2->rows);
-    return err;
-}
-
-static void rope1(float *x, int64_t H, int64_t f, const float *c, const float *s) {
-    for (int64_t h = 0; h < H; h++) {
-        float *xr = x + h * f;
-        for (int64_t j = 0; j < f / 2; j++) {
-            const float x0 = xr[2 * j], x1 = xr[2 * j + 1];
-            xr[2 * j] = x0 * c[j] - x1 * s[j];
-            xr[2 * j + 1] = x0 * s[j] + x1 * c[j];
-        }
+static void rope1(float *x, int64_t f, const float *c, const float *s) {
+    for (int64_t j = 0; j < f / 2; j++) {
+        const float x0 = x[2 * j], x1 = x[2 * j + 1];
+        x[2 * j] = x0 * c[j] - x1 * s[j];
+        x[2 * j + 1] = x0 * s[j] + x1 * c[j];
     }
 }
 
-int bt_decode_layer(const bt_dec_dims *d, const bt_dec_layer *l, const bt_dec_state *s, int64_t pos, float *x,
-                    float *scratch) {
+/* [0, n) split in nth parts on multiples of `grain`: part tid is [*lo, *hi). */
+static void part(int64_t n, int nth, int tid, int64_t grain, int64_t *lo, int64_t *hi) {
+    const int64_t units = (n + grain - 1) / grain;
+    const int64_t a = units * tid / nth, b = units * (tid + 1) / nth;
+    *lo = a * grain < n ? a * grain : n;
+    *hi = b * grain < n ? b * grain : n;
+}
+
+/* Quantize x [K] into the shared int8 buffer (padded to whole blocks). */
+static int quant1(const float *x, int64_t K, dec_bufs *b) {
+    return bt_quantize_act(x, 1, K, K, b->q8, bt_padded_cols(K), b->a, b->sums);
+}
+
+static void gemv_rows(const bt_ternary *w, const dec_bufs *b, int nth, int tid, float *y) {
+    int64_t n0, n1;
+    part(w->rows, nth, tid, 4, &n0, &n1);
+    bt_gemm_i8_rows(w, b->q8, bt_padded_cols(w->cols), b->sums, b->a, 1, n0, n1, y, w->rows);
+}
+
+/* The phases of a layer alternate between one thread (norms, quantization: vectors of D or I)
+ * and all threads (row ranges of the products, head ranges of the TTT step), in one parallel
+ * region per token: no thread team is started per product.  Each output is computed by one
+ * thread with the same arithmetic whatever the thread count, so results do not depend on it. */
+int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_dec_state *states, int64_t L,
+                    int64_t pos, float *x, const bt_dec_head *hd, float *logits, float *scratch) {
     const int64_t D = d->D, H = d->H, f = d->f, I = d->I;
     dec_bufs b = carve(d, scratch);
-    int err;
-
-    /* TTT block */
-    bt_rmsnorm_fwd(x, l->norm1, 1, D, d->rms_eps, b.xn, b.r);
-    if ((err = project3(&l->wq, &l->wk, &l->wv, b.xn, &b, b.q, b.k, b.v))) return err;
-    for (int64_t h = 0; h < H; h++) {
-        const float *w = l->lr_w + h * D;
-        float z = 0.0f;
-        for (int64_t c = 0; c < D; c++) z += b.xn[c] * w[c];
-        z += l->lr_b[h];
-        b.lr[h] = d->lr_scale * (0.5f + 0.5f * tanhf(0.5f * z));
+    int err = BT_OK;
+    int nt = bt_get_threads();
+    if (nt > H) nt = (int)H;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+        int tid = 0, nth = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nth = omp_get_num_threads();
+#endif
+        for (int64_t li = 0; li < L; li++) {
+            const bt_dec_layer *l = layers + li;
+            const bt_dec_state *s = states + li;
+            /* TTT block: n = RMSNorm(x), q k v = Qa(n) W^T */
+#ifdef _OPENMP
+#pragma omp single
+#endif
+            {
+                bt_rmsnorm_fwd(x, l->norm1, 1, D, d->rms_eps, b.xn, b.r);
+                const int e = quant1(b.xn, D, &b);
+                if (e) err = e;
+            }
+            if (err) break;
+            gemv_rows(&l->wq, &b, nth, tid, b.q);
+            gemv_rows(&l->wk, &b, nth, tid, b.k);
+            gemv_rows(&l->wv, &b, nth, tid, b.v);
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+            /* per head: learning rate, RoPE, the inner step */
+            int64_t h0, h1;
+            part(H, nth, tid, 1, &h0, &h1);
+            const float *cs = d->cos + pos * (f / 2), *sn = d->sin + pos * (f / 2);
+            for (int64_t h = h0; h < h1; h++) {
+                const float *w = l->lr_w + h * D;
+                float z = 0.0f;
+                for (int64_t c = 0; c < D; c++) z += b.xn[c] * w[c];
+                z += l->lr_b[h];
+                b.lr[h] = d->lr_scale * (0.5f + 0.5f * tanhf(0.5f * z));
+                rope1(b.q + h * f, f, cs, sn);
+                rope1(b.k + h * f, f, cs, sn);
+            }
+            bt_ttt_decode_heads(h0, h1, f, d->K, pos, b.q, b.k, b.v, b.lr, l->tok[pos], l->gamma, l->beta, s->W0,
+                                s->b0, s->Kb, s->Gb, s->Sb, b.o, b.ttt);
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp single
+#endif
+            {
+                bt_layernorm_fwd(b.o, l->post_w, l->post_b, 1, D, DEC_LN_EPS, b.pn, b.xh, b.r);
+                const int e = quant1(b.pn, D, &b);
+                if (e) err = e;
+            }
+            if (err) break;
+            gemv_rows(&l->wo, &b, nth, tid, b.y);
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp single
+#endif
+            { /* SwiGLU block: n = RMSNorm(x), h = silu(Qa(n) Wg^T) * Qa(n) Wu^T */
+                for (int64_t c = 0; c < D; c++) x[c] += b.y[c];
+                bt_rmsnorm_fwd(x, l->norm2, 1, D, d->rms_eps, b.xn, b.r);
+                const int e = quant1(b.xn, D, &b);
+                if (e) err = e;
+            }
+            if (err) break;
+            {
+                int64_t n0, n1;
+                part(I, nth, tid, 4, &n0, &n1);
+                const int64_t kp = bt_padded_cols(D);
+                bt_gemm_i8_rows(&l->wgate, b.q8, kp, b.sums, b.a, 1, n0, n1, b.g, I);
+                bt_gemm_i8_rows(&l->wup, b.q8, kp, b.sums, b.a, 1, n0, n1, b.u, I);
+                if (n1 > n0) bt_swiglu_fwd(b.g + n0, b.u + n0, n1 - n0, b.h + n0, b.sg + n0);
+            }
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp single
+#endif
+            {
+                const int e = quant1(b.h, I, &b);
+                if (e) err = e;
+            }
+            if (err) break;
+            gemv_rows(&l->wdown, &b, nth, tid, b.y);
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp single
+#endif
+            for (int64_t c = 0; c < D; c++) x[c] += b.y[c];
+        }
+        if (!err && hd && hd->Wq) { /* int8 head: rows split like the products */
+#ifdef _OPENMP
+#pragma omp single
+#endif
+            {
+                bt_rmsnorm_fwd(x, hd->norm_w, 1, D, d->rms_eps, b.xn, b.r);
+                const int e = bt_quantize_act(b.xn, 1, D, D, b.q8, D, b.a, b.sums);
+                if (e) err = e;
+            }
+            if (!err) {
+                int64_t n0, n1;
+                part(hd->V, nth, tid, 16, &n0, &n1);
+                bt_gemm_s8_rows(hd->Wq, D, hd->wscale, n0, n1, D, b.q8, D, b.a, 1, logits, hd->V);
+            }
+        }
     }
-    const float *cs = d->cos + pos * (f / 2), *sn = d->sin + pos * (f / 2);
-    rope1(b.q, H, f, cs, sn);
-    rope1(b.k, H, f, cs, sn);
-    bt_ttt_decode(H, f, d->K, pos, b.q, b.k, b.v, b.lr, l->tok[pos], l->gamma, l->beta, s->W0, s->b0, s->Kb, s->Gb,
-                  s->Sb, b.o, b.ttt);
-    bt_layernorm_fwd(b.o, l->post_w, l->post_b, 1, D, DEC_LN_EPS, b.pn, b.xh, b.r);
-    if ((err = bitlinear1(&l->wo, b.pn, &b, b.y))) return err;
-    for (int64_t c = 0; c < D; c++) x[c] += b.y[c];
-
-    /* SwiGLU block */
-    bt_rmsnorm_fwd(x, l->norm2, 1, D, d->rms_eps, b.xn, b.r);
-    if ((err = project3(&l->wgate, &l->wup, NULL, b.xn, &b, b.g, b.u, NULL))) return err;
-    bt_swiglu_fwd(b.g, b.u, I, b.h, b.sg);
-    if ((err = bitlinear1(&l->wdown, b.h, &b, b.y))) return err;
-    for (int64_t c = 0; c < D; c++) x[c] += b.y[c];
-    return BT_OK;
-}
-
-int bt_decode_head(const bt_dec_dims *d, const float *x, const float *norm_w, const int8_t *Wq, const float *wscale,
-                   const float *head, int64_t V, float *logits, float *scratch) {
-    const int64_t D = d->D;
-    dec_bufs b = carve(d, scratch);
-    bt_rmsnorm_fwd(x, norm_w, 1, D, d->rms_eps, b.xn, b.r);
-    if (Wq) {
-        const int err = bt_quantize_act(b.xn, 1, D, D, b.q8, D, b.a, b.sums);
-        if (err) return err;
-        bt_gemm_s8(Wq, D, wscale, V, D, b.q8, D, b.a, 1, logits, V);
-        return BT_OK;
+    if (!err && hd && !hd->Wq) {
+        bt_rmsnorm_fwd(x, hd->norm_w, 1, D, d->rms_eps, b.xn, b.r);
+        err = bt_sgemm(0, 1, 1, hd->V, D, b.xn, D, hd->Wf, D, logits, hd->V);
     }
-    return bt_sgemm(0, 1, 1, V, D, b.xn, D, head, D, logits, V);
+    return err;
 }

@@ -69,6 +69,15 @@ T256 static void s8_rows_avx2(const int8_t *W, int64_t ldw, const float *ws, int
 }
 #endif
 
+void bt_gemm_s8_rows(const int8_t *W, int64_t ldw, const float *wscale, int64_t n0, int64_t n1, int64_t K,
+                     const int8_t *xq, int64_t ldx, const float *a, int64_t M, float *y, int64_t ldy) {
+    s8_rows_fn fn = s8_rows_scalar;
+#ifdef BT_HAVE_X86
+    if (bt_get_isa() >= BT_ISA_AVX2) fn = s8_rows_avx2;
+#endif
+    if (n1 > n0) fn(W, ldw, wscale, n0, n1, K, xq, ldx, a, M, y, ldy);
+}
+
 void bt_gemm_s8(const int8_t *W, int64_t ldw, const float *wscale, int64_t N, int64_t K, const int8_t *xq,
                 int64_t ldx, const float *a, int64_t M, float *y, int64_t ldy) {
     s8_rows_fn fn = s8_rows_scalar;

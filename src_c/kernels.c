@@ -119,6 +119,13 @@ static int gemm_i8_impl(const bt_ternary *w, const int8_t *xq, int64_t M, int64_
     return BT_OK;
 }
 
+void bt_gemm_i8_rows(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums, const float *a,
+                     int64_t M, int64_t n0, int64_t n1, float *y, int64_t ldy) {
+    if (n1 <= n0 || M <= 0) return;
+    pick_i8()(w, xq, ldq, sums, M, n0, n1, (int32_t *)y, ldy);
+    to_float(w, a, M, n0, n1, y, ldy);
+}
+
 int bt_gemm_i8_sums(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums, const float *a,
                     int64_t M, float *y, int64_t ldy) {
     if (M <= 0) return BT_OK;

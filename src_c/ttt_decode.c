@@ -89,21 +89,28 @@ static void decode_head(int64_t f, int64_t K, int64_t pos, const float *q, const
     }
 }
 
+void bt_ttt_decode_heads(int64_t h0, int64_t h1, int64_t f, int64_t K, int64_t pos, const float *q, const float *k,
+                         const float *v, const float *lr, float tok, const float *gamma, const float *beta, float *W0,
+                         float *b0, float *Kb, float *Gb, float *Sb, float *out, float *scratch) {
+    const int commit = pos == K - 1;
+    for (int64_t h = h0; h < h1; h++) {
+        float *sc = scratch + h * 3 * f;
+        decode_head(f, K, pos, q + h * f, k + h * f, v + h * f, lr[h], tok, gamma + h * f, beta + h * f,
+                    W0 + h * f * f, b0 + h * f, Kb + h * K * f, Gb + h * K * f, Sb + h * f, commit, out + h * f,
+                    sc, sc + f, sc + 2 * f);
+    }
+}
+
 void bt_ttt_decode(int64_t H, int64_t f, int64_t K, int64_t pos, const float *q, const float *k, const float *v,
                    const float *lr, float tok, const float *gamma, const float *beta, float *W0, float *b0,
                    float *Kb, float *Gb, float *Sb, float *out, float *scratch) {
     int nt = bt_get_threads();
     if (nt > H) nt = (int)H;
     if (H * f * f < 65536) nt = 1;
-    const int commit = pos == K - 1;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
 #endif
-    for (int64_t h = 0; h < H; h++) {
-        float *sc = scratch + h * 3 * f;
-        decode_head(f, K, pos, q + h * f, k + h * f, v + h * f, lr[h], tok, gamma + h * f, beta + h * f,
-                    W0 + h * f * f, b0 + h * f, Kb + h * K * f, Gb + h * K * f, Sb + h * f, commit, out + h * f,
-                    sc, sc + f, sc + 2 * f);
-    }
+    for (int64_t h = 0; h < H; h++)
+        bt_ttt_decode_heads(h, h + 1, f, K, pos, q, k, v, lr, tok, gamma, beta, W0, b0, Kb, Gb, Sb, out, scratch);
     (void)nt;
 }

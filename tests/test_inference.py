@@ -71,6 +71,26 @@ def test_feed_matches_full_forward(ternary):
     assert st3.pos == st.pos and st3.n_tokens == 45
 
 
+def test_decode_does_not_depend_on_thread_count():
+    import bitttt
+
+    im = InferenceModel.from_model(_model(True, seed=9))
+    ids = np.random.default_rng(3).integers(0, 300, 19)
+    runs, old = [], bitttt.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            bitttt.set_num_threads(n)
+            st = im.new_state()
+            im.feed(st, ids[:5])
+            runs.append((np.stack([im.feed(st, [t]) for t in ids[5:]]), st))
+    finally:
+        bitttt.set_num_threads(old)
+    for logits, st in runs[1:]:
+        assert np.array_equal(logits, runs[0][0])
+        for name in ("W0", "b0", "Kb", "Gb", "Sb"):
+            assert np.array_equal(getattr(st, name), getattr(runs[0][1], name)), name
+
+
 def test_greedy_decode_equals_full_forward_argmax():
     m = _model(True, seed=3)
     im = InferenceModel.from_model(m)
