@@ -28,6 +28,11 @@ static void s8_rows_scalar(const int8_t *W, int64_t ldw, const float *ws, int64_
 #ifdef BT_HAVE_X86
 #include <immintrin.h>
 #define T256 __attribute__((target("avx2")))
+/* One-token rows are read as a single stream; prefetching this many bytes ahead lifted the
+ * 32000 x 2048 head from about 75 % to about 95 % of the read bandwidth on Zen 3. */
+#ifndef S8_PF
+#define S8_PF 2048
+#endif
 
 T256 static inline int32_t s8_hsum(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -43,6 +48,29 @@ T256 static void s8_rows_avx2(const int8_t *W, int64_t ldw, const float *ws, int
                               const int8_t *xq, int64_t ldx, const float *a, int64_t M, float *y, int64_t ldy) {
     const __m256i ones = _mm256_set1_epi16(1);
     const int64_t K32 = K & ~(int64_t)31;
+    if (M == 1 && ldw == K) { /* one token (decoding): the rows are one stream, read ahead */
+        const int64_t K64 = K & ~(int64_t)63;
+        for (int64_t n = n0; n < n1; n++) {
+            const int8_t *w = W + n * ldw;
+            __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+            int64_t k = 0;
+            for (; k < K64; k += 64) {
+                _mm_prefetch((const char *)(w + k + S8_PF), _MM_HINT_T0);
+                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + k));
+                const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + k + 32));
+                const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + k));
+                const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + k + 32));
+                acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0)), ones));
+                acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(x1, w1)), ones));
+            }
+            int32_t s = s8_hsum(_mm256_add_epi32(acc0, acc1));
+            for (; k < K; k++) s += (int32_t)w[k] * (int32_t)xq[k];
+            y[n] = (float)s * (ws[n] / a[0]);
+        }
+        return;
+    }
     for (int64_t m0 = 0; m0 < M; m0 += 4) {
         const int mr = M - m0 < 4 ? (int)(M - m0) : 4;
         for (int64_t n = n0; n < n1; n++) {

@@ -242,7 +242,8 @@ def test_float_panel_blocking_edges_bit_identical(threads, m, n, p, rng):
             assert np.array_equal(ref.view(np.uint32), val.view(np.uint32)), name
 
 
-@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (1, 300, 31), (3, 257, 64), (5, 64, 2048), (4, 1000, 95)])
+@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (1, 300, 31), (1, 130, 200), (1, 33, 2048), (3, 257, 64), (5, 64, 2048),
+                                     (4, 1000, 95)])
 def test_int8_head_gemm_exact(kernel, threads, m, n, k, rng):
     """int8 x int8 head product: exact int32 sums times wscale / a, the same bits on every path."""
     from bitttt import _core
