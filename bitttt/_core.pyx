@@ -455,6 +455,39 @@ def gemm_s8(const int8_t[:, ::1] w, const float[::1] wscale, const int8_t[:, ::1
         bt_gemm_s8(&w[0, 0], K, &wscale[0], N, K, &xq[0, 0], K, &a[0], M, &y[0, 0], N)
 
 
+cdef extern from "bt_ttt.h":
+    void bt_ttt_prefill(int64_t H, int64_t f, int64_t K, int64_t pos0, int64_t T, const float *q, const float *k,
+                        const float *v, const float *xn, const float *lr_w, const float *lr_b, float lr_scale,
+                        const float *tok, const float *gamma, const float *beta, float *W0, float *b0, float *Kb,
+                        float *Gb, float *Sb, float *out, float *scratch) nogil
+
+
+def ttt_prefill(int64_t pos0, const float[:, ::1] q, const float[:, ::1] k, const float[:, ::1] v,
+                const float[:, ::1] xn, const float[:, ::1] lr_w, const float[::1] lr_b, float lr_scale,
+                const float[::1] tok, const float[:, ::1] gamma, const float[:, ::1] beta,
+                float[:, :, ::1] W0, float[:, ::1] b0, float[:, :, ::1] Kb, float[:, :, ::1] Gb, float[:, ::1] Sb,
+                float[:, ::1] out):
+    """T tokens through a layer's TTT inner loop (bt_ttt_prefill): q, k, v, xn, out [T, H f] (q, k
+    rotated; xn the normalized layer input), lr_w [H, H f], lr_b [H], tok [K], gamma, beta, b0,
+    Sb [H, f], W0 [H, f, f], Kb, Gb [H, K, f]; the state arrays are updated in place."""
+    cdef int64_t T = q.shape[0], H = W0.shape[0], f = W0.shape[1], K = Kb.shape[1]
+    if T < 1 or q.shape[1] != H * f or k.shape[0] != T or k.shape[1] != H * f or v.shape[0] != T \
+            or v.shape[1] != H * f or out.shape[0] != T or out.shape[1] != H * f or xn.shape[0] != T \
+            or xn.shape[1] != H * f or lr_w.shape[0] != H or lr_w.shape[1] != H * f or lr_b.shape[0] != H \
+            or tok.shape[0] != K or not 0 <= pos0 < K:
+        raise ValueError("ttt_prefill: token arrays disagree")
+    if W0.shape[2] != f or gamma.shape[0] != H or gamma.shape[1] != f or beta.shape[0] != H or beta.shape[1] != f \
+            or b0.shape[0] != H or b0.shape[1] != f or Sb.shape[0] != H or Sb.shape[1] != f or Kb.shape[0] != H \
+            or Kb.shape[2] != f or Gb.shape[0] != H or Gb.shape[1] != K or Gb.shape[2] != f:
+        raise ValueError("ttt_prefill: state shapes disagree")
+    import numpy as np
+    cdef float[::1] scratch = np.empty(H * 3 * f, dtype=np.float32)
+    with nogil:
+        bt_ttt_prefill(H, f, K, pos0, T, &q[0, 0], &k[0, 0], &v[0, 0], &xn[0, 0], &lr_w[0, 0], &lr_b[0], lr_scale,
+                       &tok[0], &gamma[0, 0], &beta[0, 0], &W0[0, 0, 0], &b0[0, 0], &Kb[0, 0, 0], &Gb[0, 0, 0], &Sb[0, 0], &out[0, 0],
+                       &scratch[0])
+
+
 cdef extern from "bt_kernels.h":
     int bt_gemm_i8_sums(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums, const float *a,
                         int64_t M, float *y, int64_t ldy) nogil

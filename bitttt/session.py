@@ -13,9 +13,10 @@ of a mini-batch reads the inner model
 which is the dual form of the training forward written token by token: the gradients g_j are
 taken at (W0, b0), and when a mini-batch is full (W0, b0) <- (W_{K-1}, b_{K-1}).  Keeping SW
 as factors means a decoded token reads W0 once and never writes it, except once per
-mini-batch.  A prompt is read in one pass per layer (GEMMs over all its tokens; the inner
-loop in blocks that never cross a mini-batch boundary); a decoded token goes through every
-layer in C (bitttt._core.Decoder, src_c/decode.c).
+mini-batch.  A prompt is read one layer at a time: GEMMs over all its tokens, then the inner
+loop in C token by token, heads in parallel (the same arithmetic as decoding, so a prompt read
+at once or token by token gives the same bits); a decoded token goes through every layer in
+one C call (bitttt._core.Decoder, src_c/decode.c).
 
     from bitttt.session import InferenceModel
     m = InferenceModel.from_checkpoint("runs/default/checkpoints/best.safetensors")
@@ -35,8 +36,6 @@ from .checkpoint import CheckpointError, read_safetensors, write_safetensors
 from .config import BitLlamaConfig
 from .layers.norms import layernorm_forward, rmsnorm_forward
 from .layers.rope import rope_apply, rope_tables
-from .layers.swiglu import _sigmoid
-from .layers.ttt import inner_loss_grad
 from .ternary import PackedTernary
 
 LN_EPS = 1e-6
@@ -72,12 +71,6 @@ class TTTState:
     @property
     def nbytes(self) -> int:
         return self.W0.nbytes + self.b0.nbytes + self.Kb.nbytes + self.Gb.nbytes + self.Sb.nbytes
-
-
-def _ln(z, gamma, beta):
-    mu = z.mean(axis=-1, keepdims=True)
-    d = z - mu
-    return d / np.sqrt((d * d).mean(axis=-1, keepdims=True) + np.float32(LN_EPS)) * gamma + beta
 
 
 def weights_id(config: BitLlamaConfig, params: dict[str, np.ndarray]) -> str:
@@ -241,43 +234,18 @@ class InferenceModel:
         H, f, K = cfg.num_heads, cfg.head_dim, cfg.mini_batch_size
         pre = f"layers.{li}."
         xq = self._quant(x)
-        q = self._linear(pre + "ttt.q_proj.weight", x, xq).reshape(T, H, f).transpose(1, 0, 2)
-        k = self._linear(pre + "ttt.k_proj.weight", x, xq).reshape(T, H, f).transpose(1, 0, 2)
-        v = self._linear(pre + "ttt.v_proj.weight", x, xq).reshape(T, H, f).transpose(1, 0, 2)
-        a = p[pre + "ttt.learnable_ttt_lr_weight"][:, 0, :]
-        z = kernels.sgemm(x, a, trans_b=True).T + p[pre + "ttt.learnable_ttt_lr_bias"]  # [H, T]
-        lr = _sigmoid(z) * np.float32(cfg.ttt_base_lr / f)
+        q = self._linear(pre + "ttt.q_proj.weight", x, xq).reshape(T, H, f)
+        k = self._linear(pre + "ttt.k_proj.weight", x, xq).reshape(T, H, f)
+        v = self._linear(pre + "ttt.v_proj.weight", x, xq)
         pos = (st.pos + np.arange(T)) % K
-        cos, sin = self.cos[pos], self.sin[pos]
-
-        q, k = rope_apply(q, cos, sin), rope_apply(k, cos, sin)
-        tok = self.tok_scale[li]
-        gamma = p[pre + "ttt.ttt_norm_weight"][:, None, :]
-        beta = p[pre + "ttt.ttt_norm_bias"][:, None, :]
-        W0, b0, Sb = st.W0[li], st.b0[li][:, None, :], st.Sb[li][:, None, :]
-        Kb, Gb = st.Kb[li], st.Gb[li]  # [H, K, f], written in place
-        out = np.empty((H, T, f), dtype=np.float32)
-        t, p0 = 0, st.pos
-        while t < T:
-            n = min(K - p0, T - t)
-            Q, Kx, V, L = q[:, t:t + n], k[:, t:t + n], v[:, t:t + n], lr[:, t:t + n]
-            G, _ = inner_loss_grad(Kx @ W0 + b0, V - Kx, gamma, beta)  # [H, n, f], at (W0, b0)
-            LG = L[:, :, None] * G  # lr_j g_j
-            Kb[:, p0:p0 + n], Gb[:, p0:p0 + n] = Kx, LG
-            tv = tok[p0:p0 + n][None, :, None]  # [1, n, 1]
-            A = (Q @ Kb[:, :p0 + n].transpose(0, 2, 1)) * np.tri(n, p0 + n, p0, dtype=np.float32)  # q_i . k_j, j <= i
-            zb = Q @ W0 + b0 - tv * (A @ Gb[:, :p0 + n] + Sb + np.cumsum(LG, axis=1))
-            out[:, t:t + n] = Q + _ln(zb, gamma, beta)
-            Sb = Sb + LG.sum(axis=1, keepdims=True)
-            p0 += n
-            t += n
-            if p0 == K:  # the mini-batch is complete: its last token's inner model carries on
-                W0 = W0 - tok[K - 1] * (Kb.transpose(0, 2, 1) @ Gb)
-                b0 = b0 - tok[K - 1] * Sb
-                Sb = np.zeros_like(Sb)
-                p0 = 0
-        st.W0[li], st.b0[li], st.Sb[li] = W0, b0[:, 0], Sb[:, 0]
-        merged = np.ascontiguousarray(out.transpose(1, 0, 2).reshape(T, D))
+        cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]
+        q = rope_apply(q, cos, sin).reshape(T, D)
+        k = rope_apply(k, cos, sin).reshape(T, D)
+        merged = np.empty((T, D), dtype=np.float32)  # the inner loop in C, token by token, heads in parallel
+        _core.ttt_prefill(st.pos, q, k, v, x, p[pre + "ttt.learnable_ttt_lr_weight"][:, 0, :],
+                          p[pre + "ttt.learnable_ttt_lr_bias"].reshape(-1), cfg.ttt_base_lr / f, self.tok_scale[li],
+                          p[pre + "ttt.ttt_norm_weight"],
+                          p[pre + "ttt.ttt_norm_bias"], st.W0[li], st.b0[li], st.Kb[li], st.Gb[li], st.Sb[li], merged)
         normed, _ = layernorm_forward(merged, p[pre + "ttt.post_norm.weight"], p[pre + "ttt.post_norm.bias"], LN_EPS)
         return self._linear(pre + "ttt.o_proj.weight", np.ascontiguousarray(normed))
 

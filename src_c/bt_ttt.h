@@ -64,4 +64,18 @@ void bt_ttt_decode_heads(int64_t h0, int64_t h1, int64_t f, int64_t K, int64_t p
                          const float *v, const float *lr, float tok, const float *gamma, const float *beta, float *W0,
                          float *b0, float *Kb, float *Gb, float *Sb, float *out, float *scratch);
 
+/* T tokens in a row (a prompt), the first at mini-batch position pos0, token by token as
+ * bt_ttt_decode (the same arithmetic, so reading a prompt at once or token by token gives
+ * the same bits), heads in parallel.  q, k, v, out: [T, H * f] (heads side by side, q and k
+ * already rotated); xn: [T, H * f] the normalized layer input the learning rates read
+ * (bt_ttt_lr with lr_w [H, H * f], lr_b [H]); tok: [K] the position scales. */
+void bt_ttt_prefill(int64_t H, int64_t f, int64_t K, int64_t pos0, int64_t T, const float *q, const float *k,
+                    const float *v, const float *xn, const float *lr_w, const float *lr_b, float lr_scale,
+                    const float *tok, const float *gamma, const float *beta, float *W0, float *b0, float *Kb,
+                    float *Gb, float *Sb, float *out, float *scratch);
+
+/* A head's inner learning rate for one token: scale * sigmoid(x . w + b), x and w [D]; the dot
+ * product in a fixed order of eight partial sums (decoding and prefill share it). */
+float bt_ttt_lr(const float *x, const float *w, float b, int64_t D, float scale);
+
 #endif /* BT_TTT_H */

@@ -125,11 +125,7 @@ int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_d
             part(H, nth, tid, 1, &h0, &h1);
             const float *cs = d->cos + pos * (f / 2), *sn = d->sin + pos * (f / 2);
             for (int64_t h = h0; h < h1; h++) {
-                const float *w = l->lr_w + h * D;
-                float z = 0.0f;
-                for (int64_t c = 0; c < D; c++) z += b.xn[c] * w[c];
-                z += l->lr_b[h];
-                b.lr[h] = d->lr_scale * (0.5f + 0.5f * tanhf(0.5f * z));
+                b.lr[h] = bt_ttt_lr(b.xn, l->lr_w + h * D, l->lr_b[h], D, d->lr_scale);
                 rope1(b.q + h * f, f, cs, sn);
                 rope1(b.k + h * f, f, cs, sn);
             }

@@ -30,6 +30,16 @@ static float ln_rows(const float *z, int64_t f, float *xh) {
     return r;
 }
 
+float bt_ttt_lr(const float *x, const float *w, float b, int64_t D, float scale) {
+    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    const int64_t D8 = D & ~(int64_t)7;
+    for (int64_t c = 0; c < D8; c += 8)
+        for (int j = 0; j < 8; j++) acc[j] += x[c + j] * w[c + j];
+    for (int64_t c = D8; c < D; c++) acc[c - D8] += x[c] * w[c];
+    const float z = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + b;
+    return scale * (0.5f + 0.5f * tanhf(0.5f * z));
+}
+
 static void decode_head(int64_t f, int64_t K, int64_t pos, const float *q, const float *k, const float *v, float lr,
                         float tok, const float *gamma, const float *beta, float *W0, float *b0, float *Kb, float *Gb,
                         float *Sb, int commit, float *out, float *zk, float *zq, float *xh) {
@@ -99,6 +109,30 @@ void bt_ttt_decode_heads(int64_t h0, int64_t h1, int64_t f, int64_t K, int64_t p
                     W0 + h * f * f, b0 + h * f, Kb + h * K * f, Gb + h * K * f, Sb + h * f, commit, out + h * f,
                     sc, sc + f, sc + 2 * f);
     }
+}
+
+void bt_ttt_prefill(int64_t H, int64_t f, int64_t K, int64_t pos0, int64_t T, const float *q, const float *k,
+                    const float *v, const float *xn, const float *lr_w, const float *lr_b, float lr_scale,
+                    const float *tok, const float *gamma, const float *beta, float *W0, float *b0, float *Kb,
+                    float *Gb, float *Sb, float *out, float *scratch) {
+    const int64_t D = H * f;
+    int nt = bt_get_threads();
+    if (nt > H) nt = (int)H;
+    if (H * f * f * T < 65536) nt = 1;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#endif
+    for (int64_t h = 0; h < H; h++) { /* head by head: its W0 stays in cache over the tokens */
+        float *sc = scratch + h * 3 * f;
+        for (int64_t t = 0; t < T; t++) {
+            const int64_t pos = (pos0 + t) % K;
+            const float lr = bt_ttt_lr(xn + t * D, lr_w + h * D, lr_b[h], D, lr_scale);
+            decode_head(f, K, pos, q + t * D + h * f, k + t * D + h * f, v + t * D + h * f, lr, tok[pos],
+                        gamma + h * f, beta + h * f, W0 + h * f * f, b0 + h * f, Kb + h * K * f, Gb + h * K * f,
+                        Sb + h * f, pos == K - 1, out + t * D + h * f, sc, sc + f, sc + 2 * f);
+        }
+    }
+    (void)nt;
 }
 
 void bt_ttt_decode(int64_t H, int64_t f, int64_t K, int64_t pos, const float *q, const float *k, const float *v,
