@@ -14,9 +14,10 @@
 #endif
 
 #define DEC_EPS 1e-6f
+#define DEC_JB 32 /* columns per register block */
 
 /* LayerNorm of z [f] with weight/bias: returns 1/sqrt(var + eps); xh = (z - mean) * r. */
-static float ln_rows(const float *z, int64_t f, float *xh) {
+static float ln_rows(const float *restrict z, int64_t f, float *restrict xh) {
     float mu = 0.0f;
     for (int64_t j = 0; j < f; j++) mu += z[j];
     mu /= (float)f;
@@ -40,21 +41,44 @@ float bt_ttt_lr(const float *x, const float *w, float b, int64_t D, float scale)
     return scale * (0.5f + 0.5f * tanhf(0.5f * z));
 }
 
-static void decode_head(int64_t f, int64_t K, int64_t pos, const float *q, const float *k, const float *v, float lr,
-                        float tok, const float *gamma, const float *beta, float *W0, float *b0, float *Kb, float *Gb,
-                        float *Sb, int commit, float *out, float *zk, float *zq, float *xh) {
-    /* zk = k W0 + b0 and zq = q W0 in one pass over W0 */
-    for (int64_t j = 0; j < f; j++) {
-        zk[j] = b0[j];
-        zq[j] = 0.0f;
-    }
-    for (int64_t i = 0; i < f; i++) {
-        const float ki = k[i], qi = q[i];
-        const float *w = W0 + i * f;
-        for (int64_t j = 0; j < f; j++) {
-            zk[j] += ki * w[j];
-            zq[j] += qi * w[j];
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+static void decode_head(int64_t f, int64_t K, int64_t pos, const float *restrict q, const float *restrict k,
+                        const float *restrict v, float lr, float tok, const float *restrict gamma,
+                        const float *restrict beta, float *restrict W0, float *restrict b0, float *restrict Kb,
+                        float *restrict Gb, float *restrict Sb, int commit, float *restrict out, float *restrict zk,
+                        float *restrict zq, float *restrict xh) {
+    /* zk = k W0 + b0 and zq = q W0 in one pass over W0: columns in blocks of DEC_JB kept in
+     * registers while i runs (each sum still taken in order of i) */
+    int64_t j0 = 0;
+    for (; j0 + DEC_JB <= f; j0 += DEC_JB) {
+        float ak[DEC_JB], aq[DEC_JB];
+        for (int jj = 0; jj < DEC_JB; jj++) {
+            ak[jj] = b0[j0 + jj];
+            aq[jj] = 0.0f;
         }
+        for (int64_t i = 0; i < f; i++) {
+            const float ki = k[i], qi = q[i];
+            const float *w = W0 + i * f + j0;
+            for (int jj = 0; jj < DEC_JB; jj++) {
+                ak[jj] += ki * w[jj];
+                aq[jj] += qi * w[jj];
+            }
+        }
+        for (int jj = 0; jj < DEC_JB; jj++) {
+            zk[j0 + jj] = ak[jj];
+            zq[j0 + jj] = aq[jj];
+        }
+    }
+    for (int64_t j = j0; j < f; j++) {
+        float ak = b0[j], aq = 0.0f;
+        for (int64_t i = 0; i < f; i++) {
+            ak += k[i] * W0[i * f + j];
+            aq += q[i] * W0[i * f + j];
+        }
+        zk[j] = ak;
+        zq[j] = aq;
     }
     /* g = lr r / f (f gxh - sum gxh - xh sum(gxh xh)), gxh = (gamma xh + beta - (v - k)) gamma */
     const float r = ln_rows(zk, f, xh);
@@ -86,11 +110,19 @@ static void decode_head(int64_t f, int64_t K, int64_t pos, const float *q, const
     if (commit) { /* W0 -= tok sum_t k_t^T g_t, b0 -= tok Sb; the sums restart */
         for (int64_t i = 0; i < f; i++) {
             float *w = W0 + i * f;
-            for (int64_t t = 0; t < K; t++) {
-                const float a = tok * Kb[t * f + i];
-                const float *gt = Gb + t * f;
-                for (int64_t j = 0; j < f; j++) w[j] -= a * gt[j];
+            int64_t c0 = 0;
+            for (; c0 + DEC_JB <= f; c0 += DEC_JB) { /* a block of the row stays in registers over t */
+                float acc[DEC_JB];
+                for (int jj = 0; jj < DEC_JB; jj++) acc[jj] = w[c0 + jj];
+                for (int64_t t = 0; t < K; t++) {
+                    const float a = tok * Kb[t * f + i];
+                    const float *gt = Gb + t * f + c0;
+                    for (int jj = 0; jj < DEC_JB; jj++) acc[jj] -= a * gt[jj];
+                }
+                for (int jj = 0; jj < DEC_JB; jj++) w[c0 + jj] = acc[jj];
             }
+            for (int64_t j = c0; j < f; j++)
+                for (int64_t t = 0; t < K; t++) w[j] -= (tok * Kb[t * f + i]) * Gb[t * f + j];
         }
         for (int64_t j = 0; j < f; j++) {
             b0[j] -= tok * Sb[j];
