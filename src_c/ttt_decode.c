@@ -48,10 +48,27 @@ static void decode_head(int64_t f, int64_t K, int64_t pos, const float *restrict
                         const float *restrict v, float lr, float tok, const float *restrict gamma,
                         const float *restrict beta, float *restrict W0, float *restrict b0, float *restrict Kb,
                         float *restrict Gb, float *restrict Sb, int commit, float *restrict out, float *restrict zk,
-                        float *restrict zq, float *restrict xh) {
-    /* zk = k W0 + b0 and zq = q W0 in one pass over W0: columns in blocks of DEC_JB kept in
-     * registers while i runs (each sum still taken in order of i) */
+                        float *restrict zq, float *restrict xh, int stream) {
+    /* zk = k W0 + b0 and zq = q W0 in one pass over W0, each sum in order of i.  A W0 read once
+     * (one decoded token: it comes from memory) is walked row after row, a stream; a W0 read
+     * for many tokens (a prompt: it stays in cache) in blocks of DEC_JB columns kept in
+     * registers while i runs.  Both orders give the same bits. */
     int64_t j0 = 0;
+    if (stream) {
+        for (int64_t j = 0; j < f; j++) {
+            zk[j] = b0[j];
+            zq[j] = 0.0f;
+        }
+        for (int64_t i = 0; i < f; i++) {
+            const float ki = k[i], qi = q[i];
+            const float *restrict w = W0 + i * f;
+            for (int64_t j = 0; j < f; j++) {
+                zk[j] += ki * w[j];
+                zq[j] += qi * w[j];
+            }
+        }
+        j0 = f;
+    }
     for (; j0 + DEC_JB <= f; j0 += DEC_JB) {
         float ak[DEC_JB], aq[DEC_JB];
         for (int jj = 0; jj < DEC_JB; jj++) {
@@ -139,7 +156,7 @@ void bt_ttt_decode_heads(int64_t h0, int64_t h1, int64_t f, int64_t K, int64_t p
         float *sc = scratch + h * 3 * f;
         decode_head(f, K, pos, q + h * f, k + h * f, v + h * f, lr[h], tok, gamma + h * f, beta + h * f,
                     W0 + h * f * f, b0 + h * f, Kb + h * K * f, Gb + h * K * f, Sb + h * f, commit, out + h * f,
-                    sc, sc + f, sc + 2 * f);
+                    sc, sc + f, sc + 2 * f, 1);
     }
 }
 
@@ -161,7 +178,7 @@ void bt_ttt_prefill(int64_t H, int64_t f, int64_t K, int64_t pos0, int64_t T, co
             const float lr = bt_ttt_lr(xn + t * D, lr_w + h * D, lr_b[h], D, lr_scale);
             decode_head(f, K, pos, q + t * D + h * f, k + t * D + h * f, v + t * D + h * f, lr, tok[pos],
                         gamma + h * f, beta + h * f, W0 + h * f * f, b0 + h * f, Kb + h * K * f, Gb + h * K * f,
-                        Sb + h * f, pos == K - 1, out + t * D + h * f, sc, sc + f, sc + 2 * f);
+                        Sb + h * f, pos == K - 1, out + t * D + h * f, sc, sc + f, sc + 2 * f, T == 1);
         }
     }
     (void)nt;
