@@ -1,6 +1,7 @@
 """Decode and prefill speed of a packed model against the memory roofline.
 
     python bench/bench_decode.py [--threads 1 2] [--decode 64] [--no-append]
+                                 [--llama-bench BIN --gguf FILE]
 
 Model: random ternary weights in the shape of the llama.cpp comparison in issue 5: D = 2048,
 8 layers, 16 heads, I = 5632, V = 32000, K = 16, int8 LM head (the export's default).  The
@@ -11,6 +12,9 @@ Roofline: bytes read per decoded token (packed BitLinear weights + the int8 head
 norms, TTT parameters, the TTT state (with W0's rewrite once per mini-batch, spread over its
 tokens) and the one embedding row are included too) over the read bandwidth measured
 in the same process (bitttt's probe).  Prefill: tokens/s reading 128 and 512-token prompts.
+With --llama-bench and --gguf (a llama.cpp model of the same shape, TQ2_0 linear layers and a
+Q8_0 head: bench/make_gguf.py says how to make one), llama.cpp's llama-bench runs right after
+each of our workers on the same thread count, and the ratios are printed beside.
 Peak RSS of the whole process (interpreter included) over a 16-token prompt and `--long`
 decoded tokens, measured before the prefill runs, must stay below the file size + 100 MB.
 """
@@ -130,12 +134,27 @@ def worker(args) -> dict:
     return out
 
 
+def run_llama(binary: str, gguf: str, threads: int, decode: int) -> dict:
+    """llama-bench's tokens/s for a 128 and a 512-token prompt and `decode` generated tokens."""
+    cmd = [binary, "-m", gguf, "-t", str(threads), "-p", "128,512", "-n", str(decode), "-r", "3", "-o", "json"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"llama-bench failed:\n{r.stderr[-2000:]}")
+    out = {}
+    for row in json.loads(r.stdout):
+        key = "decode" if row["n_gen"] else f"pp{row['n_prompt']}"
+        out[key] = float(row["avg_ts"])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--decode", type=int, default=64, help="decode steps timed (median)")
     ap.add_argument("--long", type=int, default=10000, help="tokens decoded for the memory check")
     ap.add_argument("--file", default=os.path.join(CACHE, "decode_2048x8_v32000.safetensors"))
+    ap.add_argument("--llama-bench", help="llama.cpp's llama-bench binary, for a same-run comparison")
+    ap.add_argument("--gguf", help="the llama.cpp model for --llama-bench (bench/make_gguf.py)")
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -146,7 +165,9 @@ def main() -> None:
     if not os.path.exists(args.file):
         print(f"building {args.file} ...", flush=True)
         build(args.file)
-    rows = []
+    if bool(args.llama_bench) != bool(args.gguf):
+        sys.exit("--llama-bench and --gguf go together")
+    rows, llama = [], []
     for t in args.threads:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--threads", str(t), "--decode",
                str(args.decode), "--long", str(args.long), "--file", args.file]
@@ -154,6 +175,8 @@ def main() -> None:
         if r.returncode:
             sys.exit(f"worker failed:\n{r.stderr}")
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        if args.llama_bench:
+            llama.append(run_llama(args.llama_bench, args.gguf, t, args.decode))
     lines = ["| threads | decode tok/s | roofline tok/s | of roofline | prefill 128 tok/s | prefill 512 tok/s | "
              "read GB/s | MB/token | peak RSS MiB (file MiB) | RSS growth over decode MiB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -163,6 +186,15 @@ def main() -> None:
                      f"{r['prefill512_tps']:.1f} | "
                      f"{r['bandwidth_gbs']:.1f} | {r['bytes_per_token'] / 1e6:.1f} | {r['peak_rss_mb']:.0f} "
                      f"({r['file_mb']:.0f}) | {r['rss_growth_mb']:.1f} |")
+    if llama:
+        lines += ["", "llama.cpp (llama-bench; TQ2_0 linear layers, Q8_0 head, F16 embedding), run right after ours:",
+                  "",
+                  "| threads | llama.cpp decode | bitttt / llama.cpp | llama.cpp pp128 | bitttt / llama.cpp | "
+                  "llama.cpp pp512 | bitttt / llama.cpp |", "|---|---|---|---|---|---|---|"]
+        for r, ll in zip(rows, llama):
+            lines.append(f"| {r['threads']} | {ll['decode']:.1f} | {r['decode_tps'] / ll['decode']:.2f}x | "
+                         f"{ll['pp128']:.1f} | {r['prefill128_tps'] / ll['pp128']:.2f}x | {ll['pp512']:.1f} | "
+                         f"{r['prefill512_tps'] / ll['pp512']:.2f}x |")
     print("\n".join(lines))
     if args.no_append:
         return
@@ -173,11 +205,12 @@ def main() -> None:
     cpu = machine()
     head = [f"\n## bench_decode -- {datetime.datetime.now():%Y-%m-%d %H:%M}\n",
             f"- machine: {cpu}, kernel {bitttt.cpu_info()['kernel']}",
-            f"- command: `python bench/bench_decode.py --decode {args.decode} --long {args.long}`",
+            f"- command: `python bench/bench_decode.py --decode {args.decode} --long {args.long}"
+            + (" --llama-bench BIN --gguf FILE" if llama else "") + "`",
             "- model: D=2048, 8 layers, H=16, I=5632, V=32000, K=16, random ternary weights, int8 head; "
             f"decode = median of {args.decode} steps; memory check over {args.long} decoded tokens",
-            "- llama.cpp reference (issue 5, TQ2_0 + Q8_0 head, another machine): decode 116-121 (1 thread), "
-            "152-154 (2); prefill 128: 198 and 390 tokens/s", ""]
+            "- llama.cpp figures quoted in issue 5 (TQ2_0 + Q8_0 head, measured on another machine): decode "
+            "116-121 (1 thread), 152-154 (2); prefill 128: 198 and 390 tokens/s", ""]
     with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
         f.write("\n".join(head + lines) + "\n")
     print(f"appended to {os.path.join(HERE, 'RESULTS.md')}")
