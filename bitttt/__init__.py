@@ -11,7 +11,10 @@ Public API:
   bitttt.data.prepare, bitttt.loader     token files and the memory-mapped batch loader
   bitttt.monitor.Monitor                 RAM / CPU / GPU use
 """
-from . import layers  # bitttt.layers.TTTLinear
+from . import (
+    _omp_env,  # noqa: F401  (before the C core loads libgomp)
+    layers,  # bitttt.layers.TTTLinear
+)
 from .config import BitLlamaConfig
 from .kernels import bitlinear, dot_i8, gemm_i8, matmul, matmul_t, quantize_activations, sgemm
 from .model import BitLlama
