@@ -524,11 +524,18 @@ cdef extern from "bt_decode.h":
         const float *Wf
         int64_t V
     size_t bt_decode_scratch_floats(const bt_dec_dims *d)
+    double bt_decode_min_parallel_bytes(double bytes)
     int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_dec_state *states, int64_t L,
                         int64_t pos, float *x, const bt_dec_head *hd, float *logits, float *scratch) nogil
 
 
 from libc.stdlib cimport calloc, free
+
+
+def decode_min_parallel_bytes(double nbytes=-1.0):
+    """Weights per token below which decoding runs on one thread; sets it when nbytes >= 0.
+    Returns the previous value."""
+    return bt_decode_min_parallel_bytes(nbytes)
 
 
 cdef const float *_fptr(object keep, object arr, int64_t n, str name) except NULL:

@@ -60,4 +60,8 @@ typedef struct {
 int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_dec_state *states, int64_t L,
                     int64_t pos, float *x, const bt_dec_head *hd, float *logits, float *scratch);
 
+/* Below this many bytes of weights per token (default 16 MiB) bt_decode_token runs on one
+ * thread.  Sets it when bytes >= 0; returns the previous value (tests lower it to 0). */
+double bt_decode_min_parallel_bytes(double bytes);
+
 #endif /* BT_DECODE_H */

@@ -16,6 +16,14 @@
 
 #define DEC_LN_EPS 1e-6f
 
+static double min_parallel_bytes = 16.0 * 1024 * 1024;
+
+double bt_decode_min_parallel_bytes(double bytes) {
+    const double old = min_parallel_bytes;
+    if (bytes >= 0.0) min_parallel_bytes = bytes;
+    return old;
+}
+
 static int64_t up16(int64_t n) { return (n + 15) & ~(int64_t)15; }
 
 size_t bt_decode_scratch_floats(const bt_dec_dims *d) {
@@ -92,6 +100,16 @@ int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_d
     int err = BT_OK;
     int nt = bt_get_threads();
     if (nt > H) nt = (int)H;
+    /* A small model's token is a few hundred microseconds of work: the ~10 barriers per layer
+     * would cost more than a second thread gains (and far more on cores shared with another
+     * program), so below bt_decode_min_parallel_bytes of weights per token it runs on one thread. */
+    double bytes = hd ? (double)hd->V * (double)D * (hd->Wq ? 1.0 : 4.0) : 0.0;
+    for (int64_t li = 0; li < L; li++) {
+        const bt_ternary *ws[7] = {&layers[li].wq, &layers[li].wk, &layers[li].wv, &layers[li].wo,
+                                   &layers[li].wgate, &layers[li].wup, &layers[li].wdown};
+        for (int j = 0; j < 7; j++) bytes += (double)ws[j]->rows * (double)ws[j]->stride;
+    }
+    if (bytes < min_parallel_bytes) nt = 1;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif

@@ -76,6 +76,7 @@ def test_decode_does_not_depend_on_thread_count():
     im = InferenceModel.from_model(_model(True, seed=9))
     ids = np.random.default_rng(3).integers(0, 300, 19)
     runs, old = [], bitttt.get_num_threads()
+    floor = bitttt._core.decode_min_parallel_bytes(0)  # this small model would run on one thread
     try:
         for n in (1, 2, 3):
             bitttt.set_num_threads(n)
@@ -84,6 +85,7 @@ def test_decode_does_not_depend_on_thread_count():
             runs.append((np.stack([im.feed(st, [t]) for t in ids[5:]]), st))
     finally:
         bitttt.set_num_threads(old)
+        bitttt._core.decode_min_parallel_bytes(floor)
     for logits, st in runs[1:]:
         assert np.array_equal(logits, runs[0][0])
         for name in ("W0", "b0", "Kb", "Gb", "Sb"):
