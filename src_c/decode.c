@@ -70,14 +70,6 @@ static void rope1(float *x, int64_t f, const float *c, const float *s) {
     }
 }
 
-/* [0, n) split in nth parts on multiples of `grain`: part tid is [*lo, *hi). */
-static void part(int64_t n, int nth, int tid, int64_t grain, int64_t *lo, int64_t *hi) {
-    const int64_t units = (n + grain - 1) / grain;
-    const int64_t a = units * tid / nth, b = units * (tid + 1) / nth;
-    *lo = a * grain < n ? a * grain : n;
-    *hi = b * grain < n ? b * grain : n;
-}
-
 /* Quantize x [K] into the shared int8 buffer (padded to whole blocks). */
 static int quant1(const float *x, int64_t K, dec_bufs *b) {
     return bt_quantize_act(x, 1, K, K, b->q8, bt_padded_cols(K), b->a, b->sums);
@@ -85,7 +77,7 @@ static int quant1(const float *x, int64_t K, dec_bufs *b) {
 
 static void gemv_rows(const bt_ternary *w, const dec_bufs *b, int nth, int tid, float *y) {
     int64_t n0, n1;
-    part(w->rows, nth, tid, 4, &n0, &n1);
+    bt_split(w->rows, nth, tid, 4, &n0, &n1);
     bt_gemm_i8_rows(w, b->q8, bt_padded_cols(w->cols), b->sums, b->a, 1, n0, n1, y, w->rows);
 }
 
@@ -140,7 +132,7 @@ int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_d
 #endif
             /* per head: learning rate, RoPE, the inner step */
             int64_t h0, h1;
-            part(H, nth, tid, 1, &h0, &h1);
+            bt_split(H, nth, tid, 1, &h0, &h1);
             const float *cs = d->cos + pos * (f / 2), *sn = d->sin + pos * (f / 2);
             for (int64_t h = h0; h < h1; h++) {
                 b.lr[h] = bt_ttt_lr(b.xn, l->lr_w + h * D, l->lr_b[h], D, d->lr_scale);
@@ -173,7 +165,7 @@ int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_d
             if (err) break;
             {
                 int64_t n0, n1;
-                part(I, nth, tid, 4, &n0, &n1);
+                bt_split(I, nth, tid, 4, &n0, &n1);
                 const int64_t kp = bt_padded_cols(D);
                 bt_gemm_i8_rows(&l->wgate, b.q8, kp, b.sums, b.a, 1, n0, n1, b.g, I);
                 bt_gemm_i8_rows(&l->wup, b.q8, kp, b.sums, b.a, 1, n0, n1, b.u, I);
@@ -206,7 +198,7 @@ int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_d
             }
             if (!err) {
                 int64_t n0, n1;
-                part(hd->V, nth, tid, 16, &n0, &n1);
+                bt_split(hd->V, nth, tid, 16, &n0, &n1);
                 bt_gemm_s8_rows(hd->Wq, D, hd->wscale, n0, n1, D, b.q8, D, b.a, 1, logits, hd->V);
             }
         }

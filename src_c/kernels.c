@@ -44,14 +44,6 @@ static int threads_for(double work, int64_t units) {
     return nt;
 }
 
-/* Split [0, n) in `parts` contiguous ranges, boundaries multiples of `grain`. */
-static void split(int64_t n, int parts, int idx, int64_t grain, int64_t *lo, int64_t *hi) {
-    int64_t units = (n + grain - 1) / grain;
-    int64_t a = units * idx / parts, b = units * (idx + 1) / parts;
-    *lo = a * grain < n ? a * grain : n;
-    *hi = b * grain < n ? b * grain : n;
-}
-
 static void to_float(const bt_ternary *w, const float *a, int64_t M, int64_t n0, int64_t n1,
                      float *y, int64_t ldy) {
     for (int64_t m = 0; m < M; m++) {
@@ -82,7 +74,7 @@ static void gemm_i8_padded(const bt_ternary *w, const int8_t *xq, int64_t ldq, c
         cnt = omp_get_num_threads();
 #endif
         int64_t n0, n1;
-        split(N, cnt, tid, 4, &n0, &n1);
+        bt_split(N, cnt, tid, 4, &n0, &n1);
         if (n1 > n0) {
             fn(w, xq, ldq, sums, M, n0, n1, raw, ldo);
             if (a) to_float(w, a, M, n0, n1, (float *)out, ldo);
@@ -253,7 +245,7 @@ static int panel_driver_ex(const void *ctx, fill_fn fill, const float *A, int64_
         cnt = omp_get_num_threads();
 #endif
         int64_t q0, q1;
-        split(npanels, cnt, tid, 1, &q0, &q1);
+        bt_split(npanels, cnt, tid, 1, &q0, &q1);
         const int gmax = q1 - q0 < group ? (int)(q1 - q0) : group;
         float *B = NULL;
         if (q1 > q0) {

@@ -276,11 +276,6 @@ typedef void (*xe_fn)(const float *, const int64_t *, const float *, int64_t, in
 #endif
 
 /* [0, n) cut in `parts` contiguous ranges; range `idx`. */
-static void range_of(int64_t n, int parts, int idx, int64_t *lo, int64_t *hi) {
-    *lo = n * idx / parts;
-    *hi = n * (idx + 1) / parts;
-}
-
 #ifdef _OPENMP
 #define TID omp_get_thread_num()
 #define NTH omp_get_num_threads()
@@ -294,7 +289,7 @@ static void range_of(int64_t n, int parts, int idx, int64_t *lo, int64_t *hi) {
 #define RANGES(N, STMT)                                                             \
     _Pragma("omp parallel num_threads(nt) if (nt > 1)") {                           \
         int64_t lo, hi;                                                             \
-        range_of(N, NTH, TID, &lo, &hi);                                            \
+        bt_split(N, NTH, TID, 1, &lo, &hi);                                            \
         STMT;                                                                       \
     }
 #else
@@ -302,7 +297,7 @@ static void range_of(int64_t n, int parts, int idx, int64_t *lo, int64_t *hi) {
     {                                                                               \
         int64_t lo, hi;                                                             \
         (void)nt;                                                                   \
-        range_of(N, 1, 0, &lo, &hi);                                                \
+        bt_split(N, 1, 0, 1, &lo, &hi);                                                \
         STMT;                                                                       \
     }
 #endif
