@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 
 import numpy as np
 
@@ -150,6 +151,7 @@ class InferenceModel:
             for name in self.lin:
                 p.pop(name, None)
         self._dec = self._decoder() if config.ternary else None
+        self._dec_lock = threading.Lock()  # the decoder's scratch is shared: one token at a time
 
     def _decoder(self):
         """The C decode path (one call per layer): packed weights and float parameters by pointer."""
@@ -271,7 +273,8 @@ class InferenceModel:
         eps = cfg.rms_norm_eps
         if ids.size == 1 and self._dec is not None:  # decoding: every layer in C
             logits = np.empty(cfg.vocab_size, dtype=np.float32)
-            self._dec.step(x.reshape(-1), st.W0, st.b0, st.Kb, st.Gb, st.Sb, st.pos, logits)
+            with self._dec_lock:
+                self._dec.step(x.reshape(-1), st.W0, st.b0, st.Kb, st.Gb, st.Sb, st.pos, logits)
             st.pos = (st.pos + 1) % cfg.mini_batch_size
             st.n_tokens += 1
             if not np.isfinite(logits).all():

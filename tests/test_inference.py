@@ -92,6 +92,37 @@ def test_decode_does_not_depend_on_thread_count():
             assert np.array_equal(getattr(st, name), getattr(runs[0][1], name)), name
 
 
+def test_sessions_decode_in_parallel_threads():
+    """Sessions of one model in several Python threads (the decoder releases the GIL and has
+    one scratch buffer): each gets what it gets alone."""
+    import threading
+
+    im = InferenceModel.from_model(_model(True, seed=10))
+    prompts = [np.random.default_rng(s).integers(0, 300, 7) for s in range(4)]
+
+    def run(p):
+        st = im.new_state()
+        logits = im.feed(st, p)
+        out = []
+        for _ in range(25):
+            out.append(int(np.argmax(logits)))
+            logits = im.feed(st, [out[-1]])
+        return out
+
+    alone = [run(p) for p in prompts]
+    got = [None] * 4
+
+    def work(i):
+        got[i] = run(prompts[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == alone
+
+
 def test_greedy_decode_equals_full_forward_argmax():
     m = _model(True, seed=3)
     im = InferenceModel.from_model(m)
