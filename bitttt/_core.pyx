@@ -488,11 +488,6 @@ def ttt_prefill(int64_t pos0, const float[:, ::1] q, const float[:, ::1] k, cons
                        &scratch[0])
 
 
-cdef extern from "bt_kernels.h":
-    int bt_gemm_i8_sums(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums, const float *a,
-                        int64_t M, float *y, int64_t ldy) nogil
-
-
 cdef extern from "bt_decode.h":
     ctypedef struct bt_dec_dims:
         int64_t D, H, f, I, K

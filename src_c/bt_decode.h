@@ -7,7 +7,7 @@
  *   q, k, v = xq . Wq^T, Wk^T, Wv^T              (packed ternary, exact int8 sums)
  *   lr[h] = lr_scale * sigmoid(n . lr_w[h] + lr_b[h])      (reads n unquantized)
  *   q, k rotated by RoPE at position pos         (cos, sin: [K, f / 2])
- *   o = bt_ttt_decode(...)                        (state updated in place)
+ *   o = bt_ttt_decode_heads(...)                  (state updated in place)
  *   x += Qa(LN(o; post_w, post_b)) . Wo^T
  *   n = RMSNorm(x; norm2);  x += Qa(silu(Qa(n) Wg^T) * (Qa(n) Wu^T)) . Wd^T
  * Every buffer comes from the caller's scratch (bt_decode_scratch_floats): nothing is

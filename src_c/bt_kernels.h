@@ -36,14 +36,10 @@ int bt_gemm_i8(const bt_ternary *w, const int8_t *xq, int64_t M, int64_t ldx, co
 int bt_bitlinear(const bt_ternary *w, const float *x, int64_t M, int64_t ldx, float *y, int64_t ldy,
                  float *a);
 
-/* bt_gemm_i8 on activations already padded to whole blocks, with their row sums (as
- * bt_quantize_act writes them into a buffer of pitch ldq >= bt_padded_cols(K)): no
- * allocation, no copy.  BT_ERR_SHAPE if ldq is too small, BT_ERR_SCALE as above. */
-int bt_gemm_i8_sums(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums, const float *a,
-                    int64_t M, float *y, int64_t ldy);
-
-/* Rows [n0, n1) of bt_gemm_i8_sums on the calling thread (no threads of its own, no checks:
- * the caller has checked the scales).  For callers that split the rows themselves. */
+/* Rows [n0, n1) of bt_gemm_i8 on activations already padded to whole blocks, with their row
+ * sums (as bt_quantize_act writes them into a buffer of pitch ldq >= bt_padded_cols(K)), on
+ * the calling thread: no threads, no allocation, no checks (the caller has checked the
+ * scales).  For callers that split the rows themselves. */
 void bt_gemm_i8_rows(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums, const float *a,
                      int64_t M, int64_t n0, int64_t n1, float *y, int64_t ldy);
 

@@ -47,25 +47,20 @@ int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, float *saved, const f
                     float *dq, float *dk, float *dv, float *dlr, float *dtok, float *dW1, float *db1,
                     float *dgamma, float *dbeta);
 
-/* One decoded token through the inner loop of a layer, per head h < H (inference; see
- * bitttt/session.py for the state).  The token is number `pos` (0 <= pos < K) of its
+/* One decoded token through the inner loop of a layer, heads [h0, h1), on the calling thread
+ * (inference; see bitttt/session.py for the state).  The token is number `pos` (0 <= pos < K) of its
  * mini-batch; the mini-batch's gradient sum is kept as factors, SW = sum_{t<=pos} Kb_t^T Gb_t:
  *   g = lr d/dz of 1/2 ||LN(k W0 + b0) - (v - k)||^2;  Kb_pos = k, Gb_pos = g, Sb += g;
  *   out = q + LN(q W0 + b0 - tok (q SW + Sb)).
  * The last token of a mini-batch (pos = K - 1) commits: W0 -= tok SW, b0 -= tok Sb, Sb = 0.
  * q, k, v, gamma, beta, out, b0, Sb: [H, f]; W0: [H, f, f]; Kb, Gb: [H, K, f]; lr: [H];
- * scratch: [H, 3 f]. */
-void bt_ttt_decode(int64_t H, int64_t f, int64_t K, int64_t pos, const float *q, const float *k, const float *v,
-                   const float *lr, float tok, const float *gamma, const float *beta, float *W0, float *b0,
-                   float *Kb, float *Gb, float *Sb, float *out, float *scratch);
-
-/* The same for heads [h0, h1) on the calling thread (no threads of its own). */
+ * scratch: [H, 3 f] (head h uses its own part). */
 void bt_ttt_decode_heads(int64_t h0, int64_t h1, int64_t f, int64_t K, int64_t pos, const float *q, const float *k,
                          const float *v, const float *lr, float tok, const float *gamma, const float *beta, float *W0,
                          float *b0, float *Kb, float *Gb, float *Sb, float *out, float *scratch);
 
 /* T tokens in a row (a prompt), the first at mini-batch position pos0, token by token as
- * bt_ttt_decode (the same arithmetic, so reading a prompt at once or token by token gives
+ * bt_ttt_decode_heads (the same arithmetic, so reading a prompt at once or token by token gives
  * the same bits), heads in parallel.  q, k, v, out: [T, H * f] (heads side by side, q and k
  * already rotated); xn: [T, H * f] the normalized layer input the learning rates read
  * (bt_ttt_lr with lr_w [H, H * f], lr_b [H]); tok: [K] the position scales. */

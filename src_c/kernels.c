@@ -118,15 +118,6 @@ void bt_gemm_i8_rows(const bt_ternary *w, const int8_t *xq, int64_t ldq, const i
     to_float(w, a, M, n0, n1, y, ldy);
 }
 
-int bt_gemm_i8_sums(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums, const float *a,
-                    int64_t M, float *y, int64_t ldy) {
-    if (M <= 0) return BT_OK;
-    if (ldq < bt_padded_cols(w->cols)) return BT_ERR_SHAPE;
-    if (check_scales(a, M) != BT_OK) return BT_ERR_SCALE;
-    gemm_i8_padded(w, xq, ldq, sums, a, M, y, ldy);
-    return BT_OK;
-}
-
 int bt_gemm_i8_raw(const bt_ternary *w, const int8_t *xq, int64_t M, int64_t ldx, int32_t *out,
                    int64_t ldo) {
     return gemm_i8_impl(w, xq, M, ldx, NULL, out, ldo);

@@ -1,4 +1,5 @@
-/* ttt_decode.c -- one token through a TTT-Linear inner loop (bt_ttt_decode in bt_ttt.h).
+/* ttt_decode.c -- tokens through a TTT-Linear inner loop at inference (bt_ttt_decode_heads,
+ * bt_ttt_prefill in bt_ttt.h).
  *
  * The mini-batch's gradient sum SW = sum_j k_j^T g_j is kept as its factors (the rows k_j
  * in Kb, g_j in Gb, j < pos): a token then reads W0 once (for k W0 and q W0 together) and
@@ -181,19 +182,5 @@ void bt_ttt_prefill(int64_t H, int64_t f, int64_t K, int64_t pos0, int64_t T, co
                         Sb + h * f, pos == K - 1, out + t * D + h * f, sc, sc + f, sc + 2 * f, T == 1);
         }
     }
-    (void)nt;
-}
-
-void bt_ttt_decode(int64_t H, int64_t f, int64_t K, int64_t pos, const float *q, const float *k, const float *v,
-                   const float *lr, float tok, const float *gamma, const float *beta, float *W0, float *b0,
-                   float *Kb, float *Gb, float *Sb, float *out, float *scratch) {
-    int nt = bt_get_threads();
-    if (nt > H) nt = (int)H;
-    if (H * f * f < 65536) nt = 1;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-#endif
-    for (int64_t h = 0; h < H; h++)
-        bt_ttt_decode_heads(h, h + 1, f, K, pos, q, k, v, lr, tok, gamma, beta, W0, b0, Kb, Gb, Sb, out, scratch);
     (void)nt;
 }
