@@ -79,9 +79,232 @@ T256 static void dot_1(const uint8_t *w, int64_t stride, int64_t nblk, const int
     dot_tile(w, stride, nblk, x, 1, d);
 }
 
+/* Many tokens.  The rows are unpacked, 24 at a time, into signed column panels
+ * Bp[(k/4)*96 + 4j + (k%4)] = w(n + j, k) in {-1, 0, 1}, so that one 32-byte load holds four
+ * consecutive weights of eight rows, and the activations are offset to unsigned bytes
+ * u = x + 128 (x ^ 0x80).  A register tile of 4 tokens x 24 rows then takes, per four k,
+ * one 4-byte broadcast of each token's u and 4 x 3 vpmaddubsw(u, panel) with the panel
+ * read straight from memory: 12 accumulators of int16 pair sums, 14 ymm in all.
+ * sum_k u w = dot(w, x) + 128 sum_k w, so each output subtracts 128 * rowsum(w).
+ * The pair sums of 64 steps (256 k) stay within int16 (|u0 w0 + u1 w1| <= 510,
+ * 64 * 510 < 32767), so they are widened (vpmaddwd) into int32 once per 256 k. */
+#define I8_NB 24
+#define I8_TM 4
+#ifndef BT_I8_PANEL_MIN_TOKENS
+#define BT_I8_PANEL_MIN_TOKENS 12 /* measured: below this the per-token kernel is as fast */
+#endif
+#ifndef BT_I8_MB
+#define BT_I8_MB 64 /* tokens whose offset activations are made at once (a block that stays in L1/L2) */
+#endif
+#ifndef BT_I8_CHUNK
+#define BT_I8_CHUNK (256 * 1024) /* bytes of packed panels per chunk */
+#endif
+
+/* rows [n, n + nr) (nr <= 24; rows past nr get zero weights) -> Bp (24 * kp bytes), and
+ * rowsum[j] = sum_k w(n + j, k) for j < nr */
+T256 static void pack_panel24(const bt_ternary *w, int64_t n, int nr, int64_t nblk, int8_t *Bp, int32_t *rowsum) {
+    const __m256i m = _mm256_set1_epi8(0x03), one = _mm256_set1_epi8(1), zero = _mm256_set1_epi8((char)BT_CODE_ZERO);
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    for (int g = 0; g < 3; g++) { /* eight rows at a time: one 32-byte vector per k4 */
+        __m256i rs[8];
+        for (int r = 0; r < 8; r++) rs[r] = _mm256_setzero_si256();
+        for (int64_t b = 0; b < nblk; b++)
+            for (int h = 0; h < 2; h++) {
+                __m256i c[8];
+                for (int r = 0; r < 8; r++) {
+                    const int j = 8 * g + r;
+                    c[r] = j < nr ? _mm256_loadu_si256((const __m256i *)(w->codes + (n + j) * w->stride +
+                                                                            b * BT_BLOCK_BYTES + 32 * h))
+                                  : zero;
+                }
+                for (int p = 0; p < 4; p++) {
+                    /* u[r]: weights k = 256b + 64p + 32h + 0..31 of row 8g + r, as 8 dwords (k4 groups) */
+                    __m256i u[8];
+                    for (int r = 0; r < 8; r++) {
+                        u[r] = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(c[r], 2 * p), m), one);
+                        rs[r] = _mm256_add_epi32(rs[r], _mm256_madd_epi16(_mm256_maddubs_epi16(one, u[r]), ones16));
+                    }
+                    /* 8 x 8 dword transpose, per 128-bit lane: q[i] holds group i (low lane) and i + 4
+                     * (high lane) of rows 0..3, q[i + 4] the same of rows 4..7 */
+                    __m256i s[8], q[8];
+                    for (int r = 0; r < 8; r += 2) {
+                        s[r] = _mm256_unpacklo_epi32(u[r], u[r + 1]);
+                        s[r + 1] = _mm256_unpackhi_epi32(u[r], u[r + 1]);
+                    }
+                    for (int r = 0; r < 8; r += 4) {
+                        q[r] = _mm256_unpacklo_epi64(s[r], s[r + 2]);
+                        q[r + 1] = _mm256_unpackhi_epi64(s[r], s[r + 2]);
+                        q[r + 2] = _mm256_unpacklo_epi64(s[r + 1], s[r + 3]);
+                        q[r + 3] = _mm256_unpackhi_epi64(s[r + 1], s[r + 3]);
+                    }
+                    int8_t *dst = Bp + (64 * b + 16 * p + 8 * h) * 96 + 32 * g; /* k4 = (256b + 64p + 32h) / 4 */
+                    for (int i = 0; i < 4; i++) {
+                        _mm256_storeu_si256((__m256i *)(dst + i * 96), _mm256_permute2x128_si256(q[i], q[i + 4], 0x20));
+                        _mm256_storeu_si256((__m256i *)(dst + (i + 4) * 96),
+                                            _mm256_permute2x128_si256(q[i], q[i + 4], 0x31));
+                    }
+                }
+            }
+        for (int r = 0; r < 8; r++)
+            if (8 * g + r < nr) rowsum[8 * g + r] = hsum8(rs[r]);
+    }
+}
+
+/* TM tokens (offset rows of u, pitch ldu) x 24 rows: out[t*ldo + j] = sum_k u w - 128 rowsum[j], j < nc */
+T256 INLINE void panel_tile_i8(const int8_t *Bp, int64_t nk4, const uint8_t *u, int64_t ldu, const int TM,
+                               const int32_t *rowsum, int32_t *out, int64_t ldo, int nc) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i tot[I8_TM][3];
+#pragma GCC unroll 4
+    for (int t = 0; t < I8_TM; t++)
+#pragma GCC unroll 3
+        for (int v = 0; v < 3; v++) tot[t][v] = _mm256_setzero_si256();
+    for (int64_t c0 = 0; c0 < nk4; c0 += 64) {
+        __m256i acc[I8_TM][3];
+#pragma GCC unroll 4
+        for (int t = 0; t < I8_TM; t++)
+#pragma GCC unroll 3
+            for (int v = 0; v < 3; v++) acc[t][v] = _mm256_setzero_si256();
+        const __m256i *bp = (const __m256i *)(Bp + c0 * 96);
+        const uint8_t *up = u + c0 * 4;
+#if defined(__GNUC__) && !defined(__clang__)
+        if (TM == 4) {
+            /* GCC keeps panel vectors in registers for reuse and spills the accumulators: the
+             * step is written out so that every panel vector is a memory operand. */
+            const int64_t l3 = 3 * ldu;
+            for (int s = 0; s < 64; s++) {
+                __m256i xb, tmp;
+#define I8_ROW(T, ADDR)                                                                    \
+    "vpbroadcastd " ADDR ", %[xb]\n\t"                                                      \
+    "vpmaddubsw (%[bp]), %[xb], %[tmp]\n\t"                                                \
+    "vpaddw %[tmp], %[a" #T "0], %[a" #T "0]\n\t"                                           \
+    "vpmaddubsw 32(%[bp]), %[xb], %[tmp]\n\t"                                              \
+    "vpaddw %[tmp], %[a" #T "1], %[a" #T "1]\n\t"                                           \
+    "vpmaddubsw 64(%[bp]), %[xb], %[tmp]\n\t"                                              \
+    "vpaddw %[tmp], %[a" #T "2], %[a" #T "2]\n\t"
+                __asm__(I8_ROW(0, "(%[up])") I8_ROW(1, "(%[up],%[l1])") I8_ROW(2, "(%[up],%[l1],2)")
+                            I8_ROW(3, "(%[up],%[l3])")
+                        : [a00] "+x"(acc[0][0]), [a01] "+x"(acc[0][1]), [a02] "+x"(acc[0][2]),
+                          [a10] "+x"(acc[1][0]), [a11] "+x"(acc[1][1]), [a12] "+x"(acc[1][2]),
+                          [a20] "+x"(acc[2][0]), [a21] "+x"(acc[2][1]), [a22] "+x"(acc[2][2]),
+                          [a30] "+x"(acc[3][0]), [a31] "+x"(acc[3][1]), [a32] "+x"(acc[3][2]),
+                          [xb] "=&x"(xb), [tmp] "=&x"(tmp)
+                        : [bp] "r"(bp), [up] "r"(up), [l1] "r"(ldu), [l3] "r"(l3)
+                        : "memory");
+#undef I8_ROW
+                bp += 3;
+                up += 4;
+            }
+        } else
+#endif
+        for (int s = 0; s < 64; s++) {
+#pragma GCC unroll 4
+            for (int t = 0; t < I8_TM; t++) {
+                if (t >= TM) break;
+                int32_t xv;
+                memcpy(&xv, up + t * ldu, 4);
+                const __m256i xb = _mm256_set1_epi32(xv);
+#pragma GCC unroll 3
+                for (int v = 0; v < 3; v++)
+                    acc[t][v] = _mm256_add_epi16(acc[t][v], _mm256_maddubs_epi16(xb, _mm256_loadu_si256(bp + v)));
+            }
+            bp += 3;
+            up += 4;
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < I8_TM; t++) {
+            if (t >= TM) break;
+#pragma GCC unroll 3
+            for (int v = 0; v < 3; v++) tot[t][v] = _mm256_add_epi32(tot[t][v], _mm256_madd_epi16(acc[t][v], ones));
+        }
+    }
+    __m256i corr[3];
+#pragma GCC unroll 3
+    for (int v = 0; v < 3; v++) corr[v] = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(rowsum + 8 * v)), 7);
+#pragma GCC unroll 4
+    for (int t = 0; t < I8_TM; t++) {
+        if (t >= TM) break;
+        int32_t *o = out + t * ldo;
+        if (nc == I8_NB) {
+#pragma GCC unroll 3
+            for (int v = 0; v < 3; v++) _mm256_storeu_si256((__m256i *)(o + 8 * v), _mm256_sub_epi32(tot[t][v], corr[v]));
+        } else {
+            int32_t tmp[I8_NB];
+            for (int v = 0; v < 3; v++) _mm256_storeu_si256((__m256i *)(tmp + 8 * v), _mm256_sub_epi32(tot[t][v], corr[v]));
+            memcpy(o, tmp, (size_t)nc * sizeof(int32_t));
+        }
+    }
+}
+
+#define PANEL_I8(TM)                                                                                       \
+    T256 static void panel_i8_##TM(const int8_t *Bp, int64_t nk4, const uint8_t *u, int64_t ldu,            \
+                                   const int32_t *rowsum, int32_t *out, int64_t ldo, int nc) {              \
+        panel_tile_i8(Bp, nk4, u, ldu, TM, rowsum, out, ldo, nc);                                           \
+    }
+PANEL_I8(4)
+PANEL_I8(3)
+PANEL_I8(2)
+PANEL_I8(1)
+
+/* Rows [n0, n1) go in chunks of panels (BT_I8_CHUNK bytes of them, so that a chunk stays in
+ * L2); each chunk is packed once, then tokens go through it in blocks of BT_I8_MB (offset to
+ * unsigned bytes once per block and chunk).  Returns 0 (nothing done) when the buffers cannot
+ * be had. */
+T256 static int i8_panels(const bt_ternary *w, const int8_t *xq, int64_t ldq, int64_t M, int64_t n0, int64_t n1,
+                          int32_t *out, int64_t ldo) {
+    const int64_t nblk = w->stride / BT_BLOCK_BYTES, kp = nblk * BT_BLOCK;
+    int64_t cpan = BT_I8_CHUNK / (I8_NB * kp); /* panels per chunk */
+    const int64_t npan = (n1 - n0 + I8_NB - 1) / I8_NB;
+    cpan = cpan < 1 ? 1 : (cpan > npan ? npan : cpan);
+    int8_t *Bp = (int8_t *)aligned_alloc(BT_ALIGN, (size_t)(cpan * I8_NB * kp));
+    int32_t *rowsum = (int32_t *)aligned_alloc(BT_ALIGN, (size_t)(cpan * I8_NB * 4 + 63) / 64 * 64);
+    uint8_t *u = (uint8_t *)aligned_alloc(BT_ALIGN, (size_t)(BT_I8_MB * kp));
+    if (!Bp || !rowsum || !u) {
+        free(Bp);
+        free(rowsum);
+        free(u);
+        return 0;
+    }
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    for (int64_t q0 = 0; q0 < npan; q0 += cpan) {
+        const int64_t q1 = npan - q0 < cpan ? npan : q0 + cpan;
+        for (int64_t q = q0; q < q1; q++) {
+            const int64_t n = n0 + q * I8_NB;
+            const int nc = n1 - n < I8_NB ? (int)(n1 - n) : I8_NB;
+            pack_panel24(w, n, nc, nblk, Bp + (q - q0) * I8_NB * kp, rowsum + (q - q0) * I8_NB);
+        }
+        for (int64_t m0 = 0; m0 < M; m0 += BT_I8_MB) {
+            const int64_t mb = M - m0 < BT_I8_MB ? M - m0 : BT_I8_MB;
+            for (int64_t t = 0; t < mb; t++)
+                for (int64_t k = 0; k < kp; k += 32)
+                    _mm256_storeu_si256(
+                        (__m256i *)(u + t * kp + k),
+                        _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(xq + (m0 + t) * ldq + k)), flip));
+            for (int64_t q = q0; q < q1; q++) {
+                const int64_t n = n0 + q * I8_NB;
+                const int nc = n1 - n < I8_NB ? (int)(n1 - n) : I8_NB;
+                const int8_t *B = Bp + (q - q0) * I8_NB * kp;
+                const int32_t *rsum = rowsum + (q - q0) * I8_NB;
+                int32_t *o = out + m0 * ldo + n;
+                int64_t t = 0;
+                for (; t + 4 <= mb; t += 4) panel_i8_4(B, kp / 4, u + t * kp, kp, rsum, o + t * ldo, ldo, nc);
+                const int64_t left = mb - t;
+                if (left == 3) panel_i8_3(B, kp / 4, u + t * kp, kp, rsum, o + t * ldo, ldo, nc);
+                else if (left == 2) panel_i8_2(B, kp / 4, u + t * kp, kp, rsum, o + t * ldo, ldo, nc);
+                else if (left == 1) panel_i8_1(B, kp / 4, u + t * kp, kp, rsum, o + t * ldo, ldo, nc);
+            }
+        }
+    }
+    free(Bp);
+    free(rowsum);
+    free(u);
+    return 1;
+}
+
 T256 void bt_i8_avx2(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
                      int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo) {
     const int64_t nblk = w->stride / BT_BLOCK_BYTES, stride = w->stride;
+    if (M >= BT_I8_PANEL_MIN_TOKENS && i8_panels(w, xq, ldq, M, n0, n1, out, ldo)) return;
     int32_t dot[4];
     for (int64_t m = 0; m < M; m++) {
         const int8_t *x = xq + m * ldq;

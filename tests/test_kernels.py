@@ -9,7 +9,7 @@ from bitttt import PackedTernary
 # (N, K): 1x1, 1xN, K below / at / above the 256-weight block, odd sizes, and row counts
 # that exercise the 4-row tiles and their tails
 SHAPES = [(1, 1), (1, 1000), (1000, 1), (3, 5), (4, 256), (5, 255), (6, 257), (9, 513), (31, 777), (64, 1024)]
-TOKENS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 17]
+TOKENS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 14, 15, 17, 70]  # AVX2 takes 12+ tokens in 4-token panels, 64 at a time
 
 
 def _packed(rng, n, k):
@@ -48,13 +48,15 @@ def test_gemv_equals_gemm_rows(kernel, n, k, rng):
 
 def test_extreme_values_do_not_overflow(kernel):
     # every product at its extreme: codes 2 (w=+1) or 0 (w=-1) against -128, over a long row
+    # (3 tokens take the per-token kernels, 13 the AVX2 panels with their int16 pair sums)
     k = 16384 + 77
-    for sign in (1, -1):
-        p = PackedTernary.from_ternary(np.full((5, k), sign))
-        xq = np.full((3, k), -128, dtype=np.int8)
-        assert np.array_equal(bitttt.dot_i8(p, xq), np.full((3, 5), -128 * k * sign))
-        xq[:] = 127
-        assert np.array_equal(bitttt.dot_i8(p, xq), np.full((3, 5), 127 * k * sign))
+    for m in (3, 13):
+        for sign in (1, -1):
+            p = PackedTernary.from_ternary(np.full((5, k), sign))
+            xq = np.full((m, k), -128, dtype=np.int8)
+            assert np.array_equal(bitttt.dot_i8(p, xq), np.full((m, 5), -128 * k * sign))
+            xq[:] = 127
+            assert np.array_equal(bitttt.dot_i8(p, xq), np.full((m, 5), 127 * k * sign))
 
 
 def test_all_zero_weights_and_activations(kernel, rng):
@@ -114,8 +116,8 @@ def _all_paths(fn):
 @pytest.mark.parametrize("n,k", [(1, 1), (9, 513), (64, 1024), (130, 2000)])
 def test_every_path_is_bit_identical(n, k, rng):
     p = _packed(rng, n, k)
-    x = rng.standard_normal((11, k)).astype(np.float32) * 3
-    dy = rng.standard_normal((11, n)).astype(np.float32)
+    x = rng.standard_normal((13, k)).astype(np.float32) * 3
+    dy = rng.standard_normal((13, n)).astype(np.float32)
 
     a_dense = rng.standard_normal((11, k)).astype(np.float32)
     b_dense = rng.standard_normal((k, 37)).astype(np.float32)
