@@ -14,7 +14,7 @@ here = os.path.dirname(os.path.abspath(__file__))
 c_sources = sorted(os.path.relpath(p, here) for p in glob(os.path.join(here, "src_c", "*.c")))
 
 compile_args = ["-O3", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-function",
-                "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
+                "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
 link_args = ["-fopenmp"]
 if os.environ.get("BITTTT_NO_OPENMP"):
     compile_args.remove("-fopenmp")

@@ -159,6 +159,7 @@ __attribute__((target("avx512f"))) static void vecmat64_avx512(int64_t P, const 
 
 /* Set by the dispatchers below before the parallel region: the AVX-512 path is active. */
 static int g_simd512;
+static int g_simd256;
 
 INLINE void vecmat_n(int64_t f, int64_t P, const float *y0, const float *restrict x, const float *restrict M,
                      float *y) {
@@ -183,17 +184,77 @@ INLINE void vecmat_n(int64_t f, int64_t P, const float *y0, const float *restric
     for (int64_t c = 0; c < f; c++) y[c] = acc[c];
 }
 
-INLINE void vecmat(int64_t f, const float *y0, const float *restrict x, const float *restrict M, float *y) {
-    vecmat_n(f, f, y0, x, M, y);
+
+/* Rows at once: Y[i, :] = (Y0 ? Y0[i*sy0, :] : 0) + sum_{p<P} A(i, p) M[p, :] for i < R, with
+ * A(i, p) = A[i*sa + p*sp] and M [P, f]; each entry is the same sequential fused chain over p
+ * as vecmat_n, so the same bits on every path.  Y0 may be Y (each row is read before it is
+ * written).  For f = 64 on AVX2 / AVX-512 a register tile takes 3 rows x 32 columns (12
+ * accumulators; per p, 3 broadcasts and 4 loads of M for 12 FMAs) instead of one row's
+ * 8 accumulators against 8 loads of M. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) void
+mm64_tile(const int MR, int64_t P, const float *A, int64_t sa, int64_t sp, const float *M, const float *Y0,
+          int64_t sy0, float *Y, int64_t sy) {
+    for (int h = 0; h < 2; h++) {
+        __m256 acc[3][4];
+#pragma GCC unroll 3
+        for (int r = 0; r < 3; r++) {
+            if (r >= MR) break;
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; v++)
+                acc[r][v] = Y0 ? _mm256_loadu_ps(Y0 + r * sy0 + 32 * h + 8 * v) : _mm256_setzero_ps();
+        }
+        const float *a0 = A, *a1 = MR > 1 ? A + sa : A, *a2 = MR > 2 ? A + 2 * sa : A;
+        const float *m = M + 32 * h;
+        for (int64_t p = 0; p < P; p++) {
+            const __m256 x0 = _mm256_broadcast_ss(a0 + p * sp);
+            const __m256 x1 = MR > 1 ? _mm256_broadcast_ss(a1 + p * sp) : x0;
+            const __m256 x2 = MR > 2 ? _mm256_broadcast_ss(a2 + p * sp) : x0;
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; v++) {
+                const __m256 b = _mm256_loadu_ps(m + p * 64 + 8 * v);
+                acc[0][v] = _mm256_fmadd_ps(x0, b, acc[0][v]);
+                if (MR > 1) acc[1][v] = _mm256_fmadd_ps(x1, b, acc[1][v]);
+                if (MR > 2) acc[2][v] = _mm256_fmadd_ps(x2, b, acc[2][v]);
+            }
+        }
+#pragma GCC unroll 3
+        for (int r = 0; r < 3; r++) {
+            if (r >= MR) break;
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; v++) _mm256_storeu_ps(Y + r * sy + 32 * h + 8 * v, acc[r][v]);
+        }
+    }
 }
 
-/* Rank-n update M[p, :] += sum_j a[j] x[j, p] Y[j, :] for p < f (each entry summed over j in
- * order); x, Y [n, f]; t is scratch [n]. */
-INLINE void rank_update(int64_t f, int64_t n, const float *a, const float *x, const float *restrict Y, float *M,
-                        float *restrict t) {
-    for (int64_t p = 0; p < f; p++) {
-        for (int64_t j = 0; j < n; j++) t[j] = a ? a[j] * x[j * f + p] : x[j * f + p];
-        vecmat_n(f, n, M + p * f, t, Y, M + p * f);
+__attribute__((target("avx2,fma"))) static void mm64_avx2(int64_t R, int64_t P, const float *A, int64_t sa,
+                                                          int64_t sp, const float *M, const float *Y0,
+                                                          int64_t sy0, float *Y, int64_t sy) {
+    int64_t i = 0;
+    for (; i + 3 <= R; i += 3)
+        mm64_tile(3, P, A + i * sa, sa, sp, M, Y0 ? Y0 + i * sy0 : NULL, sy0, Y + i * sy, sy);
+    if (R - i == 2) mm64_tile(2, P, A + i * sa, sa, sp, M, Y0 ? Y0 + i * sy0 : NULL, sy0, Y + i * sy, sy);
+    else if (R - i == 1) mm64_tile(1, P, A + i * sa, sa, sp, M, Y0 ? Y0 + i * sy0 : NULL, sy0, Y + i * sy, sy);
+}
+#define HAVE_MM64 1
+#endif
+
+/* t is scratch [P] (used when sp != 1, to gather a row of A) */
+INLINE void matrows(int64_t f, int64_t R, int64_t P, const float *A, int64_t sa, int64_t sp, const float *restrict M,
+                    const float *Y0, int64_t sy0, float *Y, int64_t sy, float *restrict t) {
+#ifdef HAVE_MM64
+    if (f == 64 && g_simd256) {
+        mm64_avx2(R, P, A, sa, sp, M, Y0, sy0, Y, sy);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < R; i++) {
+        const float *x = A + i * sa;
+        if (sp != 1) {
+            for (int64_t p = 0; p < P; p++) t[p] = x[p * sp];
+            x = t;
+        }
+        vecmat_n(f, P, Y0 ? Y0 + i * sy0 : NULL, x, M, Y + i * sy);
     }
 }
 
@@ -214,6 +275,43 @@ static inline void bind_saved(scratch *s, float *p, int64_t K, int64_t f) {
     s->A = p;
 }
 
+/* The per-row element loops that write several arrays, with restrict parameters so that the
+ * compiler vectorizes them without run-time overlap checks (too many pointers for it). */
+INLINE void ln1_rows(int64_t f, float r, const float *restrict z, const float *restrict gamma,
+                     const float *restrict beta, const float *restrict v, const float *restrict k,
+                     float *restrict xh, float *restrict go, float *restrict gx) {
+    for (int64_t c = 0; c < f; c++) {
+        xh[c] = z[c] * r;
+        go[c] = gamma[c] * xh[c] + beta[c] - (v[c] - k[c]);
+        gx[c] = go[c] * gamma[c];
+    }
+}
+
+INLINE void ln2_grads(int64_t f, const float *restrict dy, const float *restrict xh, const float *restrict gamma,
+                      float *restrict dz, float *restrict dgamma, float *restrict dbeta) {
+    for (int64_t c = 0; c < f; c++) {
+        dz[c] = dy[c] * gamma[c]; /* g2, turned into dZb by the caller */
+        dgamma[c] += dy[c] * xh[c];
+        dbeta[c] += dy[c];
+    }
+}
+
+INLINE void ln1_grads(int64_t f, float rf, float ff, float ds1, float ds2, float s2, const float *restrict dg,
+                      const float *restrict xh, const float *restrict gamma, const float *restrict go,
+                      const float *restrict gx, float *restrict dgamma, float *restrict dbeta,
+                      float *restrict dxh, float *restrict dv, float *restrict dk) {
+    for (int64_t c = 0; c < f; c++) {
+        const float u = dg[c] * rf;
+        const float dgxh = ff * u + ds1 + ds2 * xh[c];
+        const float dgo = dgxh * gamma[c];
+        dgamma[c] += dgxh * go[c] + dgo * xh[c];
+        dbeta[c] += dgo;
+        dxh[c] = -s2 * u + ds2 * gx[c] + dgo * gamma[c];
+        dv[c] = -dgo;
+        dk[c] += dgo;
+    }
+}
+
 /* One mini-batch forward.  q, k, v [n, f]; lr [n]; tok [n]; W [f, f], b [f] are updated in
  * place to the state handed on; out [n, f]; the intermediates the backward needs stay in s. */
 INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, const float *v,
@@ -221,19 +319,15 @@ INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, 
                           float *W, float *b, float *out, scratch *s) {
     const float ff = (float)f;
     /* Z1 = k W + b, LN1, G */
+    matrows(f, n, f, k, f, 1, W, b, 0, s->Z1c, f, s->tb);
     for (int64_t i = 0; i < n; i++) {
         float *z = s->Z1c + i * f;
-        vecmat(f, b, k + i * f, W, z);
         const float mu = sum(f, z) / ff;
         for (int64_t c = 0; c < f; c++) z[c] = z[c] - mu;
         const float r = 1.0f / sqrtf(dot(f, z, z) / ff + LN_EPS);
         s->r1[i] = r;
         float *xh = s->xh1 + i * f, *go = s->go + i * f, *gx = s->gxh + i * f;
-        for (int64_t c = 0; c < f; c++) {
-            xh[c] = z[c] * r;
-            go[c] = gamma[c] * xh[c] + beta[c] - (v[i * f + c] - k[i * f + c]);
-            gx[c] = go[c] * gamma[c];
-        }
+        ln1_rows(f, r, z, gamma, beta, v + i * f, k + i * f, xh, go, gx);
         const float s1 = sum(f, gx), s2 = dot(f, gx, xh);
         s->s1[i] = s1;
         s->s2[i] = s2;
@@ -245,9 +339,9 @@ INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, 
     for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0; j <= i; j++) s->A[i * n + j] = dot(f, q + i * f, k + j * f);
     /* Zb = q W - sum_j E (1 + A) G + b ; out = q + LN(Zb) */
+    matrows(f, n, f, q, f, 1, W, b, 0, s->dZb, f, s->tb);
     for (int64_t i = 0; i < n; i++) {
         float *z = s->dZb + i * f; /* Zb is kept centred in dZb until the backward reuses it */
-        vecmat(f, b, q + i * f, W, z);
         for (int64_t j = 0; j <= i; j++) {
             const float e = tok[i] * lr[j];
             const float coef = e * s->A[i * n + j] + e;
@@ -268,7 +362,11 @@ INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, 
     float *ne = s->ta; /* -e_last[j] */
     for (int64_t j = 0; j < n; j++) ne[j] = -(tl * lr[j]);
     for (int64_t j = 0; j < n; j++) axpy(f, ne[j], s->G + j * f, b);
-    rank_update(f, n, ne, k, s->G, W, s->tb);
+    /* W[p, :] += sum_j (ne[j] k[j, p]) G[j, :] */
+    float *nk = s->dd; /* free in the forward */
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t p = 0; p < f; p++) nk[j * f + p] = ne[j] * k[j * f + p];
+    matrows(f, f, n, nk, 1, f, s->G, W, f, W, f, s->tb);
 }
 
 /* One mini-batch backward, after chunk_forward(W0, b0) filled s.  dW [f, f], db [f] hold the
@@ -296,40 +394,38 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
         float *dh = s->dH + j * f, *kn = s->dZ1 + j * f; /* dZ1 is free until later: -k[j] */
         for (int64_t c = 0; c < f; c++) dh[c] = -db[c];
         for (int64_t p = 0; p < f; p++) kn[p] = -k[j * f + p];
-        vecmat(f, dh, kn, dW, dh);
+    }
+    matrows(f, n, f, s->dZ1, f, 1, dW, s->dH, f, s->dH, f, s->tb);
+    for (int64_t j = 0; j < n; j++) {
+        const float *dh = s->dH + j * f;
         const float e = tl * lr[j];
         const float *g = s->G + j * f;
         dE[(n - 1) * n + j] += dot(f, dh, g);
         /* dk[j][p] = -e sum_c G[j][c] dW[p][c] = sum_c (-e G[j][c]) dW^T[c][p] */
-        float *dkj = dk + j * f, *hj = s->dd + j * f;
+        float *hj = s->dd + j * f;
         for (int64_t c = 0; c < f; c++) hj[c] = -e * g[c];
-        vecmat(f, NULL, hj, s->dWT, dkj);
         float *dg = s->dG + j * f;
         for (int64_t c = 0; c < f; c++) dg[c] = e * dh[c];
     }
+    matrows(f, n, f, s->dd, f, 1, s->dWT, NULL, 0, dk, f, s->tb);
     /* out = q + LN(Zb) */
     for (int64_t i = 0; i < n; i++) {
         const float *dy = dout + i * f, *xh = s->xh2 + i * f;
         float *dz = s->dZb + i * f;
-        for (int64_t c = 0; c < f; c++) {
-            dz[c] = dy[c] * gamma[c]; /* g2, turned into dZb below */
-            dgamma[c] += dy[c] * xh[c];
-            dbeta[c] += dy[c];
-        }
+        ln2_grads(f, dy, xh, gamma, dz, dgamma, dbeta);
         const float m1 = sum(f, dz) / ff, m2 = dot(f, dz, xh) / ff;
         const float r = s->r2[i];
         for (int64_t c = 0; c < f; c++) dz[c] = r * (dz[c] - m1 - xh[c] * m2);
         for (int64_t c = 0; c < f; c++) dq[i * f + c] = dy[c];
     }
     /* Zb = q W0 - sum_j E(1 + A) G + b */
+    matrows(f, n, f, s->dZb, f, 1, s->WT, NULL, 0, s->dd, f, s->tb); /* dZb W0^T, summed over c in order */
     for (int64_t i = 0; i < n; i++) {
-        const float *dz = s->dZb + i * f;
-        float *dqi = s->dd + i * f; /* dq += dZb W0^T, summed over c in order */
-        vecmat(f, NULL, dz, s->WT, dqi);
+        const float *dz = s->dZb + i * f, *dqi = s->dd + i * f;
         for (int64_t p = 0; p < f; p++) dq[i * f + p] += dqi[p];
         for (int64_t c = 0; c < f; c++) db[c] += dz[c];
     }
-    rank_update(f, n, NULL, q, s->dZb, dW, s->tb); /* dW += q^T dZb */
+    matrows(f, f, n, q, 1, f, s->dZb, dW, f, dW, f, s->tb); /* dW += q^T dZb */
     for (int64_t i = 0; i < n; i++) {
         const float *dz = s->dZb + i * f;
         for (int64_t j = 0; j <= i; j++) {
@@ -362,16 +458,7 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
         for (int64_t c = 0; c < f; c++) dxh[c] = ff * gx[c] - s1 - xh[c] * s2;
         const float dr = dot(f, dg, dxh) / ff;
         const float ds1 = -(rf * sum(f, dg)), ds2 = -(rf * dot(f, dg, xh));
-        for (int64_t c = 0; c < f; c++) {
-            const float u = dg[c] * rf;
-            const float dgxh = ff * u + ds1 + ds2 * xh[c];
-            const float dgo = dgxh * gamma[c];
-            dgamma[c] += dgxh * go[c] + dgo * xh[c];
-            dbeta[c] += dgo;
-            dxh[c] = -s2 * u + ds2 * gx[c] + dgo * gamma[c];
-            dv[i * f + c] = -dgo;
-            dk[i * f + c] += dgo;
-        }
+        ln1_grads(f, rf, ff, ds1, ds2, s2, dg, xh, gamma, go, gx, dgamma, dbeta, dxh, dv + i * f, dk + i * f);
         const float dr_tot = dr + dot(f, dxh, d1);
         const float k3 = -(r * r * r) * dr_tot / ff;
         float *dz1 = s->dZ1 + i * f;
@@ -380,14 +467,13 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
         for (int64_t c = 0; c < f; c++) dz1[c] = dz1[c] - mdd;
     }
     /* Z1 = k W0 + b */
+    matrows(f, n, f, s->dZ1, f, 1, s->WT, NULL, 0, s->dd, f, s->tb); /* dZ1 W0^T, summed over c in order */
     for (int64_t i = 0; i < n; i++) {
-        const float *dz = s->dZ1 + i * f;
-        float *dki = s->dd + i * f; /* dk += dZ1 W0^T, summed over c in order */
-        vecmat(f, NULL, dz, s->WT, dki);
+        const float *dz = s->dZ1 + i * f, *dki = s->dd + i * f;
         for (int64_t p = 0; p < f; p++) dk[i * f + p] += dki[p];
         for (int64_t c = 0; c < f; c++) db[c] += dz[c];
     }
-    rank_update(f, n, NULL, k, s->dZ1, dW, s->tb); /* dW += k^T dZ1 */
+    matrows(f, f, n, k, 1, f, s->dZ1, dW, f, dW, f, s->tb); /* dW += k^T dZ1 */
 }
 
 /* -- rows ----------------------------------------------------------------------------- */
@@ -413,6 +499,16 @@ INLINE void copy_rows(int64_t n, int64_t f, const float *src, int64_t ps, float 
     }
 }
 
+/* Prefetch n rows of f floats (pitch ps) of a mini-batch that comes next: the rows of one
+ * head are 256-byte pieces D floats apart, a pattern the hardware prefetchers follow late. */
+INLINE void prefetch_rows(int64_t n, int64_t f, const float *src, int64_t ps, int write) {
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t c = 0; c < f; c += 16) {
+            if (write) __builtin_prefetch(src + i * ps + c, 1);
+            else __builtin_prefetch(src + i * ps + c, 0);
+        }
+}
+
 INLINE void row_forward(const bt_ttt_args *a, int64_t r, float *out, float *Ws, float *saved, scratch *s,
                         const int64_t f) {
     const int64_t T = a->T, K = a->K, H = a->H, h = r % H, bi = r / H, D = H * f, C = (T + K - 1) / K;
@@ -424,6 +520,13 @@ INLINE void row_forward(const bt_ttt_args *a, int64_t r, float *out, float *Ws, 
         memcpy(Ws + (r * C + c) * f * f, W, (size_t)(f * f) * sizeof(float));
         bind_saved(s, saved + (r * C + c) * bt_ttt_saved_floats(K, f), K, f);
         const int64_t o = (bi * T + t0) * D + h * f;
+        if (c + 1 < C) {
+            const int64_t on = o + K * D, nn = T - t0 - K < K ? T - t0 - K : K;
+            prefetch_rows(nn, f, a->q + on, D, 0);
+            prefetch_rows(nn, f, a->k + on, D, 0);
+            prefetch_rows(nn, f, a->v + on, D, 0);
+            prefetch_rows(nn, f, out + on, D, 1);
+        }
         copy_rows(n, f, a->q + o, D, s->qc, f, a->cos, a->sin, 1.0f);
         copy_rows(n, f, a->k + o, D, s->kc, f, a->cos, a->sin, 1.0f);
         copy_rows(n, f, a->v + o, D, s->vc, f, NULL, NULL, 1.0f);
@@ -448,6 +551,15 @@ INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, float
         const float *W0 = Ws + (r * C + c) * f * f;
         bind_saved(s, saved + (r * C + c) * bt_ttt_saved_floats(K, f), K, f);
         const int64_t o = (bi * T + t0) * D + h * f;
+        if (c > 0) { /* the mini-batch before comes next: always a full one */
+            const int64_t op = o - K * D;
+            prefetch_rows(K, f, a->q + op, D, 0);
+            prefetch_rows(K, f, a->k + op, D, 0);
+            prefetch_rows(K, f, dout + op, D, 0);
+            prefetch_rows(K, f, dq + op, D, 1);
+            prefetch_rows(K, f, dk + op, D, 1);
+            prefetch_rows(K, f, dv + op, D, 1);
+        }
         copy_rows(n, f, a->q + o, D, s->qc, f, a->cos, a->sin, 1.0f);
         copy_rows(n, f, a->k + o, D, s->kc, f, a->cos, a->sin, 1.0f);
         copy_rows(n, f, dout + o, D, s->oc, f, NULL, NULL, 1.0f);
@@ -517,6 +629,7 @@ typedef void (*row_body)(const bt_ttt_args *a, int64_t r, void *ctx, scratch *s)
 
 static int parallel_rows(const bt_ttt_args *a, row_body body, void *ctx) {
     g_simd512 = pick() == BT_ISA_AVX512;
+    g_simd256 = pick() == BT_ISA_AVX2 || pick() == BT_ISA_AVX512;
     const int64_t R = a->B * a->H;
     const int nt = bt_get_threads() < R ? bt_get_threads() : (int)R;
     int failed = 0;
