@@ -112,10 +112,11 @@ def test_dual_form_equals_primal(t, rng):
     assert np.abs(layer.forward(x) - primal(layer.params, x, cfg)).max() < 1e-10
 
 
-@pytest.mark.parametrize("t,k,d,h", [(9, 4, 16, 2), (37, 16, 64, 2), (20, 8, 96, 3), (5, 16, 256, 2)])
+@pytest.mark.parametrize("t,k,d,h", [(9, 4, 16, 2), (37, 16, 64, 2), (20, 8, 96, 3), (5, 16, 256, 2), (37, 16, 128, 2)])
 def test_c_inner_loop_matches_numpy_float64(t, k, d, h, rng):
     """float32 runs the C inner loop (src_c/ttt.c); float64 the NumPy reference: every output and
-    gradient agrees to float32 accuracy (head widths 8, 32 and 128 take the specialized copies)."""
+    gradient agrees to float32 accuracy (head widths 32, 64 and 128 take the specialized copies; 64 the
+    AVX2 row tiles, with a last mini-batch of 5 rows: tiles of 3 and 2)."""
     cfg = _cfg(k=k, d=d, h=h)
     l64 = _layer(rng, cfg)
     l32 = TTTLinear(cfg, dtype=np.float32, params={n: v.astype(np.float32) for n, v in l64.params.items()})
@@ -132,13 +133,14 @@ def test_c_inner_loop_matches_numpy_float64(t, k, d, h, rng):
         assert np.abs(g32[name] - g64[name]).max() <= 2e-3 * scale + 1e-6, name
 
 
-def test_c_inner_loop_same_bits_on_every_path_and_thread_count(rng, threads):
+@pytest.mark.parametrize("d,h", [(64, 4), (128, 2)])  # head width 64: the AVX2 row tiles against plain C
+def test_c_inner_loop_same_bits_on_every_path_and_thread_count(rng, threads, d, h):
     import bitttt
 
-    cfg = _cfg(k=8, d=64, h=4)
+    cfg = _cfg(k=8, d=d, h=h)
     layer = _layer(rng, cfg, np.float32)
-    x = rng.standard_normal((3, 21, 64)).astype(np.float32)
-    r = rng.standard_normal((3, 21, 64)).astype(np.float32)
+    x = rng.standard_normal((3, 21, d)).astype(np.float32)
+    r = rng.standard_normal((3, 21, d)).astype(np.float32)
     before = bitttt.get_kernel()
     outs = []
     try:
