@@ -1,12 +1,15 @@
 """Model benchmark: forward + backward tokens/s and peak memory, bitttt against PyTorch.
 
-    python bench/bench_model.py [--threads 1 2] [--steps 3] [--batch 8] [--seq 256] [--no-append]
+    python bench/bench_model.py [--threads 1 2] [--steps 3] [--rounds 1] [--batch 8] [--seq 256] [--no-append]
 
 Shape (issue default): D = 512, 8 layers, H = 8, I = 1376, V = 4096, batch 8 x 256 tokens,
 ternary weights.  bitttt runs BitLlama.loss_and_grads (our forward and backward, float32);
 PyTorch runs the same architecture (bench/torch_bitllama.py) with autograd, float32, on the
 same weights and tokens.  Each (implementation, threads) pair runs in its own process so
 that thread pools and peak RSS are its own; PyTorch is skipped when it is not installed.
+--rounds R runs the whole sequence of processes R times, alternating the implementations,
+and reports per pair the median step time over the rounds (on a shared machine a burst of
+load then hits both sides alike instead of one of them).
 Figures are appended to bench/RESULTS.md.
 """
 from __future__ import annotations
@@ -79,6 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--dim", type=int, default=512)
@@ -102,29 +106,42 @@ def main() -> None:
     except ImportError:
         impls, torch_version = ["bitttt"], None
         print("PyTorch is not installed: the baseline is skipped (pip install torch)")
+    if args.rounds < 1 or args.steps < 1:
+        sys.exit("--rounds and --steps must be at least 1")
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for rnd in range(args.rounds):
+        for t in args.threads:
+            for impl in (impls if rnd % 2 == 0 else impls[::-1]):
+                env = dict(os.environ, OMP_NUM_THREADS=str(t), OPENBLAS_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t))
+                cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, "--threads", str(t)]
+                for k in ("steps", "batch", "seq", "dim", "layers", "heads", "inter", "vocab"):
+                    cmd += [f"--{k}", str(getattr(args, k))]
+                r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if r.returncode != 0:
+                    sys.exit(f"{impl} worker failed:\n{r.stderr}")
+                runs.setdefault((impl, t), []).append(json.loads(r.stdout.strip().splitlines()[-1]))
+                print(f"round {rnd + 1}/{args.rounds}:", runs[(impl, t)][-1], flush=True)
     rows = []
     for t in args.threads:
         for impl in impls:
-            env = dict(os.environ, OMP_NUM_THREADS=str(t), OPENBLAS_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t))
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, "--threads", str(t)]
-            for k in ("steps", "batch", "seq", "dim", "layers", "heads", "inter", "vocab"):
-                cmd += [f"--{k}", str(getattr(args, k))]
-            r = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if r.returncode != 0:
-                sys.exit(f"{impl} worker failed:\n{r.stderr}")
-            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-            print(rows[-1], flush=True)
+            rs = sorted(runs[(impl, t)], key=lambda x: x["step_s"])
+            row = dict(rs[len(rs) // 2])  # the median round
+            row["steps_all"] = [round(x["step_s"], 2) for x in runs[(impl, t)]]
+            row["peak_mib"] = max(x["peak_mib"] for x in rs)
+            rows.append(row)
     from bench_kernels import machine
 
     import bitttt
 
-    lines = ["| threads | impl | step s | tokens/s | vs PyTorch | peak RSS MiB | step RSS growth MiB | first loss |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| threads | impl | step s | tokens/s | vs PyTorch | peak RSS MiB | step RSS growth MiB | first loss "
+             "| step s per round |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = next((x for x in rows if x["impl"] == "torch" and x["threads"] == r["threads"]), None)
         ratio = f"{r['tok_s'] / ref['tok_s']:.2f}x" if ref else "n/a"
         lines.append(f"| {r['threads']} | {r['impl']} | {r['step_s']:.2f} | {r['tok_s']:.0f} | {ratio} | "
-                     f"{r['peak_mib']:.0f} | {r['step_mib']:.0f} | {r['loss']:.4f} |")
+                     f"{r['peak_mib']:.0f} | {r['step_mib']:.0f} | {r['loss']:.4f} | "
+                     f"{' '.join(f'{x:.2f}' for x in r['steps_all'])} |")
     cmdline = "python " + " ".join([os.path.relpath(os.path.abspath(__file__))] + sys.argv[1:])
     text = "\n".join([
         f"## bench_model -- {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}", "",
@@ -134,7 +151,8 @@ def main() -> None:
         f"- command: `{cmdline}`",
         f"- model: D={args.dim}, {args.layers} layers, H={args.heads}, I={args.inter}, V={args.vocab}, ternary, "
         f"batch {args.batch} x {args.seq} tokens, float32; forward + backward per step, median of {args.steps} "
-        "steps after one warm-up; peak RSS of the process (ru_maxrss)", "",
+        f"steps after one warm-up, then the median of {args.rounds} round(s) of fresh processes (implementations "
+        "alternating); peak RSS of the process (ru_maxrss, the largest over the rounds)", "",
         *lines, ""])
     print(text)
     if not args.no_append:
