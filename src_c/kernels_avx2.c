@@ -367,16 +367,15 @@ T256 INLINE void panel_tile(const float *A, int64_t sa, int64_t sp, const float 
                 acc[i][v] = _mm256_maskload_ps(C + i * ldc + 8 * v, mask[v]);
         }
     }
-    const float *a0 = A + k0 * sp, *a1 = MR > 1 ? a0 + sa : a0, *a2 = MR > 2 ? a1 + sa : a0;
+    const float *ap = A + k0 * sp;
+    const int64_t o1 = MR > 1 ? sa : 0, o2 = MR > 2 ? 2 * sa : 0;
     const float *bp = B + k0 * BT_PANEL;
     for (int64_t p = k0; p < k1; p++) {
         /* three A values, then one B vector at a time into the three rows */
-        const __m256 x0 = _mm256_broadcast_ss(a0);
-        const __m256 x1 = MR > 1 ? _mm256_broadcast_ss(a1) : x0;
-        const __m256 x2 = MR > 2 ? _mm256_broadcast_ss(a2) : x0;
-        a0 += sp;
-        a1 += sp;
-        a2 += sp;
+        const __m256 x0 = _mm256_broadcast_ss(ap);
+        const __m256 x1 = MR > 1 ? _mm256_broadcast_ss(ap + o1) : x0;
+        const __m256 x2 = MR > 2 ? _mm256_broadcast_ss(ap + o2) : x0;
+        ap += sp;
 #pragma GCC unroll 4
         for (int v = 0; v < 4; v++) {
             const __m256 b = _mm256_loadu_ps(bp + 8 * v);
