@@ -139,12 +139,12 @@ class BitLlama:
             n1, c1 = rmsnorm_forward(x, p[pre + "norm1.weight"], cfg.rms_norm_eps)
             _check_norm(pre + "norm1", c1)
             a, ct = ttt_forward(tp, n1, cfg, name=pre + "ttt")
-            h = x + a
+            h = np.add(x, a, out=a)  # a is the layer's own output: no new array
             n2, c2 = rmsnorm_forward(h, p[pre + "norm2.weight"], cfg.rms_norm_eps)
             _check_norm(pre + "norm2", c2)
             m, cm = swiglu_forward(n2, p[pre + "mlp.gate_proj.weight"], p[pre + "mlp.up_proj.weight"],
                                    p[pre + "mlp.down_proj.weight"], cfg.ternary)
-            x = h + m
+            x = np.add(h, m, out=m)
             check_finite(pre + "mlp", output=x)
             caches.append((tp, c1, ct, c2, cm))
         nf, cf = rmsnorm_forward(x, p["norm_f.weight"], cfg.rms_norm_eps)
@@ -191,12 +191,12 @@ class BitLlama:
             g[pre + "mlp.gate_proj.weight"], g[pre + "mlp.up_proj.weight"] = dgate, dup
             g[pre + "mlp.down_proj.weight"] = ddown
             dh_norm, g[pre + "norm2.weight"] = rmsnorm_backward(dn2, c2)
-            dh = dx + dh_norm
+            dh = np.add(dx, dh_norm, out=dh_norm)
             dn1, tg_grads = ttt_backward(dh, ct, tp, cfg)
             for k, v in tg_grads.items():
                 g[pre + "ttt." + k] = v
             dx_norm, g[pre + "norm1.weight"] = rmsnorm_backward(dn1, c1)
-            dx = dh + dx_norm
+            dx = np.add(dh, dx_norm, out=dx_norm)
         demb = embedding_backward(dx, tokens_, cfg.vocab_size)
         if cfg.tie_word_embeddings:
             g["embed.weight"] = demb + dhead

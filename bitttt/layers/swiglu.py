@@ -43,7 +43,8 @@ def swiglu_backward(dy: np.ndarray, cache):
         _core.swiglu_bwd(dh.reshape(-1), g.reshape(-1), u.reshape(-1), sg.reshape(-1), dg.reshape(-1), du.reshape(-1))
         dxg, dw_gate = bitlinear_backward(dg, cg)
         dxu, dw_up = bitlinear_backward(du, cu)
-        return dxg + dxu, dw_gate, dw_up, dw_down
+        dxg += dxu  # in place: dxg is this call's own array
+        return dxg, dw_gate, dw_up, dw_down
     du = dh * g
     du *= sg
     one = g.dtype.type(1.0)
@@ -55,4 +56,5 @@ def swiglu_backward(dy: np.ndarray, cache):
     dg *= dh
     dxg, dw_gate = bitlinear_backward(dg, cg)
     dxu, dw_up = bitlinear_backward(du, cu)
-    return dxg + dxu, dw_gate, dw_up, dw_down
+    dxg += dxu
+    return dxg, dw_gate, dw_up, dw_down

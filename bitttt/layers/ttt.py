@@ -304,7 +304,9 @@ def ttt_backward(dy: np.ndarray, cache, p: dict, cfg: BitLlamaConfig):
     dxq, g["q_proj.weight"] = bitlinear_backward(dq, cq)
     dxk, g["k_proj.weight"] = bitlinear_backward(dk, ck)
     dxv, g["v_proj.weight"] = bitlinear_backward(dv, cv)
-    dx = dx + dxq + dxk + dxv
+    dx += dxq  # in place, in the same order: ((dx + dxq) + dxk) + dxv
+    dx += dxk
+    dx += dxv
     return dx, g
 
 
