@@ -42,6 +42,8 @@ cdef extern from "bt_kernels.h":
                       float *dx, int64_t lddx) nogil
     int bt_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t P, const float *A, int64_t lda,
                  const float *B, int64_t ldb, float *C, int64_t ldc) nogil
+    int bt_sgemm_tn_q8(int64_t M, int64_t N, int64_t P, const float *A, int64_t lda, const int8_t *q,
+                       int64_t ldq, const float *a, float *C, int64_t ldc) nogil
 
 cdef extern from "bt_ttt.h":
     ctypedef struct bt_ttt_args:
@@ -250,6 +252,15 @@ def sgemm(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] c, bint tr
     with nogil:
         err = bt_sgemm(trans_a, trans_b, M, N, P, &a[0, 0], a.shape[1], &b[0, 0], b.shape[1],
                        &c[0, 0], c.shape[1])
+    _check(err)
+
+
+def sgemm_tn_q8(const float[:, ::1] a, const int8_t[:, ::1] q, const float[::1] s, float[:, ::1] c):
+    """c [M, N] = a^T @ (q / s[:, None]); a [P, M], q [P, N], s [P]; shapes checked by the caller."""
+    cdef int err
+    with nogil:
+        err = bt_sgemm_tn_q8(c.shape[0], c.shape[1], a.shape[0], &a[0, 0], a.shape[1], &q[0, 0], q.shape[1],
+                             &s[0], &c[0, 0], c.shape[1])
     _check(err)
 
 

@@ -114,6 +114,20 @@ def matmul_t(w: PackedTernary, dy: np.ndarray) -> np.ndarray:
     return dx[0] if dy.ndim == 1 else dx
 
 
+def sgemm_tn_q8(a: np.ndarray, q: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """a.T @ (q / s[:, None]) in float32: a [P, M] float32, q [P, N] int8 activation codes, s [P] their
+    scales -> [M, N].  The BitLinear weight gradient dY^T Qa(x) straight from the codes; the same
+    bits as sgemm(a, dequantized, trans_a=True)."""
+    a = check_array(a, "a", np.float32, ndim=(2,))
+    q = check_array(q, "q", np.int8, ndim=(2,))
+    s = check_array(s, "s", np.float32, ndim=(1,))
+    if q.shape[0] != a.shape[0] or s.shape[0] != a.shape[0]:
+        raise ValueError(f"sgemm_tn_q8: a is {a.shape}, q {q.shape} and s {s.shape}: their first axes must agree")
+    c = np.empty((a.shape[1], q.shape[1]), dtype=np.float32)
+    _core.sgemm_tn_q8(a, q, s, c)
+    return c
+
+
 def sgemm(a: np.ndarray, b: np.ndarray, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:
     """Dense float32 C = op(a) @ op(b), op(x) = x.T when its flag is set: a [M, P] (or [P, M]),
     b [P, N] (or [N, P]) -> [M, N].  Runs on bitttt's own threads (no BLAS), summing each

@@ -57,4 +57,12 @@ int bt_gemm_f32_t(const bt_ternary *w, const float *dy, int64_t M, int64_t lddy,
 int bt_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t P, const float *A, int64_t lda,
              const float *B, int64_t ldb, float *C, int64_t ldc);
 
+/* C [M, N] = A^T . B with A stored [P, M] (pitch lda) and B = Qa(x) given as its int8 codes
+ * q [P, N] (pitch ldq) and per-row scales a [P]: B[p, j] = (float)q[p, j] / a[p], the value
+ * bt_dequant_act writes.  The BitLinear weight gradient dW = dY^T Qa(x) without the
+ * dequantized copy of x: the float panels are filled from the codes.  Same bits as
+ * bt_sgemm(1, 0, ...) on the dequantized matrix. */
+int bt_sgemm_tn_q8(int64_t M, int64_t N, int64_t P, const float *A, int64_t lda, const int8_t *q, int64_t ldq,
+                   const float *a, float *C, int64_t ldc);
+
 #endif /* BT_KERNELS_H */

@@ -315,18 +315,30 @@ static void fill_dense(const void *ctx, int64_t j0, float *B) {
     }
 }
 
-int bt_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t P, const float *A, int64_t lda,
-             const float *B, int64_t ldb, float *C, int64_t ldc) {
-    if (P <= 0) {
-        for (int64_t i = 0; i < M; i++)
-            for (int64_t j = 0; j < N; j++) C[i * ldc + j] = 0.0f;
-        return BT_OK;
+/* B panel of Qa(x) from its codes: B[p*32 + j] = (float)q[p, j0 + j] / a[p], 0 past N. */
+typedef struct {
+    const int8_t *q;
+    const float *a;
+    int64_t ldq, P, N;
+} q8_b;
+
+static void fill_q8(const void *ctx, int64_t j0, float *B) {
+    const q8_b *d = (const q8_b *)ctx;
+    const int nc = d->N - j0 < BT_PANEL ? (int)(d->N - j0) : BT_PANEL;
+    for (int64_t p = 0; p < d->P; p++) {
+        const int8_t *src = d->q + p * d->ldq + j0;
+        const float ap = d->a[p];
+        float *dst = B + p * BT_PANEL;
+        for (int j = 0; j < nc; j++) dst[j] = (float)src[j] / ap;
+        for (int j = nc; j < BT_PANEL; j++) dst[j] = 0.0f;
     }
-    const dense_b d = {B, ldb, P, N, trans_b};
-    if (!trans_a) return panel_driver(&d, fill_dense, A, lda, 1, M, P, N, C, ldc, 1.0f);
-    /* op(A) = A^T: pack A once into tiles of h rows of op(A), [P][h] each (h contiguous
-     * floats of a row of A per p), so that the microkernels read A sequentially; h is a
-     * multiple of 3 for the AVX2 panels (3-row tiles), else 8. */
+}
+
+/* op(A) = A^T with B filled by fill(ctx): A is packed once into tiles of h rows of op(A),
+ * [P][h] each (h contiguous floats of a row of A per p), so that the microkernels read A
+ * sequentially; h is a multiple of 3 for the AVX2 panels (3-row tiles), else 8. */
+static int sgemm_tn(int64_t M, int64_t N, int64_t P, const float *A, int64_t lda, const void *ctx, fill_fn fill,
+                    float *C, int64_t ldc) {
     int64_t h = BT_ATILE;
 #ifdef BT_HAVE_X86
     if (pick_panel() == bt_panel_avx2) h = BT_ATILE_AVX2;
@@ -349,7 +361,28 @@ int bt_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t P, const fl
         }
     }
     (void)nt;
-    const int err = panel_driver_ex(&d, fill_dense, at, 0, 0, M, P, N, C, ldc, 1.0f, (int)h);
+    const int err = panel_driver_ex(ctx, fill, at, 0, 0, M, P, N, C, ldc, 1.0f, (int)h);
     free(at);
     return err;
+}
+
+static int zero_c(int64_t M, int64_t N, float *C, int64_t ldc) {
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) C[i * ldc + j] = 0.0f;
+    return BT_OK;
+}
+
+int bt_sgemm_tn_q8(int64_t M, int64_t N, int64_t P, const float *A, int64_t lda, const int8_t *q, int64_t ldq,
+                   const float *a, float *C, int64_t ldc) {
+    if (P <= 0) return zero_c(M, N, C, ldc);
+    const q8_b d = {q, a, ldq, P, N};
+    return sgemm_tn(M, N, P, A, lda, &d, fill_q8, C, ldc);
+}
+
+int bt_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t P, const float *A, int64_t lda,
+             const float *B, int64_t ldb, float *C, int64_t ldc) {
+    if (P <= 0) return zero_c(M, N, C, ldc);
+    const dense_b d = {B, ldb, P, N, trans_b};
+    if (!trans_a) return panel_driver(&d, fill_dense, A, lda, 1, M, P, N, C, ldc, 1.0f);
+    return sgemm_tn(M, N, P, A, lda, &d, fill_dense, C, ldc);
 }

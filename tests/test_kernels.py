@@ -263,3 +263,22 @@ def test_int8_head_gemm_exact(kernel, threads, m, n, k, rng):
         y = np.empty((m, n), np.float32)
         _core.gemm_s8(w, ws, xq, a, y)
         assert np.array_equal(y, want)
+
+
+@pytest.mark.parametrize("p,m,n", [(1, 1, 1), (7, 5, 33), (300, 40, 31), (1100, 14, 257)])
+def test_weight_gradient_from_codes_equals_dequantized_gemm(kernel, threads, p, m, n, rng):
+    # dW = dY^T Qa(x) filled from the int8 codes: the same bits as the float GEMM on Qa(x)
+    from bitttt import _core
+
+    dy = rng.standard_normal((p, m)).astype(np.float32)
+    xq, a = bitttt.quantize_activations(rng.standard_normal((p, n)).astype(np.float32) * 3)
+    deq = np.empty((p, n), dtype=np.float32)
+    _core.dequant_act(xq, a, deq)
+    want = bitttt.sgemm(dy, deq, trans_a=True)
+    for t in (1, 2):
+        bitttt.set_num_threads(t)
+        got = bitttt.kernels.sgemm_tn_q8(dy, xq, a)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert np.allclose(want, dy.astype(np.float64).T @ (xq / a[:, None].astype(np.float64)), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="first axes must agree"):
+        bitttt.kernels.sgemm_tn_q8(dy, xq[:-1] if p > 1 else np.zeros((2, n), np.int8), a)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _core, kernels
+from .. import kernels
 from ..ternary import PackedTernary
 from .common import mm
 
@@ -31,12 +31,11 @@ def quantize_act(x: np.ndarray) -> np.ndarray:
 
 class SharedInput:
     """One input x feeding several BitLinears (q, k, v; gate, up): its int8 quantization
-    (float32 runs) is computed once, and its dequantized Qa(x) once for the backward."""
+    (float32 runs) is computed once; the backward's dW = dY^T Qa(x) reads the same codes."""
 
     def __init__(self, x: np.ndarray):
         self.x = x
         self._q = None
-        self._deq = None
 
     def quantized(self):
         """(xq int8 [M, K], a float32 [M]) of x viewed as [M, K]."""
@@ -44,14 +43,6 @@ class SharedInput:
             x2 = np.ascontiguousarray(self.x.reshape(-1, self.x.shape[-1]))
             self._q = kernels.quantize_activations(x2)
         return self._q
-
-    def dequantized(self) -> np.ndarray:
-        """Qa(x) = xq / a, float32 [M, K]."""
-        if self._deq is None:
-            xq, a = self.quantized()
-            self._deq = np.empty(xq.shape, dtype=np.float32)
-            _core.dequant_act(xq, a, self._deq)
-        return self._deq
 
 
 def bitlinear_forward(x, w: np.ndarray, ternary: bool):
@@ -81,7 +72,8 @@ def bitlinear_backward(dy: np.ndarray, cache):
         _, shared, p, lead = cache
         dy2 = np.ascontiguousarray(dy2, dtype=np.float32)
         dx = kernels.matmul_t(p, dy2)
-        dw = mm(dy2, shared.dequantized(), trans_a=True)
+        xq, a = shared.quantized()
+        dw = kernels.sgemm_tn_q8(dy2, xq, a)  # Qa(x) = xq / a, filled into the GEMM's panels
     else:
         _, xin, wq, lead = cache  # xin is x (float) or Qa(x) (ternary numpy)
         dx = mm(dy2, wq)
