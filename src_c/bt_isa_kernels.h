@@ -38,6 +38,11 @@ void bt_panel_scalar(const float *A, int64_t sa, int64_t sp, int64_t M, const fl
 #define BT_HAVE_X86 1
 void bt_i8_avx2(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
                 int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo);
+/* The AVX2 int8 product written as floats, y[m*ldy + n] = (float)dot(w_n, xq_m) * fs[m] (the
+ * int32 result, then to_float's multiply): done only for the many-token panels; returns 0
+ * (nothing written) for few tokens or when its buffers cannot be had. */
+int bt_i8f_avx2(const bt_ternary *w, const int8_t *xq, int64_t ldq, int64_t M, int64_t n0, int64_t n1,
+                const float *fs, float *y, int64_t ldy);
 void bt_panel_avx2(const float *A, int64_t sa, int64_t sp, int64_t M, const float *B, int64_t P,
                    float *C, int64_t ldc, int nc, float s);
 /* G panels at once (panel g at B + g*ldp, columns C + 32g, the last one nc_last wide), A in

@@ -64,6 +64,11 @@ static void gemm_i8_padded(const bt_ternary *w, const int8_t *xq, int64_t ldq, c
     const int64_t N = w->rows;
     const int nt = threads_for((double)N * (double)w->cols * (double)M, (N + 3) / 4);
     int32_t *raw = (int32_t *)out; /* float output is first written as int32 in place */
+    float *fs = NULL; /* AVX2 panels: the float factors of to_float, applied as the tiles are stored */
+#ifdef BT_HAVE_X86
+    if (a && fn == bt_i8_avx2 && (fs = (float *)malloc((size_t)M * sizeof(float))) != NULL)
+        for (int64_t m = 0; m < M; m++) fs[m] = w->scale / a[m];
+#endif
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
@@ -75,11 +80,16 @@ static void gemm_i8_padded(const bt_ternary *w, const int8_t *xq, int64_t ldq, c
 #endif
         int64_t n0, n1;
         bt_split(N, cnt, tid, 4, &n0, &n1);
-        if (n1 > n0) {
+        int done = 0;
+#ifdef BT_HAVE_X86
+        if (n1 > n0 && fs) done = bt_i8f_avx2(w, xq, ldq, M, n0, n1, fs, (float *)out, ldo);
+#endif
+        if (n1 > n0 && !done) {
             fn(w, xq, ldq, sums, M, n0, n1, raw, ldo);
             if (a) to_float(w, a, M, n0, n1, (float *)out, ldo);
         }
     }
+    free(fs);
     (void)nt;
 }
 

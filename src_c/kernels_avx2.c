@@ -150,9 +150,10 @@ T256 static void pack_panel24(const bt_ternary *w, int64_t n, int nr, int64_t nb
     }
 }
 
-/* TM tokens (offset rows of u, pitch ldu) x 24 rows: out[t*ldo + j] = sum_k u w - 128 rowsum[j], j < nc */
+/* TM tokens (offset rows of u, pitch ldu) x 24 rows: out[t*ldo + j] = sum_k u w - 128 rowsum[j], j < nc,
+ * as int32; or, when fs is given, as the float (float)out * fs[t] (the to_float of kernels.c) */
 T256 INLINE void panel_tile_i8(const int8_t *Bp, int64_t nk4, const uint8_t *u, int64_t ldu, const int TM,
-                               const int32_t *rowsum, int32_t *out, int64_t ldo, int nc) {
+                               const int32_t *rowsum, const float *fs, int32_t *out, int64_t ldo, int nc) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i tot[I8_TM][3];
 #pragma GCC unroll 4
@@ -225,12 +226,18 @@ T256 INLINE void panel_tile_i8(const int8_t *Bp, int64_t nk4, const uint8_t *u, 
     for (int t = 0; t < I8_TM; t++) {
         if (t >= TM) break;
         int32_t *o = out + t * ldo;
+        __m256i r[3];
+#pragma GCC unroll 3
+        for (int v = 0; v < 3; v++) {
+            r[v] = _mm256_sub_epi32(tot[t][v], corr[v]);
+            if (fs) r[v] = _mm256_castps_si256(_mm256_mul_ps(_mm256_cvtepi32_ps(r[v]), _mm256_set1_ps(fs[t])));
+        }
         if (nc == I8_NB) {
 #pragma GCC unroll 3
-            for (int v = 0; v < 3; v++) _mm256_storeu_si256((__m256i *)(o + 8 * v), _mm256_sub_epi32(tot[t][v], corr[v]));
+            for (int v = 0; v < 3; v++) _mm256_storeu_si256((__m256i *)(o + 8 * v), r[v]);
         } else {
             int32_t tmp[I8_NB];
-            for (int v = 0; v < 3; v++) _mm256_storeu_si256((__m256i *)(tmp + 8 * v), _mm256_sub_epi32(tot[t][v], corr[v]));
+            for (int v = 0; v < 3; v++) _mm256_storeu_si256((__m256i *)(tmp + 8 * v), r[v]);
             memcpy(o, tmp, (size_t)nc * sizeof(int32_t));
         }
     }
@@ -238,8 +245,9 @@ T256 INLINE void panel_tile_i8(const int8_t *Bp, int64_t nk4, const uint8_t *u, 
 
 #define PANEL_I8(TM)                                                                                       \
     T256 static void panel_i8_##TM(const int8_t *Bp, int64_t nk4, const uint8_t *u, int64_t ldu,            \
-                                   const int32_t *rowsum, int32_t *out, int64_t ldo, int nc) {              \
-        panel_tile_i8(Bp, nk4, u, ldu, TM, rowsum, out, ldo, nc);                                           \
+                                   const int32_t *rowsum, const float *fs, int32_t *out, int64_t ldo,       \
+                                   int nc) {                                                                \
+        panel_tile_i8(Bp, nk4, u, ldu, TM, rowsum, fs, out, ldo, nc);                                       \
     }
 PANEL_I8(4)
 PANEL_I8(3)
@@ -251,7 +259,7 @@ PANEL_I8(1)
  * unsigned bytes once per block and chunk).  Returns 0 (nothing done) when the buffers cannot
  * be had. */
 T256 static int i8_panels(const bt_ternary *w, const int8_t *xq, int64_t ldq, int64_t M, int64_t n0, int64_t n1,
-                          int32_t *out, int64_t ldo) {
+                          const float *fs, int32_t *out, int64_t ldo) {
     const int64_t nblk = w->stride / BT_BLOCK_BYTES, kp = nblk * BT_BLOCK;
     int64_t cpan = BT_I8_CHUNK / (I8_NB * kp); /* panels per chunk */
     const int64_t npan = (n1 - n0 + I8_NB - 1) / I8_NB;
@@ -287,11 +295,14 @@ T256 static int i8_panels(const bt_ternary *w, const int8_t *xq, int64_t ldq, in
                 const int32_t *rsum = rowsum + (q - q0) * I8_NB;
                 int32_t *o = out + m0 * ldo + n;
                 int64_t t = 0;
-                for (; t + 4 <= mb; t += 4) panel_i8_4(B, kp / 4, u + t * kp, kp, rsum, o + t * ldo, ldo, nc);
+#define I8_F(t) (fs ? fs + m0 + (t) : NULL)
+                for (; t + 4 <= mb; t += 4)
+                    panel_i8_4(B, kp / 4, u + t * kp, kp, rsum, I8_F(t), o + t * ldo, ldo, nc);
                 const int64_t left = mb - t;
-                if (left == 3) panel_i8_3(B, kp / 4, u + t * kp, kp, rsum, o + t * ldo, ldo, nc);
-                else if (left == 2) panel_i8_2(B, kp / 4, u + t * kp, kp, rsum, o + t * ldo, ldo, nc);
-                else if (left == 1) panel_i8_1(B, kp / 4, u + t * kp, kp, rsum, o + t * ldo, ldo, nc);
+                if (left == 3) panel_i8_3(B, kp / 4, u + t * kp, kp, rsum, I8_F(t), o + t * ldo, ldo, nc);
+                else if (left == 2) panel_i8_2(B, kp / 4, u + t * kp, kp, rsum, I8_F(t), o + t * ldo, ldo, nc);
+                else if (left == 1) panel_i8_1(B, kp / 4, u + t * kp, kp, rsum, I8_F(t), o + t * ldo, ldo, nc);
+#undef I8_F
             }
         }
     }
@@ -301,10 +312,15 @@ T256 static int i8_panels(const bt_ternary *w, const int8_t *xq, int64_t ldq, in
     return 1;
 }
 
+T256 int bt_i8f_avx2(const bt_ternary *w, const int8_t *xq, int64_t ldq, int64_t M, int64_t n0, int64_t n1,
+                     const float *fs, float *y, int64_t ldy) {
+    return M >= BT_I8_PANEL_MIN_TOKENS && i8_panels(w, xq, ldq, M, n0, n1, fs, (int32_t *)y, ldy);
+}
+
 T256 void bt_i8_avx2(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
                      int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo) {
     const int64_t nblk = w->stride / BT_BLOCK_BYTES, stride = w->stride;
-    if (M >= BT_I8_PANEL_MIN_TOKENS && i8_panels(w, xq, ldq, M, n0, n1, out, ldo)) return;
+    if (M >= BT_I8_PANEL_MIN_TOKENS && i8_panels(w, xq, ldq, M, n0, n1, NULL, out, ldo)) return;
     int32_t dot[4];
     for (int64_t m = 0; m < M; m++) {
         const int8_t *x = xq + m * ldq;
