@@ -198,7 +198,7 @@ def main() -> None:
     print("\n".join(lines))
     if args.no_append:
         return
-    from bench_kernels import machine
+    from bench_kernels import append_results, machine
 
     import bitttt
 
@@ -211,9 +211,7 @@ def main() -> None:
             f"decode = median of {args.decode} steps; memory check over {args.long} decoded tokens",
             "- llama.cpp figures quoted in issue 5 (TQ2_0 + Q8_0 head, measured on another machine): decode "
             "116-121 (1 thread), 152-154 (2); prefill 128: 198 and 390 tokens/s", ""]
-    with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
-        f.write("\n".join(head + lines) + "\n")
-    print(f"appended to {os.path.join(HERE, 'RESULTS.md')}")
+    append_results("\n".join(head + lines))
 
 
 if __name__ == "__main__":

@@ -97,6 +97,17 @@ def machine() -> str:
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.system()} {platform.release()}")
 
 
+def append_results(text: str) -> None:
+    """Append one report (markdown text) to bench/RESULTS.md, creating it with its heading."""
+    path = os.path.join(HERE, "RESULTS.md")
+    new = not os.path.exists(path)
+    with open(path, "a") as f:
+        if new:
+            f.write("# Benchmark results\n\nAppended by the scripts in bench/; newest last.\n\n")
+        f.write(text.rstrip("\n") + "\n\n")  # one blank line after each report
+    print(f"appended to {os.path.relpath(path)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 16384])
@@ -168,13 +179,7 @@ def main() -> None:
     text = "\n".join(report)
     print(text)
     if not args.no_append:
-        path = os.path.join(HERE, "RESULTS.md")
-        new = not os.path.exists(path)
-        with open(path, "a") as f:
-            if new:
-                f.write("# Benchmark results\n\nAppended by the scripts in bench/; newest last.\n\n")
-            f.write(text + "\n")
-        print(f"appended to {os.path.relpath(path)}")
+        append_results(text)
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def main() -> None:
     print("\n".join(lines))
     if args.no_append:
         return
-    from bench_kernels import machine
+    from bench_kernels import append_results, machine
 
     import bitttt
 
@@ -143,9 +143,7 @@ def main() -> None:
 
     for i in range(max(len(ct), len(cf))):
         out.append(f"| {cells(ct, i)} | {cells(cf, i)} |")
-    with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
-        f.write("\n".join(out) + "\n")
-    print(f"appended to {os.path.join(HERE, 'RESULTS.md')}")
+    append_results("\n".join(out))
 
 
 if __name__ == "__main__":

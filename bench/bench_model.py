@@ -129,7 +129,7 @@ def main() -> None:
             row["steps_all"] = [round(x["step_s"], 2) for x in runs[(impl, t)]]
             row["peak_mib"] = max(x["peak_mib"] for x in rs)
             rows.append(row)
-    from bench_kernels import machine
+    from bench_kernels import append_results, machine
 
     import bitttt
 
@@ -156,9 +156,7 @@ def main() -> None:
         *lines, ""])
     print(text)
     if not args.no_append:
-        with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
-            f.write(text + "\n")
-        print("appended to bench/RESULTS.md")
+        append_results(text)
 
 
 if __name__ == "__main__":

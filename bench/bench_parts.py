@@ -67,7 +67,7 @@ def main() -> None:
                        MKL_NUM_THREADS=str(args.threads))
             os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:], env)
     import numpy as np
-    from bench_kernels import machine
+    from bench_kernels import append_results, machine
 
     import bitttt
     from bitttt import _core, kernels
@@ -132,9 +132,7 @@ def main() -> None:
         f"(median of {args.reps}), times per training step", "", *lines, ""])
     print(text)
     if not args.no_append:
-        with open(os.path.join(HERE, "RESULTS.md"), "a") as fh:
-            fh.write(text + "\n")
-        print("appended to bench/RESULTS.md")
+        append_results(text)
 
 
 if __name__ == "__main__":

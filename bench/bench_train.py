@@ -74,7 +74,7 @@ def main() -> None:
     print(f"trainer / forward+backward = {tmed / bmed:.0%}")
     if args.no_append:
         return
-    from bench_kernels import machine
+    from bench_kernels import append_results, machine
 
     text = "\n".join([f"\n## bench_train -- {datetime.datetime.now():%Y-%m-%d %H:%M}", "",
                       f"- machine: {machine()}",
@@ -84,9 +84,7 @@ def main() -> None:
                       "log between step 10 and the last step (data, AdamW, clipping, logging included)", "",
                       "| threads | fwd+bwd tokens/s (bench_model, per round) | python -m bitttt.train tokens/s | "
                       "trainer / bench (medians) |", "|---|---|---|---|", line, ""])
-    with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
-        f.write(text)
-    print("appended to bench/RESULTS.md")
+    append_results(text)
 
 
 if __name__ == "__main__":
