@@ -76,7 +76,7 @@ def main() -> None:
         return
     from bench_kernels import append_results, machine
 
-    text = "\n".join([f"\n## bench_train -- {datetime.datetime.now():%Y-%m-%d %H:%M}", "",
+    text = "\n".join([f"## bench_train -- {datetime.datetime.now():%Y-%m-%d %H:%M}", "",
                       f"- machine: {machine()}",
                       f"- command: `python bench/bench_train.py --threads {args.threads} --steps {args.steps} "
                       f"--rounds {args.rounds}`",
