@@ -45,8 +45,7 @@ def build(path: str) -> None:
     from bitttt import BitLlamaConfig, PackedTernary
     from bitttt.checkpoint import write_safetensors
     from bitttt.export import MODEL_FORMAT
-    from bitttt.layers.ttt import ttt_init
-    from bitttt.model import param_shapes
+    from bitttt.params import draw, param_shapes, ttt_block
     from bitttt.tokenizer import Tokenizer
 
     cfg = BitLlamaConfig(**SHAPE)
@@ -61,8 +60,9 @@ def build(path: str) -> None:
         elif name == "embed.weight":
             tensors[name] = rng.normal(0, 1.0, shape).astype(np.float16)
     for li in range(cfg.num_layers):
-        for k, v in ttt_init(cfg, rng, np.float32).items():
-            if not k.endswith("_proj.weight"):
+        for k, shape, kind, init in ttt_block(cfg):  # the layer's init draws, in order
+            v = draw(init, shape, rng).astype(np.float32)
+            if kind != "linear":
                 tensors[f"layers.{li}.ttt.{k}"] = v
         tensors[f"layers.{li}.norm1.weight"] = np.ones(cfg.hidden_size, np.float32)
         tensors[f"layers.{li}.norm2.weight"] = np.ones(cfg.hidden_size, np.float32)
@@ -81,13 +81,16 @@ def build(path: str) -> None:
 
 def bytes_per_token(im) -> int:
     from bitttt import PackedTernary
+    from bitttt.params import param_table
 
-    n = sum(w.codes.nbytes for w in im.lin.values() if isinstance(w, PackedTernary))
-    n += im.head_q.nbytes + im.head_scale.nbytes if im.head_q is not None else im.head.nbytes
+    m = im.model
+    table = param_table(m.config)
+    n = sum(w.codes.nbytes for w in m.params.values() if isinstance(w, PackedTernary))
+    n += sum(a.nbytes for a in m.head) if isinstance(m.head, tuple) else m.head.nbytes  # int8 rows + scales
     # norms and TTT parameters (W1, b1 are read only when a state starts)
-    n += sum(v.nbytes for k, v in im.p.items() if k != "embed.weight" and not k.endswith(("ttt.W1", "ttt.b1")))
+    n += sum(v.nbytes for k, v in m.params.items() if table[k].kind in ("norm", "float"))
     st = im.new_state()  # W0 read once per token, rewritten once per mini-batch; the factor rows
-    n += st.nbytes + 2 * st.W0.nbytes // im.config.mini_batch_size + im.embed.shape[1] * 4
+    n += st.nbytes + 2 * st.W0.nbytes // m.config.mini_batch_size + m.config.hidden_size * 4
     return n
 
 

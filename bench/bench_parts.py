@@ -71,7 +71,7 @@ def main() -> None:
 
     import bitttt
     from bitttt import _core, kernels
-    from bitttt.layers.rope import rope_tables
+    from bitttt.backend.numpy import rope_tables
 
     bitttt.set_num_threads(args.threads)
     rng = np.random.default_rng(0)

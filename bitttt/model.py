@@ -4,82 +4,121 @@
     x = h + MLP(RMSNorm(h; layers.i.norm2.weight))
     logits = RMSNorm(x; norm_f.weight) @ lm_head^T      (lm_head = embed.weight when tied)
 
-The tensor names below are the checkpoint format, the state dict and the gradient dict.
-Forward and backward are ours (bitttt.layers); the model computes in float32 by default
-and in float64 with BitLlama(config, dtype=np.float64), every intermediate included.
+The tensors are those of the parameter table (bitttt.params).  Every op runs on the model's
+backend, chosen once at construction: `cpu` (float32, C kernels; the default) or `numpy`
+(float64, the spec; BitLlama(config, dtype=np.float64) picks it).  Training: `forward`,
+`loss_and_grads`.  Inference: `new_state`, `prefill(state, tokens)`, `step(state, token)`,
+the TTT state being the model's memory (no KV cache, no context limit).
 """
 from __future__ import annotations
 
+import threading
+from typing import NamedTuple
+
 import numpy as np
 
+from .backend import resolve
 from .config import BitLlamaConfig
-from .layers.common import NonFiniteError, check_finite, mm
-from .layers.embedding import embedding_backward, embedding_forward
+from .layers.common import NonFiniteError, check_finite
 from .layers.loss import cross_entropy_backward, cross_entropy_forward
-from .layers.norms import rmsnorm_backward, rmsnorm_forward
-from .layers.swiglu import swiglu_backward, swiglu_forward
-from .layers.ttt import ttt_backward, ttt_forward, ttt_init, ttt_param_shapes
+from .layers.swiglu import SwiGLUCache, swiglu_backward, swiglu_forward
+from .layers.ttt import (
+    TTTLayerCache,
+    TTTLayerState,
+    token_scales,
+    ttt_backward,
+    ttt_forward,
+    ttt_initial_state,
+    ttt_prefill,
+)
+from .params import init_params, module_params, param_shapes, param_table
+
+__all__ = ["BitLlama", "TTTState", "param_shapes"]
 
 
-def param_shapes(cfg: BitLlamaConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor name of the model with its shape."""
-    v, d, i = cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size
-    shapes = {"embed.weight": (v, d)}
-    for li in range(cfg.num_layers):
-        pre = f"layers.{li}."
-        shapes[pre + "norm1.weight"] = (d,)
-        shapes[pre + "norm2.weight"] = (d,)
-        for name, shape in ttt_param_shapes(cfg).items():
-            shapes[pre + "ttt." + name] = shape
-        shapes[pre + "mlp.gate_proj.weight"] = (i, d)
-        shapes[pre + "mlp.up_proj.weight"] = (i, d)
-        shapes[pre + "mlp.down_proj.weight"] = (d, i)
-    shapes["norm_f.weight"] = (d,)
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head.weight"] = (v, d)
-    return shapes
+class TTTState:
+    """The recurrent state of every layer, stacked: W0 [L, H, f, f], b0 [L, H, f], the factors of
+    the current mini-batch's gradient sum Kb, Gb [L, H, K, f] (rows < pos are live), Sb [L, H, f],
+    pos (tokens read in the current mini-batch, 0 <= pos < K) and n_tokens (tokens read in all)."""
+
+    def __init__(self, W0, b0, Kb, Gb, Sb, pos: int = 0, n_tokens: int = 0):
+        self.W0, self.b0, self.Kb, self.Gb, self.Sb = W0, b0, Kb, Gb, Sb
+        self.pos, self.n_tokens = int(pos), int(n_tokens)
+
+    def copy(self) -> TTTState:
+        return TTTState(self.W0.copy(), self.b0.copy(), self.Kb.copy(), self.Gb.copy(), self.Sb.copy(), self.pos,
+                        self.n_tokens)
+
+    def layer(self, li: int) -> TTTLayerState:
+        """Layer li's part (views: the layer updates the stack in place)."""
+        return TTTLayerState(self.W0[li], self.b0[li], self.Kb[li], self.Gb[li], self.Sb[li])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The state's tensors by name (the memory file's tensors)."""
+        return {"W0": self.W0, "b0": self.b0, "Kb": self.Kb, "Gb": self.Gb, "Sb": self.Sb}
+
+    @property
+    def SW(self) -> np.ndarray:
+        """The dense gradient sum of the current mini-batch, sum_{j<pos} k_j^T g_j [L, H, f, f]."""
+        p = self.pos
+        return np.einsum("lhji,lhjk->lhik", self.Kb[:, :, :p], self.Gb[:, :, :p]).astype(self.W0.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays().values())
+
+
+class BlockCache(NamedTuple):
+    norm1: tuple
+    ttt: TTTLayerCache
+    norm2: tuple
+    mlp: SwiGLUCache
+
+
+class ForwardCache(NamedTuple):
+    tokens: np.ndarray
+    blocks: list      # BlockCache per layer
+    nf: np.ndarray    # the final norm's output [B, T, D]
+    norm_f: tuple
 
 
 def _check_norm(where: str, cache) -> None:
     """RMSNorm's 1/rms is 0 when the squares overflow: the stream has blown up."""
-    r = cache[2]
+    r = cache.r
     if not (np.isfinite(r).all() and (r > 0).all()):
         raise NonFiniteError(f"{where}: the residual stream overflows (values too large for the dtype)")
 
 
 class BitLlama:
-    """The model.  Parameters live in `self.params` (name -> ndarray of `self.dtype`)."""
+    """The model.  Parameters live in `self.params` (name -> ndarray of `self.dtype`; in a model
+    made by `for_inference`, BitLinear weights are the backend's quantized weights)."""
 
-    def __init__(self, config: BitLlamaConfig, dtype=np.float32):
+    def __init__(self, config: BitLlamaConfig, dtype=None, *, backend=None):
         if not isinstance(config, BitLlamaConfig):
             raise TypeError(f"config must be a BitLlamaConfig, got {type(config).__name__}")
         config.validate()
         self.config = config
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.backend = resolve(backend, dtype)
+        self.dtype = np.dtype(self.backend.DTYPE)
         self.params: dict[str, np.ndarray] = {}
+        self.head = None          # for_inference: the LM head used by prefill/step (float or int8)
+        self.inference_only = False
+        self._fused = None
+        self._fused_lock = threading.Lock()  # the fused decoder's scratch is shared: one token at a time
         self.init_weights(0)
+
+    def __repr__(self) -> str:
+        c = self.config
+        kind = "ternary" if c.ternary else "float"
+        return (f"BitLlama(D={c.hidden_size}, layers={c.num_layers}, heads={c.num_heads}, V={c.vocab_size}, {kind}, "
+                f"{self.num_params():,} parameters, backend={self.backend.NAME})")
 
     # -- parameters -----------------------------------------------------------------
     def init_weights(self, seed: int = 0) -> None:
-        """Normal(0, 0.02) matrices, unit norm weights, zero biases; deterministic in `seed`."""
-        cfg, rng = self.config, np.random.default_rng(seed)
-        p = {"embed.weight": rng.normal(0.0, 0.02, (cfg.vocab_size, cfg.hidden_size))}
-        for li in range(cfg.num_layers):
-            pre = f"layers.{li}."
-            p[pre + "norm1.weight"] = np.ones(cfg.hidden_size)
-            p[pre + "norm2.weight"] = np.ones(cfg.hidden_size)
-            for name, v in ttt_init(cfg, rng, np.float64).items():
-                p[pre + "ttt." + name] = v
-            i, d = cfg.intermediate_size, cfg.hidden_size
-            p[pre + "mlp.gate_proj.weight"] = rng.normal(0.0, 0.02, (i, d))
-            p[pre + "mlp.up_proj.weight"] = rng.normal(0.0, 0.02, (i, d))
-            p[pre + "mlp.down_proj.weight"] = rng.normal(0.0, 0.02 / np.sqrt(2 * cfg.num_layers), (d, i))
-        p["norm_f.weight"] = np.ones(cfg.hidden_size)
-        if not cfg.tie_word_embeddings:
-            p["lm_head.weight"] = rng.normal(0.0, 0.02, (cfg.vocab_size, cfg.hidden_size))
-        self.params = {k: np.ascontiguousarray(v, dtype=self.dtype) for k, v in p.items()}
+        """The parameter table's init rules (normal(0, 0.02) matrices, unit norm weights, zero
+        biases), deterministic in `seed`."""
+        self.params = init_params(self.config, seed, self.dtype)
+        self._fused = None
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """A copy of every parameter, by tensor name."""
@@ -105,9 +144,34 @@ class BitLlama:
             check_finite(name, value=v)
             new[name] = np.ascontiguousarray(v, dtype=self.dtype)
         self.params = new
+        self._fused = None
 
     def num_params(self) -> int:
-        return int(sum(v.size for v in self.params.values()))
+        return int(sum(int(np.prod(s)) for s in param_shapes(self.config).values()))
+
+    @classmethod
+    def for_inference(cls, config: BitLlamaConfig, params: dict, *, quantized: dict | None = None, head=None,
+                      backend="cpu") -> BitLlama:
+        """A model ready for generation: BitLinear weights quantized once (`quantized`: weights
+        the backend made already, e.g. PackedTernary from a packed file; the others are
+        quantized here), the rest in the backend's dtype (a float16 embedding stays float16 and
+        its rows are converted when looked up).  `head`: the LM head used by prefill and step (a
+        float [V, D] array or the backend's Int8Head; default: the model's own head)."""
+        m = cls(config, backend=backend)
+        be, quantized = m.backend, quantized or {}
+        p = {}
+        for name, spec in param_table(config).items():
+            if name in quantized:
+                p[name] = quantized[name]
+            elif spec.kind == "linear" and config.ternary:
+                p[name] = be.quantize_weight(np.ascontiguousarray(params[name], dtype=m.dtype))
+            elif name == "embed.weight" and params[name].dtype == np.float16:
+                p[name] = np.ascontiguousarray(params[name])
+            else:
+                p[name] = np.ascontiguousarray(params[name], dtype=m.dtype)
+        m.params, m.inference_only = p, True
+        m.head = head if head is not None else np.ascontiguousarray(m._head(), dtype=m.dtype)
+        return m
 
     # -- forward / backward ---------------------------------------------------------
     def _check_tokens(self, tokens) -> np.ndarray:
@@ -126,35 +190,54 @@ class BitLlama:
     def _head(self) -> np.ndarray:
         return self.params["embed.weight" if self.config.tie_word_embeddings else "lm_head.weight"]
 
-    def _forward(self, tokens: np.ndarray):
-        cfg, p = self.config, self.params
+    def _embed(self, ids: np.ndarray) -> np.ndarray:
+        x = self.backend.embedding_forward(self.params["embed.weight"], ids)
+        return x if x.dtype == self.dtype else x.astype(self.dtype)
+
+    def _block(self, li: int, x: np.ndarray, mixer) -> tuple[np.ndarray, BlockCache]:
+        """One block on x [..., D]: `mixer(li, n1) -> (a, cache)` is the TTT layer (the training
+        forward, or the recurrent read of prefill)."""
+        be, cfg, p = self.backend, self.config, self.params
+        pre = f"layers.{li}."
+        n1, c1 = be.rmsnorm_forward(x, p[pre + "norm1.weight"], cfg.rms_norm_eps)
+        _check_norm(pre + "norm1", c1)
+        a, ct = mixer(li, n1)
+        h = np.add(x, a, out=a)  # a is the layer's own output: no new array
+        n2, c2 = be.rmsnorm_forward(h, p[pre + "norm2.weight"], cfg.rms_norm_eps)
+        _check_norm(pre + "norm2", c2)
+        m, cm = swiglu_forward(be, n2, p[pre + "mlp.gate_proj.weight"], p[pre + "mlp.up_proj.weight"],
+                               p[pre + "mlp.down_proj.weight"], cfg.ternary)
+        x = np.add(h, m, out=m)
+        check_finite(pre + "mlp", output=x)
+        return x, BlockCache(c1, ct, c2, cm)
+
+    def _forward(self, tokens: np.ndarray) -> tuple[np.ndarray, ForwardCache]:
+        be, cfg, p = self.backend, self.config, self.params
         for name, v in p.items():
             if not np.isfinite(v).all():
                 raise NonFiniteError(f"parameter {name} contains NaN or infinity")
-        x = embedding_forward(p["embed.weight"], tokens)
-        caches = []
+
+        def mixer(li, n1):
+            return ttt_forward(be, module_params(p, cfg, li, "ttt"), n1, cfg, name=f"layers.{li}.ttt")
+
+        x = self._embed(tokens)
+        blocks = []
         for li in range(cfg.num_layers):
-            pre = f"layers.{li}."
-            tp = {k[len(pre) + 4:]: v for k, v in p.items() if k.startswith(pre + "ttt.")}
-            n1, c1 = rmsnorm_forward(x, p[pre + "norm1.weight"], cfg.rms_norm_eps)
-            _check_norm(pre + "norm1", c1)
-            a, ct = ttt_forward(tp, n1, cfg, name=pre + "ttt")
-            h = np.add(x, a, out=a)  # a is the layer's own output: no new array
-            n2, c2 = rmsnorm_forward(h, p[pre + "norm2.weight"], cfg.rms_norm_eps)
-            _check_norm(pre + "norm2", c2)
-            m, cm = swiglu_forward(n2, p[pre + "mlp.gate_proj.weight"], p[pre + "mlp.up_proj.weight"],
-                                   p[pre + "mlp.down_proj.weight"], cfg.ternary)
-            x = np.add(h, m, out=m)
-            check_finite(pre + "mlp", output=x)
-            caches.append((tp, c1, ct, c2, cm))
-        nf, cf = rmsnorm_forward(x, p["norm_f.weight"], cfg.rms_norm_eps)
+            x, bc = self._block(li, x, mixer)
+            blocks.append(bc)
+        nf, cf = be.rmsnorm_forward(x, p["norm_f.weight"], cfg.rms_norm_eps)
         _check_norm("norm_f", cf)
-        logits = mm(nf.reshape(-1, nf.shape[-1]), self._head(), trans_b=True).reshape(*nf.shape[:-1], -1)
+        logits = be.lm_head(nf.reshape(-1, nf.shape[-1]), self._head()).reshape(*nf.shape[:-1], -1)
         check_finite("lm_head", logits=logits)
-        return logits, (tokens, caches, nf, cf)
+        return logits, ForwardCache(tokens, blocks, nf, cf)
+
+    def _trainable(self) -> None:
+        if self.inference_only:
+            raise RuntimeError("this model was prepared for inference (quantized weights): it has no gradients")
 
     def forward(self, tokens) -> np.ndarray:
         """tokens int [B, T] (or [T]) -> logits [B, T, V] in the model dtype."""
+        self._trainable()
         t = self._check_tokens(tokens)
         logits, _ = self._forward(t)
         return logits if np.ndim(tokens) == 2 else logits[0]
@@ -162,7 +245,8 @@ class BitLlama:
     def loss_and_grads(self, tokens, targets, mask=None) -> tuple[float, dict[str, np.ndarray]]:
         """Mean cross-entropy of logits[b, t] against targets[b, t] (weighted by a 0/1 mask)
         and its gradient for every parameter, by tensor name."""
-        cfg, p = self.config, self.params
+        self._trainable()
+        be, cfg, p = self.backend, self.config, self.params
         t = self._check_tokens(tokens)
         tg = np.asarray(targets)
         if tg.ndim == 1 and t.shape[0] == 1:
@@ -173,31 +257,31 @@ class BitLlama:
                 mask = mask[None]
         if tg.dtype.kind not in "iu":
             raise TypeError(f"targets must be integer ids, got dtype {tg.dtype}")
-        logits, (tokens_, caches, nf, cf) = self._forward(t)
-        loss, cl = cross_entropy_forward(logits, tg.astype(np.int64), mask)
+        logits, fc = self._forward(t)
+        loss, cl = cross_entropy_forward(be, logits, tg.astype(np.int64), mask)
         if not np.isfinite(loss):
             raise NonFiniteError(f"loss is {loss}: training diverged")
         g = {}
-        dlogits = cross_entropy_backward(cl).astype(self.dtype)
-        head = self._head()
+        dlogits = cross_entropy_backward(be, cl).astype(self.dtype)
+        head, nf = self._head(), fc.nf
         dl2 = dlogits.reshape(-1, dlogits.shape[-1])
-        dhead = mm(dl2, nf.reshape(-1, nf.shape[-1]), trans_a=True)
-        dnf = mm(dl2, head).reshape(nf.shape)
-        dx, g["norm_f.weight"] = rmsnorm_backward(dnf, cf)
+        dhead = be.matmul(dl2, nf.reshape(-1, nf.shape[-1]), trans_a=True)
+        dnf = be.matmul(dl2, head).reshape(nf.shape)
+        dx, g["norm_f.weight"] = be.rmsnorm_backward(dnf, fc.norm_f)
         for li in reversed(range(cfg.num_layers)):
             pre = f"layers.{li}."
-            tp, c1, ct, c2, cm = caches[li]
-            dn2, dgate, dup, ddown = swiglu_backward(dx, cm)
+            bc = fc.blocks[li]
+            dn2, dgate, dup, ddown = swiglu_backward(be, dx, bc.mlp)
             g[pre + "mlp.gate_proj.weight"], g[pre + "mlp.up_proj.weight"] = dgate, dup
             g[pre + "mlp.down_proj.weight"] = ddown
-            dh_norm, g[pre + "norm2.weight"] = rmsnorm_backward(dn2, c2)
+            dh_norm, g[pre + "norm2.weight"] = be.rmsnorm_backward(dn2, bc.norm2)
             dh = np.add(dx, dh_norm, out=dh_norm)
-            dn1, tg_grads = ttt_backward(dh, ct, tp, cfg)
+            dn1, tg_grads = ttt_backward(be, dh, bc.ttt, module_params(p, cfg, li, "ttt"), cfg)
             for k, v in tg_grads.items():
                 g[pre + "ttt." + k] = v
-            dx_norm, g[pre + "norm1.weight"] = rmsnorm_backward(dn1, c1)
+            dx_norm, g[pre + "norm1.weight"] = be.rmsnorm_backward(dn1, bc.norm1)
             dx = np.add(dh, dx_norm, out=dx_norm)
-        demb = embedding_backward(dx, tokens_, cfg.vocab_size)
+        demb = be.embedding_backward(dx, fc.tokens, cfg.vocab_size)
         if cfg.tie_word_embeddings:
             g["embed.weight"] = demb + dhead
         else:
@@ -205,3 +289,101 @@ class BitLlama:
             g["lm_head.weight"] = dhead
         g = {k: np.ascontiguousarray(v, dtype=self.dtype) for k, v in g.items()}
         return float(loss), {k: g[k] for k in p}
+
+    # -- inference --------------------------------------------------------------------
+    def new_state(self) -> TTTState:
+        """Every sequence starts from the trained (W1, b1) of each layer, with empty sums."""
+        cfg = self.config
+        per = [ttt_initial_state(module_params(self.params, cfg, li, "ttt"), cfg, self.dtype)
+               for li in range(cfg.num_layers)]
+        return TTTState(*(np.stack([s[n] for s in per]) for n in ("W0", "b0", "Kb", "Gb", "Sb")))
+
+    def _check_ids(self, tokens) -> np.ndarray:
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise ValueError("feed needs at least one token")
+        v = self.config.vocab_size
+        if ids.min() < 0 or ids.max() >= v:
+            raise ValueError(f"token ids must be in [0, {v}), got values in [{ids.min()}, {ids.max()}]")
+        return ids
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        nf, _ = self.backend.rmsnorm_forward(np.ascontiguousarray(x), self.params["norm_f.weight"],
+                                             self.config.rms_norm_eps)
+        head = self.head if self.head is not None else self._head()
+        logits = self.backend.lm_head(np.ascontiguousarray(nf), head)
+        if not np.isfinite(logits).all():
+            raise FloatingPointError("the model produced NaN or infinite logits")
+        return logits
+
+    def prefill(self, state: TTTState, tokens, all_logits: bool = False) -> np.ndarray:
+        """Read `tokens` (ints [T], T >= 1, one sequence) into `state` (updated in place), one
+        layer at a time -> logits of the last token [V], or of every token [T, V] with all_logits."""
+        be, cfg = self.backend, self.config
+        ids = self._check_ids(tokens)
+
+        def mixer(li, n1):
+            return ttt_prefill(be, module_params(self.params, cfg, li, "ttt"), n1, state.layer(li), state.pos,
+                               cfg), None
+
+        x = self._embed(ids)
+        for li in range(cfg.num_layers):
+            x, _ = self._block(li, x, mixer)
+        state.pos = (state.pos + ids.size) % cfg.mini_batch_size
+        state.n_tokens += ids.size
+        logits = self._logits(x if all_logits else x[-1:])
+        return logits if all_logits else logits[0]
+
+    def step(self, state: TTTState, token: int) -> np.ndarray:
+        """Read one token -> its logits [V].  The backend's fused decoder when it has one (the cpu
+        backend: every layer in one C call, src_c/decode.c), else prefill of that token."""
+        ids = self._check_ids([token])
+        dec = self._fused_decoder()
+        if dec is None:
+            return self.prefill(state, ids)
+        x = self._embed(ids).reshape(-1)
+        logits = np.empty(self.config.vocab_size, dtype=np.float32)
+        with self._fused_lock:
+            dec.step(x, state.W0, state.b0, state.Kb, state.Gb, state.Sb, state.pos, logits)
+        state.pos = (state.pos + 1) % self.config.mini_batch_size
+        state.n_tokens += 1
+        if not np.isfinite(logits).all():
+            raise FloatingPointError("the model produced NaN or infinite logits")
+        return logits
+
+    def _fused_decoder(self):
+        """The backend's one-call decoder over this model's weights (built once), or None."""
+        be, cfg = self.backend, self.config
+        if self._fused is None and self.inference_only and cfg.ternary and hasattr(be, "fused_decoder"):
+            self._fused = be.fused_decoder(*self._decoder_args())
+        return self._fused
+
+    def _decoder_args(self) -> tuple[dict, list[dict], dict]:
+        cfg, p, f = self.config, self.params, self.config.head_dim
+        layers = []
+        for li in range(cfg.num_layers):
+            t = module_params(p, cfg, li, "ttt")
+            m = module_params(p, cfg, li, "mlp")
+
+            def w(q):
+                return (q.codes, q.cols, q.scale)
+
+            _, tok = token_scales(t, cfg.mini_batch_size, np.dtype(np.float32))
+            layers.append({"wq": w(t["q_proj.weight"]), "wk": w(t["k_proj.weight"]), "wv": w(t["v_proj.weight"]),
+                           "wo": w(t["o_proj.weight"]), "wgate": w(m["gate_proj.weight"]),
+                           "wup": w(m["up_proj.weight"]), "wdown": w(m["down_proj.weight"]),
+                           "norm1": p[f"layers.{li}.norm1.weight"], "norm2": p[f"layers.{li}.norm2.weight"],
+                           "lr_w": t["learnable_ttt_lr_weight"][:, 0, :], "lr_b": t["learnable_ttt_lr_bias"],
+                           "gamma": t["ttt_norm_weight"], "beta": t["ttt_norm_bias"], "tok": tok,
+                           "post_w": t["post_norm.weight"], "post_b": t["post_norm.bias"]})
+        cos, sin = self.backend.rope_tables(np.arange(cfg.mini_batch_size), f, cfg.rope_theta, np.float32)
+        dims = {"D": cfg.hidden_size, "H": cfg.num_heads, "f": f, "I": cfg.intermediate_size,
+                "K": cfg.mini_batch_size, "rms_eps": cfg.rms_norm_eps, "lr_scale": cfg.ttt_base_lr / f,
+                "cos": cos, "sin": sin}
+        head = self.head
+        if isinstance(head, self.backend.Int8Head):
+            hd = {"norm_w": p["norm_f.weight"], "Wq": head.q, "wscale": head.scale}
+        else:
+            hd = {"norm_w": p["norm_f.weight"], "Wf": np.ascontiguousarray(head, np.float32)}
+        return dims, layers, hd
+

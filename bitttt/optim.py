@@ -1,8 +1,8 @@
 """AdamW with decoupled weight decay, gradient-norm clipping and the learning-rate schedule.
 
-The step runs in C (src_c/optim.c) for float32 parameters: one pass over p, g, m, v per
-tensor, bit-identical on every ISA and thread count.  float64 parameters (gradient checks)
-take the same formulas in NumPy.
+The step is the backend's `adamw` op (the backend of the parameters' dtype unless one is
+given): on the cpu backend one C pass over p, g, m, v per tensor (src_c/optim.c), bit-identical
+on every ISA and thread count; on the numpy backend the same formulas in float64.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from . import _core
+from .backend import for_dtype, resolve
 
 
 def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
@@ -35,8 +35,7 @@ def global_norm(grads: dict[str, np.ndarray]) -> float:
     """sqrt(sum of squares) over every gradient, accumulated in double in a fixed order."""
     total = 0.0
     for g in grads.values():
-        flat = g.reshape(-1)
-        total += _core.sumsq(flat) if flat.dtype == np.float32 else float(np.dot(flat, flat))
+        total += for_dtype(g.dtype).sumsq(g.reshape(-1))
     return math.sqrt(total)
 
 
@@ -48,7 +47,7 @@ class AdamW:
     """
 
     def __init__(self, params: dict[str, np.ndarray], *, betas: tuple[float, float] = (0.9, 0.95),
-                 eps: float = 1e-8, weight_decay: float = 0.1):
+                 eps: float = 1e-8, weight_decay: float = 0.1, backend=None):
         b1, b2 = (float(b) for b in betas)
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"AdamW betas must be in [0, 1), got {betas}")
@@ -57,6 +56,8 @@ class AdamW:
         if not (weight_decay >= 0 and math.isfinite(weight_decay)):
             raise ValueError(f"AdamW weight_decay must be >= 0, got {weight_decay}")
         self.params = params
+        first = next(iter(params.values()), None)
+        self.backend = resolve(backend, None if backend is not None or first is None else first.dtype)
         self.beta1, self.beta2, self.eps, self.weight_decay = b1, b2, float(eps), float(weight_decay)
         self.m = {k: np.zeros_like(v) for k, v in params.items()}
         self.v = {k: np.zeros_like(v) for k, v in params.items()}
@@ -72,17 +73,8 @@ class AdamW:
             if g.shape != p.shape:
                 raise ValueError(f"gradient {name} has shape {g.shape}, parameter has {p.shape}")
             wd = self.weight_decay if decays(name, p.shape) else 0.0
-            m, v = self.m[name], self.v[name]
-            if p.dtype == np.float32:
-                _core.adamw(p.reshape(-1), np.ascontiguousarray(g, np.float32).reshape(-1), m.reshape(-1),
-                            v.reshape(-1), lr, self.beta1, self.beta2, self.eps, wd, bc1, bc2, gscale)
-            else:
-                gg = g * gscale
-                m *= self.beta1
-                m += (1.0 - self.beta1) * gg
-                v *= self.beta2
-                v += (1.0 - self.beta2) * (gg * gg)
-                p -= lr * (wd * p + (m / bc1) / (np.sqrt(v / bc2) + self.eps))
+            self.backend.adamw(p, g, self.m[name], self.v[name], lr, self.beta1, self.beta2, self.eps, wd, bc1, bc2,
+                               gscale)
 
     # -- state ----------------------------------------------------------------------
     def state_tensors(self) -> dict[str, np.ndarray]:

@@ -41,13 +41,15 @@ class ParamSpec:
     local: str = ""
 
     def initial(self, rng: np.random.Generator) -> np.ndarray:
-        """A float64 array drawn by this spec's rule (draws from `rng` only for "normal")."""
-        rule = self.init[0]
-        if rule == "normal":
-            return rng.normal(0.0, self.init[1], self.shape)
-        if rule == "ones":
-            return np.ones(self.shape)
-        return np.zeros(self.shape)
+        """A float64 array drawn by this spec's rule."""
+        return draw(self.init, self.shape, rng)
+
+
+def draw(init: tuple, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """A float64 array by an init rule (draws from `rng` only for "normal")."""
+    if init[0] == "normal":
+        return rng.normal(0.0, init[1], shape)
+    return np.ones(shape) if init[0] == "ones" else np.zeros(shape)
 
 
 def ttt_block(cfg: BitLlamaConfig) -> list[tuple[str, tuple[int, ...], str, tuple]]:

@@ -221,7 +221,7 @@ class Trainer:
         self.model = BitLlama(self.model_config)
         self.model.init_weights(config.seed)
         self.opt = AdamW(self.model.params, betas=(config.beta1, config.beta2), eps=config.eps,
-                         weight_decay=config.weight_decay)
+                         weight_decay=config.weight_decay, backend=self.model.backend)
         self.batches = Batches(self.train_data, config.batch_size, config.seq_len, config.seed)
         self.step = 0
         self.best_val = float("inf")
@@ -271,7 +271,7 @@ class Trainer:
                                       f"{self.data_dir}/tokenizer.model")
         self.model.load_state_dict(ck.params)
         self.opt = AdamW(self.model.params, betas=(self.cfg.beta1, self.cfg.beta2), eps=self.cfg.eps,
-                         weight_decay=self.cfg.weight_decay)
+                         weight_decay=self.cfg.weight_decay, backend=self.model.backend)
         st = ck.state
         self.opt.load_state_tensors(ck.optim, st["optim_t"])
         self.batches.load_state(st["data"])
@@ -382,7 +382,7 @@ class Trainer:
             w = np.ones(y.shape, np.float32) if m is None else m.astype(np.float32)
             if w.sum() == 0:
                 continue
-            loss, _ = cross_entropy_forward(logits, y, w)
+            loss, _ = cross_entropy_forward(self.model.backend, logits, y, w)
             tot += float(loss) * float(w.sum())
             cnt += float(w.sum())
         if cnt == 0:

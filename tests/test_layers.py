@@ -1,28 +1,33 @@
-"""Every layer's hand-written backward against float64 finite differences; STE formulas."""
+"""Every op and layer: the hand-written backward against float64 finite differences (numpy
+backend), STE formulas, and the cpu backend against the numpy backend on the same cases."""
 import numpy as np
 import pytest
 from gradcheck import max_rel_error
 
 import bitttt
 from bitttt import _core
+from bitttt.backend import get
 from bitttt.config import BitLlamaConfig
 from bitttt.layers import (
     bitlinear_backward,
     bitlinear_forward,
     cross_entropy_backward,
     cross_entropy_forward,
-    embedding_backward,
-    embedding_forward,
-    layernorm_backward,
-    layernorm_forward,
-    rmsnorm_backward,
-    rmsnorm_forward,
     swiglu_backward,
     swiglu_forward,
 )
-from bitttt.layers.bit_linear import quantize_act, quantize_weight
 
 TOL = 1e-6
+NP, CPU = get("numpy"), get("cpu")
+embedding_forward, embedding_backward = NP.embedding_forward, NP.embedding_backward
+rmsnorm_forward, rmsnorm_backward = NP.rmsnorm_forward, NP.rmsnorm_backward
+layernorm_forward, layernorm_backward = NP.layernorm_forward, NP.layernorm_backward
+BE = NP  # the finite-difference checks run on the float64 spec
+
+
+def be_of(dtype):
+    """The backend that computes in dtype: float64 numpy, float32 cpu."""
+    return NP if np.dtype(dtype) == np.float64 else CPU
 
 
 def _check(f, arrays, grads, rng, **kw):
@@ -60,10 +65,10 @@ def test_layernorm(rng):
 def test_bitlinear_float_mode(rng):
     x, w = rng.standard_normal((2, 3, 5)), rng.standard_normal((4, 5))
     r = rng.standard_normal((2, 3, 4))
-    y, c = bitlinear_forward(x, w, ternary=False)
+    y, c = bitlinear_forward(BE, x, w, ternary=False)
     assert np.allclose(y, x @ w.T)
-    dx, dw = bitlinear_backward(r, c)
-    _check(lambda: float((bitlinear_forward(x, w, False)[0] * r).sum()), {"x": x, "w": w}, {"x": dx, "w": dw}, rng)
+    dx, dw = bitlinear_backward(BE, r, c)
+    _check(lambda: float((bitlinear_forward(BE, x, w, False)[0] * r).sum()), {"x": x, "w": w}, {"x": dx, "w": dw}, rng)
 
 
 def _qw(w):
@@ -82,24 +87,24 @@ def test_bitlinear_ternary_forward_and_ste(dtype, rng):
     x = rng.standard_normal((2, 3, 300)).astype(dtype)
     w = (rng.standard_normal((7, 300)) * 0.02).astype(dtype)
     r = rng.standard_normal((2, 3, 7)).astype(dtype)
-    y, c = bitlinear_forward(x, w, ternary=True)
+    y, c = bitlinear_forward(be_of(dtype), x, w, ternary=True)
     ref = _qa(x).astype(np.float64) @ _qw(w).astype(np.float64).T
     tol = 1e-12 if dtype == np.float64 else 2e-5
     assert y.dtype == dtype and np.abs(y - ref).max() <= tol * np.abs(ref).max()
-    dx, dw = bitlinear_backward(r, c)
+    dx, dw = bitlinear_backward(be_of(dtype), r, c)
     # straight-through: dX = dY Qw(W), dW = dY^T Qa(x); no gradient through s or a
     assert dx.dtype == dtype and dw.dtype == dtype
     ref_dx = r.astype(np.float64) @ _qw(w).astype(np.float64)
     ref_dw = r.reshape(-1, 7).T.astype(np.float64) @ _qa(x).reshape(-1, 300).astype(np.float64)
     assert np.abs(dx - ref_dx).max() <= tol * np.abs(ref_dx).max()
     assert np.abs(dw - ref_dw).max() <= tol * np.abs(ref_dw).max()
-    assert np.array_equal(quantize_weight(w), _qw(w)) and np.array_equal(quantize_act(x), _qa(x))
+    assert np.array_equal(NP.quantize_weight(w).values, _qw(w)) and np.array_equal(NP.quantize_act(x), _qa(x))
 
 
 def test_bitlinear_ternary_float32_uses_packed_kernels(rng):
     x = rng.standard_normal((5, 256)).astype(np.float32)
     w = rng.standard_normal((9, 256)).astype(np.float32)
-    y, _ = bitlinear_forward(x, w, ternary=True)
+    y, _ = bitlinear_forward(CPU, x, w, ternary=True)
     assert np.array_equal(y, bitttt.bitlinear(bitttt.PackedTernary.quantize(w), x))
 
 
@@ -107,11 +112,11 @@ def test_swiglu_float_mode(rng):
     x = rng.standard_normal((2, 3, 5))
     wg, wu, wd = rng.standard_normal((6, 5)), rng.standard_normal((6, 5)), rng.standard_normal((5, 6))
     r = rng.standard_normal((2, 3, 5))
-    y, c = swiglu_forward(x, wg, wu, wd, False)
+    y, c = swiglu_forward(BE, x, wg, wu, wd, False)
     g = x @ wg.T
     assert np.allclose(y, ((g / (1 + np.exp(-g))) * (x @ wu.T)) @ wd.T)
-    dx, dg, du, dd = swiglu_backward(r, c)
-    f = lambda: float((swiglu_forward(x, wg, wu, wd, False)[0] * r).sum())  # noqa: E731
+    dx, dg, du, dd = swiglu_backward(BE, r, c)
+    f = lambda: float((swiglu_forward(BE, x, wg, wu, wd, False)[0] * r).sum())  # noqa: E731
     _check(f, {"x": x, "wg": wg, "wu": wu, "wd": wd}, {"x": dx, "wg": dg, "wu": du, "wd": dd}, rng)
 
 
@@ -119,8 +124,8 @@ def test_swiglu_ternary_ste(rng):
     x = rng.standard_normal((4, 8))
     wg, wu, wd = rng.standard_normal((6, 8)), rng.standard_normal((6, 8)), rng.standard_normal((8, 6))
     r = rng.standard_normal((4, 8))
-    _, c = swiglu_forward(x, wg, wu, wd, True)
-    dx, dg, du, dd = swiglu_backward(r, c)
+    _, c = swiglu_forward(BE, x, wg, wu, wd, True)
+    dx, dg, du, dd = swiglu_backward(BE, r, c)
     g, u = _qa(x) @ _qw(wg).T, _qa(x) @ _qw(wu).T
     sg = 1 / (1 + np.exp(-g))
     h = g * sg * u
@@ -138,13 +143,13 @@ def test_cross_entropy(masked, rng):
     mask = (rng.random((2, 5)) > 0.4).astype(np.int8) if masked else None
     if masked:
         mask[0, 0] = 1
-    loss, c = cross_entropy_forward(logits, targets, mask)
+    loss, c = cross_entropy_forward(BE, logits, targets, mask)
     lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     ce = -np.take_along_axis(lp, targets[..., None], -1)[..., 0]
     m = np.ones((2, 5)) if mask is None else mask
     assert loss == pytest.approx((ce * m).sum() / m.sum(), rel=1e-12)
-    d = cross_entropy_backward(c)
-    _check(lambda: float(cross_entropy_forward(logits, targets, mask)[0]), {"logits": logits}, {"logits": d}, rng)
+    d = cross_entropy_backward(BE, c)
+    _check(lambda: float(cross_entropy_forward(BE, logits, targets, mask)[0]), {"logits": logits}, {"logits": d}, rng)
     if masked:
         assert not d[mask == 0].any()
 
@@ -152,11 +157,11 @@ def test_cross_entropy(masked, rng):
 def test_cross_entropy_bad_input():
     logits = np.zeros((1, 3, 4))
     with pytest.raises(ValueError, match="all zeros"):
-        cross_entropy_forward(logits, np.zeros((1, 3), int), np.zeros((1, 3)))
+        cross_entropy_forward(BE, logits, np.zeros((1, 3), int), np.zeros((1, 3)))
     with pytest.raises(ValueError, match="token ids"):
-        cross_entropy_forward(logits, np.full((1, 3), 4), None)
+        cross_entropy_forward(BE, logits, np.full((1, 3), 4), None)
     with pytest.raises(ValueError, match="shape"):
-        cross_entropy_forward(logits, np.zeros((1, 2), int), None)
+        cross_entropy_forward(BE, logits, np.zeros((1, 2), int), None)
 
 
 def test_config_round_trip_and_validation(tmp_path):
@@ -192,8 +197,8 @@ def test_fused_ops_match_numpy(shape, rng):
     u = rng.standard_normal(shape)
 
     def rms(dt):
-        y, c = rmsnorm_forward(x.astype(dt), w.astype(dt), 1e-6)
-        dx, dw = rmsnorm_backward(r.astype(dt), c)
+        y, c = be_of(dt).rmsnorm_forward(x.astype(dt), w.astype(dt), 1e-6)
+        dx, dw = be_of(dt).rmsnorm_backward(r.astype(dt), c)
         return y, dx, dw
 
     _c_vs_numpy(lambda: rms(np.float64), lambda: rms(np.float32))
@@ -201,8 +206,8 @@ def test_fused_ops_match_numpy(shape, rng):
     bias = rng.standard_normal(shape[-1])
 
     def ln(dt):
-        y, c = layernorm_forward(x.astype(dt), w.astype(dt), bias.astype(dt), 1e-6)
-        return (y, *layernorm_backward(r.astype(dt), c))
+        y, c = be_of(dt).layernorm_forward(x.astype(dt), w.astype(dt), bias.astype(dt), 1e-6)
+        return (y, *be_of(dt).layernorm_backward(r.astype(dt), c))
 
     if shape[-1] > 1:  # D = 1: LayerNorm's output is b exactly, its dx is noise on both sides
         _c_vs_numpy(lambda: ln(np.float64), lambda: ln(np.float32), tol=1e-4)
@@ -211,8 +216,8 @@ def test_fused_ops_match_numpy(shape, rng):
                   rng.standard_normal((shape[-1], 5)))
 
     def swi(dt):
-        y, c = swiglu_forward(x.astype(dt), wg.astype(dt), wu.astype(dt), wd.astype(dt), False)
-        return (y, *swiglu_backward(r.astype(dt), c))
+        y, c = swiglu_forward(be_of(dt), x.astype(dt), wg.astype(dt), wu.astype(dt), wd.astype(dt), False)
+        return (y, *swiglu_backward(be_of(dt), r.astype(dt), c))
 
     _c_vs_numpy(lambda: swi(np.float64), lambda: swi(np.float32), tol=1e-4)
 
@@ -221,8 +226,8 @@ def test_fused_ops_match_numpy(shape, rng):
     mask.reshape(-1)[0] = 1
 
     def xent(dt):
-        loss, c = cross_entropy_forward(x.astype(dt), targets, mask)
-        return np.array([loss]), cross_entropy_backward(c)
+        loss, c = cross_entropy_forward(be_of(dt), x.astype(dt), targets, mask)
+        return np.array([loss]), cross_entropy_backward(be_of(dt), c)
 
     _c_vs_numpy(lambda: xent(np.float64), lambda: xent(np.float32), tol=1e-5)
     del u
@@ -240,18 +245,18 @@ def test_fused_ops_same_bits_on_every_path_and_thread_count(rng, threads):
             for n in (1, 2, 3):
                 bitttt.set_kernel(name)
                 bitttt.set_num_threads(n)
-                y, c = rmsnorm_forward(x, w, 1e-6)
-                dx, dw = rmsnorm_backward(r, c)
-                loss, cl = cross_entropy_forward(x, targets, None)
-                yl, cln = layernorm_forward(x, w, w[::-1].copy(), 1e-6)
+                y, c = CPU.rmsnorm_forward(x, w, 1e-6)
+                dx, dw = CPU.rmsnorm_backward(r, c)
+                loss, cl = cross_entropy_forward(CPU, x, targets, None)
+                yl, cln = CPU.layernorm_forward(x, w, w[::-1].copy(), 1e-6)
                 g, u = x * 5, r.copy()
                 h, sg = np.empty_like(g), np.empty_like(g)
                 _core.swiglu_fwd(g.reshape(-1), u.reshape(-1), h.reshape(-1), sg.reshape(-1))
                 dg, du = np.empty_like(g), np.empty_like(g)
                 _core.swiglu_bwd(x.reshape(-1), g.reshape(-1), u.reshape(-1), sg.reshape(-1), dg.reshape(-1),
                                  du.reshape(-1))
-                outs.append([y, dx, dw, np.array([loss]), cross_entropy_backward(cl), yl,
-                             *layernorm_backward(r, cln), h, sg, dg, du])
+                outs.append([y, dx, dw, np.array([loss]), cross_entropy_backward(CPU, cl), yl,
+                             *CPU.layernorm_backward(r, cln), h, sg, dg, du])
     finally:
         bitttt.set_kernel(before)
     for other in outs[1:]:
