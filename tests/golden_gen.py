@@ -66,7 +66,7 @@ def cases() -> dict[str, np.ndarray]:
                 out[f"{tag}/prefill_logits"] = lg
                 ids, steps, pick = [], [], np.random.default_rng(5)
 
-                def sample(z):  # a random model's argmax repeats one token: sample, seeded
+                def sample(z, pick=pick):  # a random model's argmax repeats one token: sample, seeded
                     e = np.exp(z.astype(np.float64) - z.max())
                     return int(pick.choice(z.size, p=e / e.sum()))
 

@@ -3,9 +3,8 @@ hashes to the value recorded in tests/data/golden.json (made at commit a389299).
 import json
 import os
 
-import pytest
-
 import golden_gen
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
