@@ -71,7 +71,7 @@ def main() -> None:
     if not os.path.exists(os.path.join(dval, "manifest.json")):
         run([py, "-m", "bitttt.data", "prepare", valid_txt, "--tokenizer", os.path.join(dtrain, "tokenizer.model"),
              "--val-fraction", "0", "--out", dval, "--no-progress"])
-    from bitttt.loader import TokenData
+    from bitttt.data import TokenData
 
     tr, va = TokenData(dtrain, "train"), TokenData(dval, "train")
     h, xent = unigram_entropy(np.asarray(tr.tokens, dtype=np.int64), np.asarray(va.tokens, dtype=np.int64),

@@ -32,7 +32,7 @@ def prepared_data(cache: str) -> str:
         return d
     src = os.path.join(REPO, "..", "shared", "data", "tinystories_train_sample.txt")
     if not os.path.exists(src):
-        from bitttt.corpus import write_builtin
+        from bitttt.data import write_builtin
 
         os.makedirs(cache, exist_ok=True)
         src = write_builtin("builtin:python-docs", os.path.join(cache, "python-docs.txt"))

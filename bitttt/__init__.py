@@ -8,7 +8,7 @@ Public API:
   Tokenizer                              SentencePiece unigram / BPE with byte fallback and chat tokens
   Trainer, TrainConfig                   the training loop (python -m bitttt.train)
   load                                   a model for generation (python -m bitttt.infer)
-  bitttt.data.prepare, bitttt.loader     token files and the memory-mapped batch loader
+  bitttt.data.prepare, bitttt.data.TokenData   token files and the memory-mapped batch loader
   bitttt.monitor.Monitor                 RAM / CPU / GPU use
 """
 from . import (

@@ -184,7 +184,7 @@ class Tokenizer:
             i = sp.piece_to_id(symbol)
             if sp.id_to_piece(i) != symbol:
                 raise ValueError(f"{source}: not a bitttt tokenizer: piece {symbol!r} is missing "
-                                 "(train one with Tokenizer.train or `python -m bitttt.data prepare`)")
+                                 "(train one with bitttt.data.train_tokenizer or `python -m bitttt.data prepare`)")
             self._special_ids[symbol] = i
         byte_ids = []
         for b in range(256):
@@ -211,39 +211,6 @@ class Tokenizer:
         self._sha256 = hashlib.sha256(self._proto).hexdigest()
 
     # ----------------------------------------------------------------------------------------- training
-    @classmethod
-    def train(
-        cls,
-        files: Sequence[str | os.PathLike],
-        vocab_size: int = 4096,
-        model_type: str = "unigram",
-        *,
-        max_sentence_bytes: int = 4096,
-        input_sentence_size: int = 1_000_000,
-        seed: int = 0,
-        text_field: str = "text",
-        errors: str = "strict",
-        num_threads: int | None = None,
-    ) -> Tokenizer:
-        """Train on the documents of `files` (.txt, .md, .jsonl, optionally .gz; read as `bitttt.data` reads them).
-
-        Nothing is written to disk; call `save` to keep the model.
-        """
-        from .data import iter_texts  # late import: data imports this module
-
-        files = [os.fspath(f) for f in files]
-        if not files:
-            raise ValueError("no input files given to train the tokenizer on")
-        return cls.train_from_iterator(
-            iter_texts(files, text_field=text_field, errors=errors),
-            vocab_size,
-            model_type,
-            max_sentence_bytes=max_sentence_bytes,
-            input_sentence_size=input_sentence_size,
-            seed=seed,
-            num_threads=num_threads,
-        )
-
     @classmethod
     def train_from_iterator(
         cls,

@@ -179,7 +179,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig | dict | str | None = None, *, run_dir: str | None = None,
                  progress: bool | None = None, _resume_from: str | None = None):
-        from .loader import Batches, TokenData
+        from .data import Batches, TokenData
         from .tokenizer import Tokenizer
 
         if config is None:
@@ -234,8 +234,7 @@ class Trainer:
 
     # -- data ------------------------------------------------------------------------
     def _prepare_corpus(self, data_dir: str) -> None:
-        from .corpus import BUILTIN, write_builtin
-        from .data import prepare
+        from .data import BUILTIN, prepare, write_builtin
 
         cfg = self.cfg
         os.makedirs(self.run_dir, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Data preparation (bitttt.data) and the memory-mapped loader (bitttt.loader)."""
+"""Data preparation (bitttt.data) and the memory-mapped loader (bitttt.data.loader)."""
 from __future__ import annotations
 
 import gzip
@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitttt import data as data_mod
-from bitttt.data import DataError, prepare, token_dtype
-from bitttt.loader import Batches, TokenData
+from bitttt.data import Batches, DataError, TokenData, prepare, readers, token_dtype, writer
 from bitttt.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,9 +82,9 @@ def test_streaming_in_tiny_blocks_gives_the_same_tokens(tmp_path, tok_path, tok,
     docs[3] = " ".join(docs[3:12])  # one longer document with several lines
     src = write_separated(tmp_path / "a.txt", docs)
     reference = run([src], tmp_path / "ref", tok_path, val_fraction=0.0)
-    monkeypatch.setattr(data_mod, "_BLOCK_BYTES", 7)
-    monkeypatch.setattr(data_mod, "_SEGMENT_CHARS", 40)
-    monkeypatch.setattr(data_mod, "_BATCH_CHARS", 100)
+    monkeypatch.setattr(readers, "_BLOCK_BYTES", 7)
+    monkeypatch.setattr(readers, "_SEGMENT_CHARS", 40)
+    monkeypatch.setattr(writer, "_BATCH_CHARS", 100)
     streamed = run([src], tmp_path / "small", tok_path, val_fraction=0.0)
     assert read(tmp_path / "small", "train.bin").tolist() == expected_tokens(tok, docs)
     assert streamed["splits"] == reference["splits"]
@@ -186,7 +184,7 @@ def test_split_is_deterministic_and_follows_the_rule(tmp_path, tok_path, tok):
     run([src], tmp_path / "b", tok_path, val_fraction=0.2, seed=7)
     for name in ("train.bin", "val.bin", "tokenizer.model"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    in_val = [i for i in range(len(docs)) if data_mod._is_val(i, 7, 0.2)]
+    in_val = [i for i in range(len(docs)) if writer._is_val(i, 7, 0.2)]
     assert 0 not in in_val and 20 < len(in_val) < 60
     assert read(tmp_path / "a", "val.bin").tolist() == expected_tokens(tok, [docs[i] for i in in_val])
     assert a["splits"]["val"]["documents"] == len(in_val)
@@ -244,7 +242,7 @@ def test_non_utf8_strict_refuses_and_writes_nothing(tmp_path, tok_path):
 
 
 def test_non_utf8_offset_across_blocks(tmp_path, tok_path, monkeypatch):
-    monkeypatch.setattr(data_mod, "_BLOCK_BYTES", 4)
+    monkeypatch.setattr(readers, "_BLOCK_BYTES", 4)
     src = tmp_path / "bad.txt.gz"
     with gzip.open(src, "wb") as f:
         f.write("ab\u00e9cdefgh".encode() + b"\xc3(xyz")

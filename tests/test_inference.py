@@ -32,14 +32,14 @@ def _model(ternary=True, seed=0, vocab=300, peaky=True, **kw):
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    from bitttt.tokenizer import Tokenizer
+    from bitttt.data import train_tokenizer
 
     d = tmp_path_factory.mktemp("tok")
     rng = np.random.default_rng(0)
     words = ["the", "cat", "sat", "on", "a", "mat", "café", "naïve", "über", "日本", "語", "red", "ball"]
     text = "\n".join(" ".join(rng.choice(words, 8)) for _ in range(400))
     (d / "t.txt").write_text(text, encoding="utf-8")
-    return Tokenizer.train([str(d / "t.txt")], vocab_size=300)
+    return train_tokenizer([str(d / "t.txt")], vocab_size=300)
 
 
 @pytest.mark.parametrize("ternary", [True, False])

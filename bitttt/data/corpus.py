@@ -63,7 +63,7 @@ def write_builtin(name: str, path: str) -> str:
     """Write the built-in corpus `name` to `path` as text, documents separated by <|endoftext|>."""
     if name != "builtin:python-docs":
         raise ValueError(f"unknown built-in corpus {name!r}; known: {', '.join(sorted(BUILTIN))}")
-    from .fileio import atomic_write_bytes
+    from ..fileio import atomic_write_bytes
 
     atomic_write_bytes(path, "\n<|endoftext|>\n".join(python_docs()).encode())
     return path

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .data import FORMAT, FORMAT_VERSION, MANIFEST, SPLITS
+from .layout import FORMAT, FORMAT_VERSION, MANIFEST, SPLITS
 
 _SCAN_TOKENS = 1 << 24  # ids checked per chunk when scanning a split
 
