@@ -11,10 +11,23 @@ Public API:
   bitttt.data.prepare, bitttt.data.TokenData   token files and the memory-mapped batch loader
   bitttt.monitor.Monitor                 RAM / CPU / GPU use
 """
-from . import (
-    _omp_env,  # noqa: F401  (before the C core loads libgomp)
-    layers,  # bitttt.layers.TTTLinear
-)
+from . import _omp_env  # noqa: F401  (before the C core loads libgomp)
+
+try:
+    from . import _core  # noqa: F401  (the compiled C core)
+except ImportError as _e:  # a source tree that was never built, or a build for another Python
+    import glob as _glob
+    import os as _os
+
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    _built = _glob.glob(_os.path.join(_here, "_core*.so")) + _glob.glob(_os.path.join(_here, "_core*.pyd"))
+    _why = f"does not load ({_e})" if _built else "is not built"
+    raise ImportError(
+        f"bitttt: the compiled C core (bitttt._core) in {_here} {_why}. Build it: `pip install -e .` in "
+        f"{_os.path.dirname(_here)} (needs a C compiler with OpenMP), or install bitttt with pip and run "
+        "Python outside the source tree.") from None
+
+from . import layers  # noqa: E402  (bitttt.layers.TTTLinear)
 from .config import BitLlamaConfig
 from .kernels import bitlinear, dot_i8, gemm_i8, matmul, matmul_t, quantize_activations, sgemm
 from .model import BitLlama

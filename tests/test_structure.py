@@ -122,3 +122,20 @@ def test_checker_sees_cycles_and_bridge_imports(tmp_path):
     p.write_text("def f():\n    from .. import _core\n    import pycuda.driver\n")
     got = _imports("bitttt.layers.m", str(p), {"bitttt._core"})
     assert "bitttt._core" in got and "pycuda.driver" in got
+
+
+def test_unbuilt_source_tree_says_what_to_run(tmp_path):
+    """A copy of the package without the compiled core: the import error names the build command."""
+    import shutil
+    import subprocess
+    import sys
+
+    dst = tmp_path / "bitttt"
+    shutil.copytree(PKG, dst, ignore=shutil.ignore_patterns("_core*.so", "_core*.pyd", "__pycache__", "models"))
+    code = ("import sys\n"  # an editable install elsewhere must not answer for the missing module
+            "sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+            "import bitttt\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert "is not built" in last and "pip install -e ." in last and "circular" not in last, last
