@@ -8,6 +8,18 @@ import os
 from dataclasses import dataclass, fields
 
 
+def known_fields(cls, d: dict, what: str) -> dict:
+    """`d` when it is a dict whose keys are all fields of dataclass `cls`; else TypeError /
+    ValueError naming `what` and the unknown keys."""
+    if not isinstance(d, dict):
+        raise TypeError(f"a {what} must be a JSON object, got {type(d).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    return d
+
+
 @dataclass
 class BitLlamaConfig:
     """Model hyper-parameters.  D = hidden_size, H = num_heads, f = D / H, K = mini_batch_size.
@@ -73,13 +85,7 @@ class BitLlamaConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> BitLlamaConfig:
-        if not isinstance(d, dict):
-            raise TypeError(f"a config must be a JSON object, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-        return cls(**d)
+        return cls(**known_fields(cls, d, "config"))
 
     @classmethod
     def from_json(cls, text_or_path: str | os.PathLike) -> BitLlamaConfig:

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import runtime
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import BitLlamaConfig
+from .config import BitLlamaConfig, known_fields
 from .layers.common import NonFiniteError
 from .layers.loss import cross_entropy_forward
 from .model import BitLlama
@@ -128,23 +128,14 @@ class TrainConfig:
             raise ValueError("train.data or train.corpus must name the training text")
         if not isinstance(self.model, dict):
             raise TypeError(f"train.model must be an object of model config fields, got {self.model!r}")
-        known = {f.name for f in fields(BitLlamaConfig)}
-        unknown = sorted(set(self.model) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        known_fields(BitLlamaConfig, self.model, "model config")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        if not isinstance(d, dict):
-            raise TypeError(f"a training config must be a JSON object, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
+        return cls(**known_fields(cls, d, "training config"))
 
     @classmethod
     def from_json(cls, path: str) -> TrainConfig:
