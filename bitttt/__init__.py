@@ -16,6 +16,7 @@ from . import (
     layers,  # bitttt.layers.TTTLinear
 )
 from .config import BitLlamaConfig
+from .formats import CheckpointError, MemoryFileError, PackedFormatError
 from .kernels import bitlinear, dot_i8, gemm_i8, matmul, matmul_t, quantize_activations, sgemm
 from .model import BitLlama
 from .runtime import (
@@ -26,7 +27,7 @@ from .runtime import (
     set_kernel,
     set_num_threads,
 )
-from .ternary import PackedFormatError, PackedTernary
+from .ternary import PackedTernary
 from .tokenizer import Tokenizer
 from .trainer import TrainConfig, Trainer
 
@@ -46,6 +47,8 @@ __all__ = [
     "layers",
     "PackedTernary",
     "PackedFormatError",
+    "CheckpointError",
+    "MemoryFileError",
     "quantize_activations",
     "dot_i8",
     "gemm_i8",
