@@ -45,6 +45,11 @@ def weights_id(config: BitLlamaConfig, params: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _check_head(head: str) -> None:
+    if head not in HEAD_FORMATS:
+        raise ValueError(f"head format must be one of {', '.join(HEAD_FORMATS)}, got {head!r}")
+
+
 def quantize_head(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-row absmax int8: w [V, D] -> (q int8 [V, D], scale float32 [V]) with w ~ q * scale."""
     amax = np.max(np.abs(w), axis=1)
@@ -76,8 +81,7 @@ def write_model_file(path: str | os.PathLike, config: BitLlamaConfig, params: di
                      step: str = "") -> dict[str, str]:
     """Write a packed model file (atomic) from float parameters (every tensor of the config's
     param_table); returns its metadata.  `source`: where the weights came from (a file name)."""
-    if head not in HEAD_FORMATS:
-        raise ValueError(f"head format must be one of {', '.join(HEAD_FORMATS)}, got {head!r}")
+    _check_head(head)
     tensors: dict[str, np.ndarray] = {}
     for name, spec in param_table(config).items():
         w = np.ascontiguousarray(params[name], dtype=np.float32)
@@ -102,8 +106,7 @@ def export_checkpoint(src: str | os.PathLike, out: str | os.PathLike, head: str 
     """Write the packed model file `out` for a checkpoint or run directory `src` (its best, else its
     newest intact checkpoint); returns the file's metadata.  ValueError when the checkpoint
     carries no tokenizer; CheckpointError when it is damaged."""
-    if head not in HEAD_FORMATS:
-        raise ValueError(f"head format must be one of {', '.join(HEAD_FORMATS)}, got {head!r}")
+    _check_head(head)
     path = resolve(os.fspath(src))
     ck = load_checkpoint(path)
     if ck.tokenizer is None:

@@ -131,6 +131,8 @@ def read_safetensors(path: str | os.PathLike, *, verify: bool = True, header_onl
             except (ValueError, UnicodeDecodeError):
                 raise error(f"{path}: corrupted header (not valid JSON)") from None
             meta = header.pop("__metadata__", {}) or {}
+            if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+                raise error(f"{path}: corrupted header (the metadata is not a str -> str map)")
             end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
             if 8 + n + end > size:
                 raise error(f"{path}: truncated: {size} bytes, the header promises {8 + n + end}")
