@@ -43,21 +43,20 @@ def build(path: str) -> None:
     import hashlib
 
     from bitttt import BitLlamaConfig, PackedTernary
-    from bitttt.checkpoint import write_safetensors
-    from bitttt.export import MODEL_FORMAT
-    from bitttt.params import draw, param_shapes, ttt_block
+    from bitttt.formats import packed_tensors, write_safetensors
+    from bitttt.formats.model_file import MODEL_FORMAT
+    from bitttt.params import draw, param_table, ttt_block
     from bitttt.tokenizer import Tokenizer
 
     cfg = BitLlamaConfig(**SHAPE)
     rng = np.random.default_rng(0)
     tensors, meta = {}, {}
-    for name, shape in param_shapes(cfg).items():
-        if name.endswith("_proj.weight"):
+    for name, spec in param_table(cfg).items():
+        shape = spec.shape
+        if spec.kind == "linear":
             t = rng.integers(-1, 2, shape, dtype=np.int8)
-            tt, m = PackedTernary.from_ternary(t, 0.02).to_tensors(name)
-            tensors.update(tt)
-            meta.update({k: v for k, v in m.items() if k.endswith("crc32")})
-        elif name == "embed.weight":
+            tensors.update(packed_tensors(PackedTernary.from_ternary(t, 0.02), name))
+        elif spec.kind == "embedding":
             tensors[name] = rng.normal(0, 1.0, shape).astype(np.float16)
     for li in range(cfg.num_layers):
         for k, shape, kind, init in ttt_block(cfg):  # the layer's init draws, in order
@@ -96,10 +95,10 @@ def bytes_per_token(im) -> int:
 
 def worker(args) -> dict:
     from bitttt import _core, set_num_threads
-    from bitttt.export import load_packed
+    from bitttt.session import InferenceModel
 
     set_num_threads(args.threads)
-    im = load_packed(args.file)
+    im = InferenceModel.from_model_file(args.file)
     v = SHAPE["vocab_size"]
     rng = np.random.default_rng(1)
     bpt = bytes_per_token(im)

@@ -2,7 +2,7 @@
 
 Public API:
   BitLlamaConfig, BitLlama, layers.TTTLinear     the model, forward and backward in NumPy + C
-  PackedTernary                          packed 2-bit ternary matrix (quantize, save/load)
+  PackedTernary, write_packed, read_packed   packed 2-bit ternary matrix (quantize) and its files
   quantize_activations, dot_i8, gemm_i8, bitlinear, matmul, matmul_t   CPU kernels
   set_num_threads, get_num_threads, set_kernel, get_kernel, available_kernels, cpu_info
   Tokenizer                              SentencePiece unigram / BPE with byte fallback and chat tokens
@@ -29,6 +29,7 @@ except ImportError as _e:  # a source tree that was never built, or a build for 
 
 from . import layers  # noqa: E402  (bitttt.layers.TTTLinear)
 from .config import BitLlamaConfig
+from .formats import CheckpointError, MemoryFileError, PackedFormatError
 from .kernels import bitlinear, dot_i8, gemm_i8, matmul, matmul_t, quantize_activations, sgemm
 from .model import BitLlama
 from .runtime import (
@@ -39,7 +40,7 @@ from .runtime import (
     set_kernel,
     set_num_threads,
 )
-from .ternary import PackedFormatError, PackedTernary
+from .ternary import PackedTernary
 from .tokenizer import Tokenizer
 from .trainer import TrainConfig, Trainer
 
@@ -59,6 +60,10 @@ __all__ = [
     "layers",
     "PackedTernary",
     "PackedFormatError",
+    "read_packed",
+    "write_packed",
+    "CheckpointError",
+    "MemoryFileError",
     "quantize_activations",
     "dot_i8",
     "gemm_i8",

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from .checkpoint import CheckpointError
+from .formats import CheckpointError
 
 
 def evaluate_ids(im, ids: list[int], reset_every: int = 0, chunk: int = 512) -> tuple[float, int]:

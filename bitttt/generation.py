@@ -16,22 +16,9 @@ import os
 import time
 from collections.abc import Iterator
 
+from .formats.runs import resolve as _resolve  # a file as is; a run dir -> its best / newest intact checkpoint
 from .sampling import Sampler, SamplingParams
 from .session import InferenceModel, TTTState
-
-
-def _resolve(path: str) -> str:
-    """A file as is; a run directory -> its best checkpoint, else its newest intact one."""
-    if os.path.isdir(path):
-        best = os.path.join(path, "checkpoints", "best.safetensors")
-        if os.path.isfile(best):
-            return best
-        from .trainer import Trainer
-
-        return Trainer.latest_checkpoint(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such model file or run directory")
-    return path
 
 
 def load(path: str) -> Model:

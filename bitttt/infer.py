@@ -17,8 +17,7 @@ import json
 import os
 import sys
 
-from .checkpoint import CheckpointError
-from .session import MemoryFileError
+from .formats import CheckpointError, MemoryFileError
 
 SHIPPED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models",
                              "tinystories-ternary.safetensors")

@@ -25,34 +25,26 @@ one C call (bitttt._core.Decoder, src_c/decode.c).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 
 import numpy as np
 
 from .backend.numpy import Int8Head
-from .checkpoint import CheckpointError, read_safetensors, write_safetensors
 from .config import BitLlamaConfig
+from .formats import (
+    CheckpointError,
+    MemoryFileError,  # noqa: F401  (raised by load_memory through read_memory; importable from here as before)
+    load_checkpoint,
+    read_memory,
+    read_metadata,
+    read_model_file,
+    weights_id,
+    write_memory,
+)
+from .formats.model_file import MODEL_FORMAT
 from .model import BitLlama, TTTState
 from .params import param_shapes
 from .ternary import PackedTernary
-
-MEMORY_FORMAT = "bitttt-memory/2"
-MEMORY_FORMAT_V1 = "bitttt-memory/1"  # dense SW; still read
-
-
-class MemoryFileError(ValueError):
-    """A memory (TTT state) file that is missing, damaged, or belongs to another model."""
-
-
-def weights_id(config: BitLlamaConfig, params: dict[str, np.ndarray]) -> str:
-    """The identity of a model: sha256 of its config and float32 weights (memory files carry it)."""
-    h = hashlib.sha256(config.to_json().encode())
-    for name in sorted(params):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(params[name], dtype=np.float32).tobytes())
-    return h.hexdigest()
 
 
 class InferenceModel:
@@ -106,7 +98,6 @@ class InferenceModel:
     @classmethod
     def from_checkpoint(cls, path: str) -> InferenceModel:
         """A training checkpoint (weights, config and tokenizer inside)."""
-        from .checkpoint import load_checkpoint
         from .tokenizer import Tokenizer
 
         ck = load_checkpoint(path)
@@ -116,13 +107,33 @@ class InferenceModel:
     @classmethod
     def from_file(cls, path: str) -> InferenceModel:
         """A packed model file (python -m bitttt.export) or a training checkpoint."""
-        from .export import MODEL_FORMAT, load_packed
+        path = os.fspath(path)
+        if read_metadata(path, what="model file").get("format") == MODEL_FORMAT:
+            return cls.from_model_file(path)
+        return cls.from_checkpoint(path)
+
+    @classmethod
+    def from_model_file(cls, path: str) -> InferenceModel:
+        """A packed model file (python -m bitttt.export); CheckpointError naming it when it is damaged."""
+        from .tokenizer import Tokenizer
 
         path = os.fspath(path)
-        _, meta = read_safetensors(path, verify=False, header_only=True)
-        if meta.get("format") == MODEL_FORMAT:
-            return load_packed(path)
-        return cls.from_checkpoint(path)
+        mf = read_model_file(path)
+        cfg = mf.config
+        try:
+            tok = Tokenizer.from_bytes(mf.tokenizer)
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{path}: corrupted metadata ({e})") from None
+        params = dict(mf.params)
+        if mf.head is not None:
+            params["head.weight"] = mf.head
+        if not cfg.tie_word_embeddings:  # the constructor wants every name; the head used is the one above
+            params["lm_head.weight"] = mf.head if mf.head_int8 is None else \
+                np.zeros((cfg.vocab_size, cfg.hidden_size), np.float32)
+        try:
+            return cls(cfg, params, tok, source=path, packed=mf.packed, model_id=mf.model_id, head_int8=mf.head_int8)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
 
     @classmethod
     def from_model(cls, model, tokenizer=None) -> InferenceModel:
@@ -146,43 +157,12 @@ class InferenceModel:
 
     # -- memory files ------------------------------------------------------------------
     def save_memory(self, st: TTTState, path: str, note: str = "") -> None:
-        """Write the state to a safetensors file tagged with this model's identity (atomic)."""
-        meta = {"format": MEMORY_FORMAT, "model_id": self.model_id, "config": self.config.to_json(),
-                "pos": str(st.pos), "n_tokens": str(st.n_tokens), "note": note}
-        write_safetensors(path, {"W0": st.W0, "b0": st.b0, "Kb": st.Kb, "Gb": st.Gb, "Sb": st.Sb}, meta)
+        """Write the state to a memory file tagged with this model's identity (atomic; bitttt.formats.memory)."""
+        write_memory(path, st.arrays(), model_id=self.model_id,
+                     config=self.config, pos=st.pos, n_tokens=st.n_tokens, note=note)
 
     def load_memory(self, path: str) -> TTTState:
         """Read a state saved by save_memory; MemoryFileError when it is damaged or from another model."""
-        try:
-            t, meta = read_safetensors(path)
-        except CheckpointError as e:
-            raise MemoryFileError(str(e).replace("checkpoint", "memory file")) from None
-        if meta.get("format") not in (MEMORY_FORMAT, MEMORY_FORMAT_V1):
-            raise MemoryFileError(f"{path}: not a bitttt memory file (format {meta.get('format')!r})")
-        if meta.get("model_id") != self.model_id:
-            try:
-                other = json.loads(meta.get("config", "{}"))
-            except ValueError:
-                other = {}
-            raise MemoryFileError(f"{path}: this memory belongs to another model (id {meta.get('model_id', '?')[:12]}, "
-                               f"D={other.get('hidden_size', '?')}, {other.get('num_layers', '?')} layers), "
-                               f"not to this one (id {self.model_id[:12]})")
-        ref = self.new_state()
-        pos = int(meta.get("pos", "0"))
-        if not 0 <= pos < self.config.mini_batch_size:
-            raise MemoryFileError(f"{path}: invalid mini-batch position {pos}")
-        names = ("W0", "b0", "Kb", "Gb", "Sb") if meta["format"] == MEMORY_FORMAT else ("W0", "b0", "SW", "Sb")
-        for name in names:
-            want = ref.W0.shape if name == "SW" else getattr(ref, name).shape
-            if name not in t or t[name].shape != want:
-                raise MemoryFileError(f"{path}: tensor {name} is missing or has the wrong shape")
-        a = {n: np.ascontiguousarray(t[n], np.float32) for n in names}
-        if meta["format"] == MEMORY_FORMAT_V1:  # dense SW of rank <= pos: factor it (exact to rounding)
-            a["Kb"], a["Gb"] = ref.Kb, ref.Gb
-            if pos:
-                u, sv, vt = np.linalg.svd(a.pop("SW").astype(np.float64))
-                a["Kb"][:, :, :pos] = (u[..., :pos] * sv[..., None, :pos]).transpose(0, 1, 3, 2)
-                a["Gb"][:, :, :pos] = vt[..., :pos, :]
-            else:
-                a.pop("SW")
-        return TTTState(a["W0"], a["b0"], a["Kb"], a["Gb"], a["Sb"], pos, int(meta.get("n_tokens", "0")))
+        m = read_memory(path, model_id=self.model_id, config=self.config)
+        a = m.arrays
+        return TTTState(a["W0"], a["b0"], a["Kb"], a["Gb"], a["Sb"], m.pos, m.n_tokens)

@@ -1,36 +1,21 @@
 """PackedTernary: a 1.58-bit weight matrix held as 2-bit codes plus one float32 scale.
 
 The bit layout is documented in src_c/bt_ternary.h.  On disk (safetensors), a matrix
-stored under prefix P is three tensors and a metadata entry:
-  P.codes  uint8   [rows, stride]   2-bit codes, stride = ceil(cols / 256) * 64
-  P.scale  float32 [1]              s, so that W ~= s * w, w in {-1, 0, +1}
-  P.shape  int64   [2]              (rows, cols)
-  metadata "P.crc32"                CRC-32 of codes, scale and shape (detects corruption)
+stored under prefix P is three tensors, P.codes, P.scale and P.shape: see bitttt.formats.packed.
 """
 from __future__ import annotations
-
-import json
-import os
-import zlib
 
 import numpy as np
 
 from . import _core
 from ._arrays import aligned_empty, check_array
-from .fileio import atomic_write_bytes
-
-FORMAT = "bitttt.ternary/1"
-
-
-class PackedFormatError(ValueError):
-    """A packed ternary file or tensor set is truncated, corrupted or not ours."""
 
 
 class PackedTernary:
     """Ternary matrix [rows, cols] packed at 2 bits per weight (layout: src_c/bt_ternary.h).
 
-    Build one with PackedTernary.quantize(W) (BitNet b1.58 absmean rule) or load one
-    with PackedTernary.load(path).  `codes` is a 64-byte aligned uint8 array
+    Build one with PackedTernary.quantize(W) (BitNet b1.58 absmean rule) or read one with
+    bitttt.read_packed(path) (files and tensor sets: bitttt.formats.packed).  `codes` is a 64-byte aligned uint8 array
     [rows, stride]; `scale` is the float32 s with W ~= s * ternary().
     """
 
@@ -145,79 +130,3 @@ class PackedTernary:
                 and np.array_equal(self.codes, other.codes))
 
     __hash__ = None  # mutable arrays inside
-
-    # -- serialization -------------------------------------------------------------
-    def _crc(self) -> str:
-        crc = zlib.crc32(self.codes)
-        crc = zlib.crc32(np.float32(self.scale).tobytes(), crc)
-        crc = zlib.crc32(np.array([self.rows, self.cols], dtype=np.int64).tobytes(), crc)
-        return f"{crc:08x}"
-
-    def to_tensors(self, prefix: str = "") -> tuple[dict[str, np.ndarray], dict[str, str]]:
-        """(tensors, metadata) for safetensors, named `prefix.codes|scale|shape`."""
-        p = f"{prefix}." if prefix else ""
-        tensors = {
-            f"{p}codes": self.codes,
-            f"{p}scale": np.array([self.scale], dtype=np.float32),
-            f"{p}shape": np.array([self.rows, self.cols], dtype=np.int64),
-        }
-        return tensors, {f"{p}crc32": self._crc(), "bitttt.format": FORMAT}
-
-    @classmethod
-    def from_tensors(cls, tensors: dict, metadata: dict | None = None, prefix: str = "",
-                     source: str = "tensors") -> PackedTernary:
-        """Rebuild from to_tensors() output; PackedFormatError on anything inconsistent."""
-        p = f"{prefix}." if prefix else ""
-        missing = [k for k in ("codes", "scale", "shape") if f"{p}{k}" not in tensors]
-        if missing:
-            raise PackedFormatError(f"{source}: missing tensor(s) {', '.join(p + k for k in missing)}")
-        codes, scale, shape = tensors[f"{p}codes"], tensors[f"{p}scale"], tensors[f"{p}shape"]
-        if codes.dtype != np.uint8 or codes.ndim != 2:
-            raise PackedFormatError(f"{source}: {p}codes must be uint8 [rows, stride], got {codes.dtype} "
-                                    f"{codes.shape}")
-        if scale.dtype != np.float32 or scale.shape != (1,):
-            raise PackedFormatError(f"{source}: {p}scale must be float32 [1], got {scale.dtype} {scale.shape}")
-        if shape.dtype != np.int64 or shape.shape != (2,):
-            raise PackedFormatError(f"{source}: {p}shape must be int64 [2], got {shape.dtype} {shape.shape}")
-        rows, cols = int(shape[0]), int(shape[1])
-        if rows != codes.shape[0] or not 1 <= cols <= _core.MAX_COLS or \
-                codes.shape[1] != _core.row_stride(cols):
-            raise PackedFormatError(f"{source}: {p}shape {rows}x{cols} does not match codes {codes.shape}")
-        try:
-            out = cls(np.ascontiguousarray(codes), float(scale[0]), cols)
-        except ValueError as e:
-            raise PackedFormatError(f"{source}: {p}: {e}") from None
-        if metadata is not None:
-            want = metadata.get(f"{p}crc32")
-            if want is None:
-                raise PackedFormatError(f"{source}: no checksum {p}crc32 in the metadata")
-            if want != out._crc():
-                raise PackedFormatError(f"{source}: checksum mismatch for {p}codes (the data is corrupted)")
-        return out
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write one safetensors file atomically (temporary file, fsync, rename)."""
-        from safetensors.numpy import save
-
-        tensors, meta = self.to_tensors()
-        atomic_write_bytes(path, save(tensors, metadata=meta))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> PackedTernary:
-        """Read a file written by save(); PackedFormatError names the file on any damage."""
-        from safetensors import SafetensorError
-        from safetensors.numpy import load
-
-        path = os.fspath(path)
-        with open(path, "rb") as f:
-            data = f.read()
-        try:
-            tensors = load(data)
-            header_len = int.from_bytes(data[:8], "little")
-            metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
-        except (SafetensorError, ValueError, OverflowError) as e:
-            raise PackedFormatError(f"{path}: not a readable safetensors file ({e})") from None
-        if metadata.get("bitttt.format") != FORMAT:
-            raise PackedFormatError(f"{path}: not a bitttt packed ternary file (format "
-                                    f"{metadata.get('bitttt.format')!r}, expected {FORMAT!r})")
-        return cls.from_tensors(tensors, metadata, source=path)

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-from .checkpoint import CheckpointError
+from .formats import CheckpointError
 from .layers.common import NonFiniteError
 from .trainer import TrainConfig, Trainer
 

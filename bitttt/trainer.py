@@ -26,8 +26,9 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from . import runtime
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import BitLlamaConfig, known_fields
+from .formats import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from .formats.runs import checkpoint_step as _ckpt_step
 from .layers.common import NonFiniteError
 from .layers.loss import cross_entropy_forward
 from .model import BitLlama
@@ -160,11 +161,6 @@ class TrainConfig:
         return TrainConfig.from_dict(d)
 
 
-def _ckpt_step(path: str) -> int:
-    m = re.fullmatch(r"step_(\d+)\.safetensors", os.path.basename(path))
-    return int(m.group(1)) if m else -1
-
-
 class Trainer:
     """Trains a BitLlama on prepared token files.  See the module docstring."""
 
@@ -287,34 +283,12 @@ class Trainer:
         for p in ckpts[:-self.cfg.keep_last]:
             os.unlink(os.path.join(self.ckpt_dir, p))
 
-    @staticmethod
-    def latest_checkpoint(run_dir: str) -> str:
-        """The newest step checkpoint of a run that reads back intact (older ones are tried when
-        the newest is damaged, with a warning).  CheckpointError when there is none."""
-        cdir = os.path.join(run_dir, "checkpoints")
-        if not os.path.isdir(run_dir):
-            raise CheckpointError(f"{run_dir}: no such run directory")
-        names = sorted((p for p in os.listdir(cdir) if _ckpt_step(p) >= 0), key=_ckpt_step,
-                       reverse=True) if os.path.isdir(cdir) else []
-        errors = []
-        for p in names:
-            path = os.path.join(cdir, p)
-            try:
-                load_checkpoint(path)
-            except CheckpointError as e:
-                errors.append(str(e))
-                print(f"warning: skipping damaged checkpoint: {e}", file=sys.stderr)
-                continue
-            return path
-        raise CheckpointError(f"{run_dir}: no intact checkpoint to resume from"
-                              + (f" ({'; '.join(errors)})" if errors else " (checkpoints/ is empty)"))
-
     @classmethod
     def resume(cls, run_dir: str, overrides: dict | None = None, *, progress: bool | None = None) -> Trainer:
         """Continue a run from its newest intact checkpoint: model, optimizer moments, schedule,
         data position and counters are restored, so the run continues bit-identically.
         `overrides` may change run-length and logging keys (max_steps, max_time, intervals, threads)."""
-        path = run_dir if os.path.isfile(run_dir) else cls.latest_checkpoint(run_dir)
+        path = run_dir if os.path.isfile(run_dir) else latest_checkpoint(run_dir)
         ck = load_checkpoint(path)
         cfg = TrainConfig.from_dict(ck.train)
         if overrides:
@@ -481,7 +455,7 @@ class Trainer:
                 bar.close()
             last = None
             try:
-                last = self.latest_checkpoint(self.run_dir)
+                last = latest_checkpoint(self.run_dir)
             except CheckpointError:
                 pass
             raise NonFiniteError(f"{e} (step {self.step + 1}); nothing was saved from it"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bitttt import BitLlama, BitLlamaConfig
-from bitttt.checkpoint import CheckpointError, load_checkpoint, read_safetensors, save_checkpoint
+from bitttt.formats import CheckpointError, load_checkpoint, read_safetensors, save_checkpoint
 from bitttt.optim import AdamW
 
 CFG = BitLlamaConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=48,
@@ -75,7 +75,7 @@ def test_config_mismatch(tmp_path):
 
 
 def test_foreign_file(tmp_path):
-    from bitttt.checkpoint import write_safetensors
+    from bitttt.formats import write_safetensors
 
     p = tmp_path / "f.safetensors"
     write_safetensors(p, {"a": np.zeros(3, np.float32)}, {"format": "other"})

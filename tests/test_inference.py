@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from bitttt import BitLlama, BitLlamaConfig
+from bitttt.formats import MemoryFileError
 from bitttt.generation import Model
-from bitttt.session import InferenceModel, MemoryFileError
+from bitttt.session import InferenceModel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -168,8 +169,8 @@ def test_memory_save_load_continue(tokenizer, tmp_path):
 
 def test_memory_file_of_the_first_format_still_loads(tmp_path):
     """bitttt-memory/1 files held the gradient sum as a dense SW: it is factored on load."""
-    from bitttt.checkpoint import write_safetensors
-    from bitttt.session import MEMORY_FORMAT_V1
+    from bitttt.formats import write_safetensors
+    from bitttt.formats.memory import MEMORY_FORMAT_V1
 
     im = InferenceModel.from_model(_model(True, seed=8))
     ids = np.random.default_rng(2).integers(0, 300, 21)  # ends mid mini-batch (pos 5)
@@ -259,7 +260,7 @@ def test_long_prompt_constant_memory():
 
 @pytest.fixture(scope="module")
 def checkpoint(tokenizer, tmp_path_factory):
-    from bitttt.checkpoint import save_checkpoint
+    from bitttt.formats import save_checkpoint
     from bitttt.optim import AdamW
 
     m = _model(True, seed=10)
@@ -321,12 +322,12 @@ def test_chat_commands_through_stdin(checkpoint, tmp_path):
 
 @pytest.mark.parametrize("head", ["float32", "int8"])
 def test_export_matches_checkpoint(checkpoint, tmp_path, head):
-    from bitttt.export import export, load_packed
+    from bitttt.formats import export_checkpoint
 
     out = tmp_path / f"m-{head}.safetensors"
-    export(str(checkpoint), str(out), head=head)
+    export_checkpoint(str(checkpoint), str(out), head=head)
     a = InferenceModel.from_checkpoint(str(checkpoint))
-    b = load_packed(str(out))
+    b = InferenceModel.from_model_file(str(out))
     assert a.model_id == b.model_id
     ids = np.random.default_rng(0).integers(0, 300, 37)
     la = a.feed(a.new_state(), ids, all_logits=True)
@@ -356,7 +357,7 @@ def test_export_matches_checkpoint(checkpoint, tmp_path, head):
     bad[len(raw) // 2] ^= 0x55
     (tmp_path / "bad.safetensors").write_bytes(bytes(bad))
     with pytest.raises(ValueError, match="bad.safetensors"):
-        load_packed(str(tmp_path / "bad.safetensors"))
+        InferenceModel.from_model_file(str(tmp_path / "bad.safetensors"))
 
 
 def test_eval_cli(checkpoint, tmp_path):

@@ -7,6 +7,8 @@ import refimpl
 
 import bitttt
 from bitttt import PackedFormatError, PackedTernary
+from bitttt.formats.packed import FORMAT as PACKED_FORMAT
+from bitttt.formats.packed import packed_from_tensors, packed_tensors, read_packed, write_packed
 
 SHAPES = [(1, 1), (1, 7), (1, 4096), (7, 1), (3, 255), (3, 256), (5, 257), (17, 300), (64, 1024), (33, 777)]
 
@@ -74,8 +76,8 @@ def test_save_load_round_trip(tmp_path, rng):
     for shape in [(1, 1), (5, 257), (64, 1024)]:
         p = PackedTernary.quantize(rng.standard_normal(shape).astype(np.float32))
         f = tmp_path / f"w{shape[0]}x{shape[1]}.safetensors"
-        p.save(f)
-        q = PackedTernary.load(f)
+        write_packed(f, p)
+        q = read_packed(f)
         assert q == p and q.scale == p.scale and np.array_equal(q.codes, p.codes)
         assert q.codes.ctypes.data % 64 == 0
         x = rng.standard_normal((3, shape[1])).astype(np.float32)
@@ -86,17 +88,17 @@ def test_save_load_round_trip(tmp_path, rng):
 
 def test_to_from_tensors_with_prefix(rng):
     p = PackedTernary.quantize(rng.standard_normal((6, 70)).astype(np.float32))
-    tensors, meta = p.to_tensors("layers.0.mlp.up_proj.weight")
+    tensors = packed_tensors(p, "layers.0.mlp.up_proj.weight")
     assert set(tensors) == {f"layers.0.mlp.up_proj.weight.{k}" for k in ("codes", "scale", "shape")}
     assert tensors["layers.0.mlp.up_proj.weight.codes"].dtype == np.uint8
     assert tensors["layers.0.mlp.up_proj.weight.scale"].dtype == np.float32
-    assert PackedTernary.from_tensors(tensors, meta, prefix="layers.0.mlp.up_proj.weight") == p
+    assert packed_from_tensors(tensors, "layers.0.mlp.up_proj.weight") == p
 
 
 def _saved(tmp_path, rng, shape=(8, 300)):
     p = PackedTernary.quantize(rng.standard_normal(shape).astype(np.float32))
     f = tmp_path / "w.safetensors"
-    p.save(f)
+    write_packed(f, p)
     return p, f
 
 
@@ -106,7 +108,7 @@ def test_truncated_file_raises_and_names_file(tmp_path, rng):
     for cut in (0, 5, 8, 40, len(data) // 2, len(data) - 1):
         f.write_bytes(data[:cut])
         with pytest.raises(PackedFormatError, match="w.safetensors"):
-            PackedTernary.load(f)
+            read_packed(f)
 
 
 def test_flipped_code_byte_is_detected(tmp_path, rng):
@@ -117,17 +119,17 @@ def test_flipped_code_byte_is_detected(tmp_path, rng):
     data[pos] ^= 0b10
     f.write_bytes(bytes(data))
     with pytest.raises(PackedFormatError, match="checksum|corrupted"):
-        PackedTernary.load(f)
+        read_packed(f)
 
 
 def test_invalid_codes_are_rejected(rng):
     p = PackedTernary.quantize(rng.standard_normal((4, 300)).astype(np.float32))
-    tensors, meta = p.to_tensors()
+    tensors = packed_tensors(p)
     bad = tensors["codes"].copy()
     bad[1, 3] = 0xFF  # four 0b11 codes
     tensors["codes"] = bad
     with pytest.raises(PackedFormatError, match="corrupted"):
-        PackedTernary.from_tensors(tensors, None)
+        packed_from_tensors(tensors)
     pad = p.codes.copy()
     pad[0, -1] = 0x00  # padding weights (k >= 300) must be zero (code 0b01)
     with pytest.raises(ValueError, match="padding"):
@@ -138,26 +140,26 @@ def test_wrong_tensors_and_format(tmp_path, rng):
     from safetensors.numpy import save_file
 
     p = PackedTernary.quantize(rng.standard_normal((4, 300)).astype(np.float32))
-    tensors, meta = p.to_tensors()
+    tensors, meta = packed_tensors(p), {"bitttt.format": PACKED_FORMAT}
     f = tmp_path / "x.safetensors"
     save_file({"codes": tensors["codes"]}, str(f), metadata=meta)
     with pytest.raises(PackedFormatError, match="missing"):
-        PackedTernary.load(f)
+        read_packed(f)
     save_file(tensors, str(f))  # no metadata: not our format
     with pytest.raises(PackedFormatError, match="not a bitttt"):
-        PackedTernary.load(f)
+        read_packed(f)
     wrong = dict(tensors, shape=np.array([4, 600], np.int64))
     save_file(wrong, str(f), metadata=meta)
     with pytest.raises(PackedFormatError, match="does not match"):
-        PackedTernary.load(f)
+        read_packed(f)
     wrong = dict(tensors, scale=np.array([-1.0], np.float32))
     with pytest.raises(PackedFormatError, match="scale"):
-        PackedTernary.from_tensors(wrong, None)
+        packed_from_tensors(wrong)
     f.write_bytes(b"this is not a safetensors file at all")
     with pytest.raises(PackedFormatError, match="x.safetensors"):
-        PackedTernary.load(f)
+        read_packed(f)
     with pytest.raises(FileNotFoundError):
-        PackedTernary.load(tmp_path / "missing.safetensors")
+        read_packed(tmp_path / "missing.safetensors")
 
 
 def test_failed_save_leaves_previous_file(tmp_path, rng, monkeypatch):
@@ -170,7 +172,7 @@ def test_failed_save_leaves_previous_file(tmp_path, rng, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", boom)
     with pytest.raises(OSError, match="disk full"):
-        q.save(f)
+        write_packed(f, q)
     assert f.read_bytes() == before
     assert os.listdir(tmp_path) == ["w.safetensors"]
 

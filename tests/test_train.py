@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitttt.checkpoint import load_checkpoint, read_safetensors
+from bitttt.formats import load_checkpoint, read_safetensors
 from bitttt.trainer import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,0 +1,103 @@
+"""Memory files: the TTT state of a session (its recurrent memory), tagged with the model's identity.
+
+Format "bitttt-memory/2" (safetensors, bitttt.formats.safetensors: atomic write, CRC-32 per tensor)
+    W0 float32 [L, H, f, f]   the inner weights at the start of the current mini-batch
+    b0 float32 [L, H, f]      the inner bias
+    Kb, Gb float32 [L, H, K, f]   keys and lr-weighted gradients of the mini-batch so far (rows < pos)
+    Sb float32 [L, H, f]      the sum of those gradients
+    metadata: format, model_id, config (JSON), pos (0 <= pos < K), n_tokens, note
+Still read: "bitttt-memory/1", which held the gradient sum as one dense SW [L, H, f, f] instead
+of Kb and Gb; it is factored on reading (exact to rounding: SW has rank <= pos).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import BitLlamaConfig
+from .errors import MemoryFileError
+from .safetensors import read_tagged, write_safetensors
+
+MEMORY_FORMAT = "bitttt-memory/2"
+MEMORY_FORMAT_V1 = "bitttt-memory/1"  # dense SW; still read
+MEMORY_TENSORS = ("W0", "b0", "Kb", "Gb", "Sb")
+
+
+def memory_shapes(config: BitLlamaConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of a memory file for `config` (L layers, H heads, f head dim, K
+    mini-batch): W0 [L, H, f, f], b0 and Sb [L, H, f], Kb and Gb [L, H, K, f]."""
+    L, H, f, K = config.num_layers, config.num_heads, config.head_dim, config.mini_batch_size
+    return {"W0": (L, H, f, f), "b0": (L, H, f), "Kb": (L, H, K, f), "Gb": (L, H, K, f), "Sb": (L, H, f)}
+
+
+@dataclass
+class MemoryData:
+    """A memory file read back: `arrays` (float32 W0, b0, Kb, Gb, Sb by name, shapes of memory_shapes;
+    a bitttt-memory/1 file's SW already factored into Kb and Gb), `pos`, `n_tokens`, `note`,
+    `model_id`, `config` (the model's config as a dict, {} when unreadable), `format` (the file's)."""
+
+    path: str
+    arrays: dict[str, np.ndarray]
+    pos: int
+    n_tokens: int
+    note: str
+    model_id: str | None
+    config: dict
+    format: str
+
+
+def write_memory(path: str | os.PathLike, arrays: dict[str, np.ndarray], *, model_id: str, config: BitLlamaConfig,
+                 pos: int, n_tokens: int, note: str = "") -> None:
+    """Write a memory file (atomic): `arrays` holds W0, b0, Kb, Gb, Sb (see memory_shapes)."""
+    meta = {"format": MEMORY_FORMAT, "model_id": model_id, "config": config.to_json(),
+            "pos": str(pos), "n_tokens": str(n_tokens), "note": note}
+    write_safetensors(path, {n: arrays[n] for n in MEMORY_TENSORS}, meta)
+
+
+def _factor(sw: np.ndarray, pos: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Dense SW [L, H, f, f] of rank <= pos -> (Kb, Gb) [L, H, K, f] with SW = Kb[:pos]^T Gb[:pos]."""
+    kb, gb = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    if pos:
+        u, sv, vt = np.linalg.svd(sw.astype(np.float64))
+        kb[:, :, :pos] = (u[..., :pos] * sv[..., None, :pos]).transpose(0, 1, 3, 2)
+        gb[:, :, :pos] = vt[..., :pos, :]
+    return kb, gb
+
+
+def read_memory(path: str | os.PathLike, *, model_id: str | None = None,
+                config: BitLlamaConfig | None = None) -> MemoryData:
+    """Read and verify a memory file (bitttt-memory/2 or /1).  MemoryFileError naming the file when
+    it is damaged or foreign, when `model_id` is given and the file belongs to another model, or
+    when its position or tensors do not fit `config` (default: the config stored in the file)."""
+    path = os.fspath(path)
+    t, meta, fmt = read_tagged(path, (MEMORY_FORMAT, MEMORY_FORMAT_V1), error=MemoryFileError, what="memory file")
+    try:
+        other = json.loads(meta.get("config", "{}"))
+    except ValueError:
+        other = {}
+    if not isinstance(other, dict):
+        other = {}
+    if model_id is not None and meta.get("model_id") != model_id:
+        raise MemoryFileError(f"{path}: this memory belongs to another model (id {meta.get('model_id', '?')[:12]}, "
+                              f"D={other.get('hidden_size', '?')}, {other.get('num_layers', '?')} layers), "
+                              f"not to this one (id {model_id[:12]})")
+    try:
+        cfg = config or BitLlamaConfig.from_json(meta["config"])
+        pos, n_tokens = int(meta.get("pos", "0")), int(meta.get("n_tokens", "0"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise MemoryFileError(f"{path}: corrupted metadata ({e})") from None
+    shapes = memory_shapes(cfg)
+    if not 0 <= pos < cfg.mini_batch_size:
+        raise MemoryFileError(f"{path}: invalid mini-batch position {pos}")
+    names = MEMORY_TENSORS if fmt == MEMORY_FORMAT else ("W0", "b0", "SW", "Sb")
+    for name in names:
+        if name not in t or t[name].shape != shapes["W0" if name == "SW" else name]:
+            raise MemoryFileError(f"{path}: tensor {name} is missing or has the wrong shape")
+    a = {n: np.ascontiguousarray(t[n], np.float32) for n in names}
+    if fmt == MEMORY_FORMAT_V1:
+        a["Kb"], a["Gb"] = _factor(a.pop("SW"), pos, shapes["Kb"])
+    return MemoryData(path, {n: a[n] for n in MEMORY_TENSORS}, pos, n_tokens, meta.get("note", ""),
+                      meta.get("model_id"), other, fmt)

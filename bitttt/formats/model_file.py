@@ -1,0 +1,150 @@
+"""Packed model files (python -m bitttt.export): one safetensors file, for inference only.
+
+    <BitLinear weight>.{codes,scale,shape}   every tensor of kind "linear" (bitttt.params), 2-bit
+                                             packed (bitttt.formats.packed; float32 by its own
+                                             name when the model is not ternary)
+    embed.weight                             float16 [V, D]
+    head.weight.int8 + head.weight.scale     the LM head, int8 [V, D] per row with a float32 [V]
+                                             absmax scale per row; or head.weight float16|float32
+                                             [V, D] (head "float16" / "float32")
+    everything else (norms, TTT inner parameters)   float32, by the model's names
+metadata: format "bitttt-model/1", config, tokenizer (base64) and its sha256, model_id (the
+identity memory files are tagged with: that of the source checkpoint, so memories move between
+the checkpoint and its export), head format, source (the checkpoint's file name) and step; the
+per-tensor `crc32` of bitttt.formats.safetensors.  Files written before per-matrix checksums
+were dropped also carry `<name>.crc32` entries (covered by `crc32` as well; ignored).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..config import BitLlamaConfig
+from ..params import param_table
+from ..ternary import PackedTernary
+from .checkpoint import load_checkpoint, tokenizer_metadata
+from .errors import CheckpointError
+from .packed import packed_from_tensors, packed_tensors
+from .runs import resolve
+from .safetensors import read_tagged, write_safetensors
+
+MODEL_FORMAT = "bitttt-model/1"
+HEAD_FORMATS = ("int8", "float16", "float32")
+
+
+def weights_id(config: BitLlamaConfig, params: dict[str, np.ndarray]) -> str:
+    """The identity of a model: sha256 of its config and float32 weights (memory files carry it)."""
+    h = hashlib.sha256(config.to_json().encode())
+    for name in sorted(params):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(params[name], dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _check_head(head: str) -> None:
+    if head not in HEAD_FORMATS:
+        raise ValueError(f"head format must be one of {', '.join(HEAD_FORMATS)}, got {head!r}")
+
+
+def quantize_head(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row absmax int8: w [V, D] -> (q int8 [V, D], scale float32 [V]) with w ~ q * scale."""
+    amax = np.max(np.abs(w), axis=1)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale
+
+
+@dataclass
+class ModelFile:
+    """A packed model file read back.  `params`: every float tensor by its model name (embed.weight
+    float16 [V, D], the rest float32), without the packed BitLinear weights (in `packed`) and
+    without the LM head, which is `head_int8` (int8 [V, D], float32 [V] row scales) or `head`
+    (float32 [V, D]).  `tokenizer`: the SentencePiece model's bytes.  `metadata`: all of it."""
+
+    path: str
+    config: BitLlamaConfig
+    params: dict[str, np.ndarray]
+    packed: dict[str, PackedTernary]
+    tokenizer: bytes
+    model_id: str | None = None
+    head_int8: tuple[np.ndarray, np.ndarray] | None = None
+    head: np.ndarray | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def write_model_file(path: str | os.PathLike, config: BitLlamaConfig, params: dict[str, np.ndarray], *,
+                     tokenizer: bytes, model_id: str, head: str = "int8", source: str = "",
+                     step: str = "") -> dict[str, str]:
+    """Write a packed model file (atomic) from float parameters (every tensor of the config's
+    param_table); returns its metadata.  `source`: where the weights came from (a file name)."""
+    _check_head(head)
+    tensors: dict[str, np.ndarray] = {}
+    for name, spec in param_table(config).items():
+        w = np.ascontiguousarray(params[name], dtype=np.float32)
+        if spec.kind == "linear" and config.ternary:
+            tensors.update(packed_tensors(PackedTernary.quantize(w), name))
+        elif spec.kind == "embedding":
+            tensors[name] = w.astype(np.float16)
+        elif spec.kind != "head":
+            tensors[name] = w
+    hw = np.asarray(params["embed.weight" if config.tie_word_embeddings else "lm_head.weight"], dtype=np.float32)
+    if head == "int8":
+        tensors["head.weight.int8"], tensors["head.weight.scale"] = quantize_head(hw)
+    else:
+        tensors["head.weight"] = hw.astype(np.float16) if head == "float16" else hw
+    meta = {"format": MODEL_FORMAT, "config": config.to_json(), **tokenizer_metadata(tokenizer),
+            "model_id": model_id, "head": head, "source": source, "step": step}
+    write_safetensors(path, tensors, meta)
+    return meta
+
+
+def export_checkpoint(src: str | os.PathLike, out: str | os.PathLike, head: str = "int8") -> dict[str, str]:
+    """Write the packed model file `out` for a checkpoint or run directory `src` (its best, else its
+    newest intact checkpoint); returns the file's metadata.  ValueError when the checkpoint
+    carries no tokenizer; CheckpointError when it is damaged."""
+    _check_head(head)
+    path = resolve(os.fspath(src))
+    ck = load_checkpoint(path)
+    if ck.tokenizer is None:
+        raise ValueError(f"{path}: the checkpoint carries no tokenizer")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    return write_model_file(out, ck.config, ck.params, tokenizer=ck.tokenizer,
+                            model_id=weights_id(ck.config, ck.params), head=head,
+                            source=os.path.basename(path), step=str(ck.state.get("step", "")))
+
+
+def read_model_file(path: str | os.PathLike) -> ModelFile:
+    """Read and verify a packed model file (every CRC, every tensor against the config).
+    CheckpointError naming the file when it is damaged, foreign or incomplete; PackedFormatError
+    for a malformed packed matrix."""
+    path = os.fspath(path)
+    t, meta, _ = read_tagged(path, (MODEL_FORMAT,), error=CheckpointError, what="model file")
+    try:
+        cfg = BitLlamaConfig.from_json(meta["config"])
+        tok = base64.b64decode(meta["tokenizer"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: corrupted metadata ({e})") from None
+    packed, params = {}, {}
+    for name, spec in param_table(cfg).items():
+        if spec.kind == "linear" and cfg.ternary:
+            packed[name] = packed_from_tensors(t, prefix=name, source=path)
+        elif spec.kind == "head":
+            continue
+        elif name not in t:
+            raise CheckpointError(f"{path}: missing tensor {name}")
+        elif spec.kind == "embedding":
+            params[name] = t[name]  # float16 rows, converted when looked up
+        else:
+            params[name] = t[name].astype(np.float32)
+    head_int8 = head = None
+    if "head.weight.int8" in t and "head.weight.scale" in t:
+        head_int8 = (t["head.weight.int8"], t["head.weight.scale"])
+    elif "head.weight" in t:
+        head = t["head.weight"].astype(np.float32)
+    else:
+        raise CheckpointError(f"{path}: missing the LM head")
+    return ModelFile(path, cfg, params, packed, tok, meta.get("model_id"), head_int8, head, meta)
