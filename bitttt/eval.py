@@ -11,30 +11,7 @@ import argparse
 import math
 import sys
 
-import numpy as np
-
 from .formats import CheckpointError
-
-
-def evaluate_ids(im, ids: list[int], reset_every: int = 0, chunk: int = 512) -> tuple[float, int]:
-    """(sum of next-token losses in nats, tokens scored) over the stream `ids`."""
-    total, n = 0.0, 0
-    st = im.new_state()
-    pos = 0
-    while pos < len(ids) - 1:
-        if reset_every and pos and pos % reset_every == 0:
-            st = im.new_state()
-        end = min(pos + chunk, len(ids) - 1)
-        if reset_every:
-            end = min(end, (pos // reset_every + 1) * reset_every)
-        logits = im.feed(st, ids[pos:end], all_logits=True).astype(np.float64)
-        tgt = np.asarray(ids[pos + 1:end + 1])
-        m = logits.max(axis=1)
-        lse = m + np.log(np.exp(logits - m[:, None]).sum(axis=1))
-        total += float((lse - logits[np.arange(len(tgt)), tgt]).sum())
-        n += len(tgt)
-        pos = end
-    return total, n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(ids) < 2:
             raise ValueError(f"{args.data}: no text to evaluate")
         nbytes = len(tok.decode_bytes(ids[1:]))
-        total, n = evaluate_ids(model.im, ids, args.reset_every)
+        total, n = model.im.score(ids, args.reset_every)
     except (ValueError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

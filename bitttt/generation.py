@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import codecs
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -80,6 +81,25 @@ class Session:
             self.last_logits = self.im.feed(self.state, [self.pending])
             self.history.append(self.pending)
             self.pending = None
+
+    def replay_log(self, log_path: str) -> int:
+        """Feed every turn of a chat log (JSON lines {"role", "text"}) into the state, as one
+        conversation ending with <|endoftext|>; returns the tokens read (0 without a log)."""
+        if not os.path.exists(log_path):
+            return 0
+        text = []
+        with open(log_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                tag = {"user": "<|user|>", "assistant": "<|assistant|>", "system": "<|system|>"}.get(r.get("role"))
+                if tag and isinstance(r.get("text"), str):
+                    text.append(tag + r["text"])
+        ids = self.im.tokenizer.encode("".join(text) + "<|endoftext|>") if text else []
+        self.feed_ids(ids)
+        return len(ids)
 
     # -- reading and writing -----------------------------------------------------------
     def feed_ids(self, ids: list[int]) -> None:

@@ -132,7 +132,7 @@ def chat(model, args, out=sys.stdout, inp=sys.stdin) -> None:
                     sampling["max_tokens"] = int(arg)
                     print(f"[at most {sampling['max_tokens']} tokens per answer]", file=out)
                 elif cmd == "/sleep":
-                    n = _sleep(s, log_path)
+                    n = s.replay_log(log_path)
                     path = args.memory or os.path.join(mdir, "sleep.mem.safetensors")
                     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
                     s.save_memory(path, note="sleep")
@@ -155,25 +155,6 @@ def chat(model, args, out=sys.stdout, inp=sys.stdin) -> None:
     if args.memory:
         s.save_memory(args.memory, note="chat")
         print(f"[memory saved to {args.memory}]", file=sys.stderr)
-
-
-def _sleep(session, log_path: str) -> int:
-    """Feed every logged conversation turn into the session's state; returns tokens read."""
-    if not os.path.exists(log_path):
-        return 0
-    text = []
-    with open(log_path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            tag = {"user": "<|user|>", "assistant": "<|assistant|>", "system": "<|system|>"}.get(r.get("role"))
-            if tag and isinstance(r.get("text"), str):
-                text.append(tag + r["text"])
-    ids = session.im.tokenizer.encode("".join(text) + "<|endoftext|>") if text else []
-    session.feed_ids(ids)
-    return len(ids)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -155,6 +155,27 @@ class InferenceModel:
             return logits[None] if all_logits else logits
         return self.model.prefill(st, ids, all_logits)
 
+    def score(self, ids: list[int], reset_every: int = 0, chunk: int = 512) -> tuple[float, int]:
+        """(sum of next-token losses in nats, tokens scored) over the stream `ids`, read `chunk`
+        tokens at a time, the state reset every `reset_every` tokens (0: never)."""
+        total, n = 0.0, 0
+        st = self.new_state()
+        pos = 0
+        while pos < len(ids) - 1:
+            if reset_every and pos and pos % reset_every == 0:
+                st = self.new_state()
+            end = min(pos + chunk, len(ids) - 1)
+            if reset_every:
+                end = min(end, (pos // reset_every + 1) * reset_every)
+            logits = self.feed(st, ids[pos:end], all_logits=True).astype(np.float64)
+            tgt = np.asarray(ids[pos + 1:end + 1])
+            m = logits.max(axis=1)
+            lse = m + np.log(np.exp(logits - m[:, None]).sum(axis=1))
+            total += float((lse - logits[np.arange(len(tgt)), tgt]).sum())
+            n += len(tgt)
+            pos = end
+        return total, n
+
     # -- memory files ------------------------------------------------------------------
     def save_memory(self, st: TTTState, path: str, note: str = "") -> None:
         """Write the state to a memory file tagged with this model's identity (atomic; bitttt.formats.memory)."""

@@ -367,11 +367,10 @@ def test_eval_cli(checkpoint, tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "nats/token" in r.stdout and "perplexity" in r.stdout and "bits/byte" in r.stdout
-    from bitttt.eval import evaluate_ids
 
     im = InferenceModel.from_checkpoint(str(checkpoint))
     ids = im.tokenizer.encode("the cat sat on a mat the red ball")
-    total, n = evaluate_ids(im, ids, chunk=5)
+    total, n = im.score(ids, chunk=5)
     logits = im.feed(im.new_state(), ids, all_logits=True).astype(np.float64)
     ref = sum(float(np.log(np.exp(logits[t] - logits[t].max()).sum()) + logits[t].max() - logits[t, ids[t + 1]])
               for t in range(len(ids) - 1))
