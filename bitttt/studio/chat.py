@@ -127,6 +127,7 @@ class Chats:
                     pieces.append(piece)
                     yield {"type": "token", "text": piece}
                 answer = "".join(pieces)
+                sess.feed_ids([])  # read the last sampled token now (the next turn would), so the count is exact
                 self._log(cs.project, "assistant", answer)
                 st = sess.stats
                 yield {"type": "done", "text": answer, "memory_tokens": sess.state.n_tokens,

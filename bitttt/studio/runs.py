@@ -250,8 +250,10 @@ class Runs:
         steps = [r for r in recs if "loss" in r and "step" in r]
         evals = [r for r in recs if "val_loss" in r]
         tc = _read_json(os.path.join(rd, "train_config.json"))
+        step = max([r["step"] for r in recs if isinstance(r.get("step"), int)]
+                   + ([summ["step"]] if summ and isinstance(summ.get("step"), int) else []), default=0)
         return {"name": run, "state": state, "pid": job.get("pid") if alive else None,
-                "step": steps[-1]["step"] if steps else 0, "max_steps": tc.get("max_steps"),
+                "step": step, "max_steps": tc.get("max_steps"),
                 "loss": steps[-1]["loss"] if steps else None,
                 "val_loss": evals[-1]["val_loss"] if evals else None,
                 "best_val_loss": min((e["val_loss"] for e in evals), default=None),
