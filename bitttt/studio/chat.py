@@ -141,7 +141,7 @@ class Chats:
         name = check_name(name, "memory name")
         path = cs.project.memory_path(name, must_exist=False)
         if os.path.exists(path) and not overwrite:
-            raise StudioError(f"memory {name!r} already exists: pick another name (or tick overwrite)", 409)
+            raise StudioError(f"memory {name!r} already exists: pick another name, or tick overwrite", 409)
         with INFERENCE:
             cs.session.save_memory(path, note=name)
         return {"name": name, "memory_tokens": cs.session.state.n_tokens}

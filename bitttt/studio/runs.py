@@ -253,7 +253,7 @@ class Runs:
         step = max([r["step"] for r in recs if isinstance(r.get("step"), int)]
                    + ([summ["step"]] if summ and isinstance(summ.get("step"), int) else []), default=0)
         return {"name": run, "state": state, "pid": job.get("pid") if alive else None,
-                "step": step, "max_steps": tc.get("max_steps"),
+                "step": step, "max_steps": job.get("max_steps") or tc.get("max_steps"),
                 "loss": steps[-1]["loss"] if steps else None,
                 "val_loss": evals[-1]["val_loss"] if evals else None,
                 "best_val_loss": min((e["val_loss"] for e in evals), default=None),
@@ -300,7 +300,8 @@ class Runs:
         cfg, args = build_config(project, form)
         with self._lock:
             self._check_free_name(project, cfg.name)
-            item = {"kind": "start", "run": cfg.name, "args": args, "command": shown_command(project, args)}
+            item = {"kind": "start", "run": cfg.name, "args": args, "command": shown_command(project, args),
+                    "max_steps": cfg.max_steps}
             return self._start_or_queue(project, item, queue)
 
     def resume(self, project: Project, run: str, checkpoint: object = None, overrides: object = None,
@@ -331,12 +332,22 @@ class Runs:
                                   f"got {v!r}")
             args.append(f"{k}={json.dumps(v)}")
         args.append("--no-progress")
+        max_steps = ov.get("max_steps")
+        if max_steps is None:  # the run's length as its checkpoint has it (an earlier resume may have changed it)
+            from ..formats import read_metadata
+
+            ck = project.checkpoint_path(run, checkpoint) if checkpoint else step_checkpoints(rd)[0]
+            try:
+                max_steps = json.loads(read_metadata(ck).get("train", "{}")).get("max_steps")
+            except Exception:
+                max_steps = None
         with self._lock:
             if self.active(project.name) == run:
                 raise StudioError(f"run {run} is training now: stop it before resuming it", 409)
             if any(it["run"] == run and it["state"] == "queued" for it in self._queue.get(project.name, [])):
                 raise StudioError(f"run {run} is already in the queue", 409)
-            item = {"kind": "resume", "run": run, "args": args, "command": shown_command(project, args)}
+            item = {"kind": "resume", "run": run, "args": args, "command": shown_command(project, args),
+                    "max_steps": max_steps}
             return self._start_or_queue(project, item, queue)
 
     def _start_or_queue(self, project: Project, item: dict, queue: bool) -> dict:
@@ -389,7 +400,8 @@ class Runs:
         self._procs[(project.name, run)] = proc
         _write_json(os.path.join(rd, "studio.json"),
                     {"state": "running", "kind": item["kind"], "pid": proc.pid, "create_time": ct,
-                     "command": item["command"], "started": time.time(), "log_offset": log_offset})
+                     "command": item["command"], "started": time.time(), "log_offset": log_offset,
+                     "max_steps": item.get("max_steps")})
 
     def stop(self, project: Project, run: str) -> dict:
         """Ask the run to save a checkpoint and exit (the trainer checks for runs/RUN/STOP every step)."""
@@ -462,8 +474,9 @@ def estimate(project: Project, form: object, steps: int = 3, timeout: float = 30
         raise StudioError(f"the trial step failed: {out['error']}")
     n_evals = cfg.max_steps // cfg.eval_interval
     total = cfg.max_steps * out["step_s"] + n_evals * cfg.eval_batches * out["eval_batch_s"]
-    if cfg.max_time:
-        total = min(total, cfg.max_time)
-    out.update(total_s=round(total, 1), max_steps=cfg.max_steps,
+    capped = bool(cfg.max_time) and total > cfg.max_time
+    if capped:
+        total = cfg.max_time
+    out.update(total_s=round(total, 1), capped=capped, max_steps=cfg.max_steps,
                tokens_per_s=round(out["tokens_per_step"] / max(out["step_s"], 1e-9), 1))
     return out

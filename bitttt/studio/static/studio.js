@@ -236,6 +236,7 @@ function formValues() {
 let cmdTimer = null;
 function updateCommand() {
   clearTimeout(cmdTimer);
+  msg("run-msg", "");
   cmdTimer = setTimeout(async () => {
     if (!S.project) return;
     const pre = $("run-command");
@@ -254,7 +255,8 @@ async function estimate() {
   const t = d.total_s;
   const dur = t >= 3600 ? (t / 3600).toFixed(1) + " h" : t >= 60 ? (t / 60).toFixed(1) + " min" : t.toFixed(0) + " s";
   msg("estimate-out", `${(d.step_s * 1000).toFixed(1)} ms per step (${num(Math.round(d.tokens_per_s))} tokens/s), ` +
-    `peak RAM ${d.peak_rss_mb.toFixed(0)} MiB, ${num(d.params)} parameters; ${num(d.max_steps)} steps ≈ ${dur}`, "ok");
+    `peak RAM ${d.peak_rss_mb.toFixed(0)} MiB, ${num(d.params)} parameters; ${num(d.max_steps)} steps ≈ ${dur}` +
+    (d.capped ? " (max_time stops it first)" : ""), "ok");
 }
 async function startRun(queue) {
   msg("run-msg", "");
@@ -488,7 +490,8 @@ async function send() {
 }
 async function memory(action, name) {
   if (!S.chat) throw new Error("load a model first");
-  const d = await api(`${P()}/chat/${S.chat.id}/memory/${action}`, {body: {name: name || $("mem-name").value.trim()}});
+  const d = await api(`${P()}/chat/${S.chat.id}/memory/${action}`, {body: {name: name || $("mem-name").value.trim(),
+    overwrite: $("mem-overwrite").checked}});
   $("mem-tokens").textContent = num(d.memory_tokens);
   const what = {save: `saved memory ${d.name}`, load: `loaded memory ${d.name}`, reset: "memory reset",
                 sleep: `slept: replayed ${num(d.replayed_tokens)} tokens of logged conversations, saved as ${d.name}`}[action];
