@@ -63,6 +63,7 @@ def page(server):
         pg.errors = []
         pg.on("pageerror", lambda e: pg.errors.append(str(e)))
         pg.set_default_timeout(30000)
+        sync_api.expect.set_options(timeout=30000)  # a shared 2-core machine can be slow
         yield pg
         browser.close()
 

@@ -129,7 +129,8 @@ def build_router(studio: Studio) -> APIRouter:
 
     @r.post("/projects/{name}/estimate")
     def trial_estimate(name: str, body: dict = BODY):
-        return estimate(P.get(name), body)
+        p = P.get(name)
+        return {**estimate(p, body), "busy": studio.runs.active(p.name)}
 
     @r.post("/projects/{name}/runs")
     def start_run(name: str, body: dict = BODY):

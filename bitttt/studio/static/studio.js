@@ -88,7 +88,7 @@ async function refresh() {
   renderData(s); renderTrainLists(s); renderRuns(s); renderChatLists(s);
   const active = s.active_run;
   $("activity").textContent = active ? `● training ${active}` : (s.queue.filter(q => q.state === "queued").length ? "queue waiting" : "");
-  if (active && S.liveRun !== active) watchRun(active);
+  if (active && (S.liveRun !== active || !S.es)) watchRun(active);
   else if (!S.liveRun && s.runs.length) watchRun(newestRun(s.runs).name);
   schedulePoll(active || s.queue.length);
 }
@@ -256,7 +256,7 @@ async function estimate() {
   const dur = t >= 3600 ? (t / 3600).toFixed(1) + " h" : t >= 60 ? (t / 60).toFixed(1) + " min" : t.toFixed(0) + " s";
   msg("estimate-out", `${(d.step_s * 1000).toFixed(1)} ms per step (${num(Math.round(d.tokens_per_s))} tokens/s), ` +
     `peak RAM ${d.peak_rss_mb.toFixed(0)} MiB, ${num(d.params)} parameters; ${num(d.max_steps)} steps ≈ ${dur}` +
-    (d.capped ? " (max_time stops it first)" : ""), "ok");
+    (d.capped ? " (max_time stops it first)" : "") + (d.busy ? ` — measured while ${d.busy} trains, so slower than alone` : ""), "ok");
 }
 async function startRun(queue) {
   msg("run-msg", "");
