@@ -254,6 +254,11 @@ def test_run_busy_queue_stop_resume_kill(env):
     assert [it["run"] for it in c.get("/api/projects/p/runs").json()["queue"]] == ["r2"]
     err(c.post("/api/projects/p/runs", json={"form": {"name": "r2", "data": "main", "fields": tiny_fields()},
                                              "queue": True}), 409, "already in the queue")
+    q4 = c.post("/api/projects/p/runs", json={"form": {"name": "r4", "data": "main", "fields": tiny_fields()},
+                                              "queue": True}).json()
+    assert [it["run"] for it in c.get("/api/projects/p/runs").json()["queue"]] == ["r2", "r4"]
+    assert [it["run"] for it in c.delete(f"/api/projects/p/queue/{q4['id']}").json()["queue"]] == ["r2"]
+    err(c.delete(f"/api/projects/p/queue/{q4['id']}"), 404, "nothing queued")
     # the run logs steps; stop asks it to save and exit
     t0 = time.monotonic()
     while not os.path.exists(os.path.join(proj, "runs", "r1", "log.jsonl")) and time.monotonic() - t0 < 30:
@@ -322,6 +327,8 @@ def test_events_replay_the_log_and_end(env):
         n = sum(1 for line in s.iter_lines() if line.startswith("event: log"))
     assert n == len(lines) - 1
     assert c.get("/api/projects/p/runs/r2/log").json()["records"] == lines
+    sample = c.get("/api/projects/p/runs/r2/sample").json()
+    assert isinstance(sample["text"], str) and sample["checkpoint"].endswith(".safetensors") and sample["step"] > 0
 
 
 # -- export and evaluation -------------------------------------------------------------------------------------------
@@ -453,3 +460,32 @@ def test_cli_serves_the_page(tmp_path):
     finally:
         p.terminate()
         p.wait(10)
+
+
+def test_mounted_into_another_app(tmp_path):
+    """The router and page mount under a prefix of another FastAPI app (as bitttt.serve can), bringing
+    their error answers along and leaving the host's own errors alone."""
+    from fastapi import FastAPI
+
+    from bitttt.studio.app import mount
+
+    host = FastAPI()
+
+    @host.get("/own")
+    def own():
+        raise ValueError("the host's own error")
+
+    studio = mount(host, str(tmp_path / "pj"), prefix="/studio")
+    studio.open()
+    try:
+        with TestClient(host, raise_server_exceptions=False) as c:
+            assert "<title>bitttt Studio</title>" in c.get("/studio/").text
+            r = c.get("/studio", follow_redirects=False)
+            assert r.status_code in (307, 308) and r.headers["location"].endswith("/studio/")
+            assert c.get("/studio/api/projects").json()["projects"] == []
+            assert c.post("/studio/api/projects", json={"name": "q"}).json()["name"] == "q"
+            err(c.post("/studio/api/projects", json={"name": "q"}), 409, "already exists")
+            err(c.post("/studio/api/projects", json=[]), 400, "json object")
+            assert c.get("/own").status_code == 500
+    finally:
+        studio.close()

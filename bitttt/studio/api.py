@@ -10,7 +10,9 @@ import time
 from typing import Optional
 
 from fastapi import APIRouter, Body, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -56,9 +58,27 @@ def error_response(e: Exception) -> JSONResponse:
 HANDLED = (StudioError, DataError, CheckpointError, MemoryFileError, ValueError, TypeError, FileNotFoundError)
 
 
+class StudioRoute(APIRoute):
+    """A route that answers the Studio's refusals itself, so that the router brings its error
+    handling along wherever it is mounted (and changes nothing of the host app's)."""
+
+    def get_route_handler(self):
+        original = super().get_route_handler()
+
+        async def handler(request: Request):
+            try:
+                return await original(request)
+            except RequestValidationError as e:
+                return validation_response(request, e)
+            except HANDLED as e:
+                return error_response(e)
+
+        return handler
+
+
 def build_router(studio: Studio) -> APIRouter:
     """The API routes of `studio`."""
-    r = APIRouter()
+    r = APIRouter(route_class=StudioRoute)
     P = studio.projects
 
     def project_summary(name: str) -> dict:

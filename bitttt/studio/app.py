@@ -5,21 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from .api import HANDLED, Studio, build_router, error_response, validation_response
+from .api import Studio, build_router
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-
-
-def _handlers(app: FastAPI) -> None:
-    for exc in HANDLED:
-        async def handle(request: Request, e: Exception):
-            return error_response(e)
-        app.add_exception_handler(exc, handle)
-    app.add_exception_handler(RequestValidationError, validation_response)
 
 
 def mount(app: FastAPI, projects_dir: str | os.PathLike, prefix: str = "/studio") -> Studio:
@@ -29,7 +20,6 @@ def mount(app: FastAPI, projects_dir: str | os.PathLike, prefix: str = "/studio"
     prefix = prefix.rstrip("/")
     app.include_router(build_router(studio), prefix=prefix + "/api")
     app.mount(prefix + "/", StaticFiles(directory=STATIC, html=True), name="studio")
-    _handlers(app)
     return studio
 
 
