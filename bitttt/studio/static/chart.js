@@ -95,7 +95,7 @@ class LineChart {
       el("line", {x1: m.l, x2: W - m.r, y1: sy(t), y2: sy(t), class: "chart-grid"}, svg);
       el("text", {x: m.l - 6, y: sy(t) + 4, "text-anchor": "end", class: "chart-tick"}, svg).textContent = fmt(t);
     }
-    for (const t of niceTicks(x0, x1, Math.max(2, Math.floor(W / 90)))) {
+    for (const t of niceTicks(x0, x1, Math.max(3, Math.floor(W / 80)))) {
       el("text", {x: sx(t), y: H - 6, "text-anchor": "middle", class: "chart-tick"}, svg).textContent = fmt(t);
     }
     el("line", {x1: m.l, x2: W - m.r, y1: H - m.b, y2: H - m.b, class: "chart-axis"}, svg);

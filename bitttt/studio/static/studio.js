@@ -76,7 +76,9 @@ async function loadProjects(select) {
   if (has) await openProject($("project-select").value);
 }
 async function openProject(name) {
-  if (S.project !== name) { closeStream(); S.liveRun = null; S.chat = null; S.selectedRun = null; S.overlay.clear(); resetLive(); }
+  if (S.project !== name) {
+    closeStream(); S.liveRun = null; S.chat = null; S.selectedRun = null; S.overlay.clear(); S.overlayInit = false; resetLive();
+  }
   S.project = name;
   localStorage.setItem("bitttt.project", name);
   await refresh();
@@ -339,6 +341,13 @@ async function killRun() {
 function renderRuns(s) {
   const tb = $("runs-table").tBodies[0];
   if (!S.selectedRun && s.runs.length) S.selectedRun = newestRun(s.runs).name;
+  let redraw = s.runs.some(r => S.overlay.has(r.name) && r.state === "running");
+  if (!S.overlayInit && s.runs.length) {  // the newest few runs are compared from the start
+    S.overlayInit = true;
+    s.runs.slice().sort((a, b) => (b.started || 0) - (a.started || 0)).slice(0, 4).forEach(r => S.overlay.add(r.name));
+    redraw = true;
+  }
+  if (redraw) drawCompare().catch(() => {});
   tb.replaceChildren(...s.runs.map(r => {
     const cb = h("input", {type: "checkbox", checked: S.overlay.has(r.name), "aria-label": "compare " + r.name,
       onclick: ev => { ev.stopPropagation(); ev.target.checked ? S.overlay.add(r.name) : S.overlay.delete(r.name); drawCompare(); }});
@@ -397,12 +406,15 @@ async function exportCkpt(run, ckpt) {
   await refresh();
 }
 async function drawCompare() {
-  S.charts.cmp.clear(); S.charts.cmpVal.clear();
-  for (const run of S.overlay) {
-    const d = await api(`${P()}/runs/${run}/log`);
-    S.charts.cmp.set(run, d.records.filter(r => r.loss !== undefined && r.step !== undefined).map(r => [r.step, r.loss]));
-    S.charts.cmpVal.set(run, d.records.filter(r => r.val_loss !== undefined).map(r => [r.step, r.val_loss]), {dots: true});
-  }
+  const runs = [...S.overlay];
+  const logs = await Promise.all(runs.map(run => api(`${P()}/runs/${encodeURIComponent(run)}/log`)));
+  S.charts.cmp.series.clear(); S.charts.cmpVal.series.clear();
+  runs.forEach((run, i) => {
+    const recs = logs[i].records;
+    S.charts.cmp.set(run, recs.filter(r => r.loss !== undefined && r.step !== undefined).map(r => [r.step, r.loss]));
+    S.charts.cmpVal.set(run, recs.filter(r => r.val_loss !== undefined).map(r => [r.step, r.val_loss]), {dots: true});
+  });
+  S.charts.cmp.draw(); S.charts.cmpVal.draw();
 }
 async function evaluate() {
   msg("eval-out", "evaluating…");
