@@ -257,6 +257,11 @@ def test_run_busy_queue_stop_resume_kill(env):
     q4 = c.post("/api/projects/p/runs", json={"form": {"name": "r4", "data": "main", "fields": tiny_fields()},
                                               "queue": True}).json()
     assert [it["run"] for it in c.get("/api/projects/p/runs").json()["queue"]] == ["r2", "r4"]
+    from bitttt.studio.projects import Projects
+    from bitttt.studio.runs import Runs
+
+    later = Runs(Projects(os.path.dirname(proj)))  # a Studio started later finds the queue
+    assert [it["run"] for it in later.queue("p")] == ["r2", "r4"]
     assert [it["run"] for it in c.delete(f"/api/projects/p/queue/{q4['id']}").json()["queue"]] == ["r2"]
     err(c.delete(f"/api/projects/p/queue/{q4['id']}"), 404, "nothing queued")
     # the run logs steps; stop asks it to save and exit
@@ -327,6 +332,8 @@ def test_events_replay_the_log_and_end(env):
         n = sum(1 for line in s.iter_lines() if line.startswith("event: log"))
     assert n == len(lines) - 1
     assert c.get("/api/projects/p/runs/r2/log").json()["records"] == lines
+    con = c.get("/api/projects/p/runs/r2/console").json()["text"]
+    assert "$ cd " in con and "stopped by max_steps at step 30" in con
     sample = c.get("/api/projects/p/runs/r2/sample").json()
     assert isinstance(sample["text"], str) and sample["checkpoint"].endswith(".safetensors") and sample["step"] > 0
 

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}/"
     print(f"bitttt Studio: {url} (projects in {args.projects}); Ctrl+C stops it (training runs go on)",
           file=sys.stderr)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach it can read files of this machine (Add a "
+              "path) and start training; the Studio has no login", file=sys.stderr)
     if not args.no_browser:
         threading.Timer(1.0, lambda: webbrowser.open(url)).start()
     uvicorn.run(create_app(args.projects), host=args.host, port=args.port, log_level="warning")

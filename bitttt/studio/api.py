@@ -21,7 +21,7 @@ from ..formats import CheckpointError, MemoryFileError
 from . import chat, datasets, presets, texts, tokenizers
 from .jobs import Jobs
 from .projects import Projects, StudioError
-from .runs import Runs, estimate, read_log
+from .runs import Runs, console_tail, estimate, read_log
 
 TAIL_POLL_S = 0.25
 BODY = Body(...)
@@ -189,6 +189,10 @@ def build_router(studio: Studio) -> APIRouter:
     def run_log(name: str, run: str):
         recs, off = read_log(P.get(name).run_path(run))
         return {"records": recs, "offset": off}
+
+    @r.get("/projects/{name}/runs/{run}/console")
+    def run_console(name: str, run: str):
+        return {"text": console_tail(P.get(name).run_path(run))}
 
     @r.get("/projects/{name}/runs/{run}/sample")
     def run_sample(name: str, run: str):

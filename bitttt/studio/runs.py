@@ -117,6 +117,17 @@ def checkpoints(run_dir: str) -> list[dict]:
     return out
 
 
+def console_tail(run_dir: str, nbytes: int = 16384) -> str:
+    """The end of the run's console.log (what the trainer printed)."""
+    try:
+        with open(os.path.join(run_dir, "console.log"), "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - nbytes))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 def _read_json(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
@@ -158,16 +169,38 @@ class Runs:
         self.projects = projects
         self._procs: dict[tuple[str, str], subprocess.Popen] = {}
         self._killed: set[tuple[str, str]] = set()
-        self._queue: dict[str, list[dict]] = {}
+        self._queue: dict[str, list[dict]] = {}  # loaded from and saved to <project>/queue.json
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._poll_s = poll_s
         self._thread: threading.Thread | None = None
 
+    # -- the queue, kept in <project>/queue.json so that closing the Studio loses none of it --------
+    def _q(self, pname: str) -> list[dict]:
+        if pname not in self._queue:
+            path = os.path.join(self.projects.root, pname, "queue.json")
+            items = []
+            try:
+                with open(path, encoding="utf-8") as f:
+                    items = [it for it in json.load(f) if isinstance(it, dict) and {"id", "run", "args"} <= set(it)]
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, TypeError) as e:
+                print(f"studio: ignoring unreadable {path}: {e}", file=sys.stderr)
+            self._queue[pname] = items
+        return self._queue[pname]
+
+    def _save_queue(self, pname: str) -> None:
+        path = os.path.join(self.projects.root, pname, "queue.json")
+        if os.path.isdir(os.path.dirname(path)):
+            atomic_write_bytes(path, (json.dumps(self._q(pname), indent=1) + "\n").encode("utf-8"))
+
     # -- the watcher ------------------------------------------------------------------
     def open(self) -> None:
-        """Start the thread that notices ended runs and starts queued ones."""
+        """Start the thread that notices ended runs and starts queued ones (of every project)."""
+        for pname in self.projects.names():
+            self._q(pname)
         if self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._watch, name="studio-runs", daemon=True)
@@ -267,14 +300,15 @@ class Runs:
 
     def queue(self, pname: str) -> list[dict]:
         with self._lock:
-            return [dict(it) for it in self._queue.get(pname, [])]
+            return [dict(it) for it in self._q(pname)]
 
     def unqueue(self, pname: str, qid: str) -> None:
         with self._lock:
-            q = self._queue.get(pname, [])
+            q = self._q(pname)
             for it in q:
                 if it["id"] == qid:
                     q.remove(it)
+                    self._save_queue(pname)
                     return
         raise StudioError(f"nothing queued with id {qid!r} in project {pname}", 404)
 
@@ -292,7 +326,7 @@ class Runs:
         if os.path.exists(project.run_path(run, must_exist=False)):
             raise StudioError(f"run {run!r} already exists in project {project.name}: resume it from the Runs tab, "
                               "or pick another name", 409)
-        if any(it["run"] == run and it["state"] == "queued" for it in self._queue.get(project.name, [])):
+        if any(it["run"] == run and it["state"] == "queued" for it in self._q(project.name)):
             raise StudioError(f"a run named {run!r} is already in the queue of project {project.name}", 409)
 
     def start(self, project: Project, form: object, queue: bool = False) -> dict:
@@ -344,7 +378,7 @@ class Runs:
         with self._lock:
             if self.active(project.name) == run:
                 raise StudioError(f"run {run} is training now: stop it before resuming it", 409)
-            if any(it["run"] == run and it["state"] == "queued" for it in self._queue.get(project.name, [])):
+            if any(it["run"] == run and it["state"] == "queued" for it in self._q(project.name)):
                 raise StudioError(f"run {run} is already in the queue", 409)
             item = {"kind": "resume", "run": run, "args": args, "command": shown_command(project, args),
                     "max_steps": max_steps}
@@ -352,13 +386,14 @@ class Runs:
 
     def _start_or_queue(self, project: Project, item: dict, queue: bool) -> dict:
         busy = self.active(project.name)
-        if busy is None and not [it for it in self._queue.get(project.name, []) if it["state"] == "queued"]:
+        if busy is None and not [it for it in self._q(project.name) if it["state"] == "queued"]:
             self._launch(project, item)
             return {"state": "running", "run": item["run"], "command": item["command"]}
         if not queue:
             raise StudioError(self._busy_message(project.name, busy or "(queued runs first)"), 409)
-        item.update(id=str(next(self._ids)), state="queued", queued_at=time.time())
-        self._queue.setdefault(project.name, []).append(item)
+        item.update(id=f"{int(time.time() * 1000):x}-{next(self._ids)}", state="queued", queued_at=time.time())
+        self._q(project.name).append(item)
+        self._save_queue(project.name)
         return {"state": "queued", "run": item["run"], "command": item["command"], "id": item["id"]}
 
     def _launch_queued(self, pname: str, item: dict) -> None:
@@ -370,6 +405,7 @@ class Runs:
             self._queue[pname].remove(item)
         except (StudioError, OSError) as e:
             item.update(state="failed", error=str(e))
+        self._save_queue(pname)
 
     def _check_free_name_outside_queue(self, project: Project, run: str) -> None:
         if os.path.exists(project.run_path(run, must_exist=False)):

@@ -382,6 +382,9 @@ function renderDetail(s) {
   $("detail-command").hidden = !(r && r.command);
   $("detail-command").textContent = r ? r.command : "";
   const busy = r && r.state === "running";
+  if (r && $("console-box").open) api(`${P()}/runs/${encodeURIComponent(r.name)}/console`).then(d => {
+    const pre = $("console"); const end = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    pre.textContent = d.text; if (end) pre.scrollTop = pre.scrollHeight; }).catch(() => {});
   $("ckpt-table").tBodies[0].replaceChildren(...(r && r.checkpoints.length ? r.checkpoints.map(c => h("tr", {"data-ckpt": c.name},
     h("td", {}, c.name), h("td", {class: "num"}, c.step >= 0 ? num(c.step) : ""), h("td", {class: "num"}, bytes(c.bytes)),
     h("td", {class: "actions"},
@@ -540,6 +543,7 @@ async function init() {
   $("run-stop").addEventListener("click", () => guard($("run-stop"), null, stopRun));
   $("run-kill").addEventListener("click", () => guard($("run-kill"), null, killRun));
   $("eval-go").addEventListener("click", () => guard($("eval-go"), "eval-out", evaluate));
+  $("console-box").addEventListener("toggle", () => S.summary && renderDetail(S.summary));
   $("chat-load").addEventListener("click", () => guard($("chat-load"), "mem-msg", loadChat));
   $("chat-send").addEventListener("click", () => guard($("chat-send"), "mem-msg", send));
   $("chat-input").addEventListener("keydown", e => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("chat-send").click(); } });
