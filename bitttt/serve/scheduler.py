@@ -236,15 +236,14 @@ class Scheduler:
                 keep.append(job)
                 continue
             s = job.session
+            done = self._finish(job) if s is not None and job.finish_reason in ("stop", "length") else None
             if s is not None:
-                if job.finish_reason in ("stop", "length"):
-                    self._finish(job)
-                s.busy = False
-            if s is not None:
-                self.sessions.release(s)
+                self.sessions.release(s)  # may spill it: done once the memory file is written
+            if done is not None:
+                job.emit(("done", done))
         self.active = keep
 
-    def _finish(self, job: Job) -> None:
+    def _finish(self, job: Job) -> dict:
         job._say(job.text.finish())
         s, text = job.session, "".join(job.pieces)
         s.snapshot(self.sessions.max_snapshots)  # the state after this reply: an edit of the next turn starts here
@@ -253,9 +252,9 @@ class Scheduler:
             ids = self._reply_ids(job, text)
             if ids is not None:
                 self.sessions.remember_reply(text, ids)
-        job.emit(("done", {"finish_reason": job.finish_reason, "completion_tokens": len(job.generated),
-                           "prompt_tokens": len(job.prompt), "cached_tokens": job.cached, "session_id": s.id,
-                           "text": text, "time": time.time()}))
+        return {"finish_reason": job.finish_reason, "completion_tokens": len(job.generated),
+                "prompt_tokens": len(job.prompt), "cached_tokens": job.cached, "session_id": s.id, "text": text,
+                "time": time.time()}
 
     def _reply_ids(self, job: Job, text: str) -> list[int] | None:
         """The generated ids whose text is exactly the reply (the terminator left out)."""
