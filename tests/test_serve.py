@@ -234,7 +234,15 @@ def test_x_session_id_header(server):
         r.usage.completion_tokens - 1
 
 
-def test_eight_concurrent_streams_equal_alone(server, client):
+@pytest.mark.parametrize("decode", ["batched", "auto"])
+def test_eight_concurrent_streams_equal_alone(model, decode):
+    """Alone, a stream decodes with the fused one-token step; eight at once share batched steps
+    (`batched`: always one BitLlama.step_batch; `auto`: whichever is faster here)."""
+    with ServerThread(create_app(model, name="tiny", parallel=8, decode=decode)) as server:
+        _eight(server, server.client(), decode)
+
+
+def _eight(server, client, decode):
     prompts = [f"Once upon a time there was a {w}" for w in
                ("cat", "dog", "bird", "king", "girl", "boy", "fish", "tree")]
     kw = dict(model="tiny", max_tokens=48, stream=True, **GREEDY)
@@ -259,6 +267,8 @@ def test_eight_concurrent_streams_equal_alone(server, client):
     assert got == alone
     m = httpx.get(server.url + "/metrics").text
     assert metric(m, "bitttt_decode_batch_size_max") >= 2  # the streams did share decode steps
+    if decode == "batched":
+        assert metric(m, "bitttt_decode_steps_batched_total") >= 1
 
 
 def test_metrics_text(server, client):

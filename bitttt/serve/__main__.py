@@ -30,6 +30,9 @@ def _args(argv):
     keys.add_argument("--api-key-file", default=None, help="read the accepted keys from a file, one per line")
     ap.add_argument("--parallel", "-np", type=int, default=8,
                     help="requests generating at once, decoded in one batched step (default 8)")
+    ap.add_argument("--decode", choices=["auto", "batched", "serial"], default="auto",
+                    help="sessions generating together: one batched pass (batched), one fused step each (serial), "
+                         "or whichever is faster here (auto, the default)")
     ap.add_argument("--sessions", default=None, metavar="DIR",
                     help="folder where sessions leaving RAM are kept as memory files (and `save` writes)")
     ap.add_argument("--memory-budget", type=float, default=1024, metavar="MIB",
@@ -116,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
     name = a.alias or os.path.splitext(os.path.basename(os.path.normpath(model_path)))[0]
     app = create_app(loader=lambda: load(model_path), name=name, api_keys=keys, parallel=a.parallel,
-                     sessions_dir=a.sessions, budget_bytes=int(a.memory_budget * (1 << 20)), max_tokens=a.max_tokens)
+                     sessions_dir=a.sessions, budget_bytes=int(a.memory_budget * (1 << 20)), max_tokens=a.max_tokens,
+                     decode=a.decode)
     print(f"bitttt.serve: {name} on http://{a.host}:{a.port}/v1 ({a.parallel} slots"
           f"{', sessions in ' + a.sessions if a.sessions else ''})", file=sys.stderr)
     uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level)

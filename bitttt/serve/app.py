@@ -41,10 +41,10 @@ class Server:
     """What the routes share: the model once loaded, its sessions, the scheduler and metrics."""
 
     def __init__(self, loader: Callable[[], object], name: str, api_keys: tuple[str, ...], parallel: int,
-                 sessions_dir: str | None, budget: int, max_tokens: int, prefill_chunk: int):
+                 sessions_dir: str | None, budget: int, max_tokens: int, prefill_chunk: int, decode: str = "auto"):
         self.loader, self.name, self.api_keys = loader, name, tuple(k for k in api_keys if k)
         self.parallel, self.sessions_dir, self.budget = parallel, sessions_dir, budget
-        self.max_tokens, self.prefill_chunk = max_tokens, prefill_chunk
+        self.max_tokens, self.prefill_chunk, self.decode = max_tokens, prefill_chunk, decode
         self.metrics = Metrics()
         self.model = self.im = self.tok = self.sessions = self.scheduler = None
         self.ready = threading.Event()
@@ -56,7 +56,8 @@ class Server:
             m = self.loader()
             self.model, self.im, self.tok = m, m.im, m.tokenizer
             self.sessions = SessionManager(self.im, self.budget, self.sessions_dir)
-            self.scheduler = Scheduler(self.im, self.sessions, self.parallel, self.prefill_chunk, self.metrics)
+            self.scheduler = Scheduler(self.im, self.sessions, self.parallel, self.prefill_chunk, self.metrics,
+                                       decode=self.decode)
             sp = self.tok.special_ids
             self.role_ids = {r: sp[tag] for r, tag in ROLES.items()}
             self.chat_stop_ids = frozenset(sp[t] for t in ("<|user|>", "<|system|>", "<|assistant|>"))
@@ -160,13 +161,15 @@ class _Events:
 
 def create_app(model=None, *, loader: Callable[[], object] | None = None, name: str = "bitttt",
                api_keys: tuple[str, ...] | list[str] = (), parallel: int = 8, sessions_dir: str | None = None,
-               budget_bytes: int = 1 << 30, max_tokens: int = 256, prefill_chunk: int = 512) -> FastAPI:
+               budget_bytes: int = 1 << 30, max_tokens: int = 256, prefill_chunk: int = 512,
+               decode: str = "auto") -> FastAPI:
     """The server's ASGI app over `model` (a bitttt.generation.Model) or, loaded in a thread at
-    start-up so that /health answers 503 meanwhile, over `loader()`."""
+    start-up so that /health answers 503 meanwhile, over `loader()`.  decode: auto | batched |
+    serial, how the generating sessions' tokens are read each step (the scheduler's _choose)."""
     if (model is None) == (loader is None):
         raise ValueError("create_app needs a model or a loader (one of them)")
     srv = Server(loader or (lambda: model), name, tuple(api_keys), parallel, sessions_dir, budget_bytes, max_tokens,
-                 prefill_chunk)
+                 prefill_chunk, decode)
 
     from contextlib import asynccontextmanager
 
@@ -406,8 +409,10 @@ async def _generate(srv: Server, request: Request, req: GenRequest):
         return JSONResponse({**base, "object": obj, "choices": [choice], "usage": _usage(info),
                              "session_id": info["session_id"]}, headers=headers)
 
-    def chunk(delta_or_text, finish=None) -> dict:
+    def chunk(delta_or_text, finish=None, token=None) -> dict:
         c = {"index": 0, "logprobs": None, "finish_reason": finish}
+        if token is not None and req.return_token_ids:
+            c["token_ids"] = [token]
         if chat:
             c["delta"] = delta_or_text
         else:
@@ -426,7 +431,7 @@ async def _generate(srv: Server, request: Request, req: GenRequest):
             while True:
                 e = await ev.next(watch=False)  # sse-starlette cancels this generator when the client leaves
                 if e[0] == "text":
-                    yield chunk({"content": e[1]} if chat else e[1])
+                    yield chunk({"content": e[1]} if chat else e[1], token=e[2])
                 elif e[0] == "error":
                     yield {"data": json.dumps(e[1].body())}
                     break

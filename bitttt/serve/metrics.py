@@ -16,7 +16,7 @@ class Metrics:
         self.started = time.time()
         self.requests: dict[tuple[str, str], int] = {}   # (endpoint, status) -> count
         self.prompt_tokens = self.prompt_cached = self.prefill_tokens = self.completion_tokens = 0
-        self.decode_steps = self.decode_batch_max = self.cancelled = 0
+        self.decode_steps = self.decode_batch_max = self.cancelled = self.decode_steps_batched = 0
         self.decode_batch_sum = 0
         self._decoded: deque = deque()    # (time, tokens) of recent decode steps
         self._prefilled: deque = deque()
@@ -25,8 +25,9 @@ class Metrics:
         k = (endpoint, str(status))
         self.requests[k] = self.requests.get(k, 0) + 1
 
-    def decoded(self, n: int) -> None:
+    def decoded(self, n: int, batched: bool = False) -> None:
         self.decode_steps += 1
+        self.decode_steps_batched += int(batched)
         self.decode_batch_sum += n
         self.decode_batch_max = max(self.decode_batch_max, n)
         self._decoded.append((time.monotonic(), n))
@@ -59,7 +60,9 @@ class Metrics:
             self.prompt_cached)
         one("prefill_tokens_total", "counter", "prompt tokens read into memories", self.prefill_tokens)
         one("completion_tokens_total", "counter", "tokens generated", self.completion_tokens)
-        one("decode_steps_total", "counter", "batched decode steps", self.decode_steps)
+        one("decode_steps_total", "counter", "decode steps (one token of every generating session)", self.decode_steps)
+        one("decode_steps_batched_total", "counter", "decode steps run as one batched pass (BitLlama.step_batch)",
+            self.decode_steps_batched)
         one("decode_batch_size_max", "gauge", "the largest batch of one decode step", self.decode_batch_max)
         one("decode_batch_size_mean", "gauge", "mean sessions per decode step",
             f"{self.decode_batch_sum / self.decode_steps:.3f}" if self.decode_steps else 0)

@@ -4,8 +4,8 @@ Each round it admits waiting requests into free slots (`parallel`), reads a chun
 pending prompt into its session, then decodes ONE token for every session that is generating
 in one batched step (`BitLlama.step_batch`: each BitLinear is one int8 GEMM over the batch,
 the weights read once) and samples each session's next token with its own sampler.  Events go
-back to the request handlers through a thread-safe callback: ("start", info), ("text", piece),
-("done", info) or ("error", APIError).  A cancelled job (the client went away) leaves at the
+back to the request handlers through a thread-safe callback: ("start", info), ("text", piece,
+token id), ("done", info) or ("error", APIError).  A cancelled job (the client went away) leaves at the
 next round and frees its slot; its session keeps what it has read.
 """
 from __future__ import annotations
@@ -23,6 +23,8 @@ from .errors import APIError
 from .metrics import Metrics
 from .schemas import GenRequest
 from .sessions import SessionManager
+
+DECODE_MODES = ("auto", "batched", "serial")
 
 
 class Job:
@@ -44,23 +46,30 @@ class Job:
     def cancel(self) -> None:
         self.cancelled = True
 
-    def _say(self, piece: str) -> None:
+    def _say(self, piece: str, token: int | None = None) -> None:
         if piece:
             self.pieces.append(piece)
-            self.emit(("text", piece))
+        if piece or (token is not None and self.req.return_token_ids):
+            self.emit(("text", piece, token))
 
 
 class Scheduler:
     """Runs generation jobs on `im` (an InferenceModel with a tokenizer) in one thread."""
 
     def __init__(self, im, sessions: SessionManager, parallel: int = 8, prefill_chunk: int = 512,
-                 metrics: Metrics | None = None, max_queue: int = 1024):
+                 metrics: Metrics | None = None, max_queue: int = 1024, decode: str = "auto"):
         if parallel < 1:
             raise ValueError(f"parallel must be >= 1, got {parallel}")
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+        self.decode_mode = decode
+        self._cost: dict[tuple[str, int], float] = {}   # (mode, batch) -> seconds per step (moving average)
+        self._steps = 0
         self.im, self.sessions, self.parallel, self.prefill_chunk = im, sessions, parallel, prefill_chunk
         self.metrics = metrics or Metrics()
         self.max_queue = max_queue
         self.tok = im.tokenizer
+        self.vocab = im.tokenizer.vocab_size
         self.waiting: deque[Job] = deque()
         self.active: list[Job] = []
         self.calls: deque = deque()
@@ -141,6 +150,7 @@ class Scheduler:
                         if job.session is not None:  # its state may be half-written: back to the start
                             self.sessions.reset(job.session)
             self._reap()
+            time.sleep(0)  # let the event loop's thread take the GIL between two rounds
         for job in list(self.waiting) + self.active:
             job.emit(("error", APIError(503, "the server is shutting down", None, "shutting_down")))
 
@@ -199,17 +209,40 @@ class Scheduler:
             return
         states = [j.session.state for j in batch]
         toks = [j.pending for j in batch]
-        if len(batch) == 1:
-            logits = self.im.model.step(states[0], toks[0])[None]   # the fused one-token decoder
+        mode = self._choose(len(batch))
+        t0 = time.perf_counter()
+        if mode == "serial":  # the fused one-token decoder, session after session
+            logits = [self.im.model.step(st, t) for st, t in zip(states, toks)]
         else:
             logits = self.im.model.step_batch(states, toks)
-        self.metrics.decoded(len(batch))
+        dt = time.perf_counter() - t0
+        key = (mode, len(batch))
+        self._cost[key] = dt if key not in self._cost else 0.8 * self._cost[key] + 0.2 * dt
+        self.metrics.decoded(len(batch), mode == "batched")
         for i, job in enumerate(batch):
             s = job.session
             s.ids.append(job.pending)
             s.logits = logits[i].copy()
             job.pending = None
             self._sample(job, s.logits)
+
+    def _choose(self, b: int) -> str:
+        """batched (one pass over the weights) or serial (b fused one-token steps): the same bits
+        either way, so `auto` takes whichever has been faster at this batch size on this model
+        and machine (small models: serial wins on Python overhead; large ones: batched), trying
+        the other one now and then."""
+        if b == 1:
+            return "serial"
+        if self.decode_mode != "auto":
+            return self.decode_mode
+        tb, ts = self._cost.get(("batched", b)), self._cost.get(("serial", b))
+        if tb is None:
+            return "batched"
+        if ts is None:
+            return "serial"
+        self._steps += 1
+        best, other = ("batched", "serial") if tb <= ts else ("serial", "batched")
+        return other if self._steps % 64 == 0 else best
 
     def _sample(self, job: Job, logits) -> None:
         nxt = job.sampler(logits, job.session.ids)
@@ -218,7 +251,8 @@ class Scheduler:
         if (nxt == self.tok.eos_id and not job.req.ignore_eos) or nxt in job.stop_ids:
             job.finish_reason = "stop"
             return
-        job._say(job.text.push(self.tok.token_bytes(nxt)))
+        # ids past the tokenizer's (a benchmark model's random head) have no text
+        job._say(job.text.push(self.tok.token_bytes(nxt) if nxt < self.vocab else b""), nxt)
         if job.text.stopped:
             job.finish_reason = "stop"
         elif len(job.generated) >= job.req.sampling.max_tokens:
@@ -259,6 +293,8 @@ class Scheduler:
     def _reply_ids(self, job: Job, text: str) -> list[int] | None:
         """The generated ids whose text is exactly the reply (the terminator left out)."""
         gen = job.generated
+        if any(t >= self.vocab for t in gen):
+            return None
         if job.finish_reason == "stop" and not job.text.stopped:
             gen = gen[:-1]  # end of text or a role tag: not part of the reply
         if self.tok.decode(gen) == text:

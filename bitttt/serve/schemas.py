@@ -36,6 +36,7 @@ class GenRequest:
     prompt: str | list[int] | None = None
     messages: list[tuple[str, str]] = field(default_factory=list)
     echo: bool = False
+    return_token_ids: bool = False              # every streamed chunk names its token (one chunk per token)
 
 
 def _num(body: dict, name: str, lo: float, hi: float, default, lo_open=False, hi_open=False, integer=False):
@@ -119,11 +120,14 @@ def _common(body: dict, kind: str, max_tokens_default: int) -> GenRequest:
     ignore_eos = body.get("ignore_eos", False)
     if not isinstance(ignore_eos, bool):
         raise bad_request("'ignore_eos' must be true or false", "ignore_eos", "invalid_type")
+    rti = body.get("return_token_ids", False)
+    if not isinstance(rti, bool):
+        raise bad_request("'return_token_ids' must be true or false", "return_token_ids", "invalid_type")
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise bad_request("'model' must be a string", "model", "invalid_type")
     return GenRequest(kind, sp, stream, include_usage, stops, ignore_eos, session_id_of(body.get("session_id")),
-                      model)
+                      model, return_token_ids=rti)
 
 
 def parse_completion(body: dict, max_tokens_default: int = 256) -> GenRequest:
