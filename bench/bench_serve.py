@@ -56,13 +56,21 @@ def wait_health(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     sys.exit("the server did not come up")
 
 
-def one_stream(url: str, body: dict, out: dict) -> None:
-    """POST a streaming completion; out: t0, first-token time, the time of every token chunk."""
+def one_stream(url: str, body: dict, out: dict, start: threading.Barrier) -> None:
+    """POST a streaming completion once every client is ready; out: t0, the time of every token."""
     import httpx
 
-    out["t0"] = time.perf_counter()
     times = []
-    with httpx.Client(timeout=600) as c, c.stream("POST", url + "/v1/completions", json=body) as r:
+    with httpx.Client(timeout=600) as c:  # made before the clock starts (its set-up is not the server's)
+        start.wait()
+        out["t0"] = time.perf_counter()
+        _stream(c, url, body, out, times)
+        out["t_end"] = time.perf_counter()
+    out["times"] = times
+
+
+def _stream(c, url: str, body: dict, out: dict, times: list) -> None:
+    with c.stream("POST", url + "/v1/completions", json=body) as r:
         if r.status_code != 200:
             r.read()
             out["error"] = f"{r.status_code}: {r.text[:300]}"
@@ -77,7 +85,6 @@ def one_stream(url: str, body: dict, out: dict) -> None:
             n = len(ch[0].get("token_ids") or []) or (1 if ch[0].get("text") else 0)
             now = time.perf_counter()
             times.extend([now] * n)
-    out["times"] = times
 
 
 def round_of(url: str, c: int, tokens: int, vocab: int, tag: str) -> dict:
@@ -86,16 +93,16 @@ def round_of(url: str, c: int, tokens: int, vocab: int, tag: str) -> dict:
     bodies = [{"prompt": [int(t) for t in rng.integers(7, vocab, 16)], "max_tokens": tokens, "temperature": 0,
                "stream": True, "ignore_eos": True, "return_token_ids": True, "n_predict": tokens,
                "session_id": f"{tag}-{c}-{i}", "cache_prompt": False} for i in range(c)]
-    ts = [threading.Thread(target=one_stream, args=(url, b, o)) for b, o in zip(bodies, outs)]
-    t0 = time.perf_counter()
+    start = threading.Barrier(c)
+    ts = [threading.Thread(target=one_stream, args=(url, b, o, start)) for b, o in zip(bodies, outs)]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
-    wall = time.perf_counter() - t0
     errs = [o["error"] for o in outs if "error" in o]
     if errs:
         sys.exit(f"a request failed: {errs[0]}")
+    wall = max(o["t_end"] for o in outs) - min(o["t0"] for o in outs)
     n = sum(len(o["times"]) for o in outs)
     ttft = [(o["times"][0] - o["t0"]) * 1e3 for o in outs if o["times"]]
     itl = [g * 1e3 for o in outs for g in np.diff(o["times"])]
@@ -187,7 +194,8 @@ def main() -> None:
     from bench_kernels import append_results, machine
 
     head = [f"\n## bench_serve -- {datetime.datetime.now():%Y-%m-%d %H:%M}\n",
-            f"- machine: {machine()}",
+            f"- machine: {machine()}; load average when it ended: "
+            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (a machine shared with other jobs)",
             f"- command: `python bench/bench_serve.py --clients {' '.join(map(str, args.clients))} --tokens "
             f"{args.tokens} --threads {args.threads} --models {' '.join(args.models)}`"
             + (" --llama-server BIN --gguf FILE" if args.llama_server else ""),
