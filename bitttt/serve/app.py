@@ -56,6 +56,7 @@ class Server:
             m = self.loader()
             self.model, self.im, self.tok = m, m.im, m.tokenizer
             self.sessions = SessionManager(self.im, self.budget, self.sessions_dir)
+            self.state_bytes = self.im.new_state().nbytes
             self.scheduler = Scheduler(self.im, self.sessions, self.parallel, self.prefill_chunk, self.metrics,
                                        decode=self.decode)
             sp = self.tok.special_ids
@@ -97,12 +98,39 @@ class Server:
         return ids
 
 
-def _authorized(srv: Server, request: Request) -> bool:
-    if not srv.api_keys or request.url.path in PUBLIC:
-        return True
-    h = request.headers.get("authorization", "")
-    key = h[7:].strip() if h.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-    return any(hmac.compare_digest(key.encode(), k.encode()) for k in srv.api_keys)
+class _Guard:
+    """ASGI middleware: the API key check (every route but /health) and the request counter.
+    Plain ASGI, so that the routes see the client's disconnect and streams pass untouched."""
+
+    def __init__(self, app, srv: Server):
+        self.app, self.srv = app, srv
+
+    def _authorized(self, scope) -> bool:
+        if not self.srv.api_keys or scope["path"] in PUBLIC:
+            return True
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        h = headers.get("authorization", "")
+        key = h[7:].strip() if h.lower().startswith("bearer ") else headers.get("x-api-key", "")
+        return any(hmac.compare_digest(key.encode(), k.encode()) for k in self.srv.api_keys)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = [500]
+        if not self._authorized(scope):
+            resp = JSONResponse(APIError(401, "Incorrect API key provided: send it as 'Authorization: Bearer KEY'",
+                                         None, "invalid_api_key").body(), status_code=401)
+            await resp(scope, receive, send)
+            status[0] = 401
+        else:
+            async def counted(msg):
+                if msg["type"] == "http.response.start":
+                    status[0] = msg["status"]
+                await send(msg)
+
+            await self.app(scope, receive, counted)
+        route = scope.get("route")
+        self.srv.metrics.request(getattr(route, "path", "other"), status[0])
 
 
 def _usage(info: dict) -> dict:
@@ -138,19 +166,23 @@ class _Events:
         self.srv, self.request = srv, request
         self.job = Job(req, prompt, stop_ids, emit)
         self._get = None
+        self._checked = time.monotonic()
 
     async def next(self, watch: bool = True):
         """The next event; None when the client has gone (the job is cancelled then)."""
         while True:
+            now = time.monotonic()
+            if watch and now - self._checked > 0.25:  # events may flow without pause: look at the client too
+                self._checked = now
+                if await self.request.is_disconnected():
+                    self.cancel()
+                    return None
             if self._get is None:
                 self._get = asyncio.ensure_future(self.q.get())
             done, _ = await asyncio.wait({self._get}, timeout=0.25)
             if done:
                 ev, self._get = self._get.result(), None
                 return ev
-            if watch and await self.request.is_disconnected():
-                self.cancel()
-                return None
 
     def cancel(self) -> None:
         if self._get is not None:
@@ -185,16 +217,7 @@ def create_app(model=None, *, loader: Callable[[], object] | None = None, name: 
     app = FastAPI(title="bitttt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = srv
 
-    @app.middleware("http")
-    async def auth_and_count(request: Request, call_next):
-        if not _authorized(srv, request):
-            resp = JSONResponse(APIError(401, "Incorrect API key provided: send it as 'Authorization: Bearer KEY'",
-                                         None, "invalid_api_key").body(), status_code=401)
-        else:
-            resp = await call_next(request)
-        route = request.scope.get("route")
-        srv.metrics.request(route.path if route is not None else "other", resp.status_code)
-        return resp
+    app.add_middleware(_Guard, srv=srv)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError):
@@ -230,7 +253,7 @@ def create_app(model=None, *, loader: Callable[[], object] | None = None, name: 
         return {"object": "list", "data": [{
             "id": srv.name, "object": "model", "created": srv.created, "owned_by": "bitttt",
             "meta": {"model_id": srv.im.model_id, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
-                     "num_layers": c.num_layers, "ternary": c.ternary, "memory_bytes": srv.im.new_state().nbytes,
+                     "num_layers": c.num_layers, "ternary": c.ternary, "memory_bytes": srv.state_bytes,
                      "context": "unbounded (TTT memory)"}}]}
 
     @app.get("/metrics")

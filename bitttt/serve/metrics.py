@@ -38,9 +38,9 @@ class Metrics:
 
     def _rate(self, q: deque) -> float:
         now = time.monotonic()
-        while q and q[0][0] < now - self.window:
+        while q and q[0][0] < now - self.window:  # the scheduler only appends; this side only drops
             q.popleft()
-        return sum(n for _, n in q) / self.window
+        return sum(n for _, n in list(q)) / self.window  # list(): a copy taken at once, under the GIL
 
     def text(self, gauges: dict[str, tuple[float, str]]) -> str:
         """Prometheus exposition text; `gauges`: name -> (value, help) read from the scheduler."""

@@ -262,7 +262,7 @@ class SessionManager:
 
     @property
     def nbytes(self) -> int:
-        return sum(s.nbytes for s in self.live.values())
+        return sum(s.nbytes for s in list(self.live.values()))  # /metrics reads it from another thread
 
     def enforce_budget(self) -> None:
         """Spill (or drop, without a directory) idle sessions, least recently used first, until
