@@ -97,6 +97,20 @@ def test_chat_and_completion_usage(client, model):
     assert c.choices[0].text == want
 
 
+def test_long_prompt_read_in_chunks_and_chat_roles(client, model):
+    """A prompt longer than the prefill chunk (512 tokens) is read in pieces between decode
+    rounds: the same text as the library reading it at once."""
+    p = "Once upon a time there was a little girl who liked to play in the park with her dog. " * 40
+    assert len(model.tokenizer.encode(p)) > 600
+    r = client.completions.create(model="anything", prompt=p, max_tokens=8, **GREEDY)
+    assert r.choices[0].text == model.generate(p, max_tokens=8, temperature=0)
+    msgs = [("system", "You tell short stories."), ("user", "A story about a fox.")]
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "developer", "content": msgs[0][1]},
+                                                                {"role": "user", "content": msgs[1][1]}],
+                                       max_completion_tokens=5, **GREEDY)
+    assert r.usage.prompt_tokens == len(_chat_ids(model.tokenizer, msgs)) and r.usage.completion_tokens <= 5
+
+
 def test_streaming_equals_non_streaming(client):
     msgs = _msgs([("user", "Once there was a cat who liked fish.")])
     full = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=30, **GREEDY)
@@ -148,7 +162,10 @@ def test_bad_parameters_give_400_in_openai_shape(server, client):
     cases = [(dict(temperature=5), "temperature"), (dict(top_p=0), "top_p"), (dict(n=2), "n"),
              (dict(max_tokens=0), "max_tokens"), (dict(extra_body={"top_k": -1}), "top_k"),
              (dict(extra_body={"session_id": "../etc"}), "session_id"), (dict(logprobs=True), "logprobs"),
-             (dict(stop=[1, 2]), "stop")]
+             (dict(stop=[1, 2]), "stop"), (dict(logit_bias={"5": 10}), "logit_bias"),
+             (dict(response_format={"type": "json_object"}), "response_format"),
+             (dict(presence_penalty=0.5), "presence_penalty"),
+             (dict(max_completion_tokens=-3), "max_completion_tokens")]
     for kw, param in cases:
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model="tiny", messages=msgs, **kw)

@@ -78,6 +78,12 @@ def _common(body: dict, kind: str, max_tokens_default: int) -> GenRequest:
     for name in ("tools", "functions"):
         if body.get(name):
             raise bad_request(f"'{name}' (tool calls) is not supported by this server", name, "unsupported_value")
+    if body.get("logit_bias"):
+        raise bad_request("'logit_bias' is not supported by this server", "logit_bias", "unsupported_value")
+    rf = body.get("response_format")
+    if rf is not None and not (isinstance(rf, dict) and rf.get("type", "text") == "text"):
+        raise bad_request("'response_format' other than {\"type\": \"text\"} (JSON modes) is not supported",
+                          "response_format", "unsupported_value")
     for name in ("presence_penalty", "frequency_penalty"):
         if _num(body, name, -2.0, 2.0, 0.0) != 0:
             raise bad_request(f"'{name}' is not supported (use 'repeat_penalty', as in llama.cpp)", name,
