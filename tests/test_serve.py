@@ -442,6 +442,11 @@ def test_cli_serves_the_shipped_model(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "bitttt.serve", "-m", str(tmp_path / "none.safetensors")], env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no such model" in bad.stderr
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    bad = subprocess.run([sys.executable, "-m", "bitttt.serve", "-m", str(broken), "--port", str(port)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "broken.safetensors" in bad.stderr  # loading failed: the server stops, says why
 
 
 def test_loopback_hosts():

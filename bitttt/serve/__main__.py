@@ -123,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
                      decode=a.decode)
     print(f"bitttt.serve: {name} on http://{a.host}:{a.port}/v1 ({a.parallel} slots"
           f"{', sessions in ' + a.sessions if a.sessions else ''})", file=sys.stderr)
-    uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level)
+    server = uvicorn.Server(uvicorn.Config(app, host=a.host, port=a.port, log_level=a.log_level,
+                                           timeout_graceful_shutdown=5))
     srv = app.state.server
+    srv.on_fail = lambda: setattr(server, "should_exit", True)
+    server.run()
     if srv.error:
         print(f"error: {srv.error}", file=sys.stderr)
         return 1

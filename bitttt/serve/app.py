@@ -49,6 +49,7 @@ class Server:
         self.model = self.im = self.tok = self.sessions = self.scheduler = None
         self.ready = threading.Event()
         self.error: str | None = None
+        self.on_fail: Callable[[], None] | None = None   # the command line stops the server when loading fails
         self.created = int(time.time())
 
     def load(self) -> None:
@@ -65,8 +66,11 @@ class Server:
             self.scheduler.start()
             self.ready.set()
         except Exception as e:  # reported by /health and every route
-            traceback.print_exc()
             self.error = f"{type(e).__name__}: {e}"
+            if self.on_fail is not None:
+                self.on_fail()
+            else:
+                traceback.print_exc()
 
     def check_ready(self) -> None:
         if self.error:
