@@ -250,6 +250,9 @@ def test_x_session_id_header(server):
     rows = {row["id"]: row for row in httpx.get(server.url + "/v1/sessions").json()["data"]}
     assert rows["hdr"]["named"] and rows["hdr"]["history_tokens"] == r.usage.prompt_tokens + \
         r.usage.completion_tokens - 1
+    one = httpx.get(server.url + "/v1/sessions/hdr").json()
+    assert one["id"] == "hdr" and one["tokens_read"] == rows["hdr"]["history_tokens"] and one["live"]
+    assert httpx.get(server.url + "/v1/sessions/nobody").status_code == 404
 
 
 @pytest.mark.parametrize("decode", ["batched", "auto"])

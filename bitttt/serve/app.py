@@ -273,10 +273,13 @@ def create_app(model=None, *, loader: Callable[[], object] | None = None, name: 
         content = body.get("content")
         if not isinstance(content, str):
             raise bad_request("'content' must be a string", "content", "invalid_type")
-        ids = await asyncio.to_thread(srv.tok.encode, content)
-        if body.get("with_pieces"):
-            return {"tokens": [{"id": i, "piece": srv.tok.token_bytes(i).decode("utf-8", "replace")} for i in ids]}
-        return {"tokens": ids}
+        def work():
+            ids = srv.tok.encode(content)
+            if body.get("with_pieces"):
+                return {"tokens": [{"id": i, "piece": srv.tok.token_bytes(i).decode("utf-8", "replace")} for i in ids]}
+            return {"tokens": ids}
+
+        return await asyncio.to_thread(work)
 
     @app.post("/detokenize")
     async def detokenize(request: Request):
@@ -289,7 +292,7 @@ def create_app(model=None, *, loader: Callable[[], object] | None = None, name: 
         bad = [i for i in ids if not 0 <= i < v]
         if bad:
             raise bad_request(f"token id {bad[0]} is outside [0, {v})", "tokens")
-        return {"content": srv.tok.decode(ids)}
+        return {"content": await asyncio.to_thread(srv.tok.decode, ids)}
 
     # -- sessions ----------------------------------------------------------------------
     async def on_scheduler(fn):
