@@ -62,6 +62,9 @@ def test_health_models_tokenize_and_error_shapes(server, client, model):
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     models = client.models.list().data
     assert [m.id for m in models] == ["tiny"]
+    assert client.models.retrieve("tiny").id == "tiny"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-9")
     text = "Tom has a red ball."
     r = httpx.post(server.url + "/tokenize", json={"content": text}).json()
     assert r["tokens"] == model.tokenizer.encode(text)

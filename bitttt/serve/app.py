@@ -249,16 +249,26 @@ def create_app(model=None, *, loader: Callable[[], object] | None = None, name: 
             return JSONResponse(e.body(), status_code=e.status)
         return {"status": "ok"}
 
+    def model_card() -> dict:
+        c = srv.im.config
+        return {"id": srv.name, "object": "model", "created": srv.created, "owned_by": "bitttt",
+                "meta": {"model_id": srv.im.model_id, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+                         "num_layers": c.num_layers, "ternary": c.ternary, "memory_bytes": srv.state_bytes,
+                         "context": "unbounded (TTT memory)"}}
+
     @app.get("/v1/models")
     @app.get("/models")
     async def models():
         srv.check_ready()
-        c = srv.im.config
-        return {"object": "list", "data": [{
-            "id": srv.name, "object": "model", "created": srv.created, "owned_by": "bitttt",
-            "meta": {"model_id": srv.im.model_id, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
-                     "num_layers": c.num_layers, "ternary": c.ternary, "memory_bytes": srv.state_bytes,
-                     "context": "unbounded (TTT memory)"}}]}
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name}")
+    async def model_get(name: str):
+        srv.check_ready()
+        if name != srv.name:
+            raise APIError(404, f"The model '{name}' does not exist (this server has '{srv.name}')", "model",
+                           "model_not_found")
+        return model_card()
 
     @app.get("/metrics")
     async def metrics():
