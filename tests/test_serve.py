@@ -269,7 +269,7 @@ def test_eight_concurrent_streams_equal_alone(model, decode):
 def _eight(server, client, decode):
     prompts = [f"Once upon a time there was a {w}" for w in
                ("cat", "dog", "bird", "king", "girl", "boy", "fish", "tree")]
-    kw = dict(model="tiny", max_tokens=48, stream=True, **GREEDY)
+    kw = dict(model="tiny", max_tokens=64, stream=True, **GREEDY)  # long enough for the eight to overlap
 
     def run(i, tag):
         s = client.completions.create(prompt=prompts[i], extra_body={"session_id": f"{tag}-{i}", "ignore_eos": True},
