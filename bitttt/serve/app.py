@@ -17,6 +17,7 @@ import hmac
 import json
 import os
 import secrets
+import sys
 import tempfile
 import threading
 import time
@@ -53,6 +54,7 @@ class Server:
         self.created = int(time.time())
 
     def load(self) -> None:
+        t0 = time.perf_counter()
         try:
             m = self.loader()
             self.model, self.im, self.tok = m, m.im, m.tokenizer
@@ -65,6 +67,9 @@ class Server:
             self.chat_stop_ids = frozenset(sp[t] for t in ("<|user|>", "<|system|>", "<|assistant|>"))
             self.scheduler.start()
             self.ready.set()
+            if self.on_fail is not None:  # the command line: say when the routes answer
+                print(f"bitttt.serve: {self.name} loaded in {time.perf_counter() - t0:.1f} s "
+                      f"({self.state_bytes / 2**20:.1f} MiB of memory per session)", file=sys.stderr, flush=True)
         except Exception as e:  # reported by /health and every route
             self.error = f"{type(e).__name__}: {e}"
             if self.on_fail is not None:
