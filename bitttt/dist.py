@@ -77,8 +77,9 @@ class World:
     def ordered_sum(self, parts: list[np.ndarray]) -> np.ndarray:
         """The left fold of every rank's parts in (rank, part) order, on every rank.
 
-        parts: this rank's flat C-contiguous buffers, all of one length and dtype on every rank.
-        Returns a new buffer of that length and dtype: ((p[0][0] + p[0][1]) + ...) + p[1][0] + ...
+        parts: this rank's flat C-contiguous buffers, all of one length and dtype on every rank (a rank
+        may hold none; some rank must hold one).  Returns a new buffer of that length and dtype:
+        ((p[0][0] + p[0][1]) + ...) + p[1][0] + ...
         """
         _check_parts(parts)
         t0 = time.perf_counter()
@@ -139,31 +140,38 @@ class MPIWorld(World):
         self.comm.Abort(code)
 
     def ordered_sum(self, parts: list[np.ndarray]) -> np.ndarray:
-        _check_parts(parts)
         t0 = time.perf_counter()
-        n, dtype = parts[0].size, parts[0].dtype
-        meta = self.comm.allgather((n, dtype.str))
-        if len(set(meta)) != 1:
+        if parts:
+            _check_parts(parts)
+        meta = self.comm.allgather((len(parts), parts[0].size, parts[0].dtype.str) if parts else (0, None, None))
+        chain = [r for r, (k, _, _) in enumerate(meta) if k]  # the ranks that hold parts, in order
+        if not chain:
+            raise ValueError("ordered_sum needs at least one buffer on some rank")
+        if len({(n, dt) for k, n, dt in meta if k}) != 1:
             raise DistributedError(f"ranks hold gradient buffers of different sizes or dtypes: {meta}")
-        r, last = self.rank, self.size - 1
+        n, dtype = meta[chain[0]][1], np.dtype(meta[chain[0]][2])
         out = np.empty(n, dtype)
-        step = max(1, CHUNK_BYTES // dtype.itemsize)
-        sends = []
-        for s in range(0, n, step):
-            e = min(n, s + step)
-            piece = out[s:e]
-            if r == 0:
-                np.copyto(piece, parts[0][s:e])
-                rest = parts[1:]
-            else:
-                self.comm.Recv(piece, source=r - 1, tag=71)
-                rest = parts
-            for p in rest:
-                piece += p[s:e]
-            if r < last:
-                sends.append(self.comm.Isend(piece, dest=r + 1, tag=71))
-        self.MPI.Request.Waitall(sends)
-        self.comm.Bcast(out, root=last)
+        if parts:
+            pos = chain.index(self.rank)
+            prev = chain[pos - 1] if pos > 0 else None
+            nxt = chain[pos + 1] if pos + 1 < len(chain) else None
+            step = max(1, CHUNK_BYTES // dtype.itemsize)
+            sends = []
+            for s in range(0, n, step):
+                e = min(n, s + step)
+                piece = out[s:e]
+                if prev is None:
+                    np.copyto(piece, parts[0][s:e])
+                    rest = parts[1:]
+                else:
+                    self.comm.Recv(piece, source=prev, tag=71)
+                    rest = parts
+                for p in rest:
+                    piece += p[s:e]
+                if nxt is not None:
+                    sends.append(self.comm.Isend(piece, dest=nxt, tag=71))
+            self.MPI.Request.Waitall(sends)
+        self.comm.Bcast(out, root=chain[-1])
         self.reduce_s += time.perf_counter() - t0
         return out
 

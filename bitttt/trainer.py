@@ -353,49 +353,78 @@ class Trainer:
 
     # -- steps -----------------------------------------------------------------------
     def train_step(self, batch=None) -> float:
-        """One optimizer step; returns the mean training loss of its micro-batches.
+        """One optimizer step; returns the mean training loss per counted token of the step.
 
         batch: None (take `grad_accum` micro-batches from the loader) or (x, y) / (x, y, mask)
         with x, y int [B, T] (y = targets of x) and mask [B, T] of 0/1 (or None).
-        On several ranks the step takes grad_accum x world.size micro-batches (rank r computes its
-        share, see bitttt.dist) and gives every rank the result one process would get."""
-        cfg = self.cfg
-        if self.world.size > 1:
-            if batch is not None:
-                raise ValueError("train_step(batch) runs on one process; on several ranks every step takes its "
-                                 "micro-batches from the loader")
-            return self._train_step_ranks()
-        micro = [batch] if batch is not None else [self.batches.next() for _ in range(cfg.grad_accum)]
-        total, acc = 0.0, None
-        for mb in micro:
-            x, y = mb[0], mb[1]
-            m = mb[2] if len(mb) > 2 else None
-            loss, grads = self.model.loss_and_grads(x, y, m)
-            total += loss
+        The step's gradient is the sum of the per-token gradients over all its micro-batches divided
+        by their counted tokens (mask ones, or B x T without a mask): micro-batches with more counted
+        tokens weigh more, one with none is skipped.  On several ranks the step takes
+        grad_accum x world.size micro-batches (rank r computes its share, see bitttt.dist) and gives
+        every rank the result one process with grad_accum x world.size would get."""
+        cfg, ranks = self.cfg, self.world.size
+        if batch is not None and ranks > 1:
+            raise ValueError("train_step(batch) runs on one process; on several ranks every step takes its "
+                             "micro-batches from the loader")
+        micro = [batch] if batch is not None else [self.batches.next() for _ in range(cfg.grad_accum * ranks)]
+        micro = [(mb[0], mb[1], mb[2] if len(mb) > 2 else None) for mb in micro]
+        counts = [float(np.asarray(x).size) if m is None else float(np.sum(m, dtype=np.float64)) for x, _, m in micro]
+        for x, _, _ in micro:
             self.tokens_seen += int(np.asarray(x).size)
-            if acc is None:
-                acc = grads
-            else:
-                for k, g in grads.items():
-                    acc[k] += g
-        self._apply(acc, len(micro))
-        return total / len(micro)
-
-    def _train_step_ranks(self) -> float:
-        """train_step on several ranks: every rank draws the step's grad_accum x world.size micro-batches
-        (so the loader stays in step everywhere) and computes the gradients of micro-batches
-        rank*grad_accum ...; losses are gathered and gradients summed in micro-batch order."""
-        w, a = self.world, self.cfg.grad_accum
-        micro = [self.batches.next() for _ in range(a * w.size)]
-        for mb in micro:
-            self.tokens_seen += int(np.asarray(mb[0]).size)
-        losses, parts, error, layout = [], [], None, None
-        try:
-            for mb in micro[w.rank * a:(w.rank + 1) * a]:
-                loss, grads = self.model.loss_and_grads(mb[0], mb[1], mb[2] if len(mb) > 2 else None)
+        total_w = sum(counts)
+        if total_w <= 0:
+            e = ValueError(f"step {self.step + 1}: the loss mask of every micro-batch is all zeros: no token to "
+                           "learn from (the instruction records hold no response tokens?)")
+            e.collective = True
+            raise e
+        # equal counts (no mask): the plain mean over micro-batches; else weigh each by its tokens
+        weighted = len(set(counts)) > 1
+        if ranks > 1:
+            acc, losses = self._grads_ranks(micro, counts, weighted)
+        else:
+            acc, losses = None, []
+            for (x, y, m), c in zip(micro, counts):
+                if c == 0:
+                    losses.append(None)
+                    continue
+                loss, grads = self.model.loss_and_grads(x, y, m)
                 losses.append(loss)
-                if layout is None:
-                    layout = FlatLayout(grads)
+                if weighted:
+                    for g in grads.values():
+                        g *= c
+                if acc is None:
+                    acc = grads
+                else:
+                    for k, g in grads.items():
+                        acc[k] += g
+        total = 0.0
+        for loss, c in zip(losses, counts):
+            if loss is not None:
+                total += loss * c if weighted else loss
+        denom = total_w if weighted else len(micro)
+        self._apply(acc, denom)
+        return total / denom
+
+    def _grads_ranks(self, micro: list, counts: list[float], weighted: bool):
+        """The sum of the step's micro-batch gradients on several ranks -> (acc by name, losses in
+        micro-batch order).  Rank r computes micro-batches r*grad_accum ...; the losses are gathered
+        and the gradients summed in micro-batch order (bitttt.dist.World.ordered_sum)."""
+        w, a = self.world, self.cfg.grad_accum
+        if getattr(self, "_layout", None) is None:
+            self._layout = FlatLayout(self.model.params)
+        layout = self._layout
+        losses, parts, error = [], [], None
+        try:
+            for i in range(w.rank * a, (w.rank + 1) * a):
+                if counts[i] == 0:
+                    losses.append(None)
+                    continue
+                x, y, m = micro[i]
+                loss, grads = self.model.loss_and_grads(x, y, m)
+                losses.append(loss)
+                if weighted:
+                    for g in grads.values():
+                        g *= counts[i]
                 if parts and w.rank == 0:  # rank 0 heads the chain: its running sum is the fold itself
                     layout.pack(grads, parts[0], add=True)
                 else:
@@ -409,17 +438,12 @@ class Trainer:
                 e = NonFiniteError(f"rank {r}: {err}")
                 e.collective = True
                 raise e
-        total = 0.0
-        for rank_losses, _ in gathered:
-            for loss in rank_losses:
-                total += loss
-        acc = layout.views(w.ordered_sum(parts))
-        self._apply(acc, len(micro))
-        return total / len(micro)
+        return layout.views(w.ordered_sum(parts)), [loss for rank_losses, _ in gathered for loss in rank_losses]
 
-    def _apply(self, acc: dict[str, np.ndarray], n: int) -> None:
-        """The AdamW step with the sum `acc` of `n` micro-batch gradients (clipped on their mean)."""
+    def _apply(self, acc: dict[str, np.ndarray], n: float) -> None:
+        """The AdamW step with gradient acc / n (clipped on its norm); acc by name, taken in parameter order."""
         cfg = self.cfg
+        acc = {k: acc[k] for k in self.model.params}  # the norm sums in one fixed order on every path
         norm = global_norm(acc) / n
         if not math.isfinite(norm):
             e = NonFiniteError(f"gradient norm is {norm} at step {self.step}: training diverged")
