@@ -97,7 +97,7 @@ class World:
         if not bad:
             return
         r = bad[0]
-        mine, theirs = dict(digests[0]), dict(digests[r])
+        mine, theirs = ({n: d for n, *d in digests[q]} for q in (0, r))
         names = [n for n in dict.fromkeys([*mine, *theirs]) if mine.get(n) != theirs.get(n)]
         more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
         raise DistributedError(f"the ranks hold different {what}: rank {r} differs from rank 0 in {names[0]}{more}"
