@@ -590,8 +590,9 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss = self.train_step()
                 t_train += time.perf_counter() - t0
-                if ranks > 1 and (self.step % self.check_every == 0 or self.step % cfg.ckpt_interval == 0):
-                    self._check_ranks()
+                if ranks > 1 and (self.step % self.check_every == 0 or self.step % cfg.ckpt_interval == 0
+                                  or self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps):
+                    self._check_ranks()  # also before anything (a checkpoint, best.safetensors) is written
                 self.elapsed = elapsed0 + time.perf_counter() - t_run
                 if self.step % cfg.log_interval == 0 or self.step == 1:
                     now = time.perf_counter()

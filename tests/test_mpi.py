@@ -55,14 +55,14 @@ def _args(d: dict) -> list[str]:
 def _launch(n: int, argv: list[str], cwd, **popen) -> subprocess.Popen:
     cmd = [_mpiexec(), "-n", str(n), sys.executable, "-m", "mpi4py", *argv]
     return subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **popen)
+                            start_new_session=True, **popen)
 
 
 def _run(cmd_proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]:
     try:
         out, err = cmd_proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        cmd_proc.kill()
+        os.killpg(cmd_proc.pid, signal.SIGKILL)  # mpiexec and its ranks
         out, err = cmd_proc.communicate()
         raise AssertionError(f"timed out\n{out}\n{err}") from None
     return cmd_proc.returncode, out, err
@@ -274,6 +274,24 @@ def test_killed_rank_ends_the_job_and_one_process_resumes_the_run(corpora, tmp_p
         assert np.array_equal(p, tr.model.params[k]), k
         assert np.array_equal(ref.opt.m[k], tr.opt.m[k]) and np.array_equal(ref.opt.v[k], tr.opt.v[k]), k
     assert tr.batches.state() == ref.batches.state() and tr.tokens_seen == ref.tokens_seen
+
+
+@needs_mpi
+def test_a_stop_file_stops_every_rank_at_the_same_step(corpora, tmp_path):
+    cfg = dict(data=corpora["text"], out_dir=str(tmp_path), name="s", max_steps=5000, eval_interval=1000,
+               ckpt_interval=1000, **dict(BASE, log_interval=10))
+    proc = _launch(2, ["-m", "bitttt.train", "--no-progress", *_args(cfg)], tmp_path)
+    log = tmp_path / "s" / "log.jsonl"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None and not (log.exists() and log.stat().st_size):
+        time.sleep(0.02)
+    (tmp_path / "s" / "STOP").touch()
+    rc, out, err = _run(proc, timeout=90)
+    assert rc == 0, err
+    assert out.count("stopped by STOP file") == 1 and not (tmp_path / "s" / "STOP").exists()
+    summary = json.loads(log.read_text().splitlines()[-1])["summary"]
+    ck = load_checkpoint(latest_checkpoint(str(tmp_path / "s")))
+    assert 0 < summary["step"] < 5000 and ck.state["step"] == summary["step"]
 
 
 WORKER = r'''
