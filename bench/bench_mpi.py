@@ -96,6 +96,7 @@ def main() -> None:
                                 "--grad-accum", "1", "--threads", str(args.threads // args.ranks)],
     }
     runs: dict[str, list[dict]] = {k: [] for k in sides}
+    load0 = os.getloadavg()[0]
     for rnd in range(args.rounds):
         for name in (list(sides) if rnd % 2 == 0 else list(sides)[::-1]):
             r = subprocess.run(sides[name], env=env, capture_output=True, text=True)
@@ -108,7 +109,7 @@ def main() -> None:
     rows = {}
     for name, rs in runs.items():
         rs = sorted(rs, key=lambda x: x["step_s"])
-        rows[name] = dict(rs[len(rs) // 2], steps_all=[round(x["step_s"], 2) for x in runs[name]])
+        rows[name] = dict(rs[(len(rs) - 1) // 2], steps_all=[round(x["step_s"], 2) for x in runs[name]])
     one, many = rows["1 process"], rows[f"{args.ranks} ranks"]
     same = all(a["losses"] == b["losses"] for a, b in zip(runs["1 process"], runs[f"{args.ranks} ranks"]))
     from bench_kernels import append_results, machine
@@ -129,10 +130,11 @@ def main() -> None:
         f"- machine: {machine()}",
         f"- bitttt {bitttt.__version__} (kernel {bitttt.get_kernel()}), python {platform.python_version()}, "
         f"{_mpi_version()}",
-        f"- command: `{cmdline}`",
+        f"- command: `{cmdline}`; load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after "
+        f"({os.cpu_count()} CPUs: other programs share them when it exceeds the threads used)",
         f"- model: D=512, 8 layers, H=8, I=1376, V=4096, ternary ({one['params']:,} parameters: a {mb:.0f} MiB "
         f"float32 gradient per reduction); global batch {args.ranks} x 8 x 256 tokens; Trainer.train_step, median "
-        f"of {args.steps} steps after one warm-up, median of {args.rounds} round(s)",
+        f"of {args.steps} steps after one warm-up, median of {args.rounds} round(s) (the lower for an even count)",
         f"- losses of the two sides bit-identical: {'yes' if same else 'NO'} "
         f"(first step {one['losses'][0]:.6f} / {many['losses'][0]:.6f})", "",
         *lines, ""])

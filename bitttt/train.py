@@ -106,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(w, f"error: {e}", code, collective=getattr(e, "collective", False))
     except KeyboardInterrupt:
         return _fail(w, "interrupted", 130)
+    except Exception:
+        if w is not None and w.size > 1:  # a bug on one rank: end all of them, not only this one
+            import traceback
+
+            traceback.print_exc()
+            w.abort(1)
+        raise
     return 0
 
 

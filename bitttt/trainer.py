@@ -335,9 +335,11 @@ class Trainer:
         cfg = TrainConfig.from_dict(ck.train)
         micro = cfg.grad_accum * int(ck.state.get("world_size", 1))
         if micro % w.size:
-            raise ValueError(f"{path}: a step of this run learns from {micro} micro-batches of {cfg.batch_size} "
-                             f"sequences, which {w.size} ranks cannot share evenly: resume it on a number of ranks "
-                             f"that divides {micro}")
+            e = ValueError(f"{path}: a step of this run learns from {micro} micro-batches of {cfg.batch_size} "
+                           f"sequences, which {w.size} ranks cannot share evenly: resume it on a number of ranks "
+                           f"that divides {micro}")
+            e.collective = True  # every rank reads the same checkpoint and stops here
+            raise e
         if micro // w.size != cfg.grad_accum:
             cfg = cfg.with_overrides({"grad_accum": micro // w.size})
         if overrides:

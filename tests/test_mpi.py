@@ -274,6 +274,12 @@ def test_killed_rank_ends_the_job_and_one_process_resumes_the_run(corpora, tmp_p
         assert np.array_equal(p, tr.model.params[k]), k
         assert np.array_equal(ref.opt.m[k], tr.opt.m[k]) and np.array_equal(ref.opt.v[k], tr.opt.v[k]), k
     assert tr.batches.state() == ref.batches.state() and tr.tokens_seen == ref.tokens_seen
+    # 3 ranks cannot share 4 micro-batches: every rank refuses, rank 0 says why, nothing is written
+    before = sorted(os.listdir(ck))
+    rc, out, err = _run(_launch(3, ["-m", "bitttt.train", "--no-progress", "--resume", str(tmp_path / "k")],
+                                tmp_path))
+    assert rc == 2 and err.count("which 3 ranks cannot share evenly") == 1, err
+    assert sorted(os.listdir(ck)) == before
 
 
 @needs_mpi
