@@ -6,7 +6,8 @@ buffers, broadcasts, and the check that every rank holds the same parameters.
 `world()` returns a `World`: the single process (no MPI, nothing imported) unless the process
 was started by `mpiexec` (or mpi4py is already imported) with more than one rank, then an
 `MPIWorld` on MPI_COMM_WORLD.  Everything exchanged is a plain NumPy buffer on the host, so the
-reduction does not depend on the backend that computed the gradients.
+reduction does not depend on the backend that computed the gradients (a GPU backend runs one rank
+per GPU and picks its device by `local_rank`, the rank among those on its machine).
 
 The sum is order-identical to one process: rank r holds the gradients of micro-batches
 r*a .. r*a+a-1 of the global step (a = grad_accum), and `ordered_sum` returns on every rank the
