@@ -650,6 +650,8 @@ class Trainer:
                    "best_val_loss": self.best_val, "checkpoint": ckpt_path,
                    "peak_rss_mb": self.monitor.snapshot()["peak_rss_mb"], "threads": runtime.get_num_threads(),
                    "ranks": ranks}
+        if ranks > 1:
+            summary["reduce_s"] = round(self.world.reduce_s, 3)  # inside the gradient sums (bitttt.dist)
         if self.last_eval:
             summary.update({k: v for k, v in self.last_eval.items() if k != "step"})
         self._log({"summary": summary})

@@ -96,7 +96,7 @@ def corpora(tmp_path_factory):
 def _records(run_dir):
     """log.jsonl without the fields that measure time or memory."""
     drop = ("elapsed_s", "tokens_per_s", "wall_s", "train_tokens_per_s", "overall_tokens_per_s", "peak_rss_mb",
-            "threads", "ranks", "run_dir", "checkpoint")
+            "threads", "ranks", "reduce_s", "run_dir", "checkpoint")
     out = []
     for line in open(os.path.join(run_dir, "log.jsonl")):
         r = json.loads(line)
@@ -217,6 +217,7 @@ def test_two_ranks_are_one_process_with_double_accumulation(corpora, tmp_path, k
     assert "data parallel: 2 ranks" in err
     summary = json.loads(open(b / "log.jsonl").readlines()[-1])["summary"]
     assert summary["ranks"] == 2 and summary["threads"] == max(1, physical_cores() // 2)
+    assert 0 < summary["reduce_s"] < summary["wall_s"]
     # bit-identical weights and optimizer moments in every checkpoint
     names = sorted(os.listdir(a / "checkpoints"))
     assert names == sorted(os.listdir(b / "checkpoints")) == ["best.safetensors", "step_0000005.safetensors",
