@@ -48,7 +48,7 @@ class World:
     local_size: int = 1
 
     def __init__(self) -> None:
-        self.reduce_s = 0.0  # seconds spent in ordered_sum (waiting for the other ranks included)
+        self.reduce_s = 0.0  # seconds spent in ordered_sum (with any wait for a rank that comes later)
 
     @property
     def is_main(self) -> bool:
