@@ -340,6 +340,11 @@ except dist.DistributedError as e:
 from bitttt.trainer import Trainer, TrainConfig
 import json
 cfg = json.loads(sys.argv[1])
+try:  # ranks that start from different weights are refused before the first step
+    Trainer(TrainConfig(**dict(cfg, seed=w.rank, name="seeds")), progress=False)
+    raise SystemExit("different starting weights not detected")
+except dist.DistributedError as e:
+    assert "starting weights and optimizer state at step 0" in str(e), e
 tr = Trainer(TrainConfig(**cfg), progress=False, check_every=3)
 if w.rank == 1:
     tr.model.params["norm_f.weight"][0] += 1e-3
