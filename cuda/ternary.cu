@@ -1,0 +1,183 @@
+/*
+ * ternary.cu -- W1.58A8: per-token int8 activation quantization and the int8 x ternary (and
+ * int8 x int8, the LM head) products with dp4a.  Exact int32 sums: the results equal the cpu
+ * backend's bit for bit (y = (float)dot * (s / a[m]), one IEEE division and one product).
+ *
+ * Activations: codes q [M, ldq] int8 with ldq = K rounded up to 256 (zeros past K), scales a [M]
+ * (a = 127 / max(max|x|, 1e-5)), row sums of the codes sums [M] (for the w + 1 offset).
+ */
+#include "common.cuh"
+
+/* quantize_act: grid M, block 256.  x [M, K] float32 -> q [M, ldq], a [M], sums [M]. */
+extern "C" __global__ void __launch_bounds__(256) quantize_act(const float *__restrict__ x, int K, int ldq,
+                                                               int8_t *__restrict__ q, float *__restrict__ a,
+                                                               int *__restrict__ sums) {
+    __shared__ float shf[33];
+    __shared__ int shi[33];
+    const int64_t m = blockIdx.x;
+    const float *row = x + m * K;
+    float amax = 0.0f;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) amax = fmaxf(amax, fabsf(row[k]));
+    amax = block_max(amax, shf);
+    const float scale = 127.0f / (amax > 1e-5f ? amax : 1e-5f);
+    int s = 0;
+    int8_t *dst = q + m * ldq;
+    for (int k = threadIdx.x; k < ldq; k += blockDim.x) {
+        int c = 0;
+        if (k < K) {
+            float r = rintf(row[k] * scale);
+            r = r < -128.0f ? -128.0f : (r > 127.0f ? 127.0f : r);
+            c = (int)r;
+        }
+        dst[k] = (int8_t)c;
+        s += c;
+    }
+    s = block_sum_int(s, shi);
+    if (threadIdx.x == 0) {
+        a[m] = scale;
+        sums[m] = s;
+    }
+}
+
+/* gemv_i8: one warp per output row, 8 rows per block of 256; grid (ceil(N / 8), M).
+ * codes [N, stride] bytes (stride = ldq / 4), q [M, ldq], y[m * ldy + n]. */
+extern "C" __global__ void __launch_bounds__(256) gemv_i8(const uint8_t *__restrict__ codes, int N, int ldq,
+                                                          float s, const int8_t *__restrict__ q,
+                                                          const int *__restrict__ sums,
+                                                          const float *__restrict__ a, float *__restrict__ y,
+                                                          int ldy) {
+    const int lane = threadIdx.x & 31;
+    const int n = blockIdx.x * 8 + (threadIdx.x >> 5);
+    const int64_t m = blockIdx.y;
+    if (n >= N) return; /* whole warps leave together: no shuffle is divergent */
+    const int stride = ldq >> 2;
+    const uint32_t *w = (const uint32_t *)(codes + (int64_t)n * stride);
+    const int *xr = (const int *)(q + m * ldq);
+    const int chunks = stride >> 4; /* 16-byte chunks of codes */
+    int acc = 0;
+    for (int c = lane; c < chunks; c += 32) {
+        const uint32_t w0 = __ldg(w + 4 * c), w1 = __ldg(w + 4 * c + 1), w2 = __ldg(w + 4 * c + 2),
+                       w3 = __ldg(w + 4 * c + 3);
+        const int base = (c >> 2) * 64 + (c & 3) * 4; /* int index of plane 0's activations */
+#pragma unroll
+        for (int p = 0; p < 4; p++) {
+            const int *xp = xr + base + 16 * p;
+            const int sh = 2 * p;
+            acc = bt_dp4a((int)((w0 >> sh) & 0x03030303u), __ldg(xp), acc);
+            acc = bt_dp4a((int)((w1 >> sh) & 0x03030303u), __ldg(xp + 1), acc);
+            acc = bt_dp4a((int)((w2 >> sh) & 0x03030303u), __ldg(xp + 2), acc);
+            acc = bt_dp4a((int)((w3 >> sh) & 0x03030303u), __ldg(xp + 3), acc);
+        }
+    }
+    acc = warp_sum_int(acc);
+    if (lane == 0) y[m * ldy + n] = (float)(acc - sums[m]) * (s / a[m]);
+}
+
+/* gemv_s8: the int8 LM head, one warp per row: W [N, ldq] int8 (zero past K), scales ws [N];
+ * y[m * ldy + n] = (float)dot(W_n, q_m) * (ws[n] / a[m]).  grid (ceil(N / 8), M). */
+extern "C" __global__ void __launch_bounds__(256) gemv_s8(const int8_t *__restrict__ W, int N, int ldq,
+                                                          const float *__restrict__ ws,
+                                                          const int8_t *__restrict__ q,
+                                                          const float *__restrict__ a, float *__restrict__ y,
+                                                          int ldy) {
+    const int lane = threadIdx.x & 31;
+    const int n = blockIdx.x * 8 + (threadIdx.x >> 5);
+    const int64_t m = blockIdx.y;
+    if (n >= N) return;
+    const int *w = (const int *)(W + (int64_t)n * ldq);
+    const int *xr = (const int *)(q + m * ldq);
+    const int words = ldq >> 2;
+    int acc = 0;
+    for (int c = lane * 4; c < words; c += 128) {
+        acc = bt_dp4a(__ldg(w + c), __ldg(xr + c), acc);
+        acc = bt_dp4a(__ldg(w + c + 1), __ldg(xr + c + 1), acc);
+        acc = bt_dp4a(__ldg(w + c + 2), __ldg(xr + c + 2), acc);
+        acc = bt_dp4a(__ldg(w + c + 3), __ldg(xr + c + 3), acc);
+    }
+    acc = warp_sum_int(acc);
+    if (lane == 0) y[m * ldy + n] = (float)acc * (ws[n] / a[m]);
+}
+
+/* Tiled int8 GEMM, 64 rows (n) x 64 tokens (m) per block of 256 threads, 4 x 4 outputs each; one
+ * 256-weight block of K per step in shared memory as 64 words of 4 codes (or int8 weights). */
+#define TG 64
+template <bool TERNARY>
+__device__ __forceinline__ void gemm_tile_i8(const uint8_t *__restrict__ Wb, int N, int M, int ldq,
+                                             const float *__restrict__ scales, const int8_t *__restrict__ q,
+                                             const int *__restrict__ sums, const float *__restrict__ a,
+                                             float *__restrict__ y, int ldy) {
+    __shared__ uint32_t Ws[TG][TG + 1];
+    __shared__ int Xs[TG][TG + 1];
+    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    const int n0 = blockIdx.x * TG, m0 = blockIdx.y * TG;
+    const int nblk = ldq / BT_BLOCK;
+    const int64_t wpitch = TERNARY ? ldq / 4 : ldq; /* bytes per weight row */
+    int acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] = 0;
+    for (int b = 0; b < nblk; b++) {
+        for (int e = threadIdx.x; e < TG * TG; e += 256) {
+            const int r = e >> 6, wd = e & 63;
+            uint32_t wv = 0;
+            if (n0 + r < N) {
+                const uint8_t *row = Wb + (int64_t)(n0 + r) * wpitch;
+                if (TERNARY)
+                    wv = (((const uint32_t *)(row + b * BT_BLOCK_BYTES))[wd & 15] >> (2 * (wd >> 4))) & 0x03030303u;
+                else
+                    wv = ((const uint32_t *)(row + b * BT_BLOCK))[wd];
+            }
+            Ws[r][wd] = wv;
+            int xv = 0;
+            if (m0 + r < M) xv = ((const int *)(q + (int64_t)(m0 + r) * ldq + b * BT_BLOCK))[wd];
+            Xs[r][wd] = xv;
+        }
+        __syncthreads();
+#pragma unroll 4
+        for (int wd = 0; wd < TG; wd++) {
+            int wv[4], xv[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) wv[i] = (int)Ws[tx + 16 * i][wd];
+#pragma unroll
+            for (int j = 0; j < 4; j++) xv[j] = Xs[ty + 16 * j][wd];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) acc[i][j] = bt_dp4a(wv[i], xv[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int m = m0 + ty + 16 * j;
+        if (m >= M) continue;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int n = n0 + tx + 16 * i;
+            if (n >= N) continue;
+            if (TERNARY)
+                y[(int64_t)m * ldy + n] = (float)(acc[i][j] - sums[m]) * (scales[0] / a[m]);
+            else
+                y[(int64_t)m * ldy + n] = (float)acc[i][j] * (scales[n] / a[m]);
+        }
+    }
+}
+
+/* gemm_i8: y [M, N] = Qa(x) Qw(W)^T, grid (ceil(N / 64), ceil(M / 64)), block 256.
+ * s: a pointer to the matrix scale (one float). */
+extern "C" __global__ void __launch_bounds__(256) gemm_i8(const uint8_t *__restrict__ codes, int N, int M, int ldq,
+                                                          const float *__restrict__ s, const int8_t *__restrict__ q,
+                                                          const int *__restrict__ sums,
+                                                          const float *__restrict__ a, float *__restrict__ y,
+                                                          int ldy) {
+    gemm_tile_i8<true>(codes, N, M, ldq, s, q, sums, a, y, ldy);
+}
+
+/* gemm_s8: the int8 LM head for many tokens, grid (ceil(N / 64), ceil(M / 64)), block 256. */
+extern "C" __global__ void __launch_bounds__(256) gemm_s8(const int8_t *__restrict__ W, int N, int M, int ldq,
+                                                          const float *__restrict__ ws, const int8_t *__restrict__ q,
+                                                          const float *__restrict__ a, float *__restrict__ y,
+                                                          int ldy) {
+    gemm_tile_i8<false>((const uint8_t *)W, N, M, ldq, ws, q, (const int *)0, a, y, ldy);
+}
