@@ -229,13 +229,18 @@ def ptxas_table(ptxas: str = "ptxas") -> str:
 
 
 # -- the emulated build --------------------------------------------------------------------------
-def emu_wrapper_source() -> str:
-    """One C++ translation unit: emu.h, every .cu, and a wrapper per kernel."""
+def emu_wrapper_source(extra_source: str = "") -> str:
+    """One C++ translation unit: emu.h, every .cu (and `extra_source`), a wrapper per kernel."""
     parts = ['#include "emu.h"']
-    wrappers = []
+    texts = []
     for cu in sources():
-        text = cu.read_text()
+        texts.append(cu.read_text())
         parts.append(f'#include "{cu.name}"')
+    if extra_source:
+        parts.append(extra_source)
+        texts.append(extra_source)
+    wrappers = []
+    for text in texts:
         for name, (_, decls) in kernel_signatures(text).items():
             args = ", ".join(d.split()[-1].lstrip("*") for d in decls)
             params = ", ".join(decls)
@@ -247,11 +252,9 @@ def emu_wrapper_source() -> str:
     return "\n".join(parts) + "\n\n" + "\n".join(wrappers) + "\n"
 
 
-def build_emu(out_dir: str | os.PathLike, extra_source: str = "", tag: str = "kernels",
-              barrier_timeout_s: int = 20) -> Path:
-    """Compile the emulated library into out_dir (reused while the sources are unchanged); a
-    barrier waiting longer than barrier_timeout_s fails the launch (a divergent __syncthreads)."""
-    src = f"#define EMU_TIMEOUT_S {int(barrier_timeout_s)}\n" + emu_wrapper_source() + extra_source
+def build_emu(out_dir: str | os.PathLike, extra_source: str = "", tag: str = "kernels") -> Path:
+    """Compile the emulated library into out_dir (reused while the sources are unchanged)."""
+    src = emu_wrapper_source(extra_source)
     key = hashlib.sha256((src + (HERE / "emu.h").read_text() + "".join(
         (HERE / f).read_text() for f in ("common.cuh",))
         + "".join(c.read_text() for c in sources())).encode()).hexdigest()[:16]

@@ -22,8 +22,7 @@
  * and some are parked at barriers that can never be released (some threads of the block at
  * __syncthreads, others at a warp barrier or at another point), the launch stops at once and
  * returns EMU_ERR_BARRIER: a divergent barrier is an error, not a hang.  Threads that have
- * returned count as arrived (as on sm_70 and later).  EMU_TIMEOUT_S is kept for the callers'
- * build flags and unused.
+ * returned count as arrived (as on sm_70 and later).
  *
  * Limits: blockDim.x * y * z <= 1024; shuffles need every live lane of the warp to take part
  * (full masks; a warp may be partial when the block size is not a multiple of 32).
@@ -42,9 +41,6 @@
 
 #define BITTTT_EMU 1
 #define EMU_MAX_THREADS 1024
-#ifndef EMU_TIMEOUT_S
-#define EMU_TIMEOUT_S 20
-#endif
 enum { EMU_OK = 0, EMU_ERR_CONFIG = 1, EMU_ERR_THREAD = 2, EMU_ERR_BARRIER = 3 };
 
 struct emu_dim3 {

@@ -23,7 +23,8 @@ import build  # noqa: E402  (cuda/build.py, beside this file)
 _CT = {"P": ctypes.c_void_p, "i": ctypes.c_int32, "q": ctypes.c_int64, "f": ctypes.c_float, "d": ctypes.c_double}
 _PY = {"P": int, "i": int, "q": int, "f": float, "d": float}
 ERRORS = {1: "bad launch configuration", 2: "could not start the block's threads",
-          3: "a barrier timed out: some threads of a block never reached __syncthreads/__syncwarp (divergent barrier)"}
+          3: "divergent barrier: threads of a block wait at barriers that can never all be reached "
+             "(__syncthreads or a warp barrier not reached by every live thread)"}
 
 
 class EmuLaunchError(RuntimeError):
@@ -47,11 +48,11 @@ class EmuDevice:
     name = "emu"
     label = "emulated GPU (cuda/emu.h on CPU threads)"
 
-    def __init__(self, build_dir, extra_source: str = "", tag: str = "kernels", barrier_timeout_s: int = 20):
-        self.lib = ctypes.CDLL(str(build.build_emu(build_dir, extra_source, tag, barrier_timeout_s)))
+    def __init__(self, build_dir, extra_source: str = "", tag: str = "kernels"):
+        self.lib = ctypes.CDLL(str(build.build_emu(build_dir, extra_source, tag)))
         self.sigs = {}
-        for cu in build.sources():
-            for name, (sig, _) in build.kernel_signatures(cu.read_text()).items():
+        for text in [cu.read_text() for cu in build.sources()] + [extra_source]:
+            for name, (sig, _) in build.kernel_signatures(text).items():
                 self.sigs[name] = sig
         self.launches = 0
         self._fns = {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -620,6 +621,6 @@ def adopt(model):
     use), so checkpoints, packed files and memory files are the cpu backend's.  Returns the model."""
     if np.dtype(model.dtype) != DTYPE:
         raise TypeError(f"the cuda backend computes in float32; this model is {model.dtype}")
-    model.backend = __import__(__name__, fromlist=["NAME"])
+    model.backend = sys.modules[__name__]
     model._fused = None
     return model
