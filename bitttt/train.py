@@ -19,6 +19,7 @@ import json
 import os
 import sys
 
+from .backend import cuda as cuda_backend
 from .formats import CheckpointError
 from .layers.common import NonFiniteError
 from .trainer import TrainConfig, Trainer
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="continue a run directory (default: the run named by the config) or a checkpoint file")
     ap.add_argument("--threads", type=int, help="kernel threads (default: physical cores)")
     ap.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: forward, backward and optimizer on the GPU backend (an error when unavailable)")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     args = ap.parse_args(argv)
     progress = False if args.no_progress else None
@@ -55,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.insert(0, args.resume)  # `--resume key=value`: the run comes from the config
         args.resume = ""
     try:
+        gpu, why = cuda_backend.for_device(args.device)
+        if why:  # before anything is written
+            raise ValueError(f"--device cuda: {why}")
         ov = parse_overrides(args.overrides)
         if args.threads is not None:
             ov["threads"] = args.threads
@@ -81,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"V={m.vocab_size}, {'ternary' if m.ternary else 'float'}; {trainer.model.num_params():,} "
                   f"parameters; {trainer.train_data.n_tokens:,} training tokens; run dir {trainer.run_dir}",
                   file=sys.stderr)
+        if gpu is not None:
+            gpu.adopt(trainer.model, trainer.opt)
         trainer.fit()
     except (ValueError, TypeError, CheckpointError, NonFiniteError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

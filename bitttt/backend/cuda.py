@@ -615,12 +615,27 @@ def sumsq(x: np.ndarray) -> float:
 
 
 # -- moving a model ---------------------------------------------------------------------------------------
-def adopt(model):
-    """Run an existing BitLlama (for training or for inference) on this backend from now on: its
-    parameters stay where they are (float32 host arrays, PackedTernary weights uploaded on first
-    use), so checkpoints, packed files and memory files are the cpu backend's.  Returns the model."""
+def adopt(model, optimizer=None):
+    """Run an existing BitLlama (for training or for inference) on this backend from now on, and
+    the optimizer's steps too when one is given: the parameters stay where they are (float32 host
+    arrays; PackedTernary weights are uploaded on first use), so checkpoints, packed files and
+    memory files are those of the cpu backend.  Returns the model."""
     if np.dtype(model.dtype) != DTYPE:
         raise TypeError(f"the cuda backend computes in float32; this model is {model.dtype}")
     model.backend = sys.modules[__name__]
     model._fused = None
+    if optimizer is not None:
+        optimizer.backend = sys.modules[__name__]
     return model
+
+
+def for_device(name: str):
+    """The `--device` option of the commands: (backend module or None for the CPU, reason or None).
+    For "cuda", the module when the GPU opens, else (None, why it did not: the cause named)."""
+    if str(name).lower() != "cuda":
+        return None, None
+    try:
+        device()
+    except CudaUnavailable as e:
+        return None, f"CUDA is not available ({e.cause}): {e}"
+    return sys.modules[__name__], None
