@@ -40,9 +40,11 @@ extern "C" __global__ void __launch_bounds__(256) quantize_act(const float *__re
 }
 
 /* gemv_i8: one warp per output row, 8 rows per block of 256; grid (ceil(N / 8), M).
- * codes [N, stride] bytes (stride = ldq / 4), q [M, ldq], y[m * ldy + n]. */
+ * codes [N, stride] bytes (stride = ldq / 4), q [M, ldq], y[m * ldy + n].  Row n has the scale
+ * s[n / rows_per_scale]: several matrices stacked (q, k and v; gate and up) run as one launch. */
 extern "C" __global__ void __launch_bounds__(256) gemv_i8(const uint8_t *__restrict__ codes, int N, int ldq,
-                                                          float s, const int8_t *__restrict__ q,
+                                                          const float *__restrict__ s, int rows_per_scale,
+                                                          const int8_t *__restrict__ q,
                                                           const int *__restrict__ sums,
                                                           const float *__restrict__ a, float *__restrict__ y,
                                                           int ldy) {
@@ -70,7 +72,7 @@ extern "C" __global__ void __launch_bounds__(256) gemv_i8(const uint8_t *__restr
         }
     }
     acc = warp_sum_int(acc);
-    if (lane == 0) y[m * ldy + n] = (float)(acc - sums[m]) * (s / a[m]);
+    if (lane == 0) y[m * ldy + n] = (float)(acc - sums[m]) * (s[n / rows_per_scale] / a[m]);
 }
 
 /* gemv_s8: the int8 LM head, one warp per row: W [N, ldq] int8 (zero past K), scales ws [N];

@@ -270,9 +270,13 @@ def test_model_decode_matches_cpu(dev):
     sg, sc = gpu.new_state(), cpum.new_state()
     prompt = [1, 5, 9, 2, 33]
     close(gpu.prefill(sg, prompt), cpum.prefill(sc, prompt), 1e-4, 1e-4)
-    for tok in (7, 8, 9, 10):
+    assert gpu._fused_decoder() is not None  # steps run on cuda.GpuDecoder, weights resident
+    for tok in (7, 8, 9, 10):  # across a mini-batch end (K = 4): W0 rewritten on the GPU and copied back
         close(gpu.step(sg, tok), cpum.step(sc, tok), 1e-4, 1e-4)
     close(sg.W0, sc.W0, 1e-4, 1e-6)
+    close(sg.Sb, sc.Sb, 1e-4, 1e-6)
+    close(gpu.prefill(sg, [3, 4]), cpum.prefill(sc, [3, 4]), 1e-4, 1e-4)  # host writes: the decoder re-uploads
+    close(gpu.step(sg, 5), cpum.step(sc, 5), 1e-4, 1e-4)
     assert sg.pos == sc.pos
 
 

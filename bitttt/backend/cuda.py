@@ -341,7 +341,7 @@ def _qlinear_dev(xq: QAct, w: GpuTernary) -> DeviceArray:
     y = DeviceArray((xq.M, w.rows), np.float32)
     if xq.M <= 4:  # decoding: one warp per weight row, the weights read once per token
         _launch("gemv_i8", (_cdiv(w.rows, 8), xq.M), (256,), w.dcodes, np.int32(w.rows), np.int32(xq.ldq),
-                np.float32(w.scale), xq.q, xq.sums, xq.a, y, np.int32(w.rows))
+                w.dscale, np.int32(w.rows), xq.q, xq.sums, xq.a, y, np.int32(w.rows))
     else:
         _launch("gemm_i8", (_cdiv(w.rows, 64), _cdiv(xq.M, 64)), (256,), w.dcodes, np.int32(w.rows),
                 np.int32(xq.M), np.int32(xq.ldq), w.dscale, xq.q, xq.sums, xq.a, y, np.int32(w.rows))
@@ -545,6 +545,7 @@ def ttt_prefill(pos: int, q, k, v, x, lr_w, lr_b, lr_scale: float, tok, gamma, b
     if f > 256 or kmb > 64:
         raise ValueError(f"the cuda backend's TTT step takes head_dim <= 256 and mini_batch <= 64, got {f}, {kmb}")
     st = [_up(a) for a in (W0, b0, Kb, Gb, Sb)]
+    _STATE_EPOCH[0] += 1  # the host arrays change: a GpuDecoder holding this state uploads it again
     o = DeviceArray((t, d), np.float32)
     _launch("ttt_step", (h,), (128,), np.int32(t), np.int32(d), np.int32(f), np.int32(kmb), np.int32(pos % kmb),
             _up(q), _up(k), _up(v), _up(x), _up(lr_w), _up(lr_b), np.float32(lr_scale), _up(tok), _up(gamma),
@@ -612,6 +613,137 @@ def sumsq(x: np.ndarray) -> float:
     part = DeviceArray((nb,), np.float64)
     _launch("sumsq_partial", (nb,), (256,), _up(x), np.int64(x.size), part)
     return float(part.get().sum())
+
+
+# -- one-token decode with every weight resident ------------------------------------------------------------
+_STATE_EPOCH = [0]  # bumped by every host-side write of a TTT state (ttt_prefill): the decoder re-uploads
+
+
+class GpuDecoder:
+    """The model's decode step on the GPU (what `fused_decoder` returns; the interface of the cpu
+    backend's _core.Decoder): every weight uploaded once, in a layout derived at load: the packed
+    rows of q, k and v stacked into one [3D, K] matrix and those of gate and up into one [2I, K]
+    (one GEMV launch each, a scale per stacked matrix), RoPE tables for every mini-batch position.
+
+    Per token and layer: RMSNorm, quantize, the qkv GEMV, RoPE, the TTT step, LayerNorm,
+    quantize, o, residual add, RMSNorm, quantize, gate+up, SwiGLU, quantize, down, add: 16
+    launches (plus 3 for the head), no host round trip in between.  The TTT state stays on the
+    GPU between steps while the same state arrays come back and nothing else wrote them
+    (ttt_prefill on the host arrays, or other arrays: uploaded again); after each step the parts
+    that changed (b0, Sb, Kb, Gb every token, W0 when a mini-batch closes) are copied back into
+    the host arrays, so they are always current (memory files, a switch to the CPU)."""
+
+    def __init__(self, dims: dict, layers: list[dict], head: dict):
+        d, h, f, i, k = (int(dims[n]) for n in ("D", "H", "f", "I", "K"))
+        if d != h * f or f > 256 or k > 64 or f % 2:
+            raise ValueError(f"GpuDecoder: unsupported dimensions D={d}, H={h}, f={f}, K={k}")
+        self.D, self.H, self.f, self.I, self.K, self.L = d, h, f, i, k, len(layers)
+        self.eps, self.lr_scale = float(dims["rms_eps"]), float(dims["lr_scale"])
+        cos, sin = np.asarray(dims["cos"], np.float32), np.asarray(dims["sin"], np.float32)  # [K, f/2]
+        self.cos = DeviceArray.from_host(np.tile(cos, (1, 2 * h)))  # [K, D]: the pairs of q and k
+        self.sin = DeviceArray.from_host(np.tile(sin, (1, 2 * h)))
+
+        def stack(*ws):
+            codes = np.concatenate([w[0] for w in ws])
+            return (DeviceArray.from_host(codes), DeviceArray.from_host(np.array([w[2] for w in ws], np.float32)),
+                    ws[0][0].shape[0])
+
+        self.layers = []
+        for ly in layers:
+            if any(ly[n][1] != (i if n == "wdown" else d) for n in ("wq", "wk", "wv", "wo", "wgate", "wup", "wdown")):
+                raise ValueError("GpuDecoder: a layer's weights do not match the dimensions")
+            up = {n: DeviceArray.from_host(np.asarray(ly[n], np.float32))
+                  for n in ("norm1", "norm2", "lr_w", "gamma", "beta", "tok", "post_w", "post_b")}
+            up["lr_b"] = DeviceArray.from_host(np.asarray(ly["lr_b"], np.float32).reshape(-1))
+            up["qkv"], up["gu"], up["o"], up["down"] = (stack(ly["wq"], ly["wk"], ly["wv"]),
+                                                        stack(ly["wgate"], ly["wup"]), stack(ly["wo"]),
+                                                        stack(ly["wdown"]))
+            self.layers.append(up)
+        self.norm_f = DeviceArray.from_host(np.asarray(head["norm_w"], np.float32))
+        if "Wq" in head:
+            wq = np.asarray(head["Wq"], np.int8)
+            self.V = wq.shape[0]
+            self.head_q, self.head_s = _int8_head(Int8Head(wq, np.asarray(head["wscale"], np.float32)))
+            self._keep = wq
+            self.head_f = None
+        else:
+            self.head_f = DeviceArray.from_host(np.asarray(head["Wf"], np.float32))
+            self.V = self.head_f.shape[0]
+        f32 = np.float32
+        self.x, self.n, self.hbuf, self.a = (DeviceArray((d,), f32) for _ in range(4))
+        self.qkv, self.tout = DeviceArray((3 * d,), f32), DeviceArray((d,), f32)
+        self.gu, self.sw, self.sg = DeviceArray((2 * i,), f32), DeviceArray((i,), f32), DeviceArray((i,), f32)
+        self.xh, self.r = DeviceArray((d,), f32), DeviceArray((1,), f32)
+        self.q8 = DeviceArray((max(_ldq(d), _ldq(i)),), np.int8)
+        self.qa, self.qs = DeviceArray((1,), f32), DeviceArray((1,), np.int32)
+        self.logits = DeviceArray((self.V,), f32)
+        self.state = None
+        self._key = None
+
+    def _quant(self, src: DeviceArray, k: int) -> int:
+        ldq = _ldq(k)
+        _launch("quantize_act", (1,), (256,), src, np.int32(k), np.int32(ldq), self.q8, self.qa, self.qs)
+        return ldq
+
+    def _gemv(self, w, k: int, out: DeviceArray) -> None:
+        codes, scales, rows_per = w
+        n = codes.shape[0]
+        _launch("gemv_i8", (_cdiv(n, 8), 1), (256,), codes, np.int32(n), np.int32(_ldq(k)), scales, np.int32(rows_per),
+                self.q8, self.qs, self.qa, out, np.int32(n))
+
+    def _sync_in(self, arrays) -> None:
+        key = tuple((id(a), a.ctypes.data) for a in arrays) + (_STATE_EPOCH[0],)
+        if key != self._key or self.state is None:
+            self.state = [DeviceArray.from_host(np.ascontiguousarray(a, np.float32)) for a in arrays]
+            self._key = key
+
+    def step(self, x, W0, b0, Kb, Gb, Sb, pos: int, logits) -> None:
+        """x [D] (the token's embedding row) -> logits [V]; the state (host arrays) updated in place."""
+        d, i, p = self.D, self.I, int(pos) % self.K
+        self._sync_in((W0, b0, Kb, Gb, Sb))
+        sW, sb, sK, sG, sS = self.state
+        self.x.set(np.asarray(x, np.float32))
+        per = (self.H * self.f * self.f * 4, self.H * self.f * 4, self.H * self.K * self.f * 4)
+        for li, ly in enumerate(self.layers):
+            _launch("rmsnorm_fwd", (1,), (256,), self.x, ly["norm1"], np.int32(d), np.float32(self.eps), self.n, self.r)
+            self._quant(self.n, d)
+            self._gemv(ly["qkv"], d, self.qkv)
+            _launch("rope_f", (_cdiv(d, 256),), (256,), self.qkv, self.cos.ptr + p * d * 4, self.sin.ptr + p * d * 4,
+                    np.int64(d), np.int32(0), self.qkv)
+            q = self.qkv.ptr
+            _launch("ttt_step", (self.H,), (128,), np.int32(1), np.int32(d), np.int32(self.f), np.int32(self.K),
+                    np.int32(p), q, q + 4 * d, q + 8 * d, self.n, ly["lr_w"], ly["lr_b"], np.float32(self.lr_scale),
+                    ly["tok"], ly["gamma"], ly["beta"], sW.ptr + li * per[0], sb.ptr + li * per[1],
+                    sK.ptr + li * per[2], sG.ptr + li * per[2], sS.ptr + li * per[1], self.tout)
+            _launch("layernorm_fwd", (1,), (256,), self.tout, ly["post_w"], ly["post_b"], np.int32(d),
+                    np.float32(LN_EPS), self.n, self.xh, self.r)
+            self._quant(self.n, d)
+            self._gemv(ly["o"], d, self.a)
+            _launch("add_f", (_cdiv(d, 256),), (256,), self.x, self.a, np.int64(d), self.hbuf)
+            _launch("rmsnorm_fwd", (1,), (256,), self.hbuf, ly["norm2"], np.int32(d), np.float32(self.eps), self.n,
+                    self.r)
+            self._quant(self.n, d)
+            self._gemv(ly["gu"], d, self.gu)
+            _launch("swiglu_fwd", (_cdiv(i, 256),), (256,), self.gu, self.gu.ptr + 4 * i, np.int64(i), self.sw, self.sg)
+            self._quant(self.sw, i)
+            self._gemv(ly["down"], i, self.a)
+            _launch("add_f", (_cdiv(d, 256),), (256,), self.hbuf, self.a, np.int64(d), self.x)
+        _launch("rmsnorm_fwd", (1,), (256,), self.x, self.norm_f, np.int32(d), np.float32(self.eps), self.n, self.r)
+        if self.head_f is None:
+            ldq = self._quant(self.n, d)
+            _launch("gemv_s8", (_cdiv(self.V, 8), 1), (256,), self.head_q, np.int32(self.V), np.int32(ldq),
+                    self.head_s, self.q8, self.qa, self.logits, np.int32(self.V))
+        else:
+            _launch("sgemm", (_cdiv(self.V, 64), 1), (256,), np.int32(1), np.int32(self.V), np.int32(d), self.n,
+                    np.int32(d), np.int32(0), self.head_f, np.int32(d), np.int32(1), self.logits, np.int32(self.V))
+        self.logits.get(out=logits)
+        for dev, host in ((sb, b0), (sK, Kb), (sG, Gb), (sS, Sb)) + (((sW, W0),) if p == self.K - 1 else ()):
+            dev.get(out=host)
+
+
+def fused_decoder(dims: dict, layers: list[dict], head: dict) -> GpuDecoder:
+    """The decode step of BitLlama.step on the GPU (see GpuDecoder)."""
+    return GpuDecoder(dims, layers, head)
 
 
 # -- moving a model ---------------------------------------------------------------------------------------
