@@ -237,6 +237,32 @@ def test_ttt_prefill_across_minibatches(dev):
         close(a, b, 1e-4, 1e-6)
 
 
+@pytest.mark.parametrize("t", [8, 10])
+def test_ttt_training_loop(dev, t):
+    """The dual-form mini-batch loop (ttt_fwd / ttt_bwd) against the cpu backend's C loop, a short
+    last mini-batch included."""
+    r = rng(14 + t)
+    bsz, h, f, kmb = 2, 2, 8, 4
+    d = h * f
+    q, k, v = (r.standard_normal((bsz, t, d)).astype(np.float32) for _ in range(3))
+    lr = (0.1 + 0.2 * r.random((bsz, h, t))).astype(np.float32)
+    tok = (1.0 / np.arange(1, kmb + 1) + 0.1 * r.standard_normal(kmb)).astype(np.float32)
+    W1 = (0.1 * r.standard_normal((h, f, f))).astype(np.float32)
+    b1 = (0.1 * r.standard_normal((h, 1, f))).astype(np.float32)
+    gamma = (1 + 0.1 * r.standard_normal((h, f))).astype(np.float32)
+    beta = (0.1 * r.standard_normal((h, f))).astype(np.float32)
+    args = (q, k, v, lr, tok, W1, b1, gamma, beta, h, kmb, 10000.0)
+    out, c = cb.ttt_forward(*args)
+    outc, cc = cpu.ttt_forward(*args)
+    close(out, outc, 1e-4, 1e-5)
+    dm = r.standard_normal(out.shape).astype(np.float32)
+    got, want = cb.ttt_backward(dm, c), cpu.ttt_backward(dm, cc)
+    for name, a, b in zip(want._fields, got, want):
+        assert a.shape == b.shape, name
+        scale = np.abs(b).max() + 1e-6
+        assert np.abs(a - b).max() <= 1e-4 * scale, name
+
+
 # -- the whole model on the cuda backend ------------------------------------------------------------
 def tiny_config(**kw):
     base = dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=48, mini_batch_size=4,

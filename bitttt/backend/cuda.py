@@ -13,8 +13,8 @@ file), the int8 activation codes of `quantize_act` stay on the GPU for the q/k/v
 products and for dW, the norms keep their inputs there for the backward.
 
 Results: the int8 paths (quantize_act, qlinear, the int8 LM head) give the cpu backend's bits;
-the float ops agree to float32 rounding (sums in another order).  Ops that are not GPU kernels
-yet run on the host, on the cpu backend's C code (see HOST_OPS).
+the float ops agree to float32 rounding (sums in another order).  The few ops that are not GPU
+kernels run on the host (see HOST_OPS).
 
 Failures raise `CudaUnavailable` naming the cause (`cause`: "no-pycuda", "no-driver",
 "no-device", "ptx-load", "out-of-memory").  Tests run every kernel through an emulated device
@@ -37,17 +37,14 @@ NAME = "cuda"
 DTYPE = np.dtype(np.float32)
 LN_EPS = ref.LN_EPS
 PTX_DIR = Path(__file__).resolve().parent.parent / "cuda_ptx"
-# Ops computed on the host for now (the cpu backend's C code or NumPy), and why.
+# Ops computed on the host (NumPy or the cpu backend's C code), and why.
 HOST_OPS = {
     "quantize_weight": "absmean scale and packing once per weight (the packed matrix is then uploaded once)",
-    "ttt_forward": "the TTT mini-batch loop of training (dual form): the cpu backend's C loop",
-    "ttt_backward": "its backward: the cpu backend's C loop",
     "rope_tables": "cos/sin tables (NumPy, float32)",
-    "embedding_forward": "the row gather: the table lives with the model's host parameters "
-                         "(the embed_fwd kernel serves the GPU decoder)",
+    "embedding_forward": "the row gather: the table is one of the model's host arrays, and a few rows "
+                         "cost less to gather than the table to upload (the embed_fwd kernel is there and tested)",
 }
 
-sigmoid_host = ref.sigmoid
 rope_tables = ref.rope_tables
 TTTGrads = ref.TTTGrads
 Int8Head = ref.Int8Head
@@ -524,17 +521,54 @@ def cross_entropy_backward(c: XentCache, dloss: float = 1.0) -> np.ndarray:
 
 
 # -- TTT-Linear -------------------------------------------------------------------------------------------
+def ttt_scratch_floats(f: int, k: int) -> int:
+    """Scratch floats per (sequence, head) block of ttt_fwd / ttt_bwd (cuda/ttt_train.cu ttt_layout)."""
+    return 3 * f * f + 5 * f + 14 * k * f + 3 * k * k + 8 * k
+
+
+class TTTCache(NamedTuple):
+    args: tuple     # the device arrays of the inputs, handed again to the backward
+    Ws: DeviceArray  # inner W at each mini-batch start [B H, chunks, f, f]
+    bs: DeviceArray  # inner b [B H, chunks, f]
+    shape: tuple     # (B, T, D, H, Kmb)
+
+
 def ttt_forward(q, k, v, lr, tok, W1, b1, gamma, beta, num_heads: int, mini_batch: int, rope_theta: float):
-    """The training loop of the TTT layer: the cpu backend's C loop on the host (HOST_OPS)."""
-    from . import cpu
+    """The numpy backend's ttt_forward on the GPU (ttt_fwd: one block per sequence x head, RoPE inside,
+    the inner state saved at each mini-batch start for the backward)."""
+    bsz, t, d = q.shape
+    h, kmb = num_heads, mini_batch
+    f = d // h
+    if f % 2 or kmb < 1:
+        raise ValueError(f"ttt_forward: head_dim {f} must be even")
+    cos, sin = rope_tables(np.arange(kmb), f, rope_theta, np.float32)  # positions t mod Kmb
+    nch = _cdiv(t, kmb)
+    args = (np.int32(bsz), np.int32(t), np.int32(d), np.int32(h), np.int32(kmb), _up(q), _up(k), _up(v), _up(lr),
+            _up(tok), _up(cos), _up(sin))
+    params = (_up(gamma), _up(beta))
+    Ws = DeviceArray((bsz * h, nch, f, f), np.float32)
+    bs = DeviceArray((bsz * h, nch, f), np.float32)
+    out = DeviceArray((bsz, t, d), np.float32)
+    scratch = DeviceArray((bsz * h * ttt_scratch_floats(f, kmb),), np.float32)
+    _launch("ttt_fwd", (bsz * h,), (256,), *args, _up(W1), _up(np.reshape(b1, (h, f))), *params, out, Ws, bs, scratch)
+    return out.get(), TTTCache(args + params, Ws, bs, (bsz, t, d, h, kmb))
 
-    return cpu.ttt_forward(q, k, v, lr, tok, W1, b1, gamma, beta, num_heads, mini_batch, rope_theta)
 
-
-def ttt_backward(dmerged: np.ndarray, c) -> TTTGrads:
-    from . import cpu
-
-    return cpu.ttt_backward(dmerged, c)
+def ttt_backward(dmerged: np.ndarray, c: TTTCache) -> TTTGrads:
+    """Gradients of ttt_forward (ttt_bwd: each mini-batch's forward recomputed from the saved state,
+    then its backward, in reverse order); the per-sequence parameter gradients summed on the host."""
+    bsz, t, d, h, kmb = c.shape
+    f, r = d // h, bsz * h
+    dq, dk, dv = (DeviceArray((bsz, t, d), np.float32) for _ in range(3))
+    dlr = DeviceArray((bsz, h, t), np.float32)
+    dtok_r, dW1_r = DeviceArray((r, kmb), np.float32), DeviceArray((r, f, f), np.float32)
+    db1_r, dgamma_r, dbeta_r = (DeviceArray((r, f), np.float32) for _ in range(3))
+    scratch = DeviceArray((r * ttt_scratch_floats(f, kmb),), np.float32)
+    _launch("ttt_bwd", (r,), (256,), *c.args, c.Ws, c.bs, _up(dmerged), dq, dk, dv, dlr, dtok_r, dW1_r, db1_r,
+            dgamma_r, dbeta_r, scratch)
+    return TTTGrads(dq.get(), dk.get(), dv.get(), dlr.get(), dtok_r.get().sum(axis=0),
+                    dW1_r.get().reshape(bsz, h, f, f).sum(axis=0), db1_r.get().reshape(bsz, h, 1, f).sum(axis=0),
+                    dgamma_r.get().reshape(bsz, h, f).sum(axis=0), dbeta_r.get().reshape(bsz, h, f).sum(axis=0))
 
 
 def ttt_prefill(pos: int, q, k, v, x, lr_w, lr_b, lr_scale: float, tok, gamma, beta, W0, b0, Kb, Gb, Sb, out) -> None:
