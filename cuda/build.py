@@ -229,11 +229,12 @@ def ptxas_table(ptxas: str = "ptxas") -> str:
 
 
 # -- the emulated build --------------------------------------------------------------------------
-def emu_wrapper_source(extra_source: str = "") -> str:
-    """One C++ translation unit: emu.h, every .cu (and `extra_source`), a wrapper per kernel."""
-    parts = ['#include "emu.h"']
+def emu_wrapper_source(extra_source: str = "", kernels: bool = True) -> str:
+    """One C++ translation unit: emu.h, every .cu (unless not `kernels`) and `extra_source`, a wrapper
+    per kernel."""
+    parts = ['#include "emu.h"', '#include "common.cuh"']
     texts = []
-    for cu in sources():
+    for cu in sources() if kernels else []:
         texts.append(cu.read_text())
         parts.append(f'#include "{cu.name}"')
     if extra_source:
@@ -252,9 +253,9 @@ def emu_wrapper_source(extra_source: str = "") -> str:
     return "\n".join(parts) + "\n\n" + "\n".join(wrappers) + "\n"
 
 
-def build_emu(out_dir: str | os.PathLike, extra_source: str = "", tag: str = "kernels") -> Path:
+def build_emu(out_dir: str | os.PathLike, extra_source: str = "", tag: str = "kernels", kernels: bool = True) -> Path:
     """Compile the emulated library into out_dir (reused while the sources are unchanged)."""
-    src = emu_wrapper_source(extra_source)
+    src = emu_wrapper_source(extra_source, kernels)
     key = hashlib.sha256((src + (HERE / "emu.h").read_text() + "".join(
         (HERE / f).read_text() for f in ("common.cuh",))
         + "".join(c.read_text() for c in sources())).encode()).hexdigest()[:16]

@@ -34,12 +34,23 @@ typedef unsigned long long uint64_t;
 
 /* d = c + the sum of the four signed byte products of a and b (PTX dp4a.s32.s32; NVRTC 12.0
  * declares __dp4a without defining it). */
+/* bt_dp4a_us: the same with the bytes of a unsigned (0..255), those of b signed (dp4a.u32.s32). */
 #ifdef BITTTT_EMU
 #define bt_dp4a __dp4a
+static inline int bt_dp4a_us(unsigned a, int b, int c) {
+    int s = c;
+    for (int i = 0; i < 4; i++) s += (int)((a >> (8 * i)) & 0xffu) * (int)(int8_t)(b >> (8 * i));
+    return s;
+}
 #else
 __device__ __forceinline__ int bt_dp4a(int a, int b, int c) {
     int d;
     asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+__device__ __forceinline__ int bt_dp4a_us(unsigned a, int b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
     return d;
 }
 #endif

@@ -46,6 +46,12 @@ enum { EMU_OK = 0, EMU_ERR_CONFIG = 1, EMU_ERR_THREAD = 2, EMU_ERR_BARRIER = 3 }
 struct emu_dim3 {
     unsigned x, y, z;
 };
+struct int4 {
+    int x, y, z, w;
+};
+struct uint4 {
+    unsigned x, y, z, w;
+};
 
 static emu_dim3 threadIdx, blockIdx;
 static int emu_tid; /* linear thread index in the block of the running thread */

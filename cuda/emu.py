@@ -48,10 +48,10 @@ class EmuDevice:
     name = "emu"
     label = "emulated GPU (cuda/emu.h on CPU threads)"
 
-    def __init__(self, build_dir, extra_source: str = "", tag: str = "kernels"):
-        self.lib = ctypes.CDLL(str(build.build_emu(build_dir, extra_source, tag)))
+    def __init__(self, build_dir, extra_source: str = "", tag: str = "kernels", kernels: bool = True):
+        self.lib = ctypes.CDLL(str(build.build_emu(build_dir, extra_source, tag, kernels)))
         self.sigs = {}
-        for text in [cu.read_text() for cu in build.sources()] + [extra_source]:
+        for text in [cu.read_text() for cu in build.sources() if kernels] + [extra_source]:
             for name, (sig, _) in build.kernel_signatures(text).items():
                 self.sigs[name] = sig
         self.launches = 0

@@ -53,26 +53,32 @@ extern "C" __global__ void __launch_bounds__(256) gemv_i8(const uint8_t *__restr
     const int64_t m = blockIdx.y;
     if (n >= N) return; /* whole warps leave together: no shuffle is divergent */
     const int stride = ldq >> 2;
-    const uint32_t *w = (const uint32_t *)(codes + (int64_t)n * stride);
-    const int *xr = (const int *)(q + m * ldq);
+    const uint4 *w = (const uint4 *)(codes + (int64_t)n * stride);
+    const int4 *xr = (const int4 *)(q + m * ldq);
     const int chunks = stride >> 4; /* 16-byte chunks of codes */
+    const float scale = s[n / rows_per_scale] / a[m]; /* before the loop: the division's slow path */
     int acc = 0;
+    /* Plane p of a code word, masked in place (w & 0x03030303 << 2p), is 4^p times its codes: one AND
+     * per word and plane instead of a shift and an AND; dp4a.u32.s32 takes the unsigned bytes (up to
+     * 128 for plane 3).  Each plane sums into its own register, a multiple of 4^p, shifted back
+     * exactly once per chunk. */
     for (int c = lane; c < chunks; c += 32) {
-        const uint32_t w0 = __ldg(w + 4 * c), w1 = __ldg(w + 4 * c + 1), w2 = __ldg(w + 4 * c + 2),
-                       w3 = __ldg(w + 4 * c + 3);
-        const int base = (c >> 2) * 64 + (c & 3) * 4; /* int index of plane 0's activations */
+        const uint4 wv = __ldg(w + c);
+        const int4 *xp = xr + (c >> 2) * 16 + (c & 3); /* plane 0's 16 activations; plane p at + 4p */
+        int ap[4];
 #pragma unroll
         for (int p = 0; p < 4; p++) {
-            const int *xp = xr + base + 16 * p;
-            const int sh = 2 * p;
-            acc = bt_dp4a((int)((w0 >> sh) & 0x03030303u), __ldg(xp), acc);
-            acc = bt_dp4a((int)((w1 >> sh) & 0x03030303u), __ldg(xp + 1), acc);
-            acc = bt_dp4a((int)((w2 >> sh) & 0x03030303u), __ldg(xp + 2), acc);
-            acc = bt_dp4a((int)((w3 >> sh) & 0x03030303u), __ldg(xp + 3), acc);
+            const uint32_t mask = 0x03030303u << (2 * p);
+            const int4 xv = __ldg(xp + 4 * p);
+            int a = bt_dp4a_us(wv.x & mask, xv.x, 0);
+            a = bt_dp4a_us(wv.y & mask, xv.y, a);
+            a = bt_dp4a_us(wv.z & mask, xv.z, a);
+            ap[p] = bt_dp4a_us(wv.w & mask, xv.w, a);
         }
+        acc += ap[0] + (ap[1] >> 2) + (ap[2] >> 4) + (ap[3] >> 6);
     }
     acc = warp_sum_int(acc);
-    if (lane == 0) y[m * ldy + n] = (float)(acc - sums[m]) * (s[n / rows_per_scale] / a[m]);
+    if (lane == 0) y[m * ldy + n] = (float)(acc - sums[m]) * scale;
 }
 
 /* gemv_s8: the int8 LM head, one warp per row: W [N, ldq] int8 (zero past K), scales ws [N];
@@ -86,18 +92,20 @@ extern "C" __global__ void __launch_bounds__(256) gemv_s8(const int8_t *__restri
     const int n = blockIdx.x * 8 + (threadIdx.x >> 5);
     const int64_t m = blockIdx.y;
     if (n >= N) return;
-    const int *w = (const int *)(W + (int64_t)n * ldq);
-    const int *xr = (const int *)(q + m * ldq);
-    const int words = ldq >> 2;
+    const int4 *w = (const int4 *)(W + (int64_t)n * ldq);
+    const int4 *xr = (const int4 *)(q + m * ldq);
+    const int chunks = ldq >> 4; /* 16-byte chunks */
+    const float scale = ws[n] / a[m]; /* before the loop: the IEEE division's slow path spills inside it */
     int acc = 0;
-    for (int c = lane * 4; c < words; c += 128) {
-        acc = bt_dp4a(__ldg(w + c), __ldg(xr + c), acc);
-        acc = bt_dp4a(__ldg(w + c + 1), __ldg(xr + c + 1), acc);
-        acc = bt_dp4a(__ldg(w + c + 2), __ldg(xr + c + 2), acc);
-        acc = bt_dp4a(__ldg(w + c + 3), __ldg(xr + c + 3), acc);
+    for (int c = lane; c < chunks; c += 32) {
+        const int4 wv = __ldg(w + c), xv = __ldg(xr + c);
+        acc = bt_dp4a(wv.x, xv.x, acc);
+        acc = bt_dp4a(wv.y, xv.y, acc);
+        acc = bt_dp4a(wv.z, xv.z, acc);
+        acc = bt_dp4a(wv.w, xv.w, acc);
     }
     acc = warp_sum_int(acc);
-    if (lane == 0) y[m * ldy + n] = (float)acc * (ws[n] / a[m]);
+    if (lane == 0) y[m * ldy + n] = (float)acc * scale;
 }
 
 /* Tiled int8 GEMM, 64 rows (n) x 64 tokens (m) per block of 256 threads, 4 x 4 outputs each; one

@@ -323,7 +323,7 @@ extern "C" __global__ void shuffles(int *out) {
 def test_divergent_barrier_is_reported_not_hung(tmp_path):
     import emu
 
-    d = emu.EmuDevice(tmp_path, DIVERGENT, tag="divergent")
+    d = emu.EmuDevice(tmp_path, DIVERGENT, tag="divergent", kernels=False)
     out = np.zeros(64, np.int32)
     with pytest.raises(emu.EmuLaunchError, match="divergent barrier"):
         d.launch("divergent", (1, 1, 1), (64, 1, 1), (out.ctypes.data,))
