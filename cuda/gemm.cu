@@ -19,6 +19,7 @@ struct LoadDense { /* X stored [rows, ld] or, transposed, [cols, ld] */
     __device__ __forceinline__ float operator()(int r, int c) const {
         return trans ? x[(int64_t)c * ld + r] : x[(int64_t)r * ld + c];
     }
+    __device__ __forceinline__ bool second_contiguous() const { return !trans; }
 };
 
 struct LoadTernaryT { /* B(p = n, k) = code(n, k) - 1 of a packed matrix with `stride` bytes per row */
@@ -28,6 +29,7 @@ struct LoadTernaryT { /* B(p = n, k) = code(n, k) - 1 of a packed matrix with `s
         const uint8_t byte = codes[(int64_t)n * stride + (k >> 8) * BT_BLOCK_BYTES + (k & 63)];
         return (float)(int)((byte >> (2 * ((k >> 6) & 3))) & 3u) - 1.0f;
     }
+    __device__ __forceinline__ bool second_contiguous() const { return true; }
 };
 
 struct LoadQ8 { /* B(p = m, k) = Qa(x)[m, k] = q[m, k] / a[m], as q times the rounded reciprocal of a[m]
@@ -38,6 +40,7 @@ struct LoadQ8 { /* B(p = m, k) = Qa(x)[m, k] = q[m, k] / a[m], as q times the ro
     __device__ __forceinline__ float operator()(int m, int k) const {
         return (float)q[(int64_t)m * ldq + k] * __frcp_rn(a[m]);
     }
+    __device__ __forceinline__ bool second_contiguous() const { return true; }
 };
 
 template <class LA, class LB>
@@ -53,10 +56,16 @@ __device__ __forceinline__ void sgemm_tile(int M, int N, int P, LA A, LB B, floa
 #pragma unroll
         for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
     for (int p0 = 0; p0 < P; p0 += TP) {
+        /* Consecutive threads read consecutive addresses: along p where A (or B) is contiguous in p,
+         * else along the output index. */
+        const bool a_p = A.second_contiguous(), b_p = !B.second_contiguous();
         for (int e = threadIdx.x; e < TP * TM; e += 256) {
-            const int pp = e >> 6, r = e & 63; /* r fastest: coalesced for row-major m-contiguous reads */
-            const int p = p0 + pp;
+            int pp = a_p ? (e & 15) : (e >> 6), r = a_p ? (e >> 4) : (e & 63);
+            int p = p0 + pp;
             As[pp][r] = (p < P && m0 + r < M) ? A(m0 + r, p) : 0.0f;
+            pp = b_p ? (e & 15) : (e >> 6);
+            r = b_p ? (e >> 4) : (e & 63);
+            p = p0 + pp;
             Bs[pp][r] = (p < P && n0 + r < N) ? B(p, n0 + r) : 0.0f;
         }
         __syncthreads();

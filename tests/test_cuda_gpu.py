@@ -39,7 +39,7 @@ def dev():
 
 
 def _run(*args, cwd) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     r = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
     assert r.returncode == 0, f"{' '.join(args)}\n{r.stdout}\n{r.stderr}"
     return r
@@ -101,6 +101,8 @@ def test_trained_on_gpu_runs_on_cpu_and_back(data, dev):
     for t in ids[:3]:
         close(mg.step(sg, t), mc.step(sc, t), 1e-3, 1e-3)
     # trained on the CPU, resumed on the GPU: the same losses as resuming on the CPU
+    if not (data / "runs" / "cpu").exists():
+        _train(data, "cpu", 20)
     _run("bitttt.train", "--resume", "runs/cpu", "max_steps=25", "--no-progress", cwd=data)
     cpu_l = _losses(data / "runs" / "cpu")
     os.rename(data / "runs" / "cpu", data / "runs" / "cpu_done")
