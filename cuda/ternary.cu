@@ -191,3 +191,90 @@ extern "C" __global__ void __launch_bounds__(256) gemm_s8(const int8_t *__restri
                                                           int ldy) {
     gemm_tile_i8<false>((const uint8_t *)W, N, M, ldq, ws, q, (const int *)0, a, y, ldy);
 }
+
+/* -- fused row kernels of decoding: a row op and the quantization of its result, one launch ------- */
+
+/* Quantize the row y [K] held in `buf` (shared or global, written by this block) into q [ldq],
+ * a [1], sums [1], exactly as quantize_act does. */
+__device__ __forceinline__ void quantize_row(const float *y, int K, int ldq, int8_t *q, float *a, int *sums,
+                                             float *shf, int *shi) {
+    float amax = 0.0f;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) amax = fmaxf(amax, fabsf(y[k]));
+    amax = block_max(amax, shf);
+    const float scale = 127.0f / (amax > 1e-5f ? amax : 1e-5f);
+    int s = 0;
+    for (int k = threadIdx.x; k < ldq; k += blockDim.x) {
+        int c = 0;
+        if (k < K) {
+            float r = rintf(y[k] * scale);
+            r = r < -128.0f ? -128.0f : (r > 127.0f ? 127.0f : r);
+            c = (int)r;
+        }
+        q[k] = (int8_t)c;
+        s += c;
+    }
+    s = block_sum_int(s, shi);
+    if (threadIdx.x == 0) {
+        a[0] = scale;
+        sums[0] = s;
+    }
+}
+
+/* add_rmsnorm_quant: one row, grid 1, block 256.  h = x + d (d may be 0: h = x), written to h_out
+ * when given (it may be x); y = h / rms(h) * w written to y (the row the codes are made from);
+ * then y quantized into q, a, sums. */
+extern "C" __global__ void __launch_bounds__(256) add_rmsnorm_quant(const float *x, const float *d, float *h_out,
+                                                                    const float *__restrict__ w, int D, float eps,
+                                                                    float *y, int ldq, int8_t *__restrict__ q,
+                                                                    float *__restrict__ a, int *__restrict__ sums) {
+    __shared__ float shf[33];
+    __shared__ int shi[33];
+    float ss = 0.0f;
+    for (int k = threadIdx.x; k < D; k += blockDim.x) {
+        const float h = d ? x[k] + d[k] : x[k];
+        if (h_out) h_out[k] = h;
+        ss = fmaf(h, h, ss);
+    }
+    ss = block_sum(ss, shf);
+    const float rr = 1.0f / sqrtf(ss / (float)D + eps);
+    for (int k = threadIdx.x; k < D; k += blockDim.x) { /* h_out may be x: read back what this thread wrote */
+        const float h = h_out ? h_out[k] : (d ? x[k] + d[k] : x[k]);
+        y[k] = (h * rr) * w[k];
+    }
+    __syncthreads();
+    quantize_row(y, D, ldq, q, a, sums, shf, shi);
+}
+
+/* layernorm_quant: one row, grid 1, block 256: y = LN(x) w + b (into y), then quantized. */
+extern "C" __global__ void __launch_bounds__(256) layernorm_quant(const float *__restrict__ x,
+                                                                  const float *__restrict__ w,
+                                                                  const float *__restrict__ b, int D, float eps,
+                                                                  float *y, int ldq, int8_t *__restrict__ q,
+                                                                  float *__restrict__ a, int *__restrict__ sums) {
+    __shared__ float shf[33];
+    __shared__ int shi[33];
+    float s = 0.0f;
+    for (int k = threadIdx.x; k < D; k += blockDim.x) s += x[k];
+    const float mu = block_sum(s, shf) / (float)D;
+    float v = 0.0f;
+    for (int k = threadIdx.x; k < D; k += blockDim.x) v = fmaf(x[k] - mu, x[k] - mu, v);
+    const float rr = 1.0f / sqrtf(block_sum(v, shf) / (float)D + eps);
+    for (int k = threadIdx.x; k < D; k += blockDim.x) y[k] = ((x[k] - mu) * rr) * w[k] + b[k];
+    __syncthreads();
+    quantize_row(y, D, ldq, q, a, sums, shf, shi);
+}
+
+/* swiglu_quant: one row, grid 1, block 256: h = silu(g) u for g = gu[0..I), u = gu[I..2I) (into
+ * h), then quantized. */
+extern "C" __global__ void __launch_bounds__(256) swiglu_quant(const float *__restrict__ gu, int I, float *h,
+                                                               int ldq, int8_t *__restrict__ q,
+                                                               float *__restrict__ a, int *__restrict__ sums) {
+    __shared__ float shf[33];
+    __shared__ int shi[33];
+    for (int k = threadIdx.x; k < I; k += blockDim.x) {
+        const float g = gu[k];
+        h[k] = g * sigmoidf_(g) * gu[I + k];
+    }
+    __syncthreads();
+    quantize_row(h, I, ldq, q, a, sums, shf, shi);
+}

@@ -659,9 +659,9 @@ class GpuDecoder:
     rows of q, k and v stacked into one [3D, K] matrix and those of gate and up into one [2I, K]
     (one GEMV launch each, a scale per stacked matrix), RoPE tables for every mini-batch position.
 
-    Per token and layer: RMSNorm, quantize, the qkv GEMV, RoPE, the TTT step, LayerNorm,
-    quantize, o, residual add, RMSNorm, quantize, gate+up, SwiGLU, quantize, down, add: 16
-    launches (plus 3 for the head), no host round trip in between.  The TTT state stays on the
+    Per token and layer, 10 launches: residual add + RMSNorm + quantization (one kernel), the qkv
+    GEMV, RoPE, the TTT step, LayerNorm + quantization, o, add + RMSNorm + quantization, gate+up,
+    SwiGLU + quantization, down; then 2 for the head; no host round trip in between.  The TTT state stays on the
     GPU between steps while the same state arrays come back and nothing else wrote them
     (ttt_prefill on the host arrays, or other arrays: uploaded again); after each step the parts
     that changed (b0, Sb, Kb, Gb every token, W0 when a mini-batch closes) are copied back into
@@ -704,20 +704,14 @@ class GpuDecoder:
             self.head_f = DeviceArray.from_host(np.asarray(head["Wf"], np.float32))
             self.V = self.head_f.shape[0]
         f32 = np.float32
-        self.x, self.n, self.hbuf, self.a = (DeviceArray((d,), f32) for _ in range(4))
+        self.x, self.n, self.hbuf, self.a = (DeviceArray((d,), f32) for _ in range(4))  # stream, normed, h, delta
         self.qkv, self.tout = DeviceArray((3 * d,), f32), DeviceArray((d,), f32)
-        self.gu, self.sw, self.sg = DeviceArray((2 * i,), f32), DeviceArray((i,), f32), DeviceArray((i,), f32)
-        self.xh, self.r = DeviceArray((d,), f32), DeviceArray((1,), f32)
+        self.gu, self.sw = DeviceArray((2 * i,), f32), DeviceArray((i,), f32)
         self.q8 = DeviceArray((max(_ldq(d), _ldq(i)),), np.int8)
         self.qa, self.qs = DeviceArray((1,), f32), DeviceArray((1,), np.int32)
         self.logits = DeviceArray((self.V,), f32)
         self.state = None
         self._key = None
-
-    def _quant(self, src: DeviceArray, k: int) -> int:
-        ldq = _ldq(k)
-        _launch("quantize_act", (1,), (256,), src, np.int32(k), np.int32(ldq), self.q8, self.qa, self.qs)
-        return ldq
 
     def _gemv(self, w, k: int, out: DeviceArray) -> None:
         codes, scales, rows_per = w
@@ -734,13 +728,16 @@ class GpuDecoder:
     def step(self, x, W0, b0, Kb, Gb, Sb, pos: int, logits) -> None:
         """x [D] (the token's embedding row) -> logits [V]; the state (host arrays) updated in place."""
         d, i, p = self.D, self.I, int(pos) % self.K
+        ldd, ldi = _ldq(d), _ldq(i)
         self._sync_in((W0, b0, Kb, Gb, Sb))
         sW, sb, sK, sG, sS = self.state
         self.x.set(np.asarray(x, np.float32))
         per = (self.H * self.f * self.f * 4, self.H * self.f * 4, self.H * self.K * self.f * 4)
+        qz = (self.q8, self.qa, self.qs)
+        base, delta, out = self.x, NULL, NULL  # the residual stream is base + delta, written to out
         for li, ly in enumerate(self.layers):
-            _launch("rmsnorm_fwd", (1,), (256,), self.x, ly["norm1"], np.int32(d), np.float32(self.eps), self.n, self.r)
-            self._quant(self.n, d)
+            _launch("add_rmsnorm_quant", (1,), (256,), base, delta, out, ly["norm1"], np.int32(d), np.float32(self.eps),
+                    self.n, np.int32(ldd), *qz)
             self._gemv(ly["qkv"], d, self.qkv)
             _launch("rope_f", (_cdiv(d, 256),), (256,), self.qkv, self.cos.ptr + p * d * 4, self.sin.ptr + p * d * 4,
                     np.int64(d), np.int32(0), self.qkv)
@@ -749,23 +746,19 @@ class GpuDecoder:
                     np.int32(p), q, q + 4 * d, q + 8 * d, self.n, ly["lr_w"], ly["lr_b"], np.float32(self.lr_scale),
                     ly["tok"], ly["gamma"], ly["beta"], sW.ptr + li * per[0], sb.ptr + li * per[1],
                     sK.ptr + li * per[2], sG.ptr + li * per[2], sS.ptr + li * per[1], self.tout)
-            _launch("layernorm_fwd", (1,), (256,), self.tout, ly["post_w"], ly["post_b"], np.int32(d),
-                    np.float32(LN_EPS), self.n, self.xh, self.r)
-            self._quant(self.n, d)
+            _launch("layernorm_quant", (1,), (256,), self.tout, ly["post_w"], ly["post_b"], np.int32(d),
+                    np.float32(LN_EPS), self.n, np.int32(ldd), *qz)
             self._gemv(ly["o"], d, self.a)
-            _launch("add_f", (_cdiv(d, 256),), (256,), self.x, self.a, np.int64(d), self.hbuf)
-            _launch("rmsnorm_fwd", (1,), (256,), self.hbuf, ly["norm2"], np.int32(d), np.float32(self.eps), self.n,
-                    self.r)
-            self._quant(self.n, d)
+            _launch("add_rmsnorm_quant", (1,), (256,), self.x, self.a, self.hbuf, ly["norm2"], np.int32(d),
+                    np.float32(self.eps), self.n, np.int32(ldd), *qz)  # h = x + attention
             self._gemv(ly["gu"], d, self.gu)
-            _launch("swiglu_fwd", (_cdiv(i, 256),), (256,), self.gu, self.gu.ptr + 4 * i, np.int64(i), self.sw, self.sg)
-            self._quant(self.sw, i)
+            _launch("swiglu_quant", (1,), (256,), self.gu, np.int32(i), self.sw, np.int32(ldi), *qz)
             self._gemv(ly["down"], i, self.a)
-            _launch("add_f", (_cdiv(d, 256),), (256,), self.hbuf, self.a, np.int64(d), self.x)
-        _launch("rmsnorm_fwd", (1,), (256,), self.x, self.norm_f, np.int32(d), np.float32(self.eps), self.n, self.r)
+            base, delta, out = self.hbuf, self.a, self.x  # x = h + mlp, summed by the next norm
+        _launch("add_rmsnorm_quant", (1,), (256,), base, delta, out, self.norm_f, np.int32(d), np.float32(self.eps),
+                self.n, np.int32(ldd), *qz)
         if self.head_f is None:
-            ldq = self._quant(self.n, d)
-            _launch("gemv_s8", (_cdiv(self.V, 8), 1), (256,), self.head_q, np.int32(self.V), np.int32(ldq),
+            _launch("gemv_s8", (_cdiv(self.V, 8), 1), (256,), self.head_q, np.int32(self.V), np.int32(ldd),
                     self.head_s, self.q8, self.qa, self.logits, np.int32(self.V))
         else:
             _launch("sgemm", (_cdiv(self.V, 64), 1), (256,), np.int32(1), np.int32(self.V), np.int32(d), self.n,
