@@ -43,7 +43,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 echo "== 2. the extension"
 if ! $PY -c "import bitttt" 2>/dev/null; then
-    timeout 300 $PY setup.py build_ext --inplace -q > "$LOG.build" 2>&1 \
+    timeout 120 $PY setup.py build_ext --inplace -q > "$LOG.build" 2>&1 \
         && step build "built in place" || { step build "FAILED (see $LOG.build)"; tail -20 "$LOG.build"; }
 else
     step build "present"
@@ -52,13 +52,13 @@ $PY -c "from bitttt.backend import cuda; ok, why = cuda.available(); print('cuda
     && step open "ok" || step open "FAILED: the GPU did not open"
 
 echo "== 3. GPU tests"
-timeout 300 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_gpu.py tests/test_cuda_backend.py tests/test_cuda_ptx.py \
+timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_gpu.py tests/test_cuda_backend.py tests/test_cuda_ptx.py \
     2>&1 | tee "$LOG.tests"
 rc=${PIPESTATUS[0]}
 step tests "$( [ "$rc" = 0 ] && echo ok || echo "FAILED (rc $rc)" ): $(tail -1 "$LOG.tests")"
 
 echo "== 4. bench/bench_gpu.py --quick"
-timeout 150 $PY bench/bench_gpu.py --quick 2>&1 | tee "$LOG.bench"
+timeout 120 $PY bench/bench_gpu.py --quick 2>&1 | tee "$LOG.bench"
 rc=${PIPESTATUS[0]}
 step bench "$( [ "$rc" = 0 ] && echo ok || echo "FAILED (rc $rc)" ): $(grep '^summary:' "$LOG.bench" | cut -c10-)"
 

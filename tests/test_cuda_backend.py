@@ -53,6 +53,20 @@ def test_import_and_cpu_paths_never_touch_pycuda():
     assert "ok True" in r.stdout
 
 
+def test_same_op_set_as_the_other_backends():
+    import inspect
+
+    from bitttt.backend import OPS
+    from bitttt.backend import numpy as ref
+
+    assert cb.NAME == "cuda" and cb.DTYPE == np.float32
+    for op in OPS:
+        assert list(inspect.signature(getattr(cb, op)).parameters) == \
+            list(inspect.signature(getattr(ref, op)).parameters), op
+    assert callable(cb.fused_decoder)
+    assert set(cb.HOST_OPS) <= set(OPS)
+
+
 class FakeDriver(types.ModuleType):
     """A stand-in for pycuda.driver with a switch per failure."""
 

@@ -286,13 +286,19 @@ def test_model_training_step_matches_cpu(dev):
         assert np.abs(grads[name] - gradsc[name]).max() <= 1e-3 * scale, name
 
 
-def test_model_decode_matches_cpu(dev):
+@pytest.mark.parametrize("head", ["float", "int8"])
+def test_model_decode_matches_cpu(dev, head):
     cfg = tiny_config()
     host = BitLlama(cfg)
     host.init_weights(4)
     params = host.state_dict()
-    gpu = BitLlama.for_inference(cfg, params, backend="cuda")
-    cpum = BitLlama.for_inference(cfg, params, backend="cpu")
+    h = None
+    if head == "int8":
+        w = params["embed.weight"]
+        scale = (np.abs(w).max(axis=1) / 127).astype(np.float32)
+        h = ref.Int8Head(np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8), scale)
+    gpu = BitLlama.for_inference(cfg, params, backend="cuda", head=h)
+    cpum = BitLlama.for_inference(cfg, params, backend="cpu", head=h)
     sg, sc = gpu.new_state(), cpum.new_state()
     prompt = [1, 5, 9, 2, 33]
     close(gpu.prefill(sg, prompt), cpum.prefill(sc, prompt), 1e-4, 1e-4)
