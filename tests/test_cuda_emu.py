@@ -179,6 +179,10 @@ def test_embedding(dev):
     w = r.standard_normal((11, 20)).astype(np.float32)
     ids = np.array([[1, 3, 3], [10, 1, 3]])
     assert np.array_equal(cb.embedding_forward(w, ids), w[ids])
+    out = cb.DeviceArray((6, 20), np.float32)  # the gather kernel itself (the op gathers on the host)
+    cb._launch("embed_fwd", (6,), (256,), cb.DeviceArray.from_host(w), cb.DeviceArray.from_host(ids.reshape(-1)),
+               np.int32(20), out)
+    assert np.array_equal(out.get(), w[ids.reshape(-1)])
     dx = r.standard_normal((2, 3, 20)).astype(np.float32)
     close(cb.embedding_backward(dx, ids, 11), ref.embedding_backward(dx, ids, 11), 1e-6, 1e-6)
 

@@ -10,7 +10,9 @@ each op takes host arrays and returns host arrays: its inputs go to the GPU, its
 there, its result comes back.  What is reused stays on the GPU: packed ternary weights are
 uploaded once per matrix (`GpuTernary`, or a resident copy of a `PackedTernary` read from a
 file), the int8 activation codes of `quantize_act` stay on the GPU for the q/k/v (gate/up)
-products and for dW, the norms keep their inputs there for the backward.
+products and for dW, the norms keep their inputs there for the backward.  Decoding
+(BitLlama.step) runs on `GpuDecoder`: every weight and the TTT state resident, 10 launches per
+layer.
 
 Results: the int8 paths (quantize_act, qlinear, the int8 LM head) give the cpu backend's bits;
 the float ops agree to float32 rounding (sums in another order).  The few ops that are not GPU
