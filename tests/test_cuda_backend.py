@@ -127,6 +127,7 @@ def fake_pycuda(monkeypatch):
         pkg.driver = drv
         monkeypatch.setitem(sys.modules, "pycuda", pkg)
         monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
+        monkeypatch.setitem(sys.modules, "pycuda.tools", None)  # no memory pool: plain mem_alloc
         monkeypatch.setattr(cb, "_DEVICE", None)
         return drv
 

@@ -117,6 +117,12 @@ class PyCudaDevice:
             self.funcs[name] = f
         if not self.funcs:
             raise CudaUnavailable("ptx-load", f"no PTX kernels found in {PTX_DIR}")
+        try:  # every op allocates its outputs: a pool keeps freed blocks for reuse (cuMemAlloc is slow)
+            from pycuda.tools import DeviceMemoryPool
+
+            self._alloc = DeviceMemoryPool().allocate
+        except Exception:
+            self._alloc = drv.mem_alloc
 
     def _close(self) -> None:
         try:
@@ -126,7 +132,7 @@ class PyCudaDevice:
 
     def alloc(self, nbytes: int):
         try:
-            return self.drv.mem_alloc(max(int(nbytes), 1))
+            return self._alloc(max(int(nbytes), 1))
         except self.drv.MemoryError as e:
             free, total = self.drv.mem_get_info()
             raise CudaUnavailable("out-of-memory", f"out of GPU memory: {nbytes / 2**20:.1f} MiB asked, "
