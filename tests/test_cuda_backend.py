@@ -118,6 +118,12 @@ class FakeDriver(types.ModuleType):
     def mem_get_info(self):
         return (1 << 20, 80 << 30)
 
+    class Stream:
+        handle = 0
+
+        def synchronize(self):
+            pass
+
 
 @pytest.fixture
 def fake_pycuda(monkeypatch):

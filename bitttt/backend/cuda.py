@@ -117,6 +117,8 @@ class PyCudaDevice:
             self.funcs[name] = f
         if not self.funcs:
             raise CudaUnavailable("ptx-load", f"no PTX kernels found in {PTX_DIR}")
+        self.stream = drv.Stream()  # a blocking stream: ordered with the synchronous copies of the legacy stream
+        self._cu = None
         try:  # every op allocates its outputs: a pool keeps freed blocks for reuse (cuMemAlloc is slow)
             from pycuda.tools import DeviceMemoryPool
 
@@ -152,9 +154,47 @@ class PyCudaDevice:
         self.drv.memset_d8(mem, 0, int(nbytes))
 
     def launch(self, kernel: str, grid: tuple, block: tuple, args: tuple) -> None:
-        self.funcs[kernel].prepared_call(grid, block, *args)
+        self.funcs[kernel].prepared_async_call(grid, block, self.stream, *args)
+
+    def _driver(self):
+        if self._cu is None:
+            import ctypes
+
+            self._cu = ctypes.CDLL("libcuda.so.1")
+        return self._cu
+
+    def graph_capture(self, fn):
+        """The kernel launches of fn() captured into an instantiated CUDA graph (driver API through
+        ctypes: pycuda has no stream capture)."""
+        import ctypes
+
+        cu, h = self._driver(), ctypes.c_void_p(self.stream.handle)
+
+        def check(rc, what):
+            if rc != 0:
+                raise RuntimeError(f"{what} failed (CUresult {rc})")
+
+        check(cu.cuStreamBeginCapture_v2(h, ctypes.c_int(2)), "cuStreamBeginCapture")  # mode: relaxed
+        graph = ctypes.c_void_p()
+        try:
+            fn()
+        finally:
+            rc = cu.cuStreamEndCapture(h, ctypes.byref(graph))
+        check(rc, "cuStreamEndCapture")
+        exe = ctypes.c_void_p()
+        check(cu.cuGraphInstantiateWithFlags(ctypes.byref(exe), graph, ctypes.c_ulonglong(0)), "cuGraphInstantiate")
+        cu.cuGraphDestroy(graph)
+        return exe
+
+    def graph_launch(self, exe) -> None:
+        import ctypes
+
+        rc = self._driver().cuGraphLaunch(exe, ctypes.c_void_p(self.stream.handle))
+        if rc != 0:
+            raise RuntimeError(f"cuGraphLaunch failed (CUresult {rc})")
 
     def synchronize(self) -> None:
+        self.stream.synchronize()
         self.drv.Context.synchronize()
 
     def memory(self) -> tuple[int, int]:
@@ -720,6 +760,8 @@ class GpuDecoder:
         self.logits = DeviceArray((self.V,), f32)
         self.state = None
         self._key = None
+        self._graphs = {}
+        self._use_graphs = os.environ.get("BITTTT_CUDA_GRAPHS", "1") != "0"
 
     def _gemv(self, w, k: int, out: DeviceArray) -> None:
         codes, scales, rows_per = w
@@ -728,18 +770,50 @@ class GpuDecoder:
                 self.q8, self.qs, self.qa, out, np.int32(n))
 
     def _sync_in(self, arrays) -> None:
+        """Upload the state unless the GPU copy is current; into the same buffers (the graphs keep
+        their pointers)."""
         key = tuple((id(a), a.ctypes.data) for a in arrays) + (_STATE_EPOCH[0],)
-        if key != self._key or self.state is None:
+        if self.state is None or [d.shape for d in self.state] != [a.shape for a in arrays]:
             self.state = [DeviceArray.from_host(np.ascontiguousarray(a, np.float32)) for a in arrays]
-            self._key = key
+            self._graphs = {}
+        elif key != self._key:
+            for dev, host in zip(self.state, arrays):
+                dev.set(host)
+        self._key = key
 
     def step(self, x, W0, b0, Kb, Gb, Sb, pos: int, logits) -> None:
-        """x [D] (the token's embedding row) -> logits [V]; the state (host arrays) updated in place."""
-        d, i, p = self.D, self.I, int(pos) % self.K
-        ldd, ldi = _ldq(d), _ldq(i)
+        """x [D] (the token's embedding row) -> logits [V]; the state (host arrays) updated in place.
+        On a GPU the launches of one position of the mini-batch are a CUDA graph, captured at the
+        first token there and replayed after (BITTTT_CUDA_GRAPHS=0: plain launches)."""
+        p = int(pos) % self.K
         self._sync_in((W0, b0, Kb, Gb, Sb))
         sW, sb, sK, sG, sS = self.state
         self.x.set(np.asarray(x, np.float32))
+        dev = device()
+        if self._use_graphs and hasattr(dev, "graph_capture"):
+            try:
+                exe = self._graphs.get(p)
+                if exe is None:
+                    exe = self._graphs[p] = dev.graph_capture(lambda: self._launches(p))
+                dev.graph_launch(exe)
+            except Exception as e:  # a driver without capture support: plain launches from now on
+                import warnings
+
+                warnings.warn(f"CUDA graph capture failed ({e}); decoding with plain launches", stacklevel=2)
+                self._use_graphs = False
+                self._graphs = {}
+                self._launches(p)
+        else:
+            self._launches(p)
+        self.logits.get(out=logits)
+        for d_, host in ((sb, b0), (sK, Kb), (sG, Gb), (sS, Sb)) + (((sW, W0),) if p == self.K - 1 else ()):
+            d_.get(out=host)
+
+    def _launches(self, p: int) -> None:
+        """Every kernel of one decode step at mini-batch position p (device buffers only)."""
+        d, i = self.D, self.I
+        ldd, ldi = _ldq(d), _ldq(i)
+        sW, sb, sK, sG, sS = self.state
         per = (self.H * self.f * self.f * 4, self.H * self.f * 4, self.H * self.K * self.f * 4)
         qz = (self.q8, self.qa, self.qs)
         base, delta, out = self.x, NULL, NULL  # the residual stream is base + delta, written to out
@@ -771,9 +845,6 @@ class GpuDecoder:
         else:
             _launch("sgemm", (_cdiv(self.V, 64), 1), (256,), np.int32(1), np.int32(self.V), np.int32(d), self.n,
                     np.int32(d), np.int32(0), self.head_f, np.int32(d), np.int32(1), self.logits, np.int32(self.V))
-        self.logits.get(out=logits)
-        for dev, host in ((sb, b0), (sK, Kb), (sG, Gb), (sS, Sb)) + (((sW, W0),) if p == self.K - 1 else ()):
-            dev.get(out=host)
 
 
 def fused_decoder(dims: dict, layers: list[dict], head: dict) -> GpuDecoder:
