@@ -112,3 +112,23 @@ def test_trained_on_gpu_runs_on_cpu_and_back(data, dev):
     for step in range(21, 26):
         assert abs(gpu_l[step] - cpu_l[step]) <= 1e-3 * abs(cpu_l[step]), (step, gpu_l[step], cpu_l[step])
     assert np.isfinite(list(gpu_l.values())).all()
+
+
+def test_decoder_replays_cuda_graphs(dev):
+    """On a GPU the decode step is captured once per mini-batch position and replayed."""
+    import warnings
+
+    from bitttt import BitLlama
+
+    cfg = tiny_config()  # noqa: F405
+    host = BitLlama(cfg)
+    host.init_weights(5)
+    gpu = BitLlama.for_inference(cfg, host.state_dict(), backend="cuda")
+    cpum = BitLlama.for_inference(cfg, host.state_dict(), backend="cpu")
+    sg, sc = gpu.new_state(), cpum.new_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a capture failure warns: fail here instead
+        for tok in range(1, 11):  # more than one mini-batch: every position captured, then replayed
+            close(gpu.step(sg, tok), cpum.step(sc, tok), 1e-4, 1e-4)
+    dec = gpu._fused_decoder()
+    assert dec._use_graphs and sorted(dec._graphs) == list(range(cfg.mini_batch_size))
