@@ -245,3 +245,13 @@ extern "C" __global__ void __launch_bounds__(256) sumsq_partial(const float *__r
     s = block_sum_double(s, sh);
     if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
+
+/* gather_rows: dst[r, c] = src[r * stride + offset + c] for r < rows, c < n (a strided slice made
+ * contiguous: the decoder copies back one row per head of the TTT state).  grid ceil(rows n / 256). */
+extern "C" __global__ void __launch_bounds__(256) gather_rows(const float *__restrict__ src, int rows, int64_t stride,
+                                                              int64_t offset, int n, float *__restrict__ dst) {
+    const int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (int64_t)rows * n) return;
+    const int64_t r = e / n, c = e % n;
+    dst[e] = src[r * stride + offset + c];
+}

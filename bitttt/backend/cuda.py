@@ -709,11 +709,12 @@ class GpuDecoder:
 
     Per token and layer, 10 launches: residual add + RMSNorm + quantization (one kernel), the qkv
     GEMV, RoPE, the TTT step, LayerNorm + quantization, o, add + RMSNorm + quantization, gate+up,
-    SwiGLU + quantization, down; then 2 for the head; no host round trip in between.  The TTT state stays on the
+    SwiGLU + quantization, down; then the head and two gathers of the state rows to copy back;
+    no host round trip in between.  The TTT state stays on the
     GPU between steps while the same state arrays come back and nothing else wrote them
-    (ttt_prefill on the host arrays, or other arrays: uploaded again); after each step the parts
-    that changed (b0, Sb, Kb, Gb every token, W0 when a mini-batch closes) are copied back into
-    the host arrays, so they are always current (memory files, a switch to the CPU)."""
+    (ttt_prefill on the host arrays, or other arrays: uploaded again); after each step what
+    changed is copied back into the host arrays (row p of Kb and Gb and Sb every token, W0 and b0
+    when a mini-batch closes), so they are always current (memory files, a switch to the CPU)."""
 
     def __init__(self, dims: dict, layers: list[dict], head: dict):
         d, h, f, i, k = (int(dims[n]) for n in ("D", "H", "f", "I", "K"))
@@ -758,6 +759,7 @@ class GpuDecoder:
         self.q8 = DeviceArray((max(_ldq(d), _ldq(i)),), np.int8)
         self.qa, self.qs = DeviceArray((1,), f32), DeviceArray((1,), np.int32)
         self.logits = DeviceArray((self.V,), f32)
+        self.krow, self.grow = (DeviceArray((self.L * h * f,), f32) for _ in range(2))  # row p of Kb, Gb
         self.state = None
         self._key = None
         self._graphs = {}
@@ -806,8 +808,14 @@ class GpuDecoder:
         else:
             self._launches(p)
         self.logits.get(out=logits)
-        for d_, host in ((sb, b0), (sK, Kb), (sG, Gb), (sS, Sb)) + (((sW, W0),) if p == self.K - 1 else ()):
-            d_.get(out=host)
+        # back to the host only what changed: row p of Kb and Gb (gathered into krow, grow), Sb, and
+        # W0 and b0 when the mini-batch closed
+        Kb[:, :, p] = self.krow.get().reshape(Kb.shape[0], Kb.shape[1], Kb.shape[3])
+        Gb[:, :, p] = self.grow.get().reshape(Gb.shape[0], Gb.shape[1], Gb.shape[3])
+        sS.get(out=Sb)
+        if p == self.K - 1:
+            sW.get(out=W0)
+            sb.get(out=b0)
 
     def _launches(self, p: int) -> None:
         """Every kernel of one decode step at mini-batch position p (device buffers only)."""
@@ -839,6 +847,10 @@ class GpuDecoder:
             base, delta, out = self.hbuf, self.a, self.x  # x = h + mlp, summed by the next norm
         _launch("add_rmsnorm_quant", (1,), (256,), base, delta, out, self.norm_f, np.int32(d), np.float32(self.eps),
                 self.n, np.int32(ldd), *qz)
+        rows = self.L * self.H
+        for src, dst in ((sK, self.krow), (sG, self.grow)):
+            _launch("gather_rows", (_cdiv(rows * self.f, 256),), (256,), src, np.int32(rows), np.int64(self.K * self.f),
+                    np.int64(p * self.f), np.int32(self.f), dst)
         if self.head_f is None:
             _launch("gemv_s8", (_cdiv(self.V, 8), 1), (256,), self.head_q, np.int32(self.V), np.int32(ldd),
                     self.head_s, self.q8, self.qa, self.logits, np.int32(self.V))
