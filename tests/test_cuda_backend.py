@@ -102,6 +102,8 @@ class FakeDriver(types.ModuleType):
 
     def init(self):
         if self.fail == "no-driver":
+            raise RuntimeError("cuInit failed: unknown error")
+        if self.fail == "no-device-init":
             raise RuntimeError("cuInit failed: no CUDA-capable device is detected")
 
     def module_from_buffer(self, data):
@@ -143,12 +145,13 @@ def fake_pycuda(monkeypatch):
 
 @pytest.mark.parametrize("fail,words", [("no-driver", "driver could not be initialised"),
                                         ("no-device", "found no GPU"),
+                                        ("no-device-init", "found no GPU"),
                                         ("ptx-load", "did not load")])
 def test_each_failure_names_its_cause(fake_pycuda, fail, words):
     fake_pycuda(fail)
     with pytest.raises(cb.CudaUnavailable, match=words) as e:
         get("cuda")
-    assert e.value.cause == fail
+    assert e.value.cause == fail.replace("-init", "")
     ok, why = cb.available()
     assert not ok and words in why
 
@@ -165,6 +168,21 @@ def test_no_pycuda(monkeypatch):
     with pytest.raises(RuntimeError, match="needs pycuda"):  # the API: BitLlama(cfg, backend="cuda")
         BitLlama(BitLlamaConfig(vocab_size=32, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=24),
                  backend="cuda")
+
+
+def test_pycuda_without_a_driver_library(monkeypatch):
+    class Finder:  # pycuda installed, libcuda.so.1 absent: its import fails like this
+        def find_spec(self, name, path=None, target=None):
+            if name == "pycuda.driver" or name == "pycuda":
+                raise ImportError("libcuda.so.1: cannot open shared object file: No such file or directory")
+
+    for m in ("pycuda", "pycuda.driver"):
+        monkeypatch.delitem(sys.modules, m, raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Finder()] + sys.meta_path)
+    monkeypatch.setattr(cb, "_DEVICE", None)
+    with pytest.raises(cb.CudaUnavailable, match="could not load the CUDA driver") as e:
+        cb.device()
+    assert e.value.cause == "no-driver"
 
 
 def test_out_of_memory_names_sizes(fake_pycuda):

@@ -85,12 +85,17 @@ class PyCudaDevice:
         try:
             import pycuda.driver as drv
         except ImportError as e:
+            if "libcuda" in str(e):  # pycuda is there, the driver library is not
+                raise CudaUnavailable("no-driver", f"pycuda could not load the CUDA driver ({e}): is an NVIDIA "
+                                      "driver installed (nvidia-smi)?") from e
             raise CudaUnavailable("no-pycuda", f"the cuda backend needs pycuda ({e}): pip install 'bitttt[cuda]' "
                                   "on a machine with an NVIDIA driver") from e
         self.drv = drv
         try:
             drv.init()
         except Exception as e:  # pycuda raises its own RuntimeError/LogicError kinds here
+            if "no CUDA-capable device" in str(e):
+                raise CudaUnavailable("no-device", f"the CUDA driver found no GPU ({e})") from e
             raise CudaUnavailable("no-driver", f"the CUDA driver could not be initialised ({e}): is an NVIDIA "
                                   "driver installed and loaded (nvidia-smi)?") from e
         if drv.Device.count() == 0:
