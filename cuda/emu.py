@@ -49,6 +49,7 @@ class EmuDevice:
     label = "emulated GPU (cuda/emu.h on CPU threads)"
 
     def __init__(self, build_dir, extra_source: str = "", tag: str = "kernels", kernels: bool = True):
+        self.build_dir = Path(build_dir)
         self.lib = ctypes.CDLL(str(build.build_emu(build_dir, extra_source, tag, kernels)))
         self.sigs = {}
         for text in [cu.read_text() for cu in build.sources() if kernels] + [extra_source]:

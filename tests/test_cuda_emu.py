@@ -345,3 +345,48 @@ def test_divergent_barrier_is_reported_not_hung(tmp_path):
     down = np.where(lane + 3 < 32, np.arange(40) + 3, np.arange(40))
     down = np.where(down < 40, down, np.arange(40))
     assert np.array_equal(out[:40], xor + 1000 * down)
+
+
+# -- the command line on the (emulated) cuda backend ---------------------------------------------------
+def test_train_cli_on_cuda_then_run_on_cpu(tmp_path, dev):
+    """`python -m bitttt.train --device cuda` on the emulated build (BITTTT_CUDA_EMU) follows the CPU
+    run's losses, and its checkpoint is an ordinary one: the CPU loads it and generates."""
+    import json
+    import os
+    import random
+    import subprocess
+
+    import bitttt
+
+    rnd = random.Random(0)
+    words = "the cat dog sat on a mat and ran to see big red ball sun was hot day night".split()
+    (tmp_path / "corpus.txt").write_text("\n".join(" ".join(rnd.choice(words) for _ in range(rnd.randint(5, 15)))
+                                                   + "." for _ in range(400)))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("BITTTT_CUDA_EMU", None)
+
+    def run(*args, **extra):
+        r = subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=dict(env, **extra), capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    run("bitttt.data", "prepare", "corpus.txt", "--vocab-size", "300", "--out", "data", "--no-progress")
+    common = ["data=data", "out_dir=runs", "max_steps=3", "max_time=0", "log_interval=1", "eval_interval=1000",
+              "eval_batches=1", "ckpt_interval=3", "warmup_steps=1", "batch_size=2", "seq_len=8", "sample_tokens=0",
+              "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=48",
+              "model.mini_batch_size=4", "--no-progress"]
+    run("bitttt.train", "name=cpu", *common)
+    run("bitttt.train", "--device", "cuda", "name=gpu", *common, BITTTT_CUDA_EMU=str(dev.build_dir))
+
+    def losses(name):
+        recs = [json.loads(x) for x in (tmp_path / "runs" / name / "log.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in recs if "loss" in r and "step" in r]
+
+    lc, lg = losses("cpu"), losses("gpu")
+    assert len(lc) == len(lg) == 3
+    for a, b in zip(lg, lc):
+        assert abs(a - b) <= 1e-3 * abs(b), (lg, lc)
+    m = bitttt.load(tmp_path / "runs" / "gpu")  # on the CPU
+    assert m.im.model.backend.NAME == "cpu"
+    assert isinstance(m.generate("the cat", max_tokens=4, seed=1), str)

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_cuda_emu import *  # noqa: E402,F401,F403  (every kernel and model test, on this file's `dev`)
 from test_cuda_emu import close  # noqa: E402
 
-del test_divergent_barrier_is_reported_not_hung  # noqa: F821  (the emulation's own test)
+del test_divergent_barrier_is_reported_not_hung  # noqa: F821  (the emulation's own tests)
+del test_train_cli_on_cuda_then_run_on_cpu  # noqa: F821  (this file runs the commands on the GPU itself)
 
 GPU_OK, GPU_WHY = cb.available()
 pytestmark = pytest.mark.skipif(not GPU_OK, reason=f"no GPU: {GPU_WHY}")

@@ -211,10 +211,22 @@ _DEVICE = None
 
 
 def device():
-    """The device the ops run on: opened on first use (pycuda), or the one given to use_device."""
+    """The device the ops run on: opened on first use (pycuda; BITTTT_CUDA_DEVICE picks the GPU), or
+    the one given to use_device.  BITTTT_CUDA_EMU=DIR (tests, a source checkout with g++): the
+    emulated build of cuda/*.cu, compiled into DIR, instead of a GPU."""
     global _DEVICE
     if _DEVICE is None:
-        _DEVICE = PyCudaDevice(int(os.environ.get("BITTTT_CUDA_DEVICE", "0")))
+        emu_dir = os.environ.get("BITTTT_CUDA_EMU")
+        if emu_dir:
+            src = Path(__file__).resolve().parents[2] / "cuda"
+            if not (src / "emu.py").exists():
+                raise CudaUnavailable("no-device", f"BITTTT_CUDA_EMU is set but {src} (the kernel sources) is absent")
+            sys.path.insert(0, str(src))
+            import emu
+
+            _DEVICE = emu.EmuDevice(emu_dir)
+        else:
+            _DEVICE = PyCudaDevice(int(os.environ.get("BITTTT_CUDA_DEVICE", "0")))
     return _DEVICE
 
 
