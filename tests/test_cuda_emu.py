@@ -390,3 +390,6 @@ def test_train_cli_on_cuda_then_run_on_cpu(tmp_path, dev):
     m = bitttt.load(tmp_path / "runs" / "gpu")  # on the CPU
     assert m.im.model.backend.NAME == "cpu"
     assert isinstance(m.generate("the cat", max_tokens=4, seed=1), str)
+    r = run("bitttt.infer", "--device", "cuda", "-m", "runs/gpu", "-p", "the cat", "-n", "3", "--temp", "0",
+            BITTTT_CUDA_EMU=str(dev.build_dir))  # and back on the (emulated) GPU
+    assert "warning" not in r.stderr and r.stdout.startswith("the cat")
