@@ -21,8 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reset-every", type=int, default=0, help="reset the TTT state every N tokens (0: never)")
     ap.add_argument("--max-tokens", type=int, default=0, help="score at most N tokens (0: all)")
     ap.add_argument("-t", "--threads", type=int, default=None)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: the GPU backend (falls back to the CPU with a warning when unavailable)")
     args = ap.parse_args(argv)
     from . import runtime
+    from .backend import cuda as cuda_backend
     from .generation import load
 
     try:
@@ -38,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.data}: no such file") from None
         except UnicodeDecodeError as e:
             raise ValueError(f"{args.data}: not UTF-8 text (invalid byte at offset {e.start})") from None
+        gpu, why = cuda_backend.for_device(args.device)
+        if why:
+            print(f"warning: {why}; running on the CPU", file=sys.stderr)
         model = load(args.model)
+        if gpu is not None:
+            gpu.adopt(model.im.model)
         tok = model.tokenizer
         ids = [tok.eos_id] + tok.encode(text)
         if args.max_tokens:

@@ -160,6 +160,7 @@ def chat(model, args, out=sys.stdout, inp=sys.stdin) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     from . import runtime
+    from .backend import cuda as cuda_backend
     from .generation import load
 
     try:
@@ -167,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.threads < 1:
                 raise ValueError(f"--threads must be >= 1, got {args.threads}")
             runtime.set_num_threads(args.threads)
-        if args.device == "cuda":
-            print("warning: the CUDA backend is not available in this build; running on the CPU", file=sys.stderr)
+        gpu, why = cuda_backend.for_device(args.device)
+        if why:
+            print(f"warning: {why}; running on the CPU", file=sys.stderr)
         if args.n_predict < 0:
             raise ValueError(f"-n must be >= 0, got {args.n_predict}")
         if args.model is None:
@@ -191,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
 
         SamplingParams(**_sampling(args)).validate()
         model = load(args.model)
+        if gpu is not None:
+            gpu.adopt(model.im.model)
         if args.interactive:
             chat(model, args)
             return 0

@@ -25,6 +25,7 @@ import os
 import sys
 
 from .dist import DistributedError, World, world
+from .backend import cuda as cuda_backend
 from .formats import CheckpointError
 from .layers.common import NonFiniteError
 from .runtime import get_num_threads
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="on several ranks: compare a hash of the parameters across ranks every N steps "
                          "(default 50; also before every checkpoint)")
     ap.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: forward, backward and optimizer on the GPU backend (an error when unavailable)")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     args = ap.parse_args(argv)
     progress = False if args.no_progress else None
@@ -69,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         w = world()
         say = (lambda *a, **k: print(*a, **k)) if w.is_main else (lambda *a, **k: None)
+        gpu, why = cuda_backend.for_device(args.device)
+        if why:  # before anything is written
+            raise ValueError(f"--device cuda: {why}")
         ov = parse_overrides(args.overrides)
         if args.threads is not None:
             ov["threads"] = args.threads
@@ -100,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             say(f"data parallel: {w.size} ranks ({w.local_size} on this machine), {get_num_threads()} thread(s) "
                 f"each; a step learns from {c.batch_size} x {c.grad_accum} x {w.size} = "
                 f"{c.batch_size * c.grad_accum * w.size} sequences of {c.seq_len} tokens", file=sys.stderr)
+        if gpu is not None:
+            gpu.adopt(trainer.model, trainer.opt)
         trainer.fit()
     except (ValueError, TypeError, CheckpointError, NonFiniteError, FileNotFoundError, DistributedError) as e:
         code = 2 if not isinstance(e, (NonFiniteError, DistributedError)) else 1

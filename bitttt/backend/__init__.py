@@ -2,6 +2,7 @@
 
   numpy  float64, plain NumPy: the readable, executable spec every other backend is checked against
   cpu    float32 on bitttt's C kernels (AVX-512 / AVX2 / scalar, chosen at run time)
+  cuda   float32 on NVIDIA GPUs: PTX kernels loaded with pycuda (pip install "bitttt[cuda]")
 
 Layers and the model receive a backend module and call its ops (`be.rmsnorm_forward(...)`);
 they never import the C bridge.  A backend is chosen once, when a model is built:
@@ -14,7 +15,7 @@ from types import ModuleType
 
 import numpy as np
 
-NAMES = ("numpy", "cpu")
+NAMES = ("numpy", "cpu", "cuda")
 # The op set: every backend module defines each of these with the numpy backend's signature.
 OPS = ("matmul", "quantize_weight", "is_quantized", "quantize_act", "qlinear", "qlinear_dx", "qlinear_dw",
        "rmsnorm_forward", "rmsnorm_backward", "layernorm_forward", "layernorm_backward", "sigmoid",
@@ -26,13 +27,18 @@ _DTYPES = {np.dtype(np.float64): "numpy", np.dtype(np.float32): "cpu"}
 
 
 def get(name: str | ModuleType) -> ModuleType:
-    """The backend module called `name` ("numpy" or "cpu"); a backend module is returned as is."""
+    """The backend module called `name` ("numpy", "cpu" or "cuda"); a backend module is returned as is.
+    "cuda" opens the GPU first: bitttt.backend.cuda.CudaUnavailable (a RuntimeError) names the
+    cause when pycuda, the driver or a device is missing or the PTX does not load."""
     if isinstance(name, ModuleType):
         return name
     key = str(name).strip().lower()
     if key not in NAMES:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(NAMES)}")
-    return importlib.import_module(f"{__name__}.{key}")
+    mod = importlib.import_module(f"{__name__}.{key}")
+    if key == "cuda":
+        mod.device()
+    return mod
 
 
 def for_dtype(dtype) -> ModuleType:
