@@ -24,8 +24,8 @@ import json
 import os
 import sys
 
-from .dist import DistributedError, World, world
 from .backend import cuda as cuda_backend
+from .dist import DistributedError, World, world
 from .formats import CheckpointError
 from .layers.common import NonFiniteError
 from .runtime import get_num_threads
