@@ -104,12 +104,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m bitttt.eval") -> 
             n = train_seq_len(args.model)
             reset = n or 0
             why = "the training seq_len stored in the model" if n else \
-                "never: the model does not record its training seq_len"
+                "the model does not record its training seq_len; --reset-every N sets it"
         else:
             reset = args.reset_every
             why = "--reset-every"
+        every = f"reset every {reset} tokens" if reset else "never reset"
         print(f"model {args.model}: {model.num_params():,} parameters; data {what}; "
-              f"state reset every {reset or 'never'}{' tokens' if reset else ''} ({why}); "
+              f"state {every} ({why}); "
               f"{runtime.get_num_threads()} thread(s)", file=sys.stderr, flush=True)
         nbytes = len(tok.decode_bytes(ids[1:]))
         total, n = model.im.score(ids, reset)
