@@ -19,14 +19,25 @@ import sys
 
 from .formats import CheckpointError
 
+# shipped models made before model files recorded seq_len (bitttt/models/MODEL_CARD.md)
+SHIPPED_SEQ_LEN = {"tinystories-ternary.safetensors": 256}
+
 
 def train_seq_len(path: str) -> int | None:
     """The training sequence length a model file or checkpoint records (None when it does not)."""
-    from .formats.runs import resolve
-    from .formats.safetensors import read_metadata
     from .generation import SHIPPED_MODELS
 
     path = SHIPPED_MODELS.get(path, path) if not os.path.exists(path) else path
+    n = _recorded_seq_len(path)
+    if n is None and os.path.dirname(os.path.abspath(path)) == os.path.dirname(SHIPPED_MODELS["tinystories"]):
+        n = SHIPPED_SEQ_LEN.get(os.path.basename(path))
+    return n
+
+
+def _recorded_seq_len(path: str) -> int | None:
+    from .formats.runs import resolve
+    from .formats.safetensors import read_metadata
+
     try:
         meta = read_metadata(resolve(path))
     except (ValueError, OSError):
@@ -103,7 +114,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bitttt.eval") -> 
         if args.reset_every is None:
             n = train_seq_len(args.model)
             reset = n or 0
-            why = "the training seq_len stored in the model" if n else \
+            why = "the training seq_len of the model" if n else \
                 "the model does not record its training seq_len; --reset-every N sets it"
         else:
             reset = args.reset_every

@@ -204,7 +204,7 @@ def test_eval_on_a_prepared_folder_is_the_trainers_validation_loss(prepared, tmp
     ck = tr.save(str(tmp_path / "ck.safetensors"))
     rc, out, err = run_main(capsys, "eval", "-m", ck, "--data", data, "--max-tokens", n_windows * 32)
     assert rc == 0, err
-    assert "reset every 32 tokens (the training seq_len stored in the model)" in err and "val split" in err
+    assert "reset every 32 tokens (the training seq_len of the model)" in err and "val split" in err
     loss = float(re.search(r"loss ([\d.]+) nats/token", out).group(1))
     assert f"tokens {n_windows * 32}," in out
     assert loss == pytest.approx(ev["val_loss"], rel=5e-3)
