@@ -453,8 +453,11 @@ class Chat:
                 self.sig.quiet()
                 self._save_history()
                 self.save(self.memory_path)
-                print(f"[memory saved to {self.memory_path}: {s.state.n_tokens:,} tokens read]", file=self.err,
-                      flush=True)
+                try:  # after SIGHUP the terminal may be gone; the memory is written already
+                    print(f"[memory saved to {self.memory_path}: {s.state.n_tokens:,} tokens read]", file=self.err,
+                          flush=True)
+                except OSError:
+                    pass
         return 0 if self.sig.term is None else 128 + int(self.sig.term)
 
 
