@@ -457,6 +457,16 @@ class Trainer:
         left = (cfg.max_time - self.elapsed) / max(t_train / done, 1e-9)
         return int(min(cfg.max_steps, self.step + max(left, 0) + 0.999))
 
+    def _eta(self, start_step: int, t_train: float) -> str:
+        """Time left, from the seconds per step so far and the step the run will stop at."""
+        done = self.step - start_step
+        if done < 1:
+            return "?"
+        left = int(round((self._bar_total(start_step, t_train) - self.step) * t_train / done))
+        if left < 3600:
+            return f"{left // 60}:{left % 60:02d}"
+        return f"{left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}"
+
     def sample(self, prompt: str = "", n: int = 48, temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> str:
         """A short continuation of `prompt` by the current weights (printed at each evaluation)."""
         from .generation import Model
@@ -534,7 +544,8 @@ class Trainer:
                     self._log(rec)
                     if bar is None:
                         print(f"step {self.step:6d} | loss {loss:.4f} | lr {self.last_lr:.2e} | "
-                              f"{tps:,.0f} tok/s | {self._resources(snap)}", file=sys.stderr, flush=True)
+                              f"{tps:,.0f} tok/s | {self._resources(snap)} | ETA {self._eta(start_step, t_train)}",
+                              file=sys.stderr, flush=True)
                 if bar is not None:
                     bar.total = self._bar_total(start_step, t_train)  # the ETA respects max_time
                     bar.update(1)

@@ -166,6 +166,7 @@ def test_train_prints_estimate_and_samples(run_dir):
     assert est and float(est.group(1)) > 0 and int(est.group(2).replace(",", "")) > 10, err
     assert re.search(r"; [\d,]+ parameters;", err) and "4 x 32 tokens x 1 accumulation = 128 tokens per step" in err
     assert re.search(r"RSS \d+ MiB, system RAM \d+% used", err)
+    assert re.search(r"^step +\d+ \| .*\| ETA \d+:\d\d$", err, re.M)
     # a plain-text sample after each evaluation (two), the same text in the log
     evals = re.findall(r"eval step (\d+):.*\n((?:  \| .*\n)+)", err)
     assert [e[0] for e in evals] == ["3", "6"], err
@@ -184,6 +185,12 @@ def test_estimate_leaves_the_run_unchanged(prepared, tmp_path):
     est = a.estimate()
     assert est["tokens_per_step"] == 128 and est["params"] == a.model.num_params()
     assert est["limited_by"] in ("max_time", "max_steps") and est["steps"] <= 3
+    # the progress bar's length (and so its ETA) follows max_time: at 1 s per step with 0.5 s left, one more step
+    a.step, a.elapsed = 2, 0.5
+    assert a._bar_total(0, 2.0) == 3 and a._eta(0, 2.0) == "0:01"
+    a.cfg.max_time, a.elapsed = 100.0, 2.0
+    assert a._bar_total(0, 2.0) == 3  # max_steps comes first
+    a.step, a.elapsed = 0, 0.0
     la = [a.train_step() for _ in range(2)]
     lb = [b.train_step() for _ in range(2)]
     assert la == lb
