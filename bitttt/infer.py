@@ -16,7 +16,8 @@ prompt is the first user turn.
 Chat keys: Ctrl+C stops the answer being written and returns to the prompt; Ctrl+C twice at an
 empty prompt, Ctrl+D or /quit leave.  Every way out (SIGTERM and SIGHUP too) saves the memory
 (the TTT state) atomically: to --memory FILE, else to last.mem.safetensors in the model's memory
-folder (`/load last` brings it back).  Line editing and history come from readline; a line of
+folder (`/load last` brings it back).  Line editing and history come from readline (a pasted
+block of lines is one message); a line of
 three double quotes opens and closes a multi-line message, and a line ending in a backslash
 continues on the next.  /help lists the commands.
 """
@@ -241,6 +242,9 @@ class Chat:
         except OSError:
             pass
         readline.set_history_length(1000)
+        # a pasted block (several lines) is one message: readline's bracketed paste, which
+        # CPython turns off for its own prompt, is what a chat wants
+        readline.parse_and_bind("set enable-bracketed-paste on")
 
     def _save_history(self) -> None:
         if self.readline is None:

@@ -236,11 +236,13 @@ def test_arrow_keys_edit_the_line_and_history_recalls_it(term, tiny):
     t.expect(b"... ")
     t.send(b'line two\r"""\r')
     t.expect(PROMPT)
+    t.send(b"\x1b[200~pasted one\rpasted two\x1b[201~\r")  # a terminal's bracketed paste of two lines
+    t.expect(PROMPT)
     t.send(b"\x04")
     assert t.wait() == 0
     log = [json.loads(x) for x in (tiny.with_suffix(".memory") / "conversations.jsonl").read_text().splitlines()]
     users = [r["text"] for r in log if r["role"] == "user"]
-    assert users[-3:] == ["aXbc", "aXb!c", "line one\nline two"]
+    assert users[-4:] == ["aXbc", "aXb!c", "line one\nline two", "pasted one\npasted two"]
 
 
 def test_prompt_is_the_first_turn(term, tiny):
