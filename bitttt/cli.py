@@ -7,6 +7,7 @@
     bitttt eval -m MODEL --data FILE|DIR   loss, perplexity, bits per byte (python -m bitttt.eval)
     bitttt export RUN [--out FILE]         a packed model file for inference (python -m bitttt.export)
     bitttt info                            version, CPU features, kernel path, threads, optional extras
+    bitttt completion bash|zsh             shell completion: eval "$(bitttt completion bash)" in ~/.bashrc
     bitttt serve | studio                  when those modules are installed (the `serve` / `studio` extras)
 
 `bitttt COMMAND --help` (or `bitttt help COMMAND`) shows a command's options.
@@ -30,6 +31,7 @@ COMMANDS = {
     "eval": ("bitttt.eval", "loss, perplexity and bits per byte of a model on text"),
     "export": ("bitttt.export", "write a packed model file for inference"),
     "info": ("bitttt.cli", "version, CPU features, kernel path, threads, optional extras"),
+    "completion": ("bitttt.cli", "print a bash/zsh completion script: eval \"$(bitttt completion bash)\""),
     "serve": ("bitttt.serve", "an HTTP server for a model (the `serve` extra)"),
     "studio": ("bitttt.studio", "the web studio (the `studio` extra)"),
 }
@@ -130,6 +132,60 @@ def print_info(out=None) -> None:
         print(f"{k:<{w}}  {v}", file=out)
 
 
+def completion_words() -> dict[str, list[str]]:
+    """Per command, what completion offers: its options, and for train every setting as key=."""
+    import argparse
+
+    from . import eval as eval_cmd
+    from . import export, infer, train
+    from .data.__main__ import add_prepare_arguments
+
+    prep = argparse.ArgumentParser(add_help=True)
+    add_prepare_arguments(prep)
+    parsers = {"prepare": prep, "train": train.build_parser(), "chat": infer.build_parser(chat=True),
+               "run": infer.build_parser(chat=False), "eval": eval_cmd.build_parser(), "export": export.build_parser()}
+    words = {}
+    for name, p in parsers.items():
+        opts = sorted({o for a in p._actions for o in a.option_strings if o.startswith("--")})
+        words[name] = opts
+    words["train"] += sorted(k + "=" for k in train._keys()) + [f"preset={n}" for n in train.PRESETS]
+    words["completion"] = ["bash", "zsh"]
+    return words
+
+
+def completion_script(shell: str = "bash") -> str:
+    """A completion function for bash (zsh through bashcompinit): commands, then each command's
+    options (train: its settings as key=), then file names."""
+    if shell not in ("bash", "zsh"):
+        raise ValueError(f"completion for bash or zsh, got {shell!r}")
+    words = completion_words()
+    cases = "\n".join(f'        {name}) opts="{" ".join(w)}" ;;' for name, w in words.items())
+    body = f"""_bitttt_complete() {{
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" opts=""
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "{' '.join(c for c in COMMANDS)} help --help --version" -- "$cur"))
+        return
+    fi
+    case "${{COMP_WORDS[1]}}" in
+{cases}
+    esac
+    if [[ "$cur" == -* || "${{COMP_WORDS[1]}}" == train || "${{COMP_WORDS[1]}}" == completion ]]; then
+        COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+    fi
+    if [ "${{#COMPREPLY[@]}}" -eq 1 ] && [[ "${{COMPREPLY[0]}}" == *= ]]; then
+        compopt -o nospace 2>/dev/null
+    fi
+    if [ "${{#COMPREPLY[@]}}" -eq 0 ]; then
+        COMPREPLY=($(compgen -f -- "$cur"))
+    fi
+}}
+complete -o filenames -F _bitttt_complete bitttt
+"""
+    if shell == "zsh":
+        body = "autoload -U +X bashcompinit && bashcompinit\n" + body
+    return body
+
+
 def _run_optional(name: str, argv: list[str]) -> int:
     """`bitttt serve` / `bitttt studio`: the module's main(argv) when it has one, else the module
     run as `python -m bitttt.<name>`; a plain message when it is not installed."""
@@ -199,6 +255,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{prog}: takes no arguments, got {' '.join(rest)}", file=sys.stderr)
                 return 2
             print_info()
+            return 0
+        if cmd == "completion":
+            if rest and rest[0] in ("-h", "--help"):
+                print(f"usage: {prog} bash|zsh\n\n{COMMANDS['completion'][1]}")
+                return 0
+            try:
+                print(completion_script(rest[0] if rest else "bash"), end="")
+            except ValueError as e:
+                print(f"{prog}: {e}", file=sys.stderr)
+                return 2
             return 0
         if cmd in OPTIONAL_COMMANDS:
             return _run_optional(cmd, rest)

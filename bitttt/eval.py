@@ -81,7 +81,7 @@ def _tokens(data: str, split: str, tok) -> tuple[list[int], str]:
     return ids, f"{data} (text, {len(raw):,} bytes, {len(ids) - 1:,} tokens)"
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m bitttt.eval") -> int:
+def build_parser(prog: str = "python -m bitttt.eval") -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n\n".join(__doc__.split("\n\n")[1:]))
@@ -93,7 +93,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m bitttt.eval") -> 
                     help="reset the TTT state every N tokens; 0 = never (default: the training seq_len of the model)")
     ap.add_argument("--max-tokens", type=int, default=0, help="score at most N tokens (0: all)")
     ap.add_argument("-t", "--threads", type=int, default=None)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m bitttt.eval") -> int:
+    args = build_parser(prog).parse_args(argv)
     from . import runtime
     from .generation import load
 

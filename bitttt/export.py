@@ -41,7 +41,7 @@ def _is_model_file(path: str) -> bool:
         return False
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m bitttt.export") -> int:
+def build_parser(prog: str = "python -m bitttt.export") -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n\n".join(__doc__.split("\n\n")[1:]))
@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m bitttt.export") -
                     help="the model file to write (default: <run>/model.safetensors)")
     ap.add_argument("--head", choices=HEAD_FORMATS, default="int8", help="LM head format (default int8)")
     ap.add_argument("--force", action="store_true", help="replace --out even when it is not a bitttt model file")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m bitttt.export") -> int:
+    args = build_parser(prog).parse_args(argv)
     out = args.out or default_out(args.src)
     try:
         if not os.path.exists(args.src):

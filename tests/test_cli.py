@@ -88,12 +88,31 @@ def test_version_info_and_unknown_command(capsys):
     assert rc == 0 and all(c in out for c in cli.COMMANDS)
 
 
+def test_shell_completion(tmp_path):
+    import shutil
+
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    r = bitttt_cmd("completion", "bash")
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "c.sh").write_text(r.stdout + '''
+t() { COMP_WORDS=("$@"); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); _bitttt_complete; echo "${COMPREPLY[*]}"; }
+t bitttt tr
+t bitttt train max_st
+t bitttt train --print
+t bitttt chat --mem
+t bitttt eval --reset
+''')
+    out = subprocess.run(["bash", str(tmp_path / "c.sh")], capture_output=True, text=True, timeout=30)
+    assert out.stdout.splitlines() == ["train", "max_steps=", "--print-config", "--memory", "--reset-every"], out
+
+
 def test_console_script_declared():
     text = (REPO / "pyproject.toml").read_text()
     assert re.search(r'^\[project\.scripts\]\nbitttt = "bitttt\.cli:main"$', text, re.M)
 
 
-@pytest.mark.parametrize("cmd", ["prepare", "train", "chat", "run", "eval", "export", "info"])
+@pytest.mark.parametrize("cmd", ["prepare", "train", "chat", "run", "eval", "export", "info", "completion"])
 def test_every_subcommand_has_help(capsys, cmd):
     rc, out, _ = run_main(capsys, cmd, "--help")
     assert rc == 0 and f"usage: bitttt {cmd}" in out

@@ -35,12 +35,8 @@ def describe_split(manifest: dict) -> str:
             + (", with masks" if manifest["has_mask"] else ""))
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m bitttt.data") -> int:
-    """`python -m bitttt.data prepare ...`; returns the exit status (2 on any error)."""
-    parser = argparse.ArgumentParser(prog=prog, description="Prepare token files for training.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("prepare", help="tokenize text files into DIR (train.bin, val.bin, manifest.json)",
-                       description=__doc__.split("\n\n")[0] if __doc__ else None)
+def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `prepare` (shared with the `bitttt` command's completion)."""
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help=".txt, .md or .jsonl files (optionally .gz), or folders: their files, recursively")
     p.add_argument("--include", action="append", metavar="GLOB",
@@ -56,6 +52,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bitttt.data")
                    help="invalid UTF-8: refuse (strict) or replace with U+FFFD (replace)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true", help="replace DIR if it holds an earlier prepare's output")
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m bitttt.data") -> int:
+    """`python -m bitttt.data prepare ...`; returns the exit status (2 on any error)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Prepare token files for training.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("prepare", help="tokenize text files into DIR (train.bin, val.bin, manifest.json)",
+                       description=__doc__.split("\n\n")[0] if __doc__ else None)
+    add_prepare_arguments(p)
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings(record=True) as caught:
