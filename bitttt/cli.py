@@ -72,6 +72,30 @@ def _has_module(name: str) -> bool:
         return False
 
 
+_FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+             "amx_int8", "neon", "asimd")
+
+
+def cpu_model_and_features() -> tuple[str, list[str]]:
+    """The CPU's model name and the SIMD features the kernels care about (Linux /proc/cpuinfo;
+    elsewhere the platform module's processor name and no feature list)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model") and val.strip():
+                    name = val.strip()
+                elif key in ("flags", "Features"):
+                    flags.update(val.split())
+                if key == "" and flags:  # the first processor is enough
+                    break
+    except OSError:
+        pass
+    return name, [f for f in _FEATURES if f in flags]
+
+
 def info() -> dict:
     """What `bitttt info` prints: version, platform, CPU features, kernel path, threads,
     devices, optional extras present, shipped models."""
@@ -89,7 +113,8 @@ def info() -> dict:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model_and_features()[0],
+        "cpu_features": cpu_model_and_features()[1],
         "kernel": ci["kernel"],
         "available_kernels": ci["available_kernels"],
         "threads": ci["threads"],
@@ -114,6 +139,7 @@ def print_info(out=None) -> None:
         ("python", f"{d['python']}, numpy {d['numpy']}"),
         ("platform", d["platform"]),
         ("cpu", f"{d['cpu']}: {d['physical_cores']} physical cores, {d['logical_cpus']} logical CPUs"),
+        ("features", ", ".join(d["cpu_features"]) or "(not known on this platform)"),
         ("kernels", f"{d['kernel']} in use; this CPU runs {', '.join(d['available_kernels'])}"),
         ("threads", f"{d['threads']} (OpenMP {'on' if d['openmp'] else 'off'})"
          + (f"; from {', '.join(f'{k}={v}' for k, v in env.items())}" if env else "")),
@@ -280,6 +306,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return mod.main(rest, prog=prog)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BrokenPipeError:  # `bitttt ... | head`: the reader left; stop quietly, as a shell tool does
+        return _broken_pipe()
+
+
+def _broken_pipe() -> int:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the exit's flush does not fail again
+    except (OSError, ValueError):
+        pass
+    return 141  # 128 + SIGPIPE
 
 
 if __name__ == "__main__":

@@ -477,28 +477,40 @@ def _generate(model, args, prompt: str) -> int:
     s = model.session()
     if args.memory and os.path.exists(args.memory):
         s.load_memory(args.memory)
-    sys.stdout.write(prompt)
-    sys.stdout.flush()
     sig = _Signals()
+    broken = False  # the reader of stdout left (`bitttt run ... | head`): stop, still save the memory
     with sig:
         sig.busy = True
         gen = s.stream(prompt, **_sampling(args))
         try:
+            sys.stdout.write(prompt)
+            sys.stdout.flush()
             for piece in gen:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
                 if sig.stop:
                     break
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            broken = True
         finally:
             gen.close()
             sig.quiet()
-        sys.stdout.write("\n")
         stopped = "Ctrl+C" if sig.stop and sig.term is None else (
             signal.Signals(sig.term).name if sig.term else s.stats.stopped_by)
+        if broken:
+            stopped = "the reader of stdout closing it"
         print(f"\nseed: {s.stats.seed}; stopped by {stopped}\n{s.stats}", file=sys.stderr)
         if args.memory:
             s.save_memory(args.memory)
             print(f"memory saved to {args.memory}", file=sys.stderr)
+    if broken:
+        try:  # stdout is gone: the exit's flush must not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141  # 128 + SIGPIPE, as a shell tool ends
     if sig.term:
         return 128 + int(sig.term)
     return 130 if sig.stop else 0

@@ -297,7 +297,7 @@ def test_load_names_the_shipped_model_and_reprs_count_parameters():
 
 
 # -- generation flags ------------------------------------------------------------------
-def test_generation_flags():
+def test_generation_flags(tmp_path):
     r = bitttt_cmd("run", "-f", "-", "-p", "Once upon a time", "-n", "4", "-s", "1", "--temp", "0",
                    stdin="there was a cat")
     assert r.returncode == 0, r.stderr
@@ -308,6 +308,18 @@ def test_generation_flags():
     r = bitttt_cmd("run", "-p", "x", "--device", "cuda")
     if "cuda" not in __import__("bitttt.infer", fromlist=["x"]).available_devices():
         assert r.returncode == 2 and "--device cuda: not available in this build; available: cpu" in r.stderr
+    # `bitttt run | head`: a quiet stop, the memory still saved
+    from cli_models import never_ending_checkpoint
+
+    mem = tmp_path / "bp.mem"
+    p = subprocess.Popen([sys.executable, "-m", "bitttt", "run", "-m", str(never_ending_checkpoint(tmp_path)), "-n",
+                          "-1", "--temp", "0", "-p", "the", "--memory", str(mem)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    p.stdout.read(10)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and "Traceback" not in err and "stopped by the reader of stdout" in err
+    assert mem.exists()
     r = bitttt_cmd("run", "-n", "-2", "-p", "x")
     assert r.returncode == 2 and "-n must be >= 0, or -1" in r.stderr
     r = bitttt_cmd("chat", "-f", "-", stdin="hi")
