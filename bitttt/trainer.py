@@ -625,7 +625,8 @@ class Trainer:
                          + f" (best {s['best_val_loss']:.4f})")
         if s["checkpoint"]:
             lines.append(f"checkpoint: {s['checkpoint']}")
-            lines.append(f"resume with: python -m bitttt.train --resume {self.run_dir}")
+            lines.append(f"resume with: bitttt train --resume {self.run_dir}   (or python -m bitttt.train ...)")
+            lines.append(f"run it: bitttt run -m {self.run_dir} -p \"...\"; chat: bitttt chat -m {self.run_dir}")
         if s["step"] > 0:
             last = getattr(self, "_last_sample", None)
             text = last[1] if last and last[0] == s["step"] else self._sample_text()
