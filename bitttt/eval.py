@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bitttt.eval") -> 
               f"{runtime.get_num_threads()} thread(s)", file=sys.stderr, flush=True)
         nbytes = len(tok.decode_bytes(ids[1:]))
         total, n = model.im.score(ids, reset)
-    except (ValueError, CheckpointError, FileNotFoundError) as e:
+    except (ValueError, CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     loss = total / n

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bitttt.export") -
         if os.path.exists(out) and os.path.samefile(out, args.src):
             raise ValueError(f"--out {out} is the checkpoint being exported: choose another --out")
         meta = export_checkpoint(args.src, out, args.head)
-    except (ValueError, CheckpointError, FileNotFoundError) as e:
+    except (ValueError, CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cfg = json.loads(meta["config"])

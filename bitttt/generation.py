@@ -68,6 +68,9 @@ class Session:
         self.last_logits = None
         self.stats = GenerationStats()
 
+    def __repr__(self) -> str:
+        return f"Session({self.state.n_tokens:,} tokens read, {self.im!r})"
+
     # -- state -------------------------------------------------------------------------
     def reset(self) -> None:
         """Back to the trained initial state (forget everything read)."""

@@ -560,7 +560,9 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m bitttt.infer",
             args.first_message = prompt or None
             return chat(model, args)
         return _generate(model, args, prompt)
-    except (ValueError, TypeError, CheckpointError, MemoryFileError, FileNotFoundError) as e:
+    except BrokenPipeError:
+        raise  # the caller (bitttt.cli) ends quietly
+    except (ValueError, TypeError, CheckpointError, MemoryFileError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
