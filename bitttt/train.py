@@ -27,7 +27,7 @@ import textwrap
 
 from .formats import CheckpointError
 from .layers.common import NonFiniteError
-from .trainer import DEFAULT_MODEL, PRESETS, TrainConfig, Trainer, preset_params
+from .trainer import DEFAULT_MODEL, PRESETS, RESUME_OVERRIDES, TrainConfig, Trainer, preset_params
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -52,6 +52,13 @@ def _keys() -> set[str]:
         {"model." + f.name for f in dataclasses.fields(BitLlamaConfig)}
 
 
+def _bool_keys() -> set[str]:
+    from .config import BitLlamaConfig
+
+    return {("model." if cls is BitLlamaConfig else "") + f.name for cls in (TrainConfig, BitLlamaConfig)
+            for f in dataclasses.fields(cls) if f.type in ("bool", bool)}
+
+
 def normalize_argv(argv: list[str]) -> list[str]:
     """`--max_steps=10`, `--max-steps=10` and `--max_steps 10` -> `max_steps=10` for every config key
     (TrainConfig fields and model.<field>); the command's own options are left as they are."""
@@ -71,8 +78,10 @@ def normalize_argv(argv: list[str]) -> list[str]:
                 elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
                     out.append(f"{key}={argv[i + 1]}")
                     i += 1
-                else:
+                elif key in _bool_keys():
                     out.append(f"{key}=true")  # a bare --flag sets a boolean
+                else:
+                    raise ValueError(f"--{name} needs a value: --{name}=VALUE (or {key}=VALUE)")
                 i += 1
                 continue
         out.append(a)
@@ -159,7 +168,11 @@ def build_parser(prog: str = "python -m bitttt.train") -> argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m bitttt.train") -> int:
-    argv = normalize_argv(list(sys.argv[1:] if argv is None else argv))
+    try:
+        argv = normalize_argv(list(sys.argv[1:] if argv is None else argv))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     args = build_parser(prog).parse_args(argv)
     progress = False if args.no_progress else None
     if args.resume and "=" in args.resume and not os.path.exists(args.resume):
@@ -181,6 +194,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m bitttt.train") ->
 
                 path = run if os.path.isfile(run) else latest_checkpoint(run)
                 cfg = TrainConfig.from_dict(load_checkpoint(path).train)
+                bad = sorted(set(ov) - RESUME_OVERRIDES)
+                if bad:
+                    raise ValueError(f"cannot change {', '.join(bad)} when resuming (it would change the run); "
+                                     f"allowed: {', '.join(sorted(RESUME_OVERRIDES))}")
                 if ov:
                     cfg = cfg.with_overrides(ov)
                 print(json.dumps(cfg.to_dict(), indent=2))

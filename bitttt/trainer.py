@@ -47,6 +47,11 @@ PRESETS = {
 }
 
 
+# the settings a resumed run may change (run length, logging, threads): the others would change the run
+RESUME_OVERRIDES = frozenset({"max_steps", "max_time", "eval_interval", "eval_batches", "ckpt_interval", "keep_last",
+                              "log_interval", "threads", "sample_tokens"})
+
+
 def preset_params(name: str, vocab_size: int = 2048) -> int:
     """Parameters of the model preset `name` for a tokenizer of `vocab_size` tokens."""
     from .params import param_shapes
@@ -340,8 +345,7 @@ class Trainer:
         ck = load_checkpoint(path)
         cfg = TrainConfig.from_dict(ck.train)
         if overrides:
-            allowed = {"max_steps", "max_time", "eval_interval", "eval_batches", "ckpt_interval", "keep_last",
-                       "log_interval", "threads", "sample_tokens"}
+            allowed = RESUME_OVERRIDES
             bad = sorted(set(overrides) - allowed)
             if bad:
                 raise ValueError(f"cannot change {', '.join(bad)} when resuming (it would change the run); "

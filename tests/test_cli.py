@@ -173,6 +173,10 @@ def test_print_config_and_key_spellings(capsys):
     assert rc == 2 and "train.preset must be one of tiny, small, medium" in err
     rc, _, err = run_main(capsys, "train", "--max_stepz=3")
     assert rc == 2
+    rc, _, err = run_main(capsys, "train", "--max_steps")
+    assert rc == 2 and "--max_steps needs a value" in err
+    rc, out, _ = run_main(capsys, "train", "--model.ternary", "--print-config")
+    assert rc == 0 and json.loads(out)["model"]["ternary"] is True
     assert TrainConfig(preset="small").model["hidden_size"] == 256
     assert TrainConfig.from_dict({"preset": "small", "model": {"num_layers": 2}}).model["num_layers"] == 2
 
@@ -238,6 +242,14 @@ def test_eval_on_a_prepared_folder_is_the_trainers_validation_loss(prepared, tmp
     (tmp_path / "plain").mkdir()
     rc, _, err = run_main(capsys, "eval", "-m", ck, "--data", tmp_path / "plain")
     assert rc == 2 and "not one made by `bitttt prepare`" in err
+
+
+def test_print_config_of_a_resumed_run(run_dir, capsys):
+    rd, _ = run_dir
+    rc, out, _ = run_main(capsys, "train", "--resume", rd, "--max_steps=99", "--print-config")
+    assert rc == 0 and json.loads(out)["max_steps"] == 99 and json.loads(out)["seq_len"] == 32
+    rc, _, err = run_main(capsys, "train", "--resume", rd, "lr=5", "--print-config")
+    assert rc == 2 and "cannot change lr when resuming" in err
 
 
 def test_export_default_out_permissions_and_no_paths(run_dir, tmp_path, capsys):
