@@ -270,7 +270,12 @@ class Chat:
         if line.strip() == '"""':
             lines = []
             while True:
-                nxt = self._read("... ")
+                try:
+                    nxt = self._read("... ")
+                except EOFError:  # the input ended inside the block: what was typed is still the message
+                    if lines:
+                        return "\n".join(lines)
+                    raise
                 if nxt.strip() == '"""':
                     return "\n".join(lines)
                 lines.append(nxt)
@@ -412,6 +417,19 @@ class Chat:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.session.save_memory(path, note=note)
 
+    def _save_at_exit(self) -> None:
+        """Save the memory to memory_path; when that cannot be written (a full disk, no permission),
+        to a new file in the user's data folder instead, and say so: the memory is never dropped."""
+        try:
+            self.save(self.memory_path)
+        except OSError as e:
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            fallback = os.path.join(_user_data_dir(), f"unsaved-{stamp}.mem.safetensors")
+            self.save(fallback)
+            print(f"[could not write {self.memory_path} ({e}); the memory is in {fallback}]", file=self.err,
+                  flush=True)
+            self.memory_path = fallback
+
     def run(self) -> int:
         """The chat until the user leaves; the memory is saved on every way out.  Returns the exit
         status: 0, or 128 + the signal number after SIGTERM / SIGHUP."""
@@ -456,7 +474,7 @@ class Chat:
             finally:
                 self.sig.quiet()
                 self._save_history()
-                self.save(self.memory_path)
+                self._save_at_exit()
                 try:  # after SIGHUP the terminal may be gone; the memory is written already
                     print(f"[memory saved to {self.memory_path}: {s.state.n_tokens:,} tokens read]", file=self.err,
                           flush=True)

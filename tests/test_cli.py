@@ -362,3 +362,19 @@ def test_prepare_takes_folders_and_reports_the_split(prepared, corpus, tmp_path)
     assert r.returncode == 0, r.stderr
     assert re.search(r"1 document from 1 file; train [\d,]+ tokens, val [\d,]+ tokens \(one document: its last "
                      r"[\d,]+ tokens are the validation split\)", r.stdout), r.stdout
+
+
+def test_chat_never_drops_the_memory(tmp_path):
+    """Piped chat: an unterminated \"\"\" block at the end of input is still a message, and a memory
+    path that cannot be written sends the memory to the user's data folder, said plainly."""
+    env = dict(ENV, HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path / "share"))
+    bad = tmp_path / "file" / "x.mem"
+    (tmp_path / "file").write_text("a file, not a folder")
+    r = subprocess.run([sys.executable, "-m", "bitttt", "chat", "-n", "2", "-s", "1", "--memory", str(bad)],
+                       input='hello\n"""\nline a\nline b', capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    saved = list((tmp_path / "share" / "bitttt").glob("unsaved-*.mem.safetensors"))
+    assert len(saved) == 1 and f"could not write {bad}" in r.stderr and str(saved[0]) in r.stderr
+    log = (tmp_path / "share" / "bitttt" / "tinystories-ternary.memory" / "conversations.jsonl").read_text()
+    users = [json.loads(x)["text"] for x in log.splitlines() if json.loads(x)["role"] == "user"]
+    assert users == ["hello", "line a\nline b"]
