@@ -122,6 +122,7 @@ def info() -> dict:
         "logical_cpus": os.cpu_count() or 1,
         "openmp": bool(ci["openmp"]),
         "devices": available_devices(),
+        "core": os.path.basename(getattr(importlib.import_module("bitttt._core"), "__file__", "") or "?"),
         "extras": extras,
         "commands": {c: _has_module(COMMANDS[c][0]) for c in OPTIONAL_COMMANDS},
         "readline": _has_module("readline"),
@@ -143,6 +144,7 @@ def print_info(out=None) -> None:
         ("kernels", f"{d['kernel']} in use; this CPU runs {', '.join(d['available_kernels'])}"),
         ("threads", f"{d['threads']} (OpenMP {'on' if d['openmp'] else 'off'})"
          + (f"; from {', '.join(f'{k}={v}' for k, v in env.items())}" if env else "")),
+        ("C core", d["core"]),
         ("devices", ", ".join(d["devices"])),
     ]
     for extra, mods in d["extras"].items():
