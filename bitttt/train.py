@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bitttt.train") ->
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    args = build_parser(prog).parse_args(argv)
+    args = build_parser(prog).parse_intermixed_args(argv)  # key=value before and after options
     progress = False if args.no_progress else None
     if args.resume and "=" in args.resume and not os.path.exists(args.resume):
         args.overrides.insert(0, args.resume)  # `--resume key=value`: the run comes from the config

@@ -171,6 +171,8 @@ def test_print_config_and_key_spellings(capsys):
     assert cfg["preset"] == "medium" and cfg["model"]["hidden_size"] == 512 and cfg["model"]["num_layers"] == 2
     rc, _, err = run_main(capsys, "train", "preset=huge", "--print-config")
     assert rc == 2 and "train.preset must be one of tiny, small, medium" in err
+    rc, out, _ = run_main(capsys, "train", "seed=3", "--no-progress", "lr=2e-3", "--print-config")
+    assert rc == 0 and (json.loads(out)["seed"], json.loads(out)["lr"]) == (3, 2e-3)  # key=value around options
     rc, _, err = run_main(capsys, "train", "--max_stepz=3")
     assert rc == 2
     rc, _, err = run_main(capsys, "train", "--max_steps")

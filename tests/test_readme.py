@@ -2,7 +2,8 @@
 folder holding what a clone gives them (README.md and bitttt/models/MODEL_CARD.md), with `bitttt`
 on the PATH.  Blocks marked `<!-- readme-test: skip (why) -->` (installing, downloading, an
 interactive chat) are left out, and there must be few of them.  One change keeps the suite fast:
-training commands run 3 steps (their max_steps is replaced, or added), and a resumed run 3 more."""
+training commands run 3 steps (their max_steps is replaced, or added; a resumed run 3 more) and
+evaluate on 2 batches."""
 import os
 import re
 import shutil
@@ -28,9 +29,10 @@ def shorten(line: str) -> str:
     if not re.match(r"\s*bitttt train\b", line) or "--help" in line or "--print-config" in line:
         return line
     n = "6" if "--resume" in line else "3"
+    line = line.split("#")[0].rstrip() + " eval_batches=2"
     if re.search(r"(--)?max_steps=\d+", line):
         return re.sub(r"(--)?max_steps=\d+", f"max_steps={n}", line)
-    return line.split("#")[0].rstrip() + f" max_steps={n}"
+    return line + f" max_steps={n}"
 
 
 def commands(code: str) -> list[str]:
