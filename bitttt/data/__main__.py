@@ -61,7 +61,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bitttt.data")
     p = sub.add_parser("prepare", help="tokenize text files into DIR (train.bin, val.bin, manifest.json)",
                        description=__doc__.split("\n\n")[0] if __doc__ else None)
     add_prepare_arguments(p)
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "prepare":  # inputs may come before and after the options
+        args = p.parse_intermixed_args(argv[1:])
+        args.command = "prepare"
+    else:
+        args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
