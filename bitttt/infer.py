@@ -48,17 +48,20 @@ SETTINGS = {
     "/seed": ("seed", int, "seed of the next answer (-1 = random)"),
 }
 
-HELP = """commands (a setting given no value shows its current value):
-  /reset       forget the conversation (back to the trained state)
-  /save NAME   save the memory (TTT state) as NAME in the memory folder
-  /load NAME   load a saved memory (`last`: the memory saved when the last chat ended)
-""" + "\n".join(f"  {cmd + ' ' + ('N' if typ is int else 'X'):<20} {what}"
-                for cmd, (_, typ, what) in SETTINGS.items()) + """
-  /settings    every sampling setting
-  /sleep       replay the logged conversations into the memory, then save it
-  /help        this text
-  /quit        save the memory and leave (Ctrl+D, or Ctrl+C twice at the prompt, too)
-keys: Ctrl+C stops an answer; \"\"\" opens and closes a multi-line message; a line ending in \\ continues"""
+_COMMANDS = [
+    ("/reset", "forget the conversation (back to the trained state)"),
+    ("/save NAME", "save the memory (TTT state) as NAME in the memory folder"),
+    ("/load NAME", "load a saved memory (`last`: the memory saved when the last chat ended)"),
+    *((f"{cmd} {'N' if typ is int else 'X'}", what) for cmd, (_, typ, what) in SETTINGS.items()),
+    ("/settings", "every sampling setting"),
+    ("/sleep", "replay the logged conversations into the memory, then save it"),
+    ("/help", "this text"),
+    ("/quit", "save the memory and leave (Ctrl+D, or Ctrl+C twice at the prompt, too)"),
+]
+HELP = "\n".join(["commands (a setting given no value shows its current value):",
+                  *(f"  {c:<19} {what}" for c, what in _COMMANDS),
+                  'keys: Ctrl+C stops an answer; """ opens and closes a multi-line message; a line ending in \\ '
+                  "continues"])
 
 
 def build_parser(prog: str = "python -m bitttt.infer", chat: bool | None = None) -> argparse.ArgumentParser:
@@ -207,7 +210,7 @@ class _Signals:
 def _describe(model, path: str) -> str:
     c = model.config
     return (f"{os.path.basename(os.path.normpath(path))} (D={c.hidden_size}, {c.num_layers} layers, V={c.vocab_size}, "
-            f"{'ternary' if c.ternary else 'float'}, {model.num_params() / 1e6:.1f}M parameters)")
+            f"{'ternary' if c.ternary else 'float'}, {model.num_params():,} parameters)")
 
 
 class Chat:
