@@ -310,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BrokenPipeError:  # `bitttt ... | head`: the reader left; stop quietly, as a shell tool does
         return _broken_pipe()
+    except KeyboardInterrupt:  # a command without its own Ctrl+C handling (eval, export): no traceback
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 def _broken_pipe() -> int:

@@ -334,6 +334,25 @@ def test_generation_flags(tmp_path):
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 141 and "Traceback" not in err and "stopped by the reader of stdout" in err
     assert mem.exists()
+    # Ctrl+C (SIGINT) stops a one-shot run at the next token: its statistics, the memory saved, status 130
+    import signal
+    import time
+
+    mem2 = tmp_path / "int.mem"
+    p = subprocess.Popen([sys.executable, "-m", "bitttt", "run", "-m", str(tmp_path / "m.safetensors"), "-n", "-1",
+                          "--temp", "0", "-p", "the", "--memory", str(mem2)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    p.stdout.read(2000)  # it is streaming
+    end = time.monotonic() + 30
+    while p.poll() is None and time.monotonic() < end:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            p.stdout.read1(65536)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130 and "stopped by Ctrl+C" in err.decode() and "Traceback" not in err.decode()
+    assert mem2.exists()
     r = bitttt_cmd("run", "-n", "-2", "-p", "x")
     assert r.returncode == 2 and "-n must be >= 0, or -1" in r.stderr
     r = bitttt_cmd("chat", "-f", "-", stdin="hi")
