@@ -223,11 +223,7 @@ def _run_optional(name: str, argv: list[str]) -> int:
               f"of bitttt)", file=sys.stderr)
         return 2
     try:
-        mod = importlib.import_module(mod_name)
-        fn = getattr(mod, "main", None)
-        if fn is None and _has_module(mod_name + ".__main__"):
-            mod = importlib.import_module(mod_name + ".__main__")
-            fn = getattr(mod, "main", None)
+        fn = getattr(importlib.import_module(mod_name), "main", None)
     except ImportError as e:
         print(f"bitttt {name}: a package it needs is missing ({e}); install it with "
               f"pip install 'bitttt[{name}]'", file=sys.stderr)
@@ -244,13 +240,21 @@ def _run_optional(name: str, argv: list[str]) -> int:
         finally:
             sys.argv = old
         return 0
+    import inspect
+
+    try:
+        takes_argv = bool(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        takes_argv = True
     old = sys.argv
     sys.argv = [f"bitttt {name}", *argv]  # for a main() that parses sys.argv itself
     try:
-        rc = fn(argv)
+        rc = fn(argv) if takes_argv else fn()
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         sys.argv = old
-    return int(rc or 0)
+    return int(rc or 0) if isinstance(rc, (int, type(None))) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -138,6 +138,19 @@ def test_serve_and_studio_dispatch(capsys, tmp_path, monkeypatch):
     import fake_serve
 
     assert rc == 3 and fake_serve.got == [["--port", "8123"]]
+    # a main() that reads sys.argv itself, and a package run as `python -m` (no main)
+    (tmp_path / "fake_studio.py").write_text("import sys\ngot = []\ndef main():\n    got.append(sys.argv[1:])\n")
+    monkeypatch.setitem(cli.COMMANDS, "studio", ("fake_studio", "test"))
+    rc, _, _ = run_main(capsys, "studio", "--open")
+    import fake_studio
+
+    assert rc == 0 and fake_studio.got == [["--open"]]
+    (tmp_path / "fake_pkg").mkdir()
+    (tmp_path / "fake_pkg" / "__init__.py").write_text("")
+    (tmp_path / "fake_pkg" / "__main__.py").write_text("import sys\nprint('ran', sys.argv[1:])\nsys.exit(4)\n")
+    monkeypatch.setitem(cli.COMMANDS, "serve", ("fake_pkg", "test"))
+    rc, out, _ = run_main(capsys, "serve", "x")
+    assert rc == 4 and "ran ['x']" in out
 
 
 # -- the trainer's settings -----------------------------------------------------------------
