@@ -37,13 +37,25 @@ COMMANDS = {
 }
 OPTIONAL_COMMANDS = ("serve", "studio")
 
-# extra -> the modules it installs (import names), as pyproject.toml lists them
+# extra -> the distributions it installs, as pyproject.toml lists them
 EXTRAS = {
-    "cuda": ("pycuda", "pynvml"),
-    "serve": ("fastapi", "uvicorn", "sse_starlette"),
-    "mpi": ("mpi4py",),
+    "cuda": ("pycuda", "nvidia-ml-py"),
+    "serve": ("fastapi", "uvicorn", "sse-starlette"),
+    "studio": ("fastapi", "uvicorn", "sse-starlette"),
+    "mpi": ("mpi4py", "mpich"),
     "plot": ("matplotlib",),
 }
+
+
+def _has_dist(name: str) -> bool:
+    """Whether the distribution `name` is installed (its metadata is there)."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution(name)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
 
 
 def _version() -> str:
@@ -106,7 +118,7 @@ def info() -> dict:
     from .infer import available_devices
 
     ci = runtime.cpu_info()
-    extras = {extra: {m: _has_module(m) for m in mods} for extra, mods in EXTRAS.items()}
+    extras = {extra: {d: _has_dist(d) for d in dists} for extra, dists in EXTRAS.items()}
     return {
         "version": _version(),
         "package": os.path.dirname(os.path.abspath(__file__)),

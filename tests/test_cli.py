@@ -79,7 +79,7 @@ def test_version_info_and_unknown_command(capsys):
     assert re.search(rf"^kernels\s+{ci['kernel']} in use; this CPU runs {', '.join(ci['available_kernels'])}$", out,
                      re.M), out
     assert re.search(rf"^threads\s+{ci['threads']} \(OpenMP", out, re.M)
-    for extra in ("cuda", "serve", "mpi", "plot"):
+    for extra in ("cuda", "serve", "studio", "mpi", "plot"):
         assert re.search(rf"^extra {extra}\s+", out, re.M), extra
     assert re.search(r"^devices\s+cpu", out, re.M) and "tinystories" in out
     rc, out, err = run_main(capsys, "trian")
