@@ -44,12 +44,15 @@ def commands(code: str) -> list[str]:
     return out
 
 
-def test_readme_blocks_are_marked_sparingly():
+def test_readme_blocks_are_skipped_only_for_a_reason():
+    """A block is left out only when it installs, downloads, starts a server, needs a cluster or a
+    person at the keyboard, or is a benchmark: everything else runs."""
     bl = blocks()
-    skipped = [b for b in bl if b[2]]
-    assert len(bl) >= 10 and len(skipped) <= len(bl) // 2, [b[2] for b in skipped]
-    for _, _, why in skipped:
-        assert why.strip(), "a skipped block says why"
+    skipped = [b[2] for b in bl if b[2]]
+    assert len(bl) - len(skipped) >= 9
+    kinds = ("install", "download", "server", "cluster", "interactive", "benchmark")
+    for why in skipped:
+        assert any(k in why for k in kinds), f"skipped for an unlisted reason: {why!r}"
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="the README's shell is bash")
