@@ -412,3 +412,22 @@ def test_chat_never_drops_the_memory(tmp_path):
     log = (tmp_path / "share" / "bitttt" / "tinystories-ternary.memory" / "conversations.jsonl").read_text()
     users = [json.loads(x)["text"] for x in log.splitlines() if json.loads(x)["role"] == "user"]
     assert users == ["hello", "line a\nline b"]
+
+
+def test_device_reports_what_the_backend_offers(monkeypatch, capsys):
+    from bitttt import backend, infer
+
+    assert infer.available_devices() == ["cpu"] or "cuda" in backend.NAMES
+    monkeypatch.setattr(backend, "NAMES", (*backend.NAMES, "cuda"))
+
+    def broken(name):
+        raise ImportError("no driver")
+
+    monkeypatch.setattr(backend, "get", broken)
+    assert infer.available_devices() == ["cpu"]  # a cuda module that cannot load is not offered
+    monkeypatch.setattr(backend, "get", lambda name: object())
+    assert infer.available_devices() == ["cpu", "cuda"]
+    rc, _, err = run_main(capsys, "run", "-p", "x", "--device", "cuda")
+    assert rc == 2 and "the cuda backend is present, but generation runs on the cpu backend" in err
+    rc, _, err = run_main(capsys, "run", "-p", "x", "--device", "tpu")
+    assert rc == 2 and "--device tpu: not available in this build; available: cpu, cuda" in err
