@@ -252,7 +252,7 @@ def test_eval_on_a_prepared_folder_is_the_trainers_validation_loss(prepared, tmp
     assert "reset every 32 tokens (the training seq_len of the model)" in err and "val split" in err
     loss = float(re.search(r"loss ([\d.]+) nats/token", out).group(1))
     assert f"tokens {n_windows * 32}," in out
-    assert loss == pytest.approx(ev["val_loss"], rel=5e-3)
+    assert loss == pytest.approx(ev["val_loss"], rel=1e-3)  # measured: 1e-5 (the 4 printed decimals)
     # a folder that is not prepared, and a file: clear errors, no traceback
     (tmp_path / "plain").mkdir()
     rc, _, err = run_main(capsys, "eval", "-m", ck, "--data", tmp_path / "plain")
