@@ -96,7 +96,8 @@ class TrainConfig:
                        factory=lambda: dict(DEFAULT_MODEL))
     batch_size: int = _doc(8, "sequences per micro-batch")
     seq_len: int = _doc(128, "tokens per training sequence (the TTT state starts fresh at each)")
-    grad_accum: int = _doc(1, "micro-batches per optimizer step (tokens per step = batch_size*seq_len*grad_accum)")
+    grad_accum: int = _doc(1, "micro-batches per optimizer step on each rank (tokens per step = "
+                              "batch_size*seq_len*grad_accum*ranks)")
     max_steps: int = _doc(600, "optimizer steps to train for (the cosine schedule ends here)")
     max_time: float = _doc(180.0, "stop after this many seconds of training (0: no limit)")
     lr: float = _doc(3e-3, "peak learning rate (after warmup)")
@@ -113,7 +114,7 @@ class TrainConfig:
     keep_last: int = _doc(3, "step checkpoints kept (best.safetensors is kept as well)")
     log_interval: int = _doc(10, "write a log line every N steps")
     seed: int = _doc(0, "seed of the weights and of the batch order")
-    threads: int = _doc(0, "kernel threads (0: physical cores)")
+    threads: int = _doc(0, "kernel threads (0: physical cores, shared among the ranks on this machine)")
     sample_tokens: int = _doc(48, "tokens of the sample printed at each evaluation (0: none)")
 
     @classmethod
