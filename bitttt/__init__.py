@@ -29,7 +29,7 @@ except ImportError as _e:  # a source tree that was never built, or a build for 
 
 from . import layers  # noqa: E402  (bitttt.layers.TTTLinear)
 from .config import BitLlamaConfig
-from .formats import CheckpointError, MemoryFileError, PackedFormatError
+from .formats import CheckpointError, MemoryFileError, PackedFormatError, read_packed, write_packed
 from .kernels import bitlinear, dot_i8, gemm_i8, matmul, matmul_t, quantize_activations, sgemm
 from .model import BitLlama
 from .runtime import (

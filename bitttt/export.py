@@ -1,7 +1,12 @@
-"""Export a packed model file: `python -m bitttt.export RUN_OR_CHECKPOINT --out MODEL.safetensors`.
+"""Export a packed model file: `python -m bitttt.export RUN_OR_CHECKPOINT [--out MODEL.safetensors]`.
 
 The file (for inference only, no optimizer state: 2-bit packed BitLinear weights, a float16
 embedding, an int8 LM head by default) is described in bitttt.formats.model_file, which writes it.
+Its metadata names the source checkpoint by file name only (no path of this machine) and keeps
+the training sequence length, which `eval` takes as its default --reset-every.
+
+    python -m bitttt.export runs/stories                 # -> runs/stories/model.safetensors
+    python -m bitttt.export runs/stories/checkpoints/step_0002000.safetensors --out stories.safetensors
 """
 from __future__ import annotations
 
@@ -11,23 +16,67 @@ import os
 import sys
 
 from .formats import CheckpointError
-from .formats.model_file import HEAD_FORMATS, export_checkpoint
+from .formats.model_file import HEAD_FORMATS, MODEL_FORMAT, export_checkpoint
+from .formats.safetensors import read_metadata
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bitttt.export", description=__doc__.split("\n\n")[0])
-    ap.add_argument("src", help="run directory (its best checkpoint) or checkpoint file")
-    ap.add_argument("--out", required=True, help="the model file to write")
-    ap.add_argument("--head", choices=HEAD_FORMATS, default="int8", help="LM head format (default int8)")
-    args = ap.parse_args(argv)
+def default_out(src: str) -> str:
+    """<run>/model.safetensors for a run directory or a checkpoint inside <run>/checkpoints/;
+    <name>.model.safetensors next to any other checkpoint file."""
+    src = os.path.normpath(src)
+    if os.path.isdir(src):
+        return os.path.join(src, "model.safetensors")
+    folder = os.path.dirname(src)
+    if os.path.basename(folder) == "checkpoints":
+        return os.path.join(os.path.dirname(folder) or ".", "model.safetensors")
+    stem = os.path.basename(src)
+    stem = stem[: -len(".safetensors")] if stem.endswith(".safetensors") else stem
+    return os.path.join(folder, stem + ".model.safetensors")
+
+
+def _is_model_file(path: str) -> bool:
     try:
-        meta = export_checkpoint(args.src, args.out, args.head)
-    except (ValueError, CheckpointError, FileNotFoundError) as e:
+        return read_metadata(path, what="model file").get("format") == MODEL_FORMAT
+    except (ValueError, OSError):
+        return False
+
+
+def build_parser(prog: str = "python -m bitttt.export") -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    ap.add_argument("src", help="run directory (its best checkpoint) or checkpoint file")
+    ap.add_argument("--out", default=None,
+                    help="the model file to write (default: <run>/model.safetensors)")
+    ap.add_argument("--head", choices=HEAD_FORMATS, default="int8", help="LM head format (default int8)")
+    ap.add_argument("--force", action="store_true", help="replace --out even when it is not a bitttt model file")
+    return ap
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m bitttt.export") -> int:
+    args = build_parser(prog).parse_args(argv)
+    out = args.out or default_out(args.src)
+    try:
+        if not os.path.exists(args.src):
+            raise ValueError(f"{args.src}: no such run directory or checkpoint file")
+        if os.path.isdir(out):
+            raise ValueError(f"--out {out} is a folder: name the file to write, e.g. "
+                             f"{os.path.join(out, 'model.safetensors')}")
+        if os.path.exists(out) and not args.force and not _is_model_file(out):
+            raise ValueError(f"{out} exists and is not a bitttt model file: choose another --out, or pass --force "
+                             "to replace it")
+        if os.path.exists(out) and os.path.samefile(out, args.src):
+            raise ValueError(f"--out {out} is the checkpoint being exported: choose another --out")
+        meta = export_checkpoint(args.src, out, args.head)
+    except (ValueError, CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cfg = json.loads(meta["config"])
-    print(f"wrote {args.out}: {os.path.getsize(args.out) / 2**20:.2f} MiB, D={cfg['hidden_size']}, "
-          f"{cfg['num_layers']} layers, V={cfg['vocab_size']}, head {meta['head']}, from {meta['source']}")
+    print(f"wrote {out}: {os.path.getsize(out) / 2**20:.2f} MiB, D={cfg['hidden_size']}, "
+          f"{cfg['num_layers']} layers, V={cfg['vocab_size']}, head {meta['head']}, from {meta['source']}"
+          + (f" (step {meta['step']})" if meta.get("step") else "")
+          + (f"; trained on sequences of {meta['seq_len']} tokens" if meta.get("seq_len") else ""))
+    print(f"run it: bitttt run -m {out} -p \"...\"", file=sys.stderr)
     return 0
 
 

@@ -8,6 +8,21 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(path: str | os.PathLike) -> int:
+    """The permission bits a rewritten `path` gets: those of the file it replaces, else 0666 less
+    the process umask (0644 under the usual umask 022), as open() would give a new file."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """`with atomic_writer(path) as f: f.write(...)`: the bytes go to a temporary file in the same
@@ -17,6 +32,8 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; a user's file gets the usual permissions
+            os.fchmod(fd, new_file_mode(path))
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

@@ -21,11 +21,19 @@ from .formats.runs import resolve as _resolve  # a file as is; a run dir -> its 
 from .sampling import Sampler, SamplingParams
 from .session import InferenceModel, TTTState
 
+_MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+SHIPPED_MODELS = {  # name -> file: the models that ship inside the package (bitttt/models/)
+    "tinystories": os.path.join(_MODELS_DIR, "tinystories-ternary.safetensors"),
+}
+
 
 def load(path: str) -> Model:
     """Load a model for generation: a packed model file (python -m bitttt.export), a training
-    checkpoint, or a run directory."""
-    p = _resolve(os.fspath(path))
+    checkpoint, a run directory, or the name of a shipped model ("tinystories")."""
+    path = os.fspath(path)
+    if path in SHIPPED_MODELS and not os.path.exists(path):
+        path = SHIPPED_MODELS[path]
+    p = _resolve(path)
     im = InferenceModel.from_file(p)
     if im.tokenizer is None:
         raise ValueError(f"{p}: the file carries no tokenizer, so it cannot generate text")
@@ -96,6 +104,9 @@ class Session:
         self.pending: int | None = None  # the last sampled token, not yet fed
         self.last_logits = None
         self.stats = GenerationStats()
+
+    def __repr__(self) -> str:
+        return f"Session({self.state.n_tokens:,} tokens read, {self.im!r})"
 
     # -- state -------------------------------------------------------------------------
     def reset(self) -> None:
@@ -207,7 +218,15 @@ class Model:
         self.config = im.config
         self.tokenizer = im.tokenizer
 
+    def __repr__(self) -> str:
+        return f"Model({self.im!r})"
+
+    def num_params(self) -> int:
+        """Parameters of the model (every weight counted once, however it is stored)."""
+        return self.im.num_params()
+
     def session(self) -> Session:
+        """A live session from the trained state (see Session)."""
         return Session(self)
 
     def stream(self, prompt: str, **kw) -> Iterator[str]:

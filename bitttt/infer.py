@@ -1,13 +1,25 @@
-"""Run a model: `python -m bitttt.infer [-m MODEL] [-p PROMPT | -f FILE | -i] [options]`.
+"""Run a model: `python -m bitttt.infer [-m MODEL] [-p PROMPT] [-f FILE|-] [-i] [options]`
+(also `bitttt run ...` for one-shot generation and `bitttt chat ...` for a chat).
 
-MODEL is a packed model file, a run directory (its best checkpoint) or a checkpoint file;
-without -m, the model shipped with the package (a small TinyStories model) is used.  Text
-streams to stdout as it is made; timings go to stderr at the end, as llama.cpp prints them.
+MODEL is a packed model file, a run directory (its best checkpoint), a checkpoint file or the
+name of a shipped model (`tinystories`); without -m, the shipped TinyStories model is used.
+Text streams to stdout as it is made; timings go to stderr at the end, as llama.cpp prints them.
 
-    python -m bitttt.infer -m runs/default -p "Once upon a time" -n 100 --temp 0.7 -s 42
+    python -m bitttt.infer -p "Once upon a time" -n 100 --temp 0.7 -s 42
     python -m bitttt.infer -m runs/default -i --memory me.mem     # chat; the memory is kept in me.mem
+    echo "Once upon a time" | python -m bitttt.infer -f - -n -1   # prompt from stdin, until end of text
 
-Chat commands: /reset, /save NAME, /load NAME, /temp X, /len N, /sleep, /help, /quit.
+The prompt is -p, then -f (a UTF-8 file, `-` for stdin); given both, they are joined with a
+newline.  -n -1 generates until the model's end-of-text token (Ctrl+C stops it).  In a chat the
+prompt is the first user turn.
+
+Chat keys: Ctrl+C stops the answer being written and returns to the prompt; Ctrl+C twice at an
+empty prompt, Ctrl+D or /quit leave.  Every way out (SIGTERM and SIGHUP too) saves the memory
+(the TTT state) atomically: to --memory FILE, else to last.mem.safetensors in the model's memory
+folder (`/load last` brings it back).  Line editing and history come from readline (a pasted
+block of lines is one message); a line of
+three double quotes opens and closes a multi-line message, and a line ending in a backslash
+continues on the next.  /help lists the commands.
 """
 from __future__ import annotations
 
@@ -15,33 +27,55 @@ import argparse
 import datetime
 import json
 import os
+import signal
 import sys
 
 from .formats import CheckpointError, MemoryFileError
+from .generation import SHIPPED_MODELS
 
-SHIPPED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models",
-                             "tinystories-ternary.safetensors")
+SHIPPED_MODEL = SHIPPED_MODELS["tinystories"]
+UNTIL_END = -1  # -n / /len value: generate until the end-of-text token
+_NO_LIMIT = 1 << 62  # the token bound that stands for UNTIL_END (Ctrl+C stops it)
 
-HELP = """commands:
-  /reset       forget the conversation (back to the trained state)
-  /save NAME   save the memory (TTT state) as NAME in the memory folder
-  /load NAME   load a saved memory
-  /temp X      sampling temperature (0 = greedy)
-  /len N       at most N tokens per answer
-  /sleep       replay the logged conversations into the memory, then save it
-  /help        this text
-  /quit        leave (Ctrl+D too)"""
+# slash command -> (sampling key, type, meaning)
+SETTINGS = {
+    "/temp": ("temperature", float, "sampling temperature (0 = greedy)"),
+    "/len": ("max_tokens", int, "at most N tokens per answer (-1 = until end of text)"),
+    "/top-k": ("top_k", int, "keep the K likeliest tokens (0 = off)"),
+    "/top-p": ("top_p", float, "keep the likeliest tokens up to probability P (1 = off)"),
+    "/min-p": ("min_p", float, "drop tokens below P times the likeliest (0 = off)"),
+    "/repeat-penalty": ("repeat_penalty", float, "penalty on recent tokens (1 = off)"),
+    "/seed": ("seed", int, "seed of the next answer (-1 = random)"),
+}
+
+_COMMANDS = [
+    ("/reset", "forget the conversation (back to the trained state)"),
+    ("/save NAME", "save the memory (TTT state) as NAME in the memory folder"),
+    ("/load NAME", "load a saved memory (`last`: the memory saved when the last chat ended)"),
+    *((f"{cmd} {'N' if typ is int else 'X'}", what) for cmd, (_, typ, what) in SETTINGS.items()),
+    ("/settings", "every sampling setting"),
+    ("/sleep", "replay the logged conversations into the memory, then save it"),
+    ("/help", "this text"),
+    ("/quit", "save the memory and leave (Ctrl+D, or Ctrl+C twice at the prompt, too)"),
+]
+HELP = "\n".join(["commands (a setting given no value shows its current value):",
+                  *(f"  {c:<19} {what}" for c, what in _COMMANDS),
+                  'keys: Ctrl+C stops an answer; """ opens and closes a multi-line message; a line ending in \\ '
+                  "continues"])
 
 
-def _args(argv):
-    ap = argparse.ArgumentParser(prog="python -m bitttt.infer", description=__doc__.split("\n\n")[0],
+def build_parser(prog: str = "python -m bitttt.infer", chat: bool | None = None) -> argparse.ArgumentParser:
+    """The argument parser; `chat` True (bitttt chat) or False (bitttt run) drops the -i switch."""
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     ap.add_argument("-m", "--model", default=None,
-                    help="model file, run directory or checkpoint (default: the shipped model)")
-    ap.add_argument("-p", "--prompt", default=None, help="prompt text")
-    ap.add_argument("-f", "--file", default=None, help="read the prompt from a UTF-8 file")
-    ap.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate (default 128)")
+                    help="model file, run directory, checkpoint or shipped model name (default: tinystories)")
+    ap.add_argument("-p", "--prompt", default=None, help="prompt text (in a chat: the first message)")
+    ap.add_argument("-f", "--file", default=None, help="read the prompt from a UTF-8 file, - for stdin "
+                                                       "(after -p, joined with a newline)")
+    ap.add_argument("-n", "--n-predict", type=int, default=128,
+                    help="tokens to generate, -1 = until end of text (default 128)")
     ap.add_argument("--temp", type=float, default=0.8, help="temperature, 0 = greedy (default 0.8)")
     ap.add_argument("--top-k", type=int, default=40, help="top-k, 0 = off (default 40)")
     ap.add_argument("--top-p", type=float, default=0.95, help="top-p (default 0.95)")
@@ -50,115 +84,463 @@ def _args(argv):
     ap.add_argument("--repeat-last-n", type=int, default=64, help="penalty window, -1 = all (default 64)")
     ap.add_argument("-s", "--seed", type=int, default=-1, help="-1 = random (default), printed")
     ap.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--device", default="cpu", help="where to run: " + ", ".join(available_devices())
+                    + " in this build (default cpu)")
     ap.add_argument("--memory", default=None, help="memory (TTT state) file: loaded if it exists, saved at the end")
-    ap.add_argument("-i", "--interactive", action="store_true", help="chat")
+    if chat is None:
+        ap.add_argument("-i", "--interactive", action="store_true", help="chat")
     ap.add_argument("--system", default="", help="system message for the chat")
-    return ap.parse_args(argv)
+    return ap
+
+
+def available_devices() -> list[str]:
+    """The devices inference can run on in this build: 'cpu', plus 'cuda' when bitttt.backend
+    offers a cuda backend that loads on this machine."""
+    from . import backend
+
+    out = ["cpu"]
+    if "cuda" in getattr(backend, "NAMES", ()):
+        try:
+            backend.get("cuda")
+            out.append("cuda")
+        except Exception:  # the module is there but its driver or pycuda is not
+            pass
+    return out
 
 
 def _sampling(a) -> dict:
+    n = _NO_LIMIT if a.n_predict == UNTIL_END else a.n_predict
     return dict(temperature=a.temp, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p, repeat_penalty=a.repeat_penalty,
-                repeat_last_n=a.repeat_last_n, seed=a.seed, max_tokens=a.n_predict)
+                repeat_last_n=a.repeat_last_n, seed=a.seed, max_tokens=n)
+
+
+def _user_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "bitttt")
 
 
 def _memory_dir(model_path: str) -> str:
-    if os.path.isdir(model_path):
-        return os.path.join(model_path, "memory")
-    return os.path.splitext(os.path.abspath(model_path))[0] + ".memory"
+    """Where a model's chat keeps its log, history and named memories: <run>/memory,
+    <model file>.memory, or (for a shipped model, or a model in a folder we cannot write)
+    ~/.local/share/bitttt/<name>.memory."""
+    p = os.path.abspath(model_path)
+    if os.path.isdir(p):
+        d = os.path.join(p, "memory")
+    else:
+        d = os.path.splitext(p)[0] + ".memory"
+    parent = os.path.dirname(d)
+    shipped = os.path.dirname(os.path.abspath(SHIPPED_MODEL))
+    if parent == shipped or not os.access(parent, os.W_OK):
+        d = os.path.join(_user_data_dir(), os.path.basename(d))
+    return d
 
 
-def chat(model, args, out=sys.stdout, inp=sys.stdin) -> None:
+def read_prompt(prompt: str | None, file: str | None, stdin=None) -> str:
+    """-p and -f together: the -p text, a newline, then the file's text (`-`: stdin)."""
+    parts = [prompt] if prompt else []
+    if file:
+        try:
+            if file == "-":
+                raw = (stdin or sys.stdin).buffer.read() if hasattr(stdin or sys.stdin, "buffer") else \
+                    (stdin or sys.stdin).read().encode("utf-8")
+            else:
+                with open(file, "rb") as f:
+                    raw = f.read()
+        except FileNotFoundError:
+            raise ValueError(f"{file}: no such prompt file") from None
+        except IsADirectoryError:
+            raise ValueError(f"{file}: is a folder, not a prompt file") from None
+        try:
+            parts.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            name = "stdin" if file == "-" else file
+            raise ValueError(f"{name}: not UTF-8 text (invalid byte 0x{raw[e.start]:02x} at offset "
+                             f"{e.start}); convert it to UTF-8") from None
+    return "\n".join(parts)
+
+
+class _Leave(Exception):
+    """SIGTERM / SIGHUP at the prompt: leave, saving."""
+
+
+class _Signals:
+    """While installed: SIGINT during busy work sets `stop` (the answer ends at the next token),
+    at the prompt raises KeyboardInterrupt; SIGTERM/SIGHUP set `term` and `stop`, and raise
+    _Leave at the prompt.  Restores the old handlers on exit."""
+
+    def __init__(self):
+        self.busy = False
+        self.stop = False
+        self.term: int | None = None
+        self.old = {}
+
+    def _int(self, signum, frame):
+        if self.busy:
+            self.stop = True
+        else:
+            raise KeyboardInterrupt
+
+    def _term(self, signum, frame):
+        self.term = signum
+        self.stop = True
+        if not self.busy:
+            raise _Leave
+
+    def __enter__(self):
+        try:
+            self.old[signal.SIGINT] = signal.signal(signal.SIGINT, self._int)
+            for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+                if s is not None:
+                    self.old[s] = signal.signal(s, self._term)
+        except ValueError:  # not the main thread: the default behaviour stays
+            pass
+        return self
+
+    def quiet(self) -> None:
+        """Ignore further SIGINT/SIGTERM (while the memory is being saved)."""
+        for s in self.old:
+            signal.signal(s, signal.SIG_IGN)
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        return False
+
+
+def _describe(model, path: str) -> str:
+    c = model.config
+    return (f"{os.path.basename(os.path.normpath(path))} (D={c.hidden_size}, {c.num_layers} layers, V={c.vocab_size}, "
+            f"{'ternary' if c.ternary else 'float'}, {model.num_params():,} parameters)")
+
+
+class Chat:
     """The interactive loop: roles <|system|>, <|user|>, <|assistant|>; commands start with /."""
-    tok = model.tokenizer
-    s = model.session()
-    if args.memory and os.path.exists(args.memory):
-        s.load_memory(args.memory)
-        print(f"[memory loaded from {args.memory}: {s.state.n_tokens} tokens read before]", file=sys.stderr)
-    mdir = _memory_dir(args.model)
-    log_path = os.path.join(mdir, "conversations.jsonl")
-    sampling = _sampling(args)
-    stop_ids = (tok.special_ids["<|user|>"], tok.special_ids["<|system|>"])
-    if args.system:
-        s.feed("<|system|>" + args.system)
-    tty = inp.isatty()
-    print("chat: type a message, /help for commands, /quit to leave", file=sys.stderr)
 
-    def log(role, text):
-        os.makedirs(mdir, exist_ok=True)
-        with open(log_path, "a", encoding="utf-8") as f:
+    def __init__(self, model, args, out=None, inp=None, err=None):
+        self.model, self.args = model, args
+        self.out, self.inp, self.err = out or sys.stdout, inp or sys.stdin, err or sys.stderr
+        self.session = model.session()
+        self.mdir = _memory_dir(args.model)
+        self.log_path = os.path.join(self.mdir, "conversations.jsonl")
+        self.memory_path = args.memory or os.path.join(self.mdir, "last.mem.safetensors")
+        self.sampling = _sampling(args)
+        tok = model.tokenizer
+        self.stop_ids = (tok.special_ids["<|user|>"], tok.special_ids["<|system|>"])
+        self.tty = self.inp is sys.stdin and self.inp.isatty()
+        self.readline = None
+        self.sig = _Signals()
+
+    # -- input ---------------------------------------------------------------------
+    def _setup_readline(self) -> None:
+        if not self.tty:
+            return
+        try:
+            import readline
+        except ImportError:  # Windows without pyreadline: plain input() still works
+            return
+        self.readline = readline
+        self.history = os.path.join(self.mdir, "history")
+        try:
+            readline.read_history_file(self.history)
+        except OSError:
+            pass
+        readline.set_history_length(1000)
+        # a pasted block (several lines) is one message: readline's bracketed paste, which
+        # CPython turns off for its own prompt, is what a chat wants
+        readline.parse_and_bind("set enable-bracketed-paste on")
+
+    def _save_history(self) -> None:
+        if self.readline is None:
+            return
+        try:
+            os.makedirs(self.mdir, exist_ok=True)
+            self.readline.write_history_file(self.history)
+        except OSError:
+            pass
+
+    def _read(self, prompt: str) -> str:
+        """One line without its newline; EOFError at the end of input."""
+        if self.tty:
+            return input(prompt)
+        line = self.inp.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\n").rstrip("\r")
+
+    def read_message(self) -> str:
+        """A whole message: one line, a \"\"\" block, or lines continued with a trailing backslash."""
+        line = self._read("> ")
+        if line.strip() == '"""':
+            lines = []
+            while True:
+                try:
+                    nxt = self._read("... ")
+                except EOFError:  # the input ended inside the block: what was typed is still the message
+                    if lines:
+                        return "\n".join(lines)
+                    raise
+                if nxt.strip() == '"""':
+                    return "\n".join(lines)
+                lines.append(nxt)
+        lines = []
+        while line.endswith("\\"):
+            lines.append(line[:-1])
+            line = self._read("... ")
+        lines.append(line)
+        return "\n".join(lines)
+
+    # -- output --------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def _log(self, role: str, text: str) -> None:
+        os.makedirs(self.mdir, exist_ok=True)
+        with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"time": datetime.datetime.now().isoformat(timespec="seconds"), "role": role,
                                 "text": text}) + "\n")
 
-    while True:
-        if tty:
-            print("> ", end="", file=sys.stderr, flush=True)
-        line = inp.readline()
-        if not line:
-            break
-        line = line.rstrip("\n")
-        if not line.strip():
-            continue
-        if line.startswith("/"):
-            cmd, _, arg = line.strip().partition(" ")
-            arg = arg.strip()
-            try:
-                if cmd == "/quit":
-                    break
-                if cmd == "/help":
-                    print(HELP, file=out)
-                elif cmd == "/reset":
-                    s.reset()
-                    print("[memory reset]", file=out)
-                elif cmd in ("/save", "/load"):
-                    if not arg or "/" in arg or arg.startswith("."):
-                        print(f"[usage: {cmd} NAME (a plain name)]", file=out)
-                        continue
-                    path = os.path.join(mdir, arg + ".mem.safetensors")
-                    if cmd == "/save":
-                        os.makedirs(mdir, exist_ok=True)
-                        s.save_memory(path, note=arg)
-                        print(f"[memory saved to {path}]", file=out)
-                    else:
-                        if not os.path.exists(path):
-                            print(f"[no memory named {arg} in {mdir}]", file=out)
-                            continue
-                        s.load_memory(path)
-                        print(f"[memory {arg} loaded]", file=out)
-                elif cmd == "/temp":
-                    sampling["temperature"] = float(arg)
-                    print(f"[temperature {sampling['temperature']}]", file=out)
-                elif cmd == "/len":
-                    sampling["max_tokens"] = int(arg)
-                    print(f"[at most {sampling['max_tokens']} tokens per answer]", file=out)
-                elif cmd == "/sleep":
-                    n = s.replay_log(log_path)
-                    path = args.memory or os.path.join(mdir, "sleep.mem.safetensors")
-                    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-                    s.save_memory(path, note="sleep")
-                    print(f"[slept: replayed {n} tokens of logged conversations; memory saved to {path}]", file=out)
+    def banner(self) -> None:
+        s = self.session
+        if self.args.memory and os.path.exists(self.args.memory):
+            mem = f"{self.args.memory} ({s.state.n_tokens:,} tokens read before)"
+        elif self.args.memory:
+            mem = f"{self.args.memory} (new; saved when the chat ends)"
+        else:
+            mem = f"none given; saved when the chat ends to {self.memory_path} (/load last)"
+        lines = [f"bitttt chat · model {_describe(self.model, self.args.model)}", f"memory: {mem}"]
+        if self.args.system:
+            lines.append(f"system: {self.args.system}")
+        lines.append('Ctrl+C stops an answer; Ctrl+C twice, Ctrl+D or /quit leave; """ for several lines; /help')
+        print("\n".join(lines), file=self.err, flush=True)
+
+    # -- commands --------------------------------------------------------------------
+    def command(self, line: str) -> bool:
+        """Run a slash command; False when the chat should end."""
+        from .sampling import SamplingParams
+
+        cmd, _, arg = line.strip().partition(" ")
+        arg = arg.strip()
+        sp = self.sampling
+        try:
+            if cmd == "/quit":
+                return False
+            if cmd == "/help":
+                self.say(HELP)
+            elif cmd == "/reset":
+                self.session.reset()
+                self.say("[memory reset]")
+            elif cmd in ("/save", "/load"):
+                if not arg or "/" in arg or "\\" in arg or arg.startswith("."):
+                    self.say(f"[usage: {cmd} NAME (a plain name)]")
+                    return True
+                path = os.path.join(self.mdir, arg + ".mem.safetensors")
+                if cmd == "/save":
+                    os.makedirs(self.mdir, exist_ok=True)
+                    self.session.save_memory(path, note=arg)
+                    self.say(f"[memory saved to {path}]")
+                elif not os.path.exists(path):
+                    self.say(f"[no memory named {arg} in {self.mdir}]")
                 else:
-                    print(f"[unknown command {cmd}; /help lists them]", file=out)
-            except (ValueError, MemoryFileError) as e:
-                print(f"[error: {e}]", file=out)
-            continue
-        log("user", line)
-        s.feed("<|user|>" + line + "<|assistant|>")
+                    self.session.load_memory(path)
+                    self.say(f"[memory {arg} loaded] ({self.session.state.n_tokens:,} tokens read)")
+            elif cmd in SETTINGS:
+                key, typ, what = SETTINGS[cmd]
+                if not arg:
+                    self.say(f"[{self._show(key)}]  ({cmd} {'N' if typ is int else 'X'}: {what})")
+                    return True
+                try:
+                    v = typ(arg)
+                except ValueError:
+                    self.say(f"[{cmd} takes {'an integer' if typ is int else 'a number'}, got {arg!r}; "
+                             f"{self._show(key)} kept]")
+                    return True
+                if key == "max_tokens":
+                    if v == UNTIL_END:
+                        v = _NO_LIMIT
+                    elif v < 1:
+                        self.say(f"[/len must be >= 1, or -1 for until the end of text; got {v}; "
+                                 f"{self._show(key)} kept]")
+                        return True
+                trial = dict(sp, **{key: v})
+                try:
+                    SamplingParams(**trial).validate()
+                except ValueError as e:
+                    self.say(f"[{cmd}: {e}; {self._show(key)} kept]")
+                    return True
+                sp[key] = v
+                self.say(f"[{self._show(key)}]")
+            elif cmd == "/settings":
+                self.say("[" + "; ".join(self._show(k) for k, _, _ in SETTINGS.values()) + "]")
+            elif cmd == "/sleep":
+                n = self.session.replay_log(self.log_path)
+                self.save(self.memory_path, note="sleep")
+                self.say(f"[slept: replayed {n} tokens of logged conversations; memory saved to {self.memory_path}]")
+            else:
+                self.say(f"[unknown command {cmd}; /help lists them]")
+        except (ValueError, MemoryFileError, OSError) as e:
+            self.say(f"[error: {e}]")
+        return True
+
+    def _show(self, key: str) -> str:
+        v = self.sampling[key]
+        if key == "temperature":
+            return f"temperature {v}"
+        if key == "max_tokens":
+            return "until the end of text" if v == _NO_LIMIT else f"at most {v} tokens per answer"
+        return f"{key.replace('_', '-')} {v}"
+
+    # -- turns -----------------------------------------------------------------------
+    def answer(self, text: str) -> None:
+        """Feed a user message and stream the answer; Ctrl+C (sig.stop) ends it at the next token."""
+        self._log("user", text)
         pieces = []
-        for piece in s.stream(stop_ids=stop_ids, **sampling):
-            pieces.append(piece)
-            print(piece, end="", file=out, flush=True)
-        print(file=out, flush=True)
-        log("assistant", "".join(pieces))
-        if sampling["seed"] != -1:
-            sampling["seed"] += 1  # a fixed seed gives a reproducible conversation, not the same draw each turn
-    if args.memory:
-        s.save_memory(args.memory, note="chat")
-        print(f"[memory saved to {args.memory}]", file=sys.stderr)
+        self.sig.stop, self.sig.busy = False, True
+        try:
+            self.session.feed("<|user|>" + text + "<|assistant|>")
+            if not self.sig.stop:
+                gen = self.session.stream(stop_ids=self.stop_ids, **self.sampling)
+                try:
+                    for piece in gen:
+                        pieces.append(piece)
+                        print(piece, end="", file=self.out, flush=True)
+                        if self.sig.stop:
+                            break
+                finally:
+                    gen.close()
+        finally:
+            self.sig.busy = False
+        print(file=self.out, flush=True)
+        if self.sig.stop and self.sig.term is None:
+            self.say("[stopped]")
+        self._log("assistant", "".join(pieces))
+        if self.sampling["seed"] != -1:
+            self.sampling["seed"] += 1  # a fixed seed gives a reproducible conversation, not the same draw each turn
+
+    def save(self, path: str, note: str = "chat") -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.session.save_memory(path, note=note)
+
+    def _save_at_exit(self) -> None:
+        """Save the memory to memory_path; when that cannot be written (a full disk, no permission),
+        to a new file in the user's data folder instead, and say so: the memory is never dropped."""
+        try:
+            self.save(self.memory_path)
+        except OSError as e:
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            fallback = os.path.join(_user_data_dir(), f"unsaved-{stamp}.mem.safetensors")
+            self.save(fallback)
+            print(f"[could not write {self.memory_path} ({e}); the memory is in {fallback}]", file=self.err,
+                  flush=True)
+            self.memory_path = fallback
+
+    def run(self) -> int:
+        """The chat until the user leaves; the memory is saved on every way out.  Returns the exit
+        status: 0, or 128 + the signal number after SIGTERM / SIGHUP."""
+        s = self.session
+        if self.args.memory and os.path.exists(self.args.memory):
+            s.load_memory(self.args.memory)
+        if self.args.system:
+            s.feed("<|system|>" + self.args.system)
+        self.banner()
+        self._setup_readline()
+        first = self.args.first_message
+        interrupts = 0
+        with self.sig:
+            try:
+                while self.sig.term is None:
+                    try:
+                        if first:
+                            msg, first = first, None
+                            self.say("> " + msg)
+                        else:
+                            msg = self.read_message()
+                        interrupts = 0
+                    except KeyboardInterrupt:
+                        interrupts += 1
+                        if interrupts >= 2:
+                            print(file=self.err)
+                            break
+                        print("\n[Ctrl+C again to leave; /help for commands]", file=self.err, flush=True)
+                        continue
+                    except EOFError:
+                        print(file=self.err)
+                        break
+                    if not msg.strip():
+                        continue
+                    if msg.startswith("/") and "\n" not in msg:
+                        if not self.command(msg):
+                            break
+                        continue
+                    self.answer(msg)
+            except _Leave:
+                pass
+            finally:
+                self.sig.quiet()
+                self._save_history()
+                self._save_at_exit()
+                try:  # after SIGHUP the terminal may be gone; the memory is written already
+                    print(f"[memory saved to {self.memory_path}: {s.state.n_tokens:,} tokens read]", file=self.err,
+                          flush=True)
+                except OSError:
+                    pass
+        return 0 if self.sig.term is None else 128 + int(self.sig.term)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _args(argv)
+def chat(model, args, out=None, inp=None) -> int:
+    """Run the chat (see Chat); `args` as parsed by build_parser (first_message optional)."""
+    if not hasattr(args, "first_message"):
+        args.first_message = None
+    return Chat(model, args, out=out, inp=inp).run()
+
+
+def _generate(model, args, prompt: str) -> int:
+    """One-shot generation: the prompt, then the continuation streamed to stdout."""
+    s = model.session()
+    if args.memory and os.path.exists(args.memory):
+        s.load_memory(args.memory)
+    sig = _Signals()
+    broken = False  # the reader of stdout left (`bitttt run ... | head`): stop, still save the memory
+    with sig:
+        sig.busy = True
+        gen = s.stream(prompt, **_sampling(args))
+        try:
+            sys.stdout.write(prompt)
+            sys.stdout.flush()
+            for piece in gen:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+                if sig.stop:
+                    break
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            broken = True
+        finally:
+            gen.close()
+            sig.quiet()
+        stopped = "Ctrl+C" if sig.stop and sig.term is None else (
+            signal.Signals(sig.term).name if sig.term else s.stats.stopped_by)
+        if broken:
+            stopped = "the reader of stdout closing it"
+        print(f"\nseed: {s.stats.seed}; stopped by {stopped}\n{s.stats}", file=sys.stderr)
+        if args.memory:
+            s.save_memory(args.memory)
+            print(f"memory saved to {args.memory}", file=sys.stderr)
+    if broken:
+        try:  # stdout is gone: the exit's flush must not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141  # 128 + SIGPIPE, as a shell tool ends
+    if sig.term:
+        return 128 + int(sig.term)
+    return 130 if sig.stop else 0
+
+
+def main(argv: list[str] | None = None, *, prog: str = "python -m bitttt.infer", chat_mode: bool | None = None) -> int:
+    """The command: `chat_mode` True for `bitttt chat`, False for `bitttt run`, None for -i."""
+    args = build_parser(prog, chat_mode).parse_args(argv)
+    interactive = args.interactive if chat_mode is None else chat_mode
     from . import runtime
     from .backend import cuda as cuda_backend
     from .generation import load
@@ -167,56 +549,48 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads is not None:
             if args.threads < 1:
                 raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            ncpu = os.cpu_count() or 1
+            if args.threads > ncpu:
+                print(f"warning: {args.threads} threads on {ncpu} CPU(s): the threads will share cores, "
+                      "which is usually slower", file=sys.stderr)
             runtime.set_num_threads(args.threads)
+        if args.device not in ("cpu", "cuda"):
+            raise ValueError(f"--device {args.device}: unknown; available in this build: "
+                             f"{', '.join(available_devices())}")
         gpu, why = cuda_backend.for_device(args.device)
         if why:
             print(f"warning: {why}; running on the CPU", file=sys.stderr)
-        if args.n_predict < 0:
-            raise ValueError(f"-n must be >= 0, got {args.n_predict}")
+        if args.n_predict < UNTIL_END:
+            raise ValueError(f"-n must be >= 0, or -1 for until the end of text; got {args.n_predict}")
         if args.model is None:
-            args.model = SHIPPED_MODEL
+            args.model = "tinystories"
+        if args.model in SHIPPED_MODELS and not os.path.exists(args.model):
+            args.model = SHIPPED_MODELS[args.model]
             if not os.path.exists(args.model):
-                raise ValueError(f"no model given and the shipped model {SHIPPED_MODEL} is missing: pass -m "
-                                 "MODEL (a run directory such as runs/default after `python -m bitttt.train`)")
-        prompt = args.prompt or ""
-        if args.file:
-            try:
-                with open(args.file, "rb") as f:
-                    raw = f.read()
-                prompt += raw.decode("utf-8")
-            except FileNotFoundError:
-                raise ValueError(f"{args.file}: no such prompt file") from None
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{args.file}: not UTF-8 text (invalid byte 0x{raw[e.start]:02x} at offset "
-                                 f"{e.start}); convert it to UTF-8") from None
+                raise ValueError(f"the shipped model {args.model} is missing: pass -m MODEL (a run directory such "
+                                 "as runs/default after `bitttt train`)")
+        if interactive and args.file == "-":
+            raise ValueError("-f - reads the prompt from stdin, which the chat reads its messages from: "
+                             "use -f FILE or -p TEXT")
+        prompt = read_prompt(args.prompt, args.file)
         from .sampling import SamplingParams
 
         SamplingParams(**_sampling(args)).validate()
         model = load(args.model)
         if gpu is not None:
             gpu.adopt(model.im.model)
-        if args.interactive:
-            chat(model, args)
-            return 0
-        s = model.session()
-        if args.memory and os.path.exists(args.memory):
-            s.load_memory(args.memory)
-        sys.stdout.write(prompt)
-        for piece in s.stream(prompt, **_sampling(args)):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        print(f"\nseed: {s.stats.seed}; stopped by {s.stats.stopped_by}\n{s.stats}", file=sys.stderr)
-        if args.memory:
-            s.save_memory(args.memory)
-            print(f"memory saved to {args.memory}", file=sys.stderr)
-    except (ValueError, TypeError, CheckpointError, MemoryFileError, FileNotFoundError) as e:
+        if interactive:
+            args.first_message = prompt or None
+            return chat(model, args)
+        return _generate(model, args, prompt)
+    except BrokenPipeError:
+        raise  # the caller (bitttt.cli) ends quietly
+    except (ValueError, TypeError, CheckpointError, MemoryFileError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

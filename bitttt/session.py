@@ -94,6 +94,16 @@ class InferenceModel:
                 p["embed.weight" if config.tie_word_embeddings else "lm_head.weight"]
         self.model = BitLlama.for_inference(config, p, quantized=packed, head=head, backend="cpu")
 
+    def num_params(self) -> int:
+        """Parameters of the model (every weight counted once, packed or not)."""
+        return int(sum(int(np.prod(s)) for s in param_shapes(self.config).values()))
+
+    def __repr__(self) -> str:
+        c = self.config
+        src = os.path.basename(self.source) if self.source else "in memory"
+        return (f"InferenceModel({src}: D={c.hidden_size}, layers={c.num_layers}, heads={c.num_heads}, "
+                f"V={c.vocab_size}, {'ternary' if c.ternary else 'float'}, {self.num_params():,} parameters)")
+
     # -- loading -----------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str) -> InferenceModel:

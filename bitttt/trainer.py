@@ -40,6 +40,34 @@ from .optim import AdamW, global_norm, lr_at
 DEFAULT_MODEL = {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 344,
                  "mini_batch_size": 16, "ternary": True}
 
+# preset=NAME sets these model fields (model.<field>=... given with it wins); `bitttt train --help`
+# prints each one's parameter count for the vocabulary size in use.
+PRESETS = {
+    "tiny": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 344},  # the default
+    "small": {"hidden_size": 256, "num_layers": 6, "num_heads": 4, "intermediate_size": 688},  # the shipped model
+    "medium": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "intermediate_size": 1376},
+}
+
+
+# the settings a resumed run may change (run length, logging, threads): the others would change the run
+RESUME_OVERRIDES = frozenset({"max_steps", "max_time", "eval_interval", "eval_batches", "ckpt_interval", "keep_last",
+                              "log_interval", "threads", "sample_tokens"})
+
+
+def preset_params(name: str, vocab_size: int = 2048) -> int:
+    """Parameters of the model preset `name` for a tokenizer of `vocab_size` tokens."""
+    from .params import param_shapes
+
+    cfg = BitLlamaConfig.from_dict({**DEFAULT_MODEL, **PRESETS[name], "vocab_size": vocab_size})
+    return int(sum(int(np.prod(s)) for s in param_shapes(cfg).values()))
+
+
+def _doc(default=dataclasses.MISSING, help: str = "", *, factory=None):
+    """A dataclass field with its one-line meaning (`train --help` prints it)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
 
 @dataclass
 class TrainConfig:
@@ -51,40 +79,56 @@ class TrainConfig:
     Without `data`, the files in `corpus` (or the built-in
     `builtin:python-docs`) are prepared into <run>/data with a new tokenizer of `vocab_size`.
     `model` holds BitLlamaConfig fields; its vocab_size comes from the tokenizer.
+    Each field's meaning is in its metadata["help"] (TrainConfig.field_docs()).
     """
 
-    name: str = "default"
-    out_dir: str = "runs"
-    data: str | None = None
-    val_data: str | None = None
-    corpus: list = field(default_factory=lambda: ["builtin:python-docs"])
-    vocab_size: int = 2048
-    tokenizer_type: str = "unigram"
-    val_fraction: float = 0.02
-    model: dict = field(default_factory=lambda: dict(DEFAULT_MODEL))
-    batch_size: int = 8
-    seq_len: int = 128
-    grad_accum: int = 1
-    max_steps: int = 600
-    max_time: float = 180.0
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    eval_interval: int = 100
-    eval_batches: int = 8
-    ckpt_interval: int = 250
-    keep_last: int = 3
-    log_interval: int = 10
-    seed: int = 0
-    threads: int = 0
-    sample_tokens: int = 48
+    name: str = _doc("default", "run name: the run directory is out_dir/name")
+    out_dir: str = _doc("runs", "folder that holds the run directories")
+    data: str | None = _doc(None, "prepared data folder (bitttt prepare); null: prepare `corpus` into <run>/data")
+    val_data: str | None = _doc(None, "another prepared folder whose tokens are the validation set (optional)")
+    corpus: list = _doc(help="text files to prepare when `data` is null (builtin:python-docs: the stdlib docstrings)",
+                        factory=lambda: ["builtin:python-docs"])
+    vocab_size: int = _doc(2048, "vocabulary of the tokenizer trained on `corpus` (not used with `data`)")
+    tokenizer_type: str = _doc("unigram", "tokenizer trained on `corpus`: unigram or bpe")
+    val_fraction: float = _doc(0.02, "share of `corpus` documents held out for validation")
+    preset: str | None = _doc(None, "model shape: tiny, small or medium (see below); model.<field> given with it wins")
+    model: dict = _doc(help="model shape, BitLlamaConfig fields (set one with model.<field>=value)",
+                       factory=lambda: dict(DEFAULT_MODEL))
+    batch_size: int = _doc(8, "sequences per micro-batch")
+    seq_len: int = _doc(128, "tokens per training sequence (the TTT state starts fresh at each)")
+    grad_accum: int = _doc(1, "micro-batches per optimizer step on each rank (tokens per step = "
+                              "batch_size*seq_len*grad_accum*ranks)")
+    max_steps: int = _doc(600, "optimizer steps to train for (the cosine schedule ends here)")
+    max_time: float = _doc(180.0, "stop after this many seconds of training (0: no limit)")
+    lr: float = _doc(3e-3, "peak learning rate (after warmup)")
+    min_lr: float = _doc(3e-4, "learning rate at the end of the cosine decay")
+    warmup_steps: int = _doc(50, "steps of linear warmup from 0 to lr")
+    weight_decay: float = _doc(0.1, "AdamW weight decay (matrices only)")
+    beta1: float = _doc(0.9, "AdamW first-moment decay")
+    beta2: float = _doc(0.95, "AdamW second-moment decay")
+    eps: float = _doc(1e-8, "AdamW epsilon")
+    grad_clip: float = _doc(1.0, "clip the global gradient norm to this (0: off)")
+    eval_interval: int = _doc(100, "evaluate (and print a sample) every N steps")
+    eval_batches: int = _doc(8, "validation batches per evaluation")
+    ckpt_interval: int = _doc(250, "write a checkpoint every N steps")
+    keep_last: int = _doc(3, "step checkpoints kept (best.safetensors is kept as well)")
+    log_interval: int = _doc(10, "write a log line every N steps")
+    seed: int = _doc(0, "seed of the weights and of the batch order")
+    threads: int = _doc(0, "kernel threads (0: physical cores, shared among the ranks on this machine)")
+    sample_tokens: int = _doc(48, "tokens of the sample printed at each evaluation (0: none)")
+
+    @classmethod
+    def field_docs(cls) -> list[tuple[str, object, str]]:
+        """(name, default, meaning) of every field, in order."""
+        out = []
+        for f in fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            out.append((f.name, default, f.metadata.get("help", "")))
+        return out
 
     def __post_init__(self) -> None:
+        if self.preset is not None and self.preset in PRESETS and self.model == DEFAULT_MODEL:
+            self.model = {**DEFAULT_MODEL, **PRESETS[self.preset]}  # TrainConfig(preset=...) with the default model
         self.validate()
 
     def validate(self) -> None:
@@ -118,6 +162,8 @@ class TrainConfig:
                 raise ValueError(f"train.{k} must be in [0, 1), got {getattr(self, k)}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"train.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"train.preset must be one of {', '.join(PRESETS)} (or null), got {self.preset!r}")
         if self.tokenizer_type not in ("unigram", "bpe"):
             raise ValueError(f"train.tokenizer_type must be 'unigram' or 'bpe', got {self.tokenizer_type!r}")
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
@@ -138,7 +184,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        return cls(**known_fields(cls, d, "training config"))
+        """From a dict of fields; with "preset", the preset's model shape under the given model fields."""
+        d = dict(known_fields(cls, d, "training config"))
+        p = d.get("preset")
+        if isinstance(p, str) and p in PRESETS:
+            d["model"] = {**DEFAULT_MODEL, **PRESETS[p], **(d.get("model") or {})}
+        return cls(**d)
 
     @classmethod
     def from_json(cls, path: str) -> TrainConfig:
@@ -154,6 +205,9 @@ class TrainConfig:
     def with_overrides(self, overrides: dict) -> TrainConfig:
         """A copy with `key: value` pairs applied; `model.<field>` keys go into the model dict."""
         d = self.to_dict()
+        p = overrides.get("preset")
+        if isinstance(p, str) and p in PRESETS:  # the preset first: model.<field> overrides win over it
+            d["model"] = {**d["model"], **PRESETS[p]}
         for k, v in overrides.items():
             if k.startswith("model."):
                 d["model"] = dict(d["model"])
@@ -343,8 +397,7 @@ class Trainer:
         if micro // w.size != cfg.grad_accum:
             cfg = cfg.with_overrides({"grad_accum": micro // w.size})
         if overrides:
-            allowed = {"max_steps", "max_time", "eval_interval", "eval_batches", "ckpt_interval", "keep_last",
-                       "log_interval", "threads", "sample_tokens"}
+            allowed = RESUME_OVERRIDES
             bad = sorted(set(overrides) - allowed)
             if bad:
                 raise ValueError(f"cannot change {', '.join(bad)} when resuming (it would change the run); "
@@ -522,8 +575,64 @@ class Trainer:
         with open(os.path.join(self.run_dir, "log.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
 
+    def estimate(self) -> dict:
+        """Before training: parameters, tokens per step, and the seconds per step and peak RAM
+        measured on a trial step (forward + backward on random tokens of the batch shape, times
+        grad_accum (on each rank); nothing is updated, no batch is drawn: the run is unchanged).  With max_time,
+        the steps that fit in it and when the run will end."""
+        cfg = self.cfg
+        tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.world.size  # each rank: grad_accum
+        rng = np.random.default_rng(12345)
+        x = rng.integers(0, self.model_config.vocab_size, (cfg.batch_size, cfg.seq_len + 1))
+        s_step = float("inf")
+        for _ in range(2):  # the first call pays one-time costs (allocations); a second is taken when cheap
+            t0 = time.perf_counter()
+            _, grads = self.model.loss_and_grads(x[:, :-1], x[:, 1:], None)
+            global_norm(grads)
+            del grads
+            took = time.perf_counter() - t0
+            s_step = min(s_step, took * cfg.grad_accum)
+            if took > 2.0:
+                break
+        peak = _peak_rss_mb()
+        steps = max(cfg.max_steps - self.step, 0)
+        by_time = None
+        if cfg.max_time:
+            by_time = max(int((cfg.max_time - self.elapsed) / max(s_step, 1e-9)), 0)
+        n = steps if by_time is None else min(steps, by_time)
+        return {"params": self.model.num_params(), "tokens_per_step": tokens_per_step, "s_per_step": s_step,
+                "peak_rss_mb": peak, "steps": n, "limited_by": "max_time" if by_time is not None and by_time < steps
+                else "max_steps", "eta_s": n * s_step}
+
+    def _resources(self, snap: dict) -> str:
+        """The progress bar's resource figure, labelled: this process's RSS and the system's RAM use."""
+        text = f"RSS {snap['rss_mb']:.0f} MiB, system RAM {snap['ram_used_pct']:.0f}% used"
+        if "gpu_mem_mb" in snap:
+            text += f", GPU {snap['gpu_mem_mb'] / 1024:.1f} GiB {snap['gpu_util_pct']:.0f}%"
+        return text
+
+    def _bar_total(self, start_step: int, t_train: float) -> int:
+        """Steps the progress bar runs to: max_steps, or fewer when max_time will stop the run
+        first (from the seconds per step so far), so that its ETA is the run's."""
+        cfg = self.cfg
+        done = self.step - start_step
+        if not cfg.max_time or done < 1:
+            return cfg.max_steps
+        left = (cfg.max_time - self.elapsed) / max(t_train / done, 1e-9)
+        return int(min(cfg.max_steps, self.step + max(left, 0) + 0.999))
+
+    def _eta(self, start_step: int, t_train: float) -> str:
+        """Time left, from the seconds per step so far and the step the run will stop at."""
+        done = self.step - start_step
+        if done < 1:
+            return "?"
+        left = int(round((self._bar_total(start_step, t_train) - self.step) * t_train / done))
+        if left < 3600:
+            return f"{left // 60}:{left % 60:02d}"
+        return f"{left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}"
+
     def sample(self, prompt: str = "", n: int = 48, temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> str:
-        """A short continuation of `prompt` by the current weights (for the end-of-run summary)."""
+        """A short continuation of `prompt` by the current weights (printed at each evaluation)."""
         from .generation import Model
         from .session import InferenceModel
 
@@ -607,12 +716,14 @@ class Trainer:
                     self._log(rec)
                     if bar is None and main:
                         print(f"step {self.step:6d} | loss {loss:.4f} | lr {self.last_lr:.2e} | "
-                              f"{tps:,.0f} tok/s | {self.monitor.short(snap)}", file=sys.stderr, flush=True)
+                              f"{tps:,.0f} tok/s | {self._resources(snap)} | ETA {self._eta(start_step, t_train)}",
+                              file=sys.stderr, flush=True)
                 if bar is not None:
+                    bar.total = self._bar_total(start_step, t_train)  # the ETA respects max_time
                     bar.update(1)
                     bar.set_postfix_str(f"loss {loss:.3f} lr {self.last_lr:.1e} "
                                         f"{(self.tokens_seen - start_tokens) / max(t_train, 1e-9):,.0f} tok/s "
-                                        f"{self.monitor.short(snap)}", refresh=False)
+                                        f"{self._resources(snap)}", refresh=False)
                 if self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps:
                     self._eval_and_log(bar)
                 if self.step % cfg.ckpt_interval == 0:
@@ -669,6 +780,11 @@ class Trainer:
             self.best_val = ev["val_loss"]
         msg = (f"eval step {self.step}: val loss {ev['val_loss']:.4f}, ppl {ev['val_ppl']:.2f}"
                + (f", {ev['val_bpb']:.3f} bits/byte" if "val_bpb" in ev else "") + (" (best)" if improved else ""))
+        text = self._sample_text() if self.world.is_main else None
+        if text is not None:
+            self._last_sample = (self.step, text)
+            self._log({"step": self.step, "sample": text})
+            msg += "\n" + _quote(text)
         if self.world.is_main:
             (bar.write if bar is not None else lambda s: print(s, file=sys.stderr, flush=True))(msg)
         if improved:
@@ -691,10 +807,39 @@ class Trainer:
                          + f" (best {s['best_val_loss']:.4f})")
         if s["checkpoint"]:
             lines.append(f"checkpoint: {s['checkpoint']}")
-            lines.append(f"resume with: python -m bitttt.train --resume {self.run_dir}")
-        if self.cfg.sample_tokens and s["step"] > 0:
-            try:
-                lines.append("sample: " + repr(self.sample("", self.cfg.sample_tokens)))
-            except Exception as e:  # a sample is a courtesy: never fail a finished run over it
-                lines.append(f"(no sample: {e})")
+            lines.append(f"resume with: bitttt train --resume {self.run_dir}   (or python -m bitttt.train ...)")
+            lines.append(f"run it: bitttt run -m {self.run_dir} -p \"...\"; chat: bitttt chat -m {self.run_dir}")
+        if s["step"] > 0:
+            last = getattr(self, "_last_sample", None)
+            text = last[1] if last and last[0] == s["step"] else self._sample_text()
+            if text is not None:
+                lines.append("sample:\n" + _quote(text))
         print("\n".join(lines), flush=True)
+
+    def _sample_text(self) -> str | None:
+        """A sample of sample_tokens tokens (None when sample_tokens is 0); a failure is reported in
+        its place, never raised: a sample is a courtesy."""
+        if not self.cfg.sample_tokens:
+            return None
+        try:
+            return self.sample("", self.cfg.sample_tokens)
+        except Exception as e:
+            return f"(no sample: {e})"
+
+
+def _quote(text: str) -> str:
+    """Plain text set off by a bar at each line (a sample as the model wrote it, newlines included)."""
+    return "\n".join("  | " + line for line in (text.strip("\n") or "(empty)").split("\n"))
+
+
+def _peak_rss_mb() -> float:
+    """The process's peak resident memory so far, MiB (the current RSS where the OS keeps no peak)."""
+    try:
+        import resource
+
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return kb / (2**20 if sys.platform == "darwin" else 1024)
+    except (ImportError, OSError):
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20

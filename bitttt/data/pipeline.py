@@ -81,6 +81,35 @@ def train_tokenizer(
     )
 
 
+def expand_inputs(inputs: Sequence[str | os.PathLike], include: Sequence[str] | None = None) -> list[str]:
+    """Files given as they are; a folder -> the files under it (recursively, in name order, hidden
+    files and folders skipped) whose names match a pattern of `include` (shell globs such as
+    "*.txt"; default: every kind prepare reads: .txt, .md, .jsonl, each optionally .gz).
+    DataError for a folder that holds no such file."""
+    import fnmatch
+
+    from .readers import JSONL_EXTENSIONS, TEXT_EXTENSIONS
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    pats = list(include) if include else [f"*{e}{gz}" for e in TEXT_EXTENSIONS + JSONL_EXTENSIONS for gz in ("", ".gz")]
+    out: list[str] = []
+    for p in (os.fspath(x) for x in inputs):
+        if not os.path.isdir(p):
+            out.append(p)
+            continue
+        found = []
+        for root, dirs, files in os.walk(p):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found += [os.path.join(root, f) for f in sorted(files)
+                      if not f.startswith(".") and any(fnmatch.fnmatch(f.lower(), q.lower()) for q in pats)]
+        if not found:
+            raise DataError(f"{p}: the folder holds no file matching {', '.join(pats)}"
+                            + (" (--include chooses the patterns)" if include is None else ""))
+        out += found
+    return out
+
+
 def prepare(
     inputs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -95,13 +124,15 @@ def prepare(
     progress: bool = True,
     force: bool = False,
     input_sentence_size: int = 1_000_000,
+    include: Sequence[str] | None = None,
 ) -> dict:
     """Tokenize `inputs` into `out_dir` (see `bitttt.data`); returns the manifest written there.
 
     `tokenizer`: a Tokenizer or the path of a tokenizer.model; None trains one (`vocab_size`, `model_type`,
     at most `input_sentence_size` lines sampled with `seed`). `force` replaces an existing prepared folder.
+    A folder in `inputs` stands for its files (recursively) that match `include` (see expand_inputs).
     """
-    paths = check_inputs(inputs)
+    paths = check_inputs(expand_inputs(inputs, include))
     check_errors(errors)
     if not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")

@@ -10,7 +10,8 @@
     everything else (norms, TTT inner parameters)   float32, by the model's names
 metadata: format "bitttt-model/1", config, tokenizer (base64) and its sha256, model_id (the
 identity memory files are tagged with: that of the source checkpoint, so memories move between
-the checkpoint and its export), head format, source (the checkpoint's file name) and step; the
+the checkpoint and its export), head format, source (the checkpoint's file name, never a path),
+step and seq_len (the training sequence length; "" when unknown: eval's default --reset-every); the
 per-tensor `crc32` of bitttt.formats.safetensors.  Files written before per-matrix checksums
 were dropped also carry `<name>.crc32` entries (covered by `crc32` as well; ignored).
 """
@@ -78,7 +79,7 @@ class ModelFile:
 
 def write_model_file(path: str | os.PathLike, config: BitLlamaConfig, params: dict[str, np.ndarray], *,
                      tokenizer: bytes, model_id: str, head: str = "int8", source: str = "",
-                     step: str = "") -> dict[str, str]:
+                     step: str = "", seq_len: int | None = None) -> dict[str, str]:
     """Write a packed model file (atomic) from float parameters (every tensor of the config's
     param_table); returns its metadata.  `source`: where the weights came from (a file name)."""
     _check_head(head)
@@ -97,7 +98,8 @@ def write_model_file(path: str | os.PathLike, config: BitLlamaConfig, params: di
     else:
         tensors["head.weight"] = hw.astype(np.float16) if head == "float16" else hw
     meta = {"format": MODEL_FORMAT, "config": config.to_json(), **tokenizer_metadata(tokenizer),
-            "model_id": model_id, "head": head, "source": source, "step": step}
+            "model_id": model_id, "head": head, "source": os.path.basename(source), "step": step,
+            "seq_len": "" if seq_len is None else str(int(seq_len))}
     write_safetensors(path, tensors, meta)
     return meta
 
@@ -114,7 +116,8 @@ def export_checkpoint(src: str | os.PathLike, out: str | os.PathLike, head: str 
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     return write_model_file(out, ck.config, ck.params, tokenizer=ck.tokenizer,
                             model_id=weights_id(ck.config, ck.params), head=head,
-                            source=os.path.basename(path), step=str(ck.state.get("step", "")))
+                            source=os.path.basename(path), step=str(ck.state.get("step", "")),
+                            seq_len=ck.train.get("seq_len") if isinstance(ck.train.get("seq_len"), int) else None)
 
 
 def read_model_file(path: str | os.PathLike) -> ModelFile:
