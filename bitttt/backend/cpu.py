@@ -197,6 +197,23 @@ def ttt_prefill(pos: int, q, k, v, x, lr_w, lr_b, lr_scale: float, tok, gamma, b
     _core.ttt_prefill(pos, q, k, v, x, lr_w, lr_b, lr_scale, tok, gamma, beta, W0, b0, Kb, Gb, Sb, out)
 
 
+# -- causal GQA attention (src_c/attention.c) ------------------------------------------------------
+AttentionCache = ref.AttentionCache
+
+
+def attention_forward(q, k, v, scale: float, tile: int = 64):
+    """The numpy backend's attention_forward in float32."""
+    return ref.attention_forward(_c(q), _c(k), _c(v), np.float32(scale), tile)
+
+
+def attention_backward(dout, c):
+    return ref.attention_backward(_c(dout), c)
+
+
+def attention_cached(q, kc, vc, ks, vs, start: int, scale: float, out) -> None:
+    ref.attention_cached(q, kc, vc, ks, vs, start, np.float32(scale), out)
+
+
 # -- LM head -------------------------------------------------------------------------------------
 Int8Head = ref.Int8Head
 
