@@ -131,6 +131,54 @@ def test_cached_attention_op_cpu_equals_numpy(kv, rng):
     assert err < {"float32": 1e-6, "float16": 2e-3, "int8": 2e-2}[kv]
 
 
+def test_cpu_float16_cache_reads_every_half_exactly():
+    """A cache of one token per head: the output is the cached value itself (0 + 1 * v), so every
+    finite float16 (subnormals included; -0 comes back as 0 + -0 = +0) must come back exactly."""
+    from bitttt import _core
+
+    halves = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    halves = halves[np.isfinite(halves) & (halves.view(np.uint16) != 0x8000)]
+    f = 8
+    h = -(-halves.size // f)
+    vals = np.zeros(h * f, np.float16)
+    vals[:halves.size] = halves
+    vc = np.ascontiguousarray(vals.reshape(h, 1, f))
+    out = np.empty((1, h, f), np.float32)
+    _core.attn_cached(np.zeros((1, h, f), np.float32), np.zeros_like(vc), vc, None, None, 0, 1.0, out)
+    assert np.array_equal(out.reshape(-1).view(np.uint32), vals.astype(np.float32).view(np.uint32))
+
+
+def test_cpu_attention_same_bits_on_any_thread_count(rng, threads):
+    import bitttt
+
+    q = rng.normal(0, 1, (2, 4, 50, 8)).astype(np.float32)
+    k, v = (rng.normal(0, 1, (2, 2, 50, 8)).astype(np.float32) for _ in range(2))
+    runs = []
+    for n in (1, 2, 3):
+        bitttt.set_num_threads(n)
+        out, c = cpu_be.attention_forward(q, k, v, 0.3, 16)
+        runs.append((out, *cpu_be.attention_backward(q, c)))
+    for r in runs[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(r, runs[0]))
+
+
+def test_cpu_attention_rejects_bad_shapes():
+    from bitttt import _core
+
+    q = np.zeros((1, 3, 4, 8), np.float32)
+    k = np.zeros((1, 2, 4, 8), np.float32)  # 2 does not divide 3
+    with pytest.raises(ValueError, match="Hkv dividing H"):
+        _core.attn_forward(q, k, k, 1.0, 4, np.empty_like(q), np.empty((1, 3, 4), np.float32))
+    kc = np.zeros((1, 4, 8), np.float16)
+    with pytest.raises(ValueError, match="do not fit"):  # 5 tokens past a cache of 4 rows
+        _core.attn_cached(np.zeros((5, 1, 8), np.float32), kc, kc, None, None, 0, 1.0,
+                          np.empty((5, 1, 8), np.float32))
+    with pytest.raises(ValueError, match="scales"):
+        kc8 = np.zeros((1, 4, 8), np.int8)
+        _core.attn_cached(np.zeros((1, 1, 8), np.float32), kc8, kc8, None, None, 0, 1.0,
+                          np.empty((1, 1, 8), np.float32))
+
+
 # -- the layer -------------------------------------------------------------------------------
 def test_attention_layer_gradients_finite_differences(rng):
     cfg = _cfg(hidden_size=12, num_heads=6, num_kv_heads=2)  # GQA: 3 query heads per key/value head
