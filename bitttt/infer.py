@@ -143,11 +143,14 @@ def chat(model, args, out=sys.stdout, inp=sys.stdin) -> None:
                 print(f"[error: {e}]", file=out)
             continue
         log("user", line)
-        s.feed("<|user|>" + line + "<|assistant|>")
         pieces = []
-        for piece in s.stream(stop_ids=stop_ids, **sampling):
-            pieces.append(piece)
-            print(piece, end="", file=out, flush=True)
+        try:
+            s.feed("<|user|>" + line + "<|assistant|>")
+            for piece in s.stream(stop_ids=stop_ids, **sampling):
+                pieces.append(piece)
+                print(piece, end="", file=out, flush=True)
+        except ValueError as e:  # an attention model's context is full
+            print(f"\n[error: {e}]", file=out)
         print(file=out, flush=True)
         log("assistant", "".join(pieces))
         if sampling["seed"] != -1:
@@ -191,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
 
         SamplingParams(**_sampling(args)).validate()
         model = load(args.model)
+        if args.memory and not model.im.has_memory:
+            raise ValueError("--memory: memory files hold the TTT state, and this model has attention layers only "
+                             "(its context is a KV cache, kept for the session only)")
         if args.interactive:
             chat(model, args)
             return 0

@@ -182,7 +182,11 @@ class InferenceModel:
 
     def score(self, ids: list[int], reset_every: int = 0, chunk: int = 512) -> tuple[float, int]:
         """(sum of next-token losses in nats, tokens scored) over the stream `ids`, read `chunk`
-        tokens at a time, the state reset every `reset_every` tokens (0: never)."""
+        tokens at a time, the state reset every `reset_every` tokens (0: never; a model with attention
+        layers resets at least every config.max_position_embeddings tokens, its longest context)."""
+        if self.config.kind != "ttt":
+            limit = self.config.max_position_embeddings
+            reset_every = min(reset_every, limit) if reset_every else limit
         total, n = 0.0, 0
         st = self.new_state()
         pos = 0

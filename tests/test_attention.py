@@ -408,3 +408,68 @@ def test_training_memory_grows_linearly_in_t():
 
 def test_scale_matches_head_dim():
     assert math.isclose(1 / math.sqrt(_cfg().head_dim), 0.5)
+
+
+# -- training, then the commands ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from bitttt.data import prepare
+
+    rng = np.random.default_rng(0)
+    names, verbs = ["Tom", "Anna", "Ben", "Lily", "Max", "Sue"], ["saw", "liked", "found", "lost", "made", "wanted"]
+    things = ["ball", "cat", "tree", "cake", "boat", "kite", "dog"]
+    docs = [" ".join(f"{rng.choice(names)} {rng.choice(verbs)} a {rng.choice(things)}." for _ in range(5)) + " The end."
+            for _ in range(400)]
+    d = tmp_path_factory.mktemp("corpus")
+    (d / "stories.txt").write_text("\n<|endoftext|>\n".join(docs))
+    prepare([str(d / "stories.txt")], str(d / "data"), vocab_size=300, val_fraction=0.1, seed=0, progress=False)
+    return str(d / "data")
+
+
+def _run(module, args, stdin=None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", module, *args], input=stdin, capture_output=True, text=True,
+                          env=env, timeout=180)
+
+
+@pytest.mark.parametrize("kind", ["attention", "hybrid"])
+def test_train_then_infer_eval_chat_export(kind, prepared, tmp_path):
+    from bitttt.trainer import TrainConfig, Trainer
+
+    model = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 64,
+             "mini_batch_size": 8, "arch": "attention", "layer_types": TYPES[kind], "max_position_embeddings": 64}
+    cfg = TrainConfig(data=prepared, out_dir=str(tmp_path), name="run", model=model, batch_size=4, seq_len=32,
+                      max_steps=30, max_time=0.0, warmup_steps=5, lr=3e-3, min_lr=3e-4, eval_interval=30,
+                      eval_batches=2, ckpt_interval=30, log_interval=10, seed=1, sample_tokens=0)
+    tr = Trainer(cfg, progress=False)
+    ev0 = tr.evaluate()
+    tr.fit()
+    ev1 = tr.evaluate()
+    assert ev1["val_loss"] < ev0["val_loss"] - 0.5
+    run = str(tmp_path / "run")
+    r = _run("bitttt.infer", ["-m", run, "-p", "Tom saw", "-n", "8", "-s", "1"])
+    assert r.returncode == 0 and r.stdout.startswith("Tom saw"), r.stderr
+    r = _run("bitttt.infer", ["-m", run, "-p", "Tom saw a cat. " * 20, "-n", "4"])  # past the 64 tokens of context
+    assert r.returncode == 2 and "max_position_embeddings = 64" in r.stderr, r.stderr
+    (tmp_path / "v.txt").write_text("Tom saw a cat. Anna liked a ball. The end." * 8)
+    r = _run("bitttt.eval", ["-m", run, "--data", str(tmp_path / "v.txt")])  # 128 tokens: windows of 64
+    assert r.returncode == 0 and "perplexity" in r.stdout, r.stderr
+    r = _run("bitttt.infer", ["-m", run, "-i", "-n", "4", "-s", "1", "--memory", str(tmp_path / "m.mem")],
+             stdin="Tom saw\n/sleep\n/quit\n")
+    if kind == "attention":
+        assert r.returncode == 2 and "attention layers only" in r.stderr
+        r = _run("bitttt.infer", ["-m", run, "-i", "-n", "4", "-s", "1"], stdin="Tom saw\n/sleep\n/quit\n")
+        assert r.returncode == 0 and "[error: /sleep replays" in r.stdout, r.stderr
+    else:
+        assert r.returncode == 0 and "[slept: replayed" in r.stdout, r.stderr
+        assert (tmp_path / "m.mem").exists()
+    r = _run("bitttt.export", [run, "--out", str(tmp_path / "m.safetensors")])
+    assert r.returncode == 0, r.stderr
+    r = _run("bitttt.infer", ["-m", str(tmp_path / "m.safetensors"), "-p", "Anna", "-n", "6", "-s", "2"])
+    assert r.returncode == 0 and r.stdout.startswith("Anna"), r.stderr
