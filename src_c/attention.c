@@ -214,34 +214,54 @@ int bt_attn_backward(const bt_attn_dims *d, const float *q, const float *k, cons
  * --------------------------------------------------------------------------------------- */
 
 /* IEEE half -> float, exact for every finite half (normals and subnormals: the exponent is
- * rebiased by one multiply), written without branches so that it vectorizes. */
+ * rebiased by one multiply by 2^112), in integer and float steps with no branch, so that the
+ * loops over a row vectorize. */
 static inline float half_to_float(uint16_t h) {
-    union { uint32_t u; float f; } o, magic;
-    magic.u = (254u - 15u) << 23;  /* 2^112 = 2^(127 - 15): rebias the exponent 15 -> 127 */
-    o.u = (uint32_t)(h & 0x7fffu) << 13;
-    o.f *= magic.f;
-    o.u |= (uint32_t)(h & 0x8000u) << 16;
-    return o.f;
+    const uint32_t bits = (uint32_t)(h & 0x7fffu) << 13;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    f *= 0x1p112f;
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    u |= (uint32_t)(h & 0x8000u) << 16;
+    memcpy(&f, &u, sizeof f);
+    return f;
 }
 
-/* row [f] <- cached row j of head hk, as floats (scale applied). */
-static inline void load_row(int kv_type, const void *base, const float *scales, int64_t hk, int64_t j, int64_t cap,
-                            int64_t f, float *row) {
-    const int64_t off = (hk * cap + j) * f;
+#define KV_BLOCK 32  /* cached rows converted to float at a time */
+
+/* The cached path converts every cached element: an AVX2 copy of those loops (chosen by the
+ * loader from the CPU, the same C and the same bits: no sum is reordered, no FMA contracted)
+ * where the compiler and the platform support function clones. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define BT_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define BT_CLONES
+#endif
+
+/* rows [n][f] <- cached rows j0 .. j0+n-1 of head hk as floats (scales applied). */
+BT_CLONES static void load_rows(int kv_type, const void *base, const float *scales, int64_t hk, int64_t j0, int64_t n,
+                      int64_t cap, int64_t f, float *restrict rows) {
+    const int64_t off = (hk * cap + j0) * f, m = n * f;
     if (kv_type == BT_KV_F32) {
-        memcpy(row, (const float *)base + off, sizeof(float) * (size_t)f);
+        memcpy(rows, (const float *)base + off, sizeof(float) * (size_t)m);
     } else if (kv_type == BT_KV_F16) {
-        const uint16_t *src = (const uint16_t *)base + off;
-        for (int64_t c = 0; c < f; c++) row[c] = half_to_float(src[c]);
+        const uint16_t *restrict src = (const uint16_t *)base + off;
+        for (int64_t c = 0; c < m; c++) rows[c] = half_to_float(src[c]);
     } else {
-        const int8_t *src = (const int8_t *)base + off;
-        const float sc = scales[hk * cap + j];
-        for (int64_t c = 0; c < f; c++) row[c] = (float)src[c] * sc;
+        const int8_t *restrict src = (const int8_t *)base + off;
+        const float *sc = scales + hk * cap + j0;
+        for (int64_t j = 0; j < n; j++) {
+            const float sj = sc[j];
+            const int8_t *restrict sr = src + j * f;
+            float *restrict r = rows + j * f;
+            for (int64_t c = 0; c < f; c++) r[c] = (float)sr[c] * sj;
+        }
     }
 }
 
 /* q . r over f in 8 fixed lanes, then the lanes added in order. */
-static inline float dot8(const float *a, const float *r, int64_t f) {
+static inline float dot8(const float *restrict a, const float *restrict r, int64_t f) {
     float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t c = 0;
     for (; c + 8 <= f; c += 8)
@@ -250,15 +270,17 @@ static inline float dot8(const float *a, const float *r, int64_t f) {
     return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
-static void cached_group(int64_t i, int64_t hk, int64_t H, int64_t Hkv, int64_t f, int64_t cap, int64_t start,
+BT_CLONES static void cached_group(int64_t i, int64_t hk, int64_t H, int64_t Hkv, int64_t f, int64_t cap, int64_t start,
                          float scale, int kv_type, const float *q, const void *kc, const void *vc, const float *ks,
-                         const float *vs, float *out, float *row, float *s) {
+                         const float *vs, float *out, float *rows, float *s) {
     const int64_t G = H / Hkv, n = start + i + 1;
     const float *Q = q + (i * H + hk * G) * f;
     float *O = out + (i * H + hk * G) * f;
-    for (int64_t j = 0; j < n; j++) {
-        load_row(kv_type, kc, ks, hk, j, cap, f, row);
-        for (int64_t g = 0; g < G; g++) s[g * n + j] = dot8(Q + g * f, row, f) * scale;
+    for (int64_t j0 = 0; j0 < n; j0 += KV_BLOCK) {
+        const int64_t nb = n - j0 < KV_BLOCK ? n - j0 : KV_BLOCK;
+        load_rows(kv_type, kc, ks, hk, j0, nb, cap, f, rows);
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t j = 0; j < nb; j++) s[g * n + j0 + j] = dot8(Q + g * f, rows + j * f, f) * scale;
     }
     for (int64_t g = 0; g < G; g++) {
         float *sg = s + g * n, mx = -INFINITY, sum = 0.0f;
@@ -271,12 +293,16 @@ static void cached_group(int64_t i, int64_t hk, int64_t H, int64_t Hkv, int64_t 
         for (int64_t j = 0; j < n; j++) sg[j] *= inv;
         for (int64_t c = 0; c < f; c++) O[g * f + c] = 0.0f;
     }
-    for (int64_t j = 0; j < n; j++) {
-        load_row(kv_type, vc, vs, hk, j, cap, f, row);
+    for (int64_t j0 = 0; j0 < n; j0 += KV_BLOCK) {
+        const int64_t nb = n - j0 < KV_BLOCK ? n - j0 : KV_BLOCK;
+        load_rows(kv_type, vc, vs, hk, j0, nb, cap, f, rows);
         for (int64_t g = 0; g < G; g++) {
-            const float p = s[g * n + j];
-            float *o = O + g * f;
-            for (int64_t c = 0; c < f; c++) o[c] += p * row[c];
+            float *restrict o = O + g * f;
+            for (int64_t j = 0; j < nb; j++) {
+                const float p = s[g * n + j0 + j];
+                const float *restrict r = rows + j * f;
+                for (int64_t c = 0; c < f; c++) o[c] += p * r[c];
+            }
         }
     }
 }
@@ -294,7 +320,7 @@ int bt_attn_cached(int64_t T, int64_t H, int64_t Hkv, int64_t f, int64_t cap, in
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
 #endif
     {
-        float *row = malloc(sizeof(float) * (size_t)(f + G * (start + T)));
+        float *row = malloc(sizeof(float) * (size_t)(KV_BLOCK * f + G * (start + T)));
         if (!row) failed = 1;
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
@@ -302,7 +328,8 @@ int bt_attn_cached(int64_t T, int64_t H, int64_t Hkv, int64_t f, int64_t cap, in
         for (int64_t it = 0; it < items; it++) {
             if (!row) continue;
             const int64_t i = T - 1 - it / Hkv;  /* the longest rows first */
-            cached_group(i, it % Hkv, H, Hkv, f, cap, start, scale, kv_type, q, kc, vc, ks, vs, out, row, row + f);
+            cached_group(i, it % Hkv, H, Hkv, f, cap, start, scale, kv_type, q, kc, vc, ks, vs, out, row,
+                         row + KV_BLOCK * f);
         }
         free(row);
     }
