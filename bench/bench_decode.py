@@ -226,8 +226,8 @@ def arch_main(args) -> None:
     max_len = max(args.contexts) + 64
     rows = {}
     for arch in args.arch:
-        path = os.path.join(CACHE, f"decode_2048x8_v32000_{arch}" + (f"_kv{args.kv_heads}" if arch != "ttt" else "")
-                            + ".safetensors")
+        path = os.path.join(CACHE, f"decode_2048x8_v32000_{arch}"
+                            + (f"_kv{args.kv_heads}_ctx{max_len}" if arch != "ttt" else "") + ".safetensors")
         if arch == "ttt" and os.path.exists(args.file):
             path = args.file
         if not os.path.exists(path):
