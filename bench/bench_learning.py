@@ -87,6 +87,21 @@ def loss_by_position(ckpt: str, val_tokens: np.ndarray, seq_len: int, windows: i
     return tot / n
 
 
+def kv_cost(ckpt: str, val_tokens: np.ndarray, seq_len: int, n_tokens: int = 8192) -> dict[str, float]:
+    """Validation loss (nats/token, windows of seq_len) of a checkpoint read through the KV cache
+    in float32, float16 and int8: what the cache's precision costs."""
+    from bitttt.session import InferenceModel
+
+    im = InferenceModel.from_checkpoint(ckpt)
+    ids = [int(t) for t in val_tokens[:n_tokens + 1]]
+    out = {}
+    for kv in ("float32", "float16", "int8"):
+        im.kv_dtype = kv
+        total, n = im.score(ids, reset_every=seq_len, chunk=seq_len)
+        out[kv] = total / n
+    return out
+
+
 def arch_main(args, dtrain: str, dval: str, xent: float, tr, va) -> None:
     py = sys.executable
     seconds = args.minutes * 60
@@ -135,7 +150,8 @@ def arch_main(args, dtrain: str, dval: str, xent: float, tr, va) -> None:
 
         n_params = int(sum(int(np.prod(s)) for s in param_shapes(cfg).values()))
         runs[arch] = {"curve": curve, "summary": summary, "params": n_params,
-                      "by_pos": loss_by_position(ck, val, seq)}
+                      "by_pos": loss_by_position(ck, val, seq),
+                      "kv": kv_cost(ck, val, seq) if arch != "ttt" else None}
     t_common = min(r["curve"][-1][0] for r in runs.values())
     lines = []
     for arch, r in runs.items():
@@ -157,6 +173,12 @@ def arch_main(args, dtrain: str, dval: str, xent: float, tr, va) -> None:
     for i in range(max(len(r["curve"]) for r in runs.values())):
         curves.append("| " + " | ".join(f"{r['curve'][i][0]:.0f} | {r['curve'][i][1]} | {r['curve'][i][2]:.4f}"
                                         if i < len(r["curve"]) else " | | " for r in runs.values()) + " |")
+    for arch, r in runs.items():
+        if r["kv"]:
+            k = r["kv"]
+            lines.append(f"{arch}: KV cache cost on 8,192 validation tokens (windows of {seq}): float32 "
+                         f"{k['float32']:.5f}, float16 {k['float16']:.5f} ({k['float16'] - k['float32']:+.5f}), int8 "
+                         f"{k['int8']:.5f} ({k['int8'] - k['float32']:+.5f} nats/token)")
     print("\n".join(lines + [""] + table + [""] + curves))
     if args.no_append:
         return
@@ -197,6 +219,8 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=4, help="heads of --arch runs")
     ap.add_argument("--intermediate", type=int, default=344, help="MLP width of --arch runs")
     ap.add_argument("--seq-len", type=int, default=256, help="training length of --arch runs")
+    ap.add_argument("--kv-cost", nargs="+", metavar="CKPT",
+                    help="only measure what float16 / int8 KV caches cost these checkpoints on the validation set")
     args = ap.parse_args()
     train_txt = os.path.join(args.data, "tinystories_train_sample.txt")
     valid_txt = os.path.join(args.data, "tinystories_valid_sample.txt")
@@ -218,6 +242,25 @@ def main() -> None:
     h, xent = unigram_entropy(np.asarray(tr.tokens, dtype=np.int64), np.asarray(va.tokens, dtype=np.int64),
                               tr.vocab_size)
     print(f"unigram entropy of the training tokens {h:.4f} nats; its cross-entropy on validation {xent:.4f}")
+    if args.kv_cost:
+        val = np.asarray(va.tokens, dtype=np.int64)
+        lines = []
+        for ck in args.kv_cost:
+            k = kv_cost(ck, val, args.seq_len)
+            lines.append(f"{ck}: float32 {k['float32']:.5f}, float16 {k['float16']:.5f} "
+                         f"({k['float16'] - k['float32']:+.5f}), int8 {k['int8']:.5f} "
+                         f"({k['int8'] - k['float32']:+.5f}) nats/token")
+        print("\n".join(lines))
+        if not args.no_append:
+            from bench_kernels import append_results
+
+            append_results("\n".join([f"\n## bench_learning --kv-cost -- {datetime.datetime.now():%Y-%m-%d %H:%M}\n",
+                                       f"- command: `python bench/bench_learning.py --kv-cost {' '.join(args.kv_cost)} "
+                                       f"--seq-len {args.seq_len}`",
+                                       "- validation loss on the first 8,192 validation tokens in windows of "
+                                       f"{args.seq_len}, read through the KV cache in each precision", ""]
+                                      + [f"- {x}" for x in lines]))
+        return
     if args.arch:
         arch_main(args, dtrain, dval, xent, tr, va)
         return

@@ -244,6 +244,32 @@ def test_model_cpu_equals_numpy(kind, rng):
         assert np.abs(g64[k] - g32[k]).max() <= 2e-3 * np.abs(g64[k]).max() + 1e-7, k
 
 
+@pytest.mark.parametrize("kind", ["attention", "hybrid"])
+@pytest.mark.parametrize("ternary", [False, True])
+def test_loss_and_gradients_match_torch_autograd(kind, ternary, rng):
+    """Against bench/torch_bitllama.py (scaled_dot_product_attention); skipped without PyTorch."""
+    import os
+    import sys
+
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+    from torch_bitllama import TorchBitLlama
+
+    m = BitLlama(_cfg(kind, vocab_size=50, hidden_size=32, ternary=ternary), dtype=np.float64)
+    m.init_weights(2)
+    for v in m.params.values():
+        v += rng.normal(0, 0.1, v.shape)
+    tokens, targets = rng.integers(0, 50, (2, 11)), rng.integers(0, 50, (2, 11))
+    loss, grads = m.loss_and_grads(tokens, targets)
+    tm = TorchBitLlama(m.config, m.params)
+    tl = tm.loss(torch.from_numpy(tokens), torch.from_numpy(targets))
+    tl.backward()
+    assert loss == pytest.approx(tl.item(), rel=1e-12)
+    for name, g in grads.items():
+        ref = tm.w(name).grad.numpy()
+        assert np.abs(g - ref).max() <= 1e-10 * max(np.abs(ref).max(), 1e-12), name
+
+
 def _trained_looking(kind, seed=0, **kw):
     cfg = _cfg(kind, vocab_size=300, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=96,
                mini_batch_size=8, ternary=True, **kw)
