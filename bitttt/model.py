@@ -137,7 +137,7 @@ class BitLlama:
     """The model.  Parameters live in `self.params` (name -> ndarray of `self.dtype`; in a model
     made by `for_inference`, BitLinear weights are the backend's quantized weights)."""
 
-    def __init__(self, config: BitLlamaConfig, dtype=None, *, backend=None):
+    def __init__(self, config: BitLlamaConfig, dtype=None, *, backend=None, init: bool = True):
         if not isinstance(config, BitLlamaConfig):
             raise TypeError(f"config must be a BitLlamaConfig, got {type(config).__name__}")
         config.validate()
@@ -150,7 +150,8 @@ class BitLlama:
         self._fused = None
         self._fused_lock = threading.Lock()  # the fused decoder's scratch is shared: one token at a time
         self.kv_dtype = "float16"  # the KV cache of attention layers: float16 | int8 | float32
-        self.init_weights(0)
+        if init:  # init=False: the caller fills self.params (for_inference)
+            self.init_weights(0)
 
     def __repr__(self) -> str:
         c = self.config
@@ -203,7 +204,7 @@ class BitLlama:
         quantized here), the rest in the backend's dtype (a float16 embedding stays float16 and
         its rows are converted when looked up).  `head`: the LM head used by prefill and step (a
         float [V, D] array or the backend's Int8Head; default: the model's own head)."""
-        m = cls(config, backend=backend)
+        m = cls(config, backend=backend, init=False)
         be, quantized = m.backend, quantized or {}
         p = {}
         for name, spec in param_table(config).items():

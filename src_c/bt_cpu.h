@@ -3,12 +3,15 @@
  *
  * ISAs: BT_ISA_SCALAR (portable C, always present), BT_ISA_AVX2 (AVX2),
  * BT_ISA_AVX512 (AVX-512 F/BW/VL + VNNI).  The active ISA starts as the best
- * one the CPU and OS support and can be forced to any supported one.
+ * one the CPU and OS support and can be forced to any supported one; setting it
+ * selects that ISA's function table (bt_ops() in bt_isa_kernels.h).
  */
 #ifndef BT_CPU_H
 #define BT_CPU_H
 
 #include <stdint.h>
+
+#include "bt_common.h"
 
 enum { BT_ISA_SCALAR = 0, BT_ISA_AVX2 = 1, BT_ISA_AVX512 = 2, BT_ISA_COUNT = 3 };
 
@@ -22,13 +25,13 @@ int bt_get_threads(void);        /* threads the kernels use (>= 1)         */
 void bt_set_threads(int n);      /* n < 1 is treated as 1                  */
 int bt_openmp_enabled(void);     /* 1 if built with OpenMP                 */
 
-/* [0, n) split in `parts` contiguous ranges with boundaries on multiples of `grain`:
- * range idx is [*lo, *hi) (the thread split of the kernels). */
-static inline void bt_split(int64_t n, int parts, int idx, int64_t grain, int64_t *lo, int64_t *hi) {
-    const int64_t units = (n + grain - 1) / grain;
-    const int64_t a = units * idx / parts, b = units * (idx + 1) / parts;
-    *lo = a * grain < n ? a * grain : n;
-    *hi = b * grain < n ? b * grain : n;
+/* Threads for a call of `work` (in any unit): one below min_work, else bt_get_threads(),
+ * at most `units` (the pieces the work is cut in; at least one). */
+static inline int bt_threads_for(double work, double min_work, int64_t units) {
+    int nt = bt_get_threads();
+    if (work < min_work) return 1;
+    if (nt > units) nt = (int)(units > 0 ? units : 1);
+    return nt;
 }
 
 #endif /* BT_CPU_H */

@@ -1,5 +1,5 @@
 /*
- * bt_kernels.h -- ternary matrix products, dispatched to the best ISA at run time.
+ * bt_kernels.h -- ternary matrix products, run by the kernel table of the current ISA (bt_cpu.h).
  *
  * Shapes: W is a bt_ternary [N, K] (N = rows = outputs, K = cols = inputs).
  *

@@ -46,6 +46,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bt_common.h"
+
 #define BT_BLOCK 256           /* weights per block                    */
 #define BT_BLOCK_BYTES 64      /* bytes per block                      */
 #define BT_ALIGN 64            /* alignment of codes and of every row  */
@@ -59,17 +61,6 @@ typedef struct {
     float scale;       /* s: dequantized weight = s * (code - 1)       */
     uint8_t *codes;    /* rows * stride bytes, 64-byte aligned         */
 } bt_ternary;
-
-/* Error codes shared by every bt_* function. */
-enum {
-    BT_OK = 0,
-    BT_ERR_NONFINITE = 1,   /* NaN or inf in the input                */
-    BT_ERR_BADCODE = 2,     /* a 0b11 code, or a nonzero padding code  */
-    BT_ERR_SHAPE = 3,       /* a dimension out of range               */
-    BT_ERR_NOMEM = 4,       /* scratch allocation failed              */
-    BT_ERR_ISA = 5,         /* requested ISA not supported here       */
-    BT_ERR_SCALE = 6        /* an activation scale is not positive and finite */
-};
 
 /* Bytes per row for `cols` weights. */
 static inline int64_t bt_row_stride(int64_t cols) {

@@ -1,19 +1,18 @@
-/* cpu.c -- feature detection and run-time settings (see bt_cpu.h). */
+/* cpu.c -- feature detection and run-time settings (see bt_cpu.h); the one place that
+ * selects the kernel table (bt_isa_kernels.h). */
 #include "bt_cpu.h"
-#include "bt_ternary.h"
+#include "bt_isa_kernels.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <stddef.h>
 
-static int g_isa = -1;
+static const bt_isa_ops *g_ops; /* NULL until the first bt_ops() or bt_set_isa() */
 static int g_threads = 1;
 
 int bt_isa_supported(int isa) {
     switch (isa) {
     case BT_ISA_SCALAR:
         return 1;
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#ifdef BT_HAVE_X86
     case BT_ISA_AVX2:
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -34,16 +33,23 @@ int bt_isa_best(void) {
     return BT_ISA_SCALAR;
 }
 
-int bt_get_isa(void) {
-    if (g_isa < 0) g_isa = bt_isa_best();
-    return g_isa;
-}
-
 int bt_set_isa(int isa) {
     if (isa < 0 || isa >= BT_ISA_COUNT || !bt_isa_supported(isa)) return BT_ERR_ISA;
-    g_isa = isa;
+#ifdef BT_HAVE_X86
+    static const bt_isa_ops *const tables[BT_ISA_COUNT] = {&bt_ops_scalar, &bt_ops_avx2, &bt_ops_avx512};
+#else
+    static const bt_isa_ops *const tables[BT_ISA_COUNT] = {&bt_ops_scalar, NULL, NULL};
+#endif
+    g_ops = tables[isa];
     return BT_OK;
 }
+
+const bt_isa_ops *bt_ops(void) {
+    if (!g_ops) bt_set_isa(bt_isa_best());
+    return g_ops;
+}
+
+int bt_get_isa(void) { return bt_ops()->isa; }
 
 const char *bt_isa_name(int isa) {
     static const char *names[BT_ISA_COUNT] = {"scalar", "avx2", "avx512"};

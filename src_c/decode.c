@@ -10,12 +10,6 @@
 #include "bt_cpu.h"
 #include "bt_ttt.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#define DEC_LN_EPS 1e-6f
-
 static double min_parallel_bytes = 16.0 * 1024 * 1024;
 
 double bt_decode_min_parallel_bytes(double bytes) {
@@ -75,9 +69,9 @@ static int quant1(const float *x, int64_t K, dec_bufs *b) {
     return bt_quantize_act(x, 1, K, K, b->q8, bt_padded_cols(K), b->a, b->sums);
 }
 
-static void gemv_rows(const bt_ternary *w, const dec_bufs *b, int nth, int tid, float *y) {
+static void gemv_rows(const bt_ternary *w, const dec_bufs *b, float *y) {
     int64_t n0, n1;
-    bt_split(w->rows, nth, tid, 4, &n0, &n1);
+    bt_thread_range(w->rows, 4, &n0, &n1);
     bt_gemm_i8_rows(w, b->q8, bt_padded_cols(w->cols), b->sums, b->a, 1, n0, n1, y, w->rows);
 }
 
@@ -102,15 +96,7 @@ int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_d
         for (int j = 0; j < 7; j++) bytes += (double)ws[j]->rows * (double)ws[j]->stride;
     }
     if (bytes < min_parallel_bytes) nt = 1;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    {
-        int tid = 0, nth = 1;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-        nth = omp_get_num_threads();
-#endif
+    BT_PARALLEL(nt) {
         for (int64_t li = 0; li < L; li++) {
             const bt_dec_layer *l = layers + li;
             const bt_dec_state *s = states + li;
@@ -124,15 +110,15 @@ int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_d
                 if (e) err = e;
             }
             if (err) break;
-            gemv_rows(&l->wq, &b, nth, tid, b.q);
-            gemv_rows(&l->wk, &b, nth, tid, b.k);
-            gemv_rows(&l->wv, &b, nth, tid, b.v);
+            gemv_rows(&l->wq, &b, b.q);
+            gemv_rows(&l->wk, &b, b.k);
+            gemv_rows(&l->wv, &b, b.v);
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
             /* per head: learning rate, RoPE, the inner step */
             int64_t h0, h1;
-            bt_split(H, nth, tid, 1, &h0, &h1);
+            bt_thread_range(H, 1, &h0, &h1);
             const float *cs = d->cos + pos * (f / 2), *sn = d->sin + pos * (f / 2);
             for (int64_t h = h0; h < h1; h++) {
                 b.lr[h] = bt_ttt_lr(b.xn, l->lr_w + h * D, l->lr_b[h], D, d->lr_scale);
@@ -146,12 +132,12 @@ int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_d
 #pragma omp single
 #endif
             {
-                bt_layernorm_fwd(b.o, l->post_w, l->post_b, 1, D, DEC_LN_EPS, b.pn, b.xh, b.r);
+                bt_layernorm_fwd(b.o, l->post_w, l->post_b, 1, D, BT_LN_EPS, b.pn, b.xh, b.r);
                 const int e = quant1(b.pn, D, &b);
                 if (e) err = e;
             }
             if (err) break;
-            gemv_rows(&l->wo, &b, nth, tid, b.y);
+            gemv_rows(&l->wo, &b, b.y);
 #ifdef _OPENMP
 #pragma omp barrier
 #pragma omp single
@@ -165,7 +151,7 @@ int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_d
             if (err) break;
             {
                 int64_t n0, n1;
-                bt_split(I, nth, tid, 4, &n0, &n1);
+                bt_thread_range(I, 4, &n0, &n1);
                 const int64_t kp = bt_padded_cols(D);
                 bt_gemm_i8_rows(&l->wgate, b.q8, kp, b.sums, b.a, 1, n0, n1, b.g, I);
                 bt_gemm_i8_rows(&l->wup, b.q8, kp, b.sums, b.a, 1, n0, n1, b.u, I);
@@ -180,7 +166,7 @@ int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_d
                 if (e) err = e;
             }
             if (err) break;
-            gemv_rows(&l->wdown, &b, nth, tid, b.y);
+            gemv_rows(&l->wdown, &b, b.y);
 #ifdef _OPENMP
 #pragma omp barrier
 #pragma omp single
@@ -198,7 +184,7 @@ int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_d
             }
             if (!err) {
                 int64_t n0, n1;
-                bt_split(hd->V, nth, tid, 16, &n0, &n1);
+                bt_thread_range(hd->V, 16, &n0, &n1);
                 bt_gemm_s8_rows(hd->Wq, D, hd->wscale, n0, n1, D, b.q8, D, b.a, 1, logits, hd->V);
             }
         }

@@ -1,4 +1,5 @@
-/* kernels.c -- run-time dispatch and threading for bt_kernels.h. */
+/* kernels.c -- threading and panel drivers for bt_kernels.h, over the kernels of the current
+ * table (bt_ops(), bt_isa_kernels.h). */
 #include "bt_kernels.h"
 #include "bt_cpu.h"
 #include "bt_isa_kernels.h"
@@ -9,40 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 /* Below this many weight-token products a call runs on one thread: waking
  * the pool costs more than it saves. */
 #define BT_MIN_PARALLEL_WORK (1 << 18)
 
-static bt_i8_fn pick_i8(void) {
-    switch (bt_get_isa()) {
-#ifdef BT_HAVE_X86
-    case BT_ISA_AVX512: return bt_i8_avx512;
-    case BT_ISA_AVX2: return bt_i8_avx2;
-#endif
-    default: return bt_i8_scalar;
-    }
-}
-
-static bt_panel_fn pick_panel(void) {
-    switch (bt_get_isa()) {
-#ifdef BT_HAVE_X86
-    case BT_ISA_AVX512: return bt_panel_avx512;
-    case BT_ISA_AVX2: return bt_panel_avx2;
-#endif
-    default: return bt_panel_scalar;
-    }
-}
-
-static int threads_for(double work, int64_t units) {
-    int nt = bt_get_threads();
-    if (work < BT_MIN_PARALLEL_WORK) return 1;
-    if (nt > units) nt = (int)(units > 0 ? units : 1);
-    return nt;
-}
+static int threads_for(double work, int64_t units) { return bt_threads_for(work, BT_MIN_PARALLEL_WORK, units); }
 
 static void to_float(const bt_ternary *w, const float *a, int64_t M, int64_t n0, int64_t n1,
                      float *y, int64_t ldy) {
@@ -60,37 +32,23 @@ static void to_float(const bt_ternary *w, const float *a, int64_t M, int64_t n0,
 /* Core of the int8 products: xq [M, ldq] padded to whole blocks, sums given. */
 static void gemm_i8_padded(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
                            const float *a, int64_t M, void *out, int64_t ldo) {
-    const bt_i8_fn fn = pick_i8();
+    const bt_isa_ops *const ops = bt_ops();
     const int64_t N = w->rows;
     const int nt = threads_for((double)N * (double)w->cols * (double)M, (N + 3) / 4);
     int32_t *raw = (int32_t *)out; /* float output is first written as int32 in place */
-    float *fs = NULL; /* AVX2 panels: the float factors of to_float, applied as the tiles are stored */
-#ifdef BT_HAVE_X86
-    if (a && fn == bt_i8_avx2 && (fs = (float *)malloc((size_t)M * sizeof(float))) != NULL)
+    float *fs = NULL; /* float products (i8f): the factors of to_float, applied as the tiles are stored */
+    if (a && ops->i8f && (fs = (float *)malloc((size_t)M * sizeof(float))) != NULL)
         for (int64_t m = 0; m < M; m++) fs[m] = w->scale / a[m];
-#endif
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    {
-        int tid = 0, cnt = 1;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-        cnt = omp_get_num_threads();
-#endif
+    BT_PARALLEL(nt) {
         int64_t n0, n1;
-        bt_split(N, cnt, tid, 4, &n0, &n1);
-        int done = 0;
-#ifdef BT_HAVE_X86
-        if (n1 > n0 && fs) done = bt_i8f_avx2(w, xq, ldq, M, n0, n1, fs, (float *)out, ldo);
-#endif
+        bt_thread_range(N, 4, &n0, &n1);
+        const int done = n1 > n0 && fs && ops->i8f(w, xq, ldq, M, n0, n1, fs, (float *)out, ldo);
         if (n1 > n0 && !done) {
-            fn(w, xq, ldq, sums, M, n0, n1, raw, ldo);
+            ops->i8(w, xq, ldq, sums, M, n0, n1, raw, ldo);
             if (a) to_float(w, a, M, n0, n1, (float *)out, ldo);
         }
     }
     free(fs);
-    (void)nt;
 }
 
 static int check_scales(const float *a, int64_t M) {
@@ -124,7 +82,7 @@ static int gemm_i8_impl(const bt_ternary *w, const int8_t *xq, int64_t M, int64_
 void bt_gemm_i8_rows(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums, const float *a,
                      int64_t M, int64_t n0, int64_t n1, float *y, int64_t ldy) {
     if (n1 <= n0 || M <= 0) return;
-    pick_i8()(w, xq, ldq, sums, M, n0, n1, (int32_t *)y, ldy);
+    bt_ops()->i8(w, xq, ldq, sums, M, n0, n1, (int32_t *)y, ldy);
     to_float(w, a, M, n0, n1, y, ldy);
 }
 
@@ -152,63 +110,11 @@ int bt_bitlinear(const bt_ternary *w, const float *x, int64_t M, int64_t ldx, fl
     return err;
 }
 
-/* Forward panel: B[k*32 + j] = code(n0 + j, k) - 1 for k < Kp = bt_padded_cols(K)
- * (padding weights give 0; rows past N give 0).  Walks k outer and the 32 rows inner so
- * that B is written sequentially; bt_panel_rows_avx512 writes the same floats faster. */
-static void panel_rows_c(const bt_ternary *w, int64_t n0, float *B) {
-    const int64_t K = bt_padded_cols(w->cols);
-    const int nr = w->rows - n0 < BT_PANEL ? (int)(w->rows - n0) : BT_PANEL;
-    const uint8_t *base = w->codes + n0 * w->stride;
-    for (int64_t k = 0; k < K; k++) {
-        const int64_t off = (k / BT_BLOCK) * BT_BLOCK_BYTES + (k & 63);
-        const unsigned sh = 2u * (unsigned)((k % BT_BLOCK) >> 6);
-        float *dst = B + k * BT_PANEL;
-        for (int j = 0; j < nr; j++) dst[j] = (float)((int)((base[j * w->stride + off] >> sh) & 3u) - 1);
-        for (int j = nr; j < BT_PANEL; j++) dst[j] = 0.0f;
-    }
-}
-
-/* Transposed panel: B[n*32 + j] = code(n, k0 + j) - 1 for n < N (cols past K give 0). */
-static void panel_cols_c(const bt_ternary *w, int64_t k0, float *B) {
-    const int64_t b = k0 / BT_BLOCK, o = k0 % BT_BLOCK; /* k0 is a multiple of 32 */
-    const unsigned sh = 2u * (unsigned)(o >> 6);
-    const int64_t i0 = o & 63;
-    const int nc = w->cols - k0 < BT_PANEL ? (int)(w->cols - k0) : BT_PANEL;
-    for (int64_t n = 0; n < w->rows; n++) {
-        const uint8_t *c = w->codes + n * w->stride + b * BT_BLOCK_BYTES + i0;
-        float *dst = B + n * BT_PANEL;
-        for (int j = 0; j < BT_PANEL; j++) dst[j] = (float)((int)((c[j] >> sh) & 3u) - 1);
-        for (int j = nc; j < BT_PANEL; j++) dst[j] = 0.0f;
-    }
-}
-
-static void panel_rows(const bt_ternary *w, int64_t n0, float *B) {
-#ifdef BT_HAVE_X86
-    if (bt_get_isa() == BT_ISA_AVX512) {
-        bt_panel_rows_avx512(w, n0, B);
-        return;
-    }
-#endif
-    panel_rows_c(w, n0, B);
-}
-
-static void panel_cols(const bt_ternary *w, int64_t k0, float *B) {
-#ifdef BT_HAVE_X86
-    if (bt_get_isa() == BT_ISA_AVX512) {
-        bt_panel_cols_avx512(w, k0, B);
-        return;
-    }
-#endif
-    panel_cols_c(w, k0, B);
-}
-
 /* Shared driver: C [M, total_cols] = s * A B with B cut in panels of 32 columns, panel q
  * filled by fill(ctx, q*32, B) as P x 32 floats; A(i, p) = A[i*sa + p*sp].  Threads take
  * contiguous ranges of panels. */
 typedef void (*fill_fn)(const void *ctx, int64_t j0, float *B);
 
-#define BT_ATILE 8       /* rows of a packed A tile (see bt_sgemm) */
-#define BT_ATILE_AVX2 12 /* the same for the AVX2 panels: a multiple of their 3-row tiles */
 #ifndef BT_GROUP_BYTES
 #define BT_GROUP_BYTES (4 << 20) /* B panels filled ahead for one bt_panels_avx2 call */
 #endif
@@ -216,37 +122,31 @@ typedef void (*fill_fn)(const void *ctx, int64_t j0, float *B);
 
 /* atile > 0: A is stored as tiles of atile rows, tile t at A + t*atile*P laid out
  * [P][atile] (then sa, sp are ignored).
- * AVX2 takes the panels of a thread in groups (up to BT_GROUP_BYTES of filled panels),
- * so that bt_panels_avx2 reads each block of A once per group instead of once per panel;
- * the other paths take one panel at a time.  Same results either way. */
+ * A table with a group kernel (AVX2's bt_panels_avx2) takes the panels of a thread in groups
+ * (up to BT_GROUP_BYTES of filled panels), so that it reads each block of A once per group
+ * instead of once per panel; the others take one panel at a time.  Same results either way. */
 static int panel_driver_ex(const void *ctx, fill_fn fill, const float *A, int64_t sa, int64_t sp, int64_t M,
                            int64_t P, int64_t total_cols, float *C, int64_t ldc, float s, int atile) {
     if (M <= 0 || total_cols <= 0) return BT_OK;
-    const bt_panel_fn fn = pick_panel();
+    const bt_isa_ops *const ops = bt_ops();
+    bt_panel_fn *const fn = ops->panel;
     const int64_t npanels = (total_cols + BT_PANEL - 1) / BT_PANEL;
     const int nt = threads_for((double)M * (double)P * (double)total_cols, npanels);
     /* room for whole blocks of rows: ternary panel fills may write up to bt_padded_cols */
     const int64_t rows = bt_padded_cols(P), ldp = rows * BT_PANEL;
-    int grouped = 0, group = 1;
-#ifdef BT_HAVE_X86
-    if (fn == bt_panel_avx2 && atile % 3 == 0) {
+    bt_panels_fn *const panels = atile % 3 == 0 ? ops->panels : NULL;
+    int group = 1;
+    if (panels) {
         const int64_t g = BT_GROUP_BYTES / (ldp * 4);
-        grouped = 1;
         group = g < 1 ? 1 : (g > BT_GROUP_MAX ? BT_GROUP_MAX : (int)g);
     }
-#endif
     int failed = 0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
 #endif
     {
-        int tid = 0, cnt = 1;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-        cnt = omp_get_num_threads();
-#endif
         int64_t q0, q1;
-        bt_split(npanels, cnt, tid, 1, &q0, &q1);
+        bt_thread_range(npanels, 1, &q0, &q1);
         const int gmax = q1 - q0 < group ? (int)(q1 - q0) : group;
         float *B = NULL;
         if (q1 > q0) {
@@ -258,13 +158,11 @@ static int panel_driver_ex(const void *ctx, fill_fn fill, const float *A, int64_
             const int64_t j0 = q * BT_PANEL, jl = (q + g - 1) * BT_PANEL;
             const int nc = total_cols - jl < BT_PANEL ? (int)(total_cols - jl) : BT_PANEL;
             for (int k = 0; k < g; k++) fill(ctx, j0 + k * BT_PANEL, B + k * ldp);
-            if (grouped) {
-#ifdef BT_HAVE_X86
+            if (panels) {
                 if (!atile)
-                    bt_panels_avx2(A, sa, sp, M, 0, M, B, ldp, g, P, C + j0, ldc, nc, s);
+                    panels(A, sa, sp, M, 0, M, B, ldp, g, P, C + j0, ldc, nc, s);
                 else
-                    bt_panels_avx2(A, 1, atile, atile, atile * P, M, B, ldp, g, P, C + j0, ldc, nc, s);
-#endif
+                    panels(A, 1, atile, atile, atile * P, M, B, ldp, g, P, C + j0, ldc, nc, s);
             } else if (!atile) {
                 fn(A, sa, sp, M, B, P, C + j0, ldc, nc, s);
             } else {
@@ -285,8 +183,12 @@ static int panel_driver(const void *ctx, fill_fn fill, const float *A, int64_t s
     return panel_driver_ex(ctx, fill, A, sa, sp, M, P, total_cols, C, ldc, s, 0);
 }
 
-static void fill_rows(const void *ctx, int64_t j0, float *B) { panel_rows((const bt_ternary *)ctx, j0, B); }
-static void fill_cols(const void *ctx, int64_t j0, float *B) { panel_cols((const bt_ternary *)ctx, j0, B); }
+static void fill_rows(const void *ctx, int64_t j0, float *B) {
+    bt_ops()->panel_rows((const bt_ternary *)ctx, j0, B);
+}
+static void fill_cols(const void *ctx, int64_t j0, float *B) {
+    bt_ops()->panel_cols((const bt_ternary *)ctx, j0, B);
+}
 
 int bt_gemm_f32(const bt_ternary *w, const float *x, int64_t M, int64_t ldx, float *y, int64_t ldy) {
     return panel_driver(w, fill_rows, x, ldx, 1, M, w->cols, w->rows, y, ldy, w->scale);
@@ -346,21 +248,16 @@ static void fill_q8(const void *ctx, int64_t j0, float *B) {
 
 /* op(A) = A^T with B filled by fill(ctx): A is packed once into tiles of h rows of op(A),
  * [P][h] each (h contiguous floats of a row of A per p), so that the microkernels read A
- * sequentially; h is a multiple of 3 for the AVX2 panels (3-row tiles), else 8. */
+ * sequentially; h is the table's atile (a multiple of 3 for the AVX2 panels' 3-row tiles). */
 static int sgemm_tn(int64_t M, int64_t N, int64_t P, const float *A, int64_t lda, const void *ctx, fill_fn fill,
                     float *C, int64_t ldc) {
-    int64_t h = BT_ATILE;
-#ifdef BT_HAVE_X86
-    if (pick_panel() == bt_panel_avx2) h = BT_ATILE_AVX2;
-#endif
+    const int64_t h = bt_ops()->atile;
     const int64_t tiles = (M + h - 1) / h;
     float *at = (float *)aligned_alloc(BT_ALIGN, (size_t)((tiles * h * P * 4 + 63) / 64 * 64));
     if (!at) return BT_ERR_NOMEM;
     /* rows p of A are read in order (each one sequentially) and dealt out to the tiles */
     const int nt = threads_for((double)M * (double)P * (double)N, P);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-#endif
+    BT_PARALLEL_FOR(nt)
     for (int64_t p = 0; p < P; p++) {
         const float *src = A + p * lda;
         for (int64_t t = 0; t < tiles; t++) {
@@ -370,7 +267,6 @@ static int sgemm_tn(int64_t M, int64_t N, int64_t P, const float *A, int64_t lda
             for (int64_t i = mr; i < h; i++) dst[i] = 0.0f;
         }
     }
-    (void)nt;
     const int err = panel_driver_ex(ctx, fill, at, 0, 0, M, P, N, C, ldc, 1.0f, (int)h);
     free(at);
     return err;

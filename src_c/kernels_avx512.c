@@ -7,16 +7,17 @@
  * four ands, four vpdpbusd.
  * int8 GEMM (M > 1): tiles of 4 rows x 4 tokens; the codes of a plane are
  * unpacked once (shift, and) and reused by the four tokens.
+ * The AVX-512 table is at the end.
  */
 #include "bt_isa_kernels.h"
+#include "bt_cpu.h"
 
 #ifdef BT_HAVE_X86
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma")))
-#define INLINE static inline __attribute__((always_inline))
+#define T512 BT_TARGET_AVX512
 
 /* a0 + a1/4 + a2/16 + a3/64, lane by lane (exact: plane p sums are multiples of 4^p). */
 T512 INLINE __m512i plane_combine(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
@@ -274,9 +275,9 @@ T512 void bt_panel_avx512(const float *A, int64_t sa, int64_t sp, int64_t M, con
     for (; i < M; i++) panel_1(A + i * sa, sa, sp, B, P, C + i * ldc, ldc, nc, s);
 }
 
-/* Forward float panel (see kernels.c: panel_rows): B[k*32 + j] = code(n0 + j, k) - 1 for
- * k < bt_padded_cols(K) (padding weights decode to 0), rows past N give 0.  Decodes 16 rows
- * x 16 k at a time and transposes the 16x16 tile in registers.  Same bytes as the C version. */
+/* Forward float panel (bt_panel_rows_scalar in kernels_scalar.c): B[k*32 + j] = code(n0 + j, k)
+ * - 1 for k < bt_padded_cols(K) (padding weights decode to 0), rows past N give 0.  Decodes 16
+ * rows x 16 k at a time and transposes the 16x16 tile in registers.  Same bytes as the C version. */
 T512 INLINE __m512 decode16(const uint8_t *c, int shift) {
     const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)c));
     const __m512i code = _mm512_and_si512(_mm512_srl_epi32(v, _mm_cvtsi32_si128(shift)), _mm512_set1_epi32(3));
@@ -326,8 +327,8 @@ T512 void bt_panel_rows_avx512(const bt_ternary *w, int64_t n0, float *B) {
     }
 }
 
-/* Transposed float panel (see kernels.c: panel_cols): B[n*32 + j] = code(n, k0 + j) - 1,
- * cols past K give 0. */
+/* Transposed float panel (bt_panel_cols_scalar in kernels_scalar.c): B[n*32 + j] =
+ * code(n, k0 + j) - 1, cols past K give 0. */
 T512 void bt_panel_cols_avx512(const bt_ternary *w, int64_t k0, float *B) {
     const int64_t off = (k0 / BT_BLOCK) * BT_BLOCK_BYTES + (k0 & 63);
     const int shift = 2 * (int)((k0 % BT_BLOCK) >> 6);
@@ -375,5 +376,26 @@ T512 int bt_quant_rows_avx512(const float *x, int64_t M, int64_t K, int64_t ldx,
     }
     return BT_OK;
 }
+
+/* AVX-512: its own int8, float panel, panel fill and quantization kernels; the int8 head rows
+ * and the decoded TTT head are the AVX2 ones. */
+const bt_isa_ops bt_ops_avx512 = {
+    .isa = BT_ISA_AVX512,
+    .i8 = bt_i8_avx512,
+    .i8f = NULL,
+    .panel = bt_panel_avx512,
+    .panels = NULL,
+    .atile = 8,
+    .panel_rows = bt_panel_rows_avx512,
+    .panel_cols = bt_panel_cols_avx512,
+    .quant = bt_quant_rows_avx512,
+    .s8_rows = bt_s8_rows_avx2,
+    .swiglu_fwd = bt_swiglu_fwd_avx512,
+    .swiglu_bwd = bt_swiglu_bwd_avx512,
+    .xent = bt_xent_avx512,
+    .ttt_fwd = bt_ttt_fwd_avx512,
+    .ttt_bwd = bt_ttt_bwd_avx512,
+    .ttt_head = bt_ttt_head_avx2,
+};
 
 #endif /* BT_HAVE_X86 */

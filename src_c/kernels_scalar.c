@@ -1,7 +1,10 @@
-/* kernels_scalar.c -- portable C kernels; the reference every SIMD path must match. */
+/* kernels_scalar.c -- portable C kernels, the reference every SIMD path must match, and the
+ * scalar table (bt_isa_kernels.h). */
 #include "bt_isa_kernels.h"
+#include "bt_cpu.h"
 
 #include <math.h>
+#include <stddef.h>
 
 void bt_i8_scalar(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
                   int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo) {
@@ -39,3 +42,68 @@ void bt_panel_scalar(const float *A, int64_t sa, int64_t sp, int64_t M, const fl
         for (int j = 0; j < nc; j++) C[i * ldc + j] = acc[j] * s;
     }
 }
+
+/* Forward panel: B[k*32 + j] = code(n0 + j, k) - 1 for k < Kp = bt_padded_cols(K)
+ * (padding weights give 0; rows past N give 0), the fill of kernels.c's panel driver.  Walks k outer and the 32 rows inner so
+ * that B is written sequentially; bt_panel_rows_avx512 writes the same floats faster. */
+void bt_panel_rows_scalar(const bt_ternary *w, int64_t n0, float *B) {
+    const int64_t K = bt_padded_cols(w->cols);
+    const int nr = w->rows - n0 < BT_PANEL ? (int)(w->rows - n0) : BT_PANEL;
+    const uint8_t *base = w->codes + n0 * w->stride;
+    for (int64_t k = 0; k < K; k++) {
+        const int64_t off = (k / BT_BLOCK) * BT_BLOCK_BYTES + (k & 63);
+        const unsigned sh = 2u * (unsigned)((k % BT_BLOCK) >> 6);
+        float *dst = B + k * BT_PANEL;
+        for (int j = 0; j < nr; j++) dst[j] = (float)((int)((base[j * w->stride + off] >> sh) & 3u) - 1);
+        for (int j = nr; j < BT_PANEL; j++) dst[j] = 0.0f;
+    }
+}
+
+/* Transposed panel: B[n*32 + j] = code(n, k0 + j) - 1 for n < N (cols past K give 0). */
+void bt_panel_cols_scalar(const bt_ternary *w, int64_t k0, float *B) {
+    const int64_t b = k0 / BT_BLOCK, o = k0 % BT_BLOCK; /* k0 is a multiple of 32 */
+    const unsigned sh = 2u * (unsigned)(o >> 6);
+    const int64_t i0 = o & 63;
+    const int nc = w->cols - k0 < BT_PANEL ? (int)(w->cols - k0) : BT_PANEL;
+    for (int64_t n = 0; n < w->rows; n++) {
+        const uint8_t *c = w->codes + n * w->stride + b * BT_BLOCK_BYTES + i0;
+        float *dst = B + n * BT_PANEL;
+        for (int j = 0; j < BT_PANEL; j++) dst[j] = (float)((int)((c[j] >> sh) & 3u) - 1);
+        for (int j = nc; j < BT_PANEL; j++) dst[j] = 0.0f;
+    }
+}
+
+/* Rows [n0, n1) of bt_gemm_s8 (bt_int8.h): exact int32 sums, then the two scales. */
+void bt_s8_rows_scalar(const int8_t *W, int64_t ldw, const float *ws, int64_t n0, int64_t n1, int64_t K,
+                       const int8_t *xq, int64_t ldx, const float *a, int64_t M, float *y, int64_t ldy) {
+    for (int64_t n = n0; n < n1; n++) {
+        const int8_t *w = W + n * ldw;
+        for (int64_t m = 0; m < M; m++) {
+            const int8_t *x = xq + m * ldx;
+            int32_t acc = 0;
+            for (int64_t k = 0; k < K; k++) acc += (int32_t)w[k] * (int32_t)x[k];
+            y[m * ldy + n] = (float)acc * (ws[n] / a[m]);
+        }
+    }
+}
+
+/* The portable path: every entry plain C (ops and TTT: ops.c, ttt.c, ttt_decode.c compiled
+ * for the baseline ISA). */
+const bt_isa_ops bt_ops_scalar = {
+    .isa = BT_ISA_SCALAR,
+    .i8 = bt_i8_scalar,
+    .i8f = NULL,
+    .panel = bt_panel_scalar,
+    .panels = NULL,
+    .atile = 8,
+    .panel_rows = bt_panel_rows_scalar,
+    .panel_cols = bt_panel_cols_scalar,
+    .quant = bt_quant_rows_scalar,
+    .s8_rows = bt_s8_rows_scalar,
+    .swiglu_fwd = bt_swiglu_fwd_scalar,
+    .swiglu_bwd = bt_swiglu_bwd_scalar,
+    .xent = bt_xent_scalar,
+    .ttt_fwd = bt_ttt_fwd_scalar,
+    .ttt_bwd = bt_ttt_bwd_scalar,
+    .ttt_head = bt_ttt_head_scalar,
+};

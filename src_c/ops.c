@@ -1,16 +1,13 @@
 /* ops.c -- fused row-wise operations (see bt_ops.h).  Plain C: the loops whose lanes are
- * independent vectorize, and no sum is reassociated, so every ISA gives the same bits. */
+ * independent vectorize, and no sum is reassociated, so every ISA gives the same bits.  The
+ * element-wise bodies are compiled once per ISA, as entries of the kernel tables. */
 #include "bt_ops.h"
 #include "bt_cpu.h"
-#include "bt_ternary.h"
+#include "bt_isa_kernels.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define RL 8
 
@@ -51,18 +48,11 @@ static inline float bt_expf(float x) {
     return p * two_n.f;
 }
 
-static int nthreads(int64_t work, int64_t units) {
-    int nt = bt_get_threads();
-    if (work < (1 << 16)) nt = 1;
-    if (nt > units) nt = (int)(units > 0 ? units : 1);
-    return nt;
-}
+static int nthreads(int64_t work, int64_t units) { return bt_threads_for((double)work, 1 << 16, units); }
 
 void bt_rmsnorm_fwd(const float *x, const float *w, int64_t M, int64_t D, float eps, float *y, float *r) {
     const int nt = nthreads(M * D, M);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-#endif
+    BT_PARALLEL_FOR(nt)
     for (int64_t m = 0; m < M; m++) {
         const float *xr = x + m * D;
         float *yr = y + m * D;
@@ -70,7 +60,6 @@ void bt_rmsnorm_fwd(const float *x, const float *w, int64_t M, int64_t D, float 
         r[m] = rr;
         for (int64_t c = 0; c < D; c++) yr[c] = xr[c] * rr * w[c];
     }
-    (void)nt;
 }
 
 int bt_rmsnorm_bwd(const float *dy, const float *x, const float *w, const float *r, int64_t M, int64_t D,
@@ -122,9 +111,7 @@ int bt_rmsnorm_bwd(const float *dy, const float *x, const float *w, const float 
 void bt_layernorm_fwd(const float *x, const float *w, const float *b, int64_t M, int64_t D, float eps, float *y,
                       float *xh, float *r) {
     const int nt = nthreads(M * D, M);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-#endif
+    BT_PARALLEL_FOR(nt)
     for (int64_t m = 0; m < M; m++) {
         const float *xr = x + m * D;
         float *h = xh + m * D, *yr = y + m * D;
@@ -137,7 +124,6 @@ void bt_layernorm_fwd(const float *x, const float *w, const float *b, int64_t M,
             yr[c] = h[c] * w[c] + b[c];
         }
     }
-    (void)nt;
 }
 
 int bt_layernorm_bwd(const float *dy, const float *xh, const float *w, const float *r, int64_t M, int64_t D,
@@ -191,8 +177,6 @@ int bt_layernorm_bwd(const float *dy, const float *xh, const float *w, const flo
 
 /* The elementwise bodies, compiled once per ISA (plain C: the copies differ only in vector
  * width, never in the order of operations, so they give the same bits). */
-#define INLINE static inline __attribute__((always_inline))
-
 INLINE void swiglu_fwd_body(const float *restrict g, const float *restrict u, int64_t i0, int64_t i1,
                             float *restrict h, float *restrict sg) {
     for (int64_t i = i0; i < i1; i++) {
@@ -243,81 +227,55 @@ INLINE void xent_rows(const float *logits, const int64_t *targets, const float *
     }
 }
 
+/* The table entries (bt_isa_kernels.h): the bodies above, compiled for each ISA. */
 #define OPS_FNS(SUFFIX, ATTR)                                                                              \
-    ATTR static void swf_##SUFFIX(const float *g, const float *u, int64_t i0, int64_t i1, float *h,        \
-                                  float *sg) {                                                             \
+    ATTR void bt_swiglu_fwd_##SUFFIX(const float *g, const float *u, int64_t i0, int64_t i1, float *h,     \
+                                     float *sg) {                                                          \
         swiglu_fwd_body(g, u, i0, i1, h, sg);                                                              \
     }                                                                                                      \
-    ATTR static void swb_##SUFFIX(const float *dh, const float *g, const float *u, const float *sg,        \
-                                  int64_t i0, int64_t i1, float *dg, float *du) {                          \
+    ATTR void bt_swiglu_bwd_##SUFFIX(const float *dh, const float *g, const float *u, const float *sg,     \
+                                     int64_t i0, int64_t i1, float *dg, float *du) {                       \
         swiglu_bwd_body(dh, g, u, sg, i0, i1, dg, du);                                                     \
     }                                                                                                      \
-    ATTR static void xe_##SUFFIX(const float *l, const int64_t *t, const float *wt, int64_t m0, int64_t m1, \
-                                 int64_t V, float *d, double *loss) {                                      \
+    ATTR void bt_xent_##SUFFIX(const float *l, const int64_t *t, const float *wt, int64_t m0, int64_t m1,  \
+                               int64_t V, float *d, double *loss) {                                        \
         xent_rows(l, t, wt, m0, m1, V, d, loss);                                                           \
     }
 
 OPS_FNS(scalar, )
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-OPS_FNS(avx2, __attribute__((target("avx2,fma"))))
-OPS_FNS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))))
-#define OPS_X86 1
-#endif
-
-typedef void (*swf_fn)(const float *, const float *, int64_t, int64_t, float *, float *);
-typedef void (*swb_fn)(const float *, const float *, const float *, const float *, int64_t, int64_t, float *,
-                       float *);
-typedef void (*xe_fn)(const float *, const int64_t *, const float *, int64_t, int64_t, int64_t, float *, double *);
-
-#ifdef OPS_X86
-#define PICK(name) (bt_get_isa() == BT_ISA_AVX512 ? name##_avx512 : bt_get_isa() == BT_ISA_AVX2 ? name##_avx2 : name##_scalar)
-#else
-#define PICK(name) name##_scalar
-#endif
-
-/* [0, n) cut in `parts` contiguous ranges; range `idx`. */
-#ifdef _OPENMP
-#define TID omp_get_thread_num()
-#define NTH omp_get_num_threads()
-#else
-#define TID 0
-#define NTH 1
-#endif
-
-/* Run STMT on thread-contiguous ranges [lo, hi) of [0, N), with the local `nt` threads. */
-#ifdef _OPENMP
-#define RANGES(N, STMT)                                                             \
-    _Pragma("omp parallel num_threads(nt) if (nt > 1)") {                           \
-        int64_t lo, hi;                                                             \
-        bt_split(N, NTH, TID, 1, &lo, &hi);                                            \
-        STMT;                                                                       \
-    }
-#else
-#define RANGES(N, STMT)                                                             \
-    {                                                                               \
-        int64_t lo, hi;                                                             \
-        (void)nt;                                                                   \
-        bt_split(N, 1, 0, 1, &lo, &hi);                                                \
-        STMT;                                                                       \
-    }
+#ifdef BT_HAVE_X86
+OPS_FNS(avx2, BT_TARGET_AVX2)
+OPS_FNS(avx512, BT_TARGET_AVX512)
 #endif
 
 void bt_swiglu_fwd(const float *g, const float *u, int64_t n, float *h, float *sg) {
-    const swf_fn fn = PICK(swf);
+    bt_swiglu_fwd_fn *const fn = bt_ops()->swiglu_fwd;
     const int nt = nthreads(n, n / 4096 + 1);
-    RANGES(n, fn(g, u, lo, hi, h, sg))
+    BT_PARALLEL(nt) {
+        int64_t lo, hi;
+        bt_thread_range(n, 1, &lo, &hi);
+        fn(g, u, lo, hi, h, sg);
+    }
 }
 
 void bt_swiglu_bwd(const float *dh, const float *g, const float *u, const float *sg, int64_t n, float *dg,
                    float *du) {
-    const swb_fn fn = PICK(swb);
+    bt_swiglu_bwd_fn *const fn = bt_ops()->swiglu_bwd;
     const int nt = nthreads(n, n / 4096 + 1);
-    RANGES(n, fn(dh, g, u, sg, lo, hi, dg, du))
+    BT_PARALLEL(nt) {
+        int64_t lo, hi;
+        bt_thread_range(n, 1, &lo, &hi);
+        fn(dh, g, u, sg, lo, hi, dg, du);
+    }
 }
 
 void bt_softmax_xent(const float *logits, const int64_t *targets, const float *wt, int64_t M, int64_t V,
                      float *dlogits, double *loss) {
-    const xe_fn fn = PICK(xe);
+    bt_xent_fn *const fn = bt_ops()->xent;
     const int nt = nthreads(M * V, M);
-    RANGES(M, fn(logits, targets, wt, lo, hi, V, dlogits, loss))
+    BT_PARALLEL(nt) {
+        int64_t lo, hi;
+        bt_thread_range(M, 1, &lo, &hi);
+        fn(logits, targets, wt, lo, hi, V, dlogits, loss);
+    }
 }

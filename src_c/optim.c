@@ -2,18 +2,11 @@
 #include "bt_optim.h"
 
 #include <math.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "bt_cpu.h"
 
-static int optim_threads(int64_t n) {
-    int nt = bt_get_threads();
-    const int64_t most = n / (64 * 1024) + 1; /* below ~64k elements a thread is not worth it */
-    if (nt > most) nt = (int)most;
-    return nt < 1 ? 1 : nt;
-}
+/* below ~64k elements a thread is not worth it */
+static int optim_threads(int64_t n) { return bt_threads_for(0.0, 0.0, n / (64 * 1024) + 1); }
 
 static void adamw_range(const bt_adamw_args *a, float *p, const float *grad, float *m, float *v, int64_t lo,
                         int64_t hi) {
@@ -33,16 +26,11 @@ static void adamw_range(const bt_adamw_args *a, float *p, const float *grad, flo
 
 void bt_adamw(const bt_adamw_args *a, float *p, const float *grad, float *m, float *v, int64_t n) {
     const int nt = optim_threads(n);
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
-        adamw_range(a, p, grad, m, v, n * t / T, n * (t + 1) / T);
+    BT_PARALLEL(nt) {
+        int64_t lo, hi;
+        bt_thread_range(n, 1, &lo, &hi);
+        adamw_range(a, p, grad, m, v, lo, hi);
     }
-#else
-    (void)nt;
-    adamw_range(a, p, grad, m, v, 0, n);
-#endif
 }
 
 static double sumsq_block(const float *x, int64_t lo, int64_t hi) {
@@ -59,12 +47,9 @@ double bt_sumsq(const float *x, int64_t n) {
     /* BT_OPTIM_SEGMENTS fixed segments, whatever the thread count; their sums added in order. */
     double part[BT_OPTIM_SEGMENTS];
     const int nt = optim_threads(n);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-#endif
+    BT_PARALLEL_FOR(nt)
     for (int s = 0; s < BT_OPTIM_SEGMENTS; s++)
         part[s] = sumsq_block(x, n * s / BT_OPTIM_SEGMENTS, n * (s + 1) / BT_OPTIM_SEGMENTS);
-    (void)nt;
     double total = 0.0;
     for (int s = 0; s < BT_OPTIM_SEGMENTS; s++) total += part[s];
     return total;

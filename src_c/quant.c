@@ -5,10 +5,6 @@
 #include "bt_isa_kernels.h"
 
 #include <math.h>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #include <string.h>
 
 int32_t bt_quant_span(const float *row, int64_t k0, int64_t k1, float scale, int8_t *dst) {
@@ -45,13 +41,7 @@ int bt_quant_rows_scalar(const float *x, int64_t M, int64_t K, int64_t ldx, int8
 
 int bt_quantize_act(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q, int64_t ldq,
                     float *a, int32_t *sums) {
-    switch (bt_get_isa()) {
-#ifdef BT_HAVE_X86
-    case BT_ISA_AVX512: return bt_quant_rows_avx512(x, M, K, ldx, q, ldq, a, sums);
-    case BT_ISA_AVX2: return bt_quant_rows_avx2(x, M, K, ldx, q, ldq, a, sums);
-#endif
-    default: return bt_quant_rows_scalar(x, M, K, ldx, q, ldq, a, sums);
-    }
+    return bt_ops()->quant(x, M, K, ldx, q, ldq, a, sums);
 }
 
 void bt_pad_act(const int8_t *x, int64_t M, int64_t K, int64_t ldx,
@@ -71,14 +61,11 @@ void bt_pad_act(const int8_t *x, int64_t M, int64_t K, int64_t ldx,
 
 void bt_dequant_act(const int8_t *q, int64_t M, int64_t K, const float *a, float *out) {
     const int nt = M * K >= (1 << 16) ? bt_get_threads() : 1;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-#endif
+    BT_PARALLEL_FOR(nt)
     for (int64_t m = 0; m < M; m++) {
         const int8_t *src = q + m * K;
         float *dst = out + m * K;
         const float am = a[m];
         for (int64_t k = 0; k < K; k++) dst[k] = (float)src[k] / am;
     }
-    (void)nt;
 }

@@ -6,10 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 /* Rows run in parallel; each row is summed in double, then the row sums are added in
  * row order, so the result does not depend on the thread count. */
 int bt_absmean_scale(const float *w, int64_t rows, int64_t cols, int64_t ldw, float *scale) {

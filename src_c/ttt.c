@@ -3,27 +3,20 @@
  * One (sequence, head) row at a time, mini-batch by mini-batch.  The maths is written
  * once as inline C (chunk_forward / chunk_backward below, mirroring
  * bitttt/layers/ttt.py: minibatch_forward / minibatch_backward) and compiled three times,
- * for the baseline ISA, AVX2 and AVX-512; the compiler only vectorizes loops whose lanes
- * are independent (no reassociation: -ffp-contract=off, no fast-math), so all three give
- * the same bits, and bt_get_isa() picks one at run time.
+ * for the baseline ISA, AVX2 and AVX-512 (the ttt_fwd, ttt_bwd entries of the kernel
+ * tables, bt_isa_kernels.h); the compiler only vectorizes loops whose lanes are independent
+ * (no reassociation: -ffp-contract=off, no fast-math), so all three give the same bits.
  */
 #include "bt_ttt.h"
 #include "bt_cpu.h"
-#include "bt_ternary.h"
+#include "bt_isa_kernels.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#define LN_EPS 1e-6f
-#define INLINE static inline __attribute__((always_inline))
-
 /* Per-thread scratch, sized for a full mini-batch (K rows). */
-typedef struct {
+struct bt_ttt_scratch {
     float *Z1c;  /* Z1 - mean (d1)        [K, f] */
     float *xh1;  /* LN1 normalized        [K, f] */
     float *r1;   /* LN1 1/std             [K]    */
@@ -41,7 +34,8 @@ typedef struct {
     float *ta, *tb;  /* [K] temporaries */
     float *base;     /* the one allocation */
     float *qc, *kc, *vc, *oc, *dqc, *dkc, *dvc; /* one mini-batch gathered from [B, T, D], [K, f] */
-} scratch;
+};
+typedef bt_ttt_scratch scratch;
 
 static void scratch_free(scratch *s) {
     free(s->base);
@@ -126,49 +120,8 @@ INLINE void axpy(int64_t f, float a, const float *restrict x, float *restrict y)
 /* y[0:f] = y0 + sum_p x[p] M[p, 0:f] (sequential in p), accumulated in a local row that
  * the compiler keeps in registers for the specialized widths.  y may be y0 (read first,
  * written last). */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-/* vecmat_n for f = 64 with its four accumulators held in zmm registers; the same fused
- * multiply-adds in the same order as the C loop below, so the same bits. */
-__attribute__((target("avx512f"))) static void vecmat64_avx512(int64_t P, const float *y0, const float *x,
-                                                               const float *M, float *y) {
-    __m512 a0, a1, a2, a3;
-    if (y0) {
-        a0 = _mm512_loadu_ps(y0);
-        a1 = _mm512_loadu_ps(y0 + 16);
-        a2 = _mm512_loadu_ps(y0 + 32);
-        a3 = _mm512_loadu_ps(y0 + 48);
-    } else {
-        a0 = a1 = a2 = a3 = _mm512_setzero_ps();
-    }
-    for (int64_t p = 0; p < P; p++) {
-        const __m512 xb = _mm512_set1_ps(x[p]);
-        const float *m = M + p * 64;
-        a0 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(m), a0);
-        a1 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(m + 16), a1);
-        a2 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(m + 32), a2);
-        a3 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(m + 48), a3);
-    }
-    _mm512_storeu_ps(y, a0);
-    _mm512_storeu_ps(y + 16, a1);
-    _mm512_storeu_ps(y + 32, a2);
-    _mm512_storeu_ps(y + 48, a3);
-}
-#define HAVE_VECMAT64 1
-#endif
-
-/* Set by the dispatchers below before the parallel region: the AVX-512 path is active. */
-static int g_simd512;
-static int g_simd256;
-
 INLINE void vecmat_n(int64_t f, int64_t P, const float *y0, const float *restrict x, const float *restrict M,
                      float *y) {
-#ifdef HAVE_VECMAT64
-    if (f == 64 && g_simd512) {
-        vecmat64_avx512(P, y0, x, M, y);
-        return;
-    }
-#endif
     float acc[128];
     if (f > 128) { /* wide heads: plain axpy form */
         for (int64_t c = 0; c < f; c++) y[c] = y0 ? y0[c] : 0.0f;
@@ -191,10 +144,10 @@ INLINE void vecmat_n(int64_t f, int64_t P, const float *y0, const float *restric
  * written).  For f = 64 on AVX2 / AVX-512 a register tile takes 3 rows x 32 columns (12
  * accumulators; per p, 3 broadcasts and 4 loads of M for 12 FMAs) instead of one row's
  * 8 accumulators against 8 loads of M. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) void
-mm64_tile(const int MR, int64_t P, const float *A, int64_t sa, int64_t sp, const float *M, const float *Y0,
-          int64_t sy0, float *Y, int64_t sy) {
+#ifdef BT_HAVE_X86
+#include <immintrin.h>
+BT_TARGET_AVX2 INLINE void mm64_tile(const int MR, int64_t P, const float *A, int64_t sa, int64_t sp,
+                                     const float *M, const float *Y0, int64_t sy0, float *Y, int64_t sy) {
     for (int h = 0; h < 2; h++) {
         __m256 acc[3][4];
 #pragma GCC unroll 3
@@ -227,23 +180,23 @@ mm64_tile(const int MR, int64_t P, const float *A, int64_t sa, int64_t sp, const
     }
 }
 
-__attribute__((target("avx2,fma"))) static void mm64_avx2(int64_t R, int64_t P, const float *A, int64_t sa,
-                                                          int64_t sp, const float *M, const float *Y0,
-                                                          int64_t sy0, float *Y, int64_t sy) {
+BT_TARGET_AVX2 static void mm64_avx2(int64_t R, int64_t P, const float *A, int64_t sa, int64_t sp, const float *M,
+                                     const float *Y0, int64_t sy0, float *Y, int64_t sy) {
     int64_t i = 0;
     for (; i + 3 <= R; i += 3)
         mm64_tile(3, P, A + i * sa, sa, sp, M, Y0 ? Y0 + i * sy0 : NULL, sy0, Y + i * sy, sy);
     if (R - i == 2) mm64_tile(2, P, A + i * sa, sa, sp, M, Y0 ? Y0 + i * sy0 : NULL, sy0, Y + i * sy, sy);
     else if (R - i == 1) mm64_tile(1, P, A + i * sa, sa, sp, M, Y0 ? Y0 + i * sy0 : NULL, sy0, Y + i * sy, sy);
 }
-#define HAVE_MM64 1
 #endif
 
-/* t is scratch [P] (used when sp != 1, to gather a row of A) */
+/* t is scratch [P] (used when sp != 1, to gather a row of A); mm64: the copy for AVX2 or
+ * AVX-512 (a constant in each), which takes f = 64 to mm64_avx2. */
 INLINE void matrows(int64_t f, int64_t R, int64_t P, const float *A, int64_t sa, int64_t sp, const float *restrict M,
-                    const float *Y0, int64_t sy0, float *Y, int64_t sy, float *restrict t) {
-#ifdef HAVE_MM64
-    if (f == 64 && g_simd256) {
+                    const float *Y0, int64_t sy0, float *Y, int64_t sy, float *restrict t, const int mm64) {
+    (void)mm64;
+#ifdef BT_HAVE_X86
+    if (f == 64 && mm64) {
         mm64_avx2(R, P, A, sa, sp, M, Y0, sy0, Y, sy);
         return;
     }
@@ -316,15 +269,15 @@ INLINE void ln1_grads(int64_t f, float rf, float ff, float ds1, float ds2, float
  * place to the state handed on; out [n, f]; the intermediates the backward needs stay in s. */
 INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, const float *v,
                           const float *lr, const float *tok, const float *gamma, const float *beta,
-                          float *W, float *b, float *out, scratch *s) {
+                          float *W, float *b, float *out, scratch *s, const int mm64) {
     const float ff = (float)f;
     /* Z1 = k W + b, LN1, G */
-    matrows(f, n, f, k, f, 1, W, b, 0, s->Z1c, f, s->tb);
+    matrows(f, n, f, k, f, 1, W, b, 0, s->Z1c, f, s->tb, mm64);
     for (int64_t i = 0; i < n; i++) {
         float *z = s->Z1c + i * f;
         const float mu = sum(f, z) / ff;
         for (int64_t c = 0; c < f; c++) z[c] = z[c] - mu;
-        const float r = 1.0f / sqrtf(dot(f, z, z) / ff + LN_EPS);
+        const float r = 1.0f / sqrtf(dot(f, z, z) / ff + BT_LN_EPS);
         s->r1[i] = r;
         float *xh = s->xh1 + i * f, *go = s->go + i * f, *gx = s->gxh + i * f;
         ln1_rows(f, r, z, gamma, beta, v + i * f, k + i * f, xh, go, gx);
@@ -339,7 +292,7 @@ INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, 
     for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0; j <= i; j++) s->A[i * n + j] = dot(f, q + i * f, k + j * f);
     /* Zb = q W - sum_j E (1 + A) G + b ; out = q + LN(Zb) */
-    matrows(f, n, f, q, f, 1, W, b, 0, s->dZb, f, s->tb);
+    matrows(f, n, f, q, f, 1, W, b, 0, s->dZb, f, s->tb, mm64);
     for (int64_t i = 0; i < n; i++) {
         float *z = s->dZb + i * f; /* Zb is kept centred in dZb until the backward reuses it */
         for (int64_t j = 0; j <= i; j++) {
@@ -349,7 +302,7 @@ INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, 
         }
         const float mu = sum(f, z) / ff;
         for (int64_t c = 0; c < f; c++) z[c] = z[c] - mu;
-        const float r = 1.0f / sqrtf(dot(f, z, z) / ff + LN_EPS);
+        const float r = 1.0f / sqrtf(dot(f, z, z) / ff + BT_LN_EPS);
         s->r2[i] = r;
         float *xh = s->xh2 + i * f;
         for (int64_t c = 0; c < f; c++) {
@@ -366,7 +319,7 @@ INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, 
     float *nk = s->dd; /* free in the forward */
     for (int64_t j = 0; j < n; j++)
         for (int64_t p = 0; p < f; p++) nk[j * f + p] = ne[j] * k[j * f + p];
-    matrows(f, f, n, nk, 1, f, s->G, W, f, W, f, s->tb);
+    matrows(f, f, n, nk, 1, f, s->G, W, f, W, f, s->tb, mm64);
 }
 
 /* One mini-batch backward, after chunk_forward(W0, b0) filled s.  dW [f, f], db [f] hold the
@@ -381,7 +334,7 @@ INLINE void transpose(int64_t f, const float *a, float *at) {
 INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k, const float *lr,
                            const float *tok, const float *gamma, const float *W0, const float *dout,
                            float *dW, float *db, float *dq, float *dk, float *dv, float *dlr, float *dtok,
-                           float *dgamma, float *dbeta, scratch *s) {
+                           float *dgamma, float *dbeta, scratch *s, const int mm64) {
     const float ff = (float)f;
     float *dE = s->dE;
     memset(dE, 0, (size_t)(n * n) * sizeof(float));
@@ -395,7 +348,7 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
         for (int64_t c = 0; c < f; c++) dh[c] = -db[c];
         for (int64_t p = 0; p < f; p++) kn[p] = -k[j * f + p];
     }
-    matrows(f, n, f, s->dZ1, f, 1, dW, s->dH, f, s->dH, f, s->tb);
+    matrows(f, n, f, s->dZ1, f, 1, dW, s->dH, f, s->dH, f, s->tb, mm64);
     for (int64_t j = 0; j < n; j++) {
         const float *dh = s->dH + j * f;
         const float e = tl * lr[j];
@@ -407,7 +360,7 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
         float *dg = s->dG + j * f;
         for (int64_t c = 0; c < f; c++) dg[c] = e * dh[c];
     }
-    matrows(f, n, f, s->dd, f, 1, s->dWT, NULL, 0, dk, f, s->tb);
+    matrows(f, n, f, s->dd, f, 1, s->dWT, NULL, 0, dk, f, s->tb, mm64);
     /* out = q + LN(Zb) */
     for (int64_t i = 0; i < n; i++) {
         const float *dy = dout + i * f, *xh = s->xh2 + i * f;
@@ -419,13 +372,13 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
         for (int64_t c = 0; c < f; c++) dq[i * f + c] = dy[c];
     }
     /* Zb = q W0 - sum_j E(1 + A) G + b */
-    matrows(f, n, f, s->dZb, f, 1, s->WT, NULL, 0, s->dd, f, s->tb); /* dZb W0^T, summed over c in order */
+    matrows(f, n, f, s->dZb, f, 1, s->WT, NULL, 0, s->dd, f, s->tb, mm64); /* dZb W0^T, summed over c in order */
     for (int64_t i = 0; i < n; i++) {
         const float *dz = s->dZb + i * f, *dqi = s->dd + i * f;
         for (int64_t p = 0; p < f; p++) dq[i * f + p] += dqi[p];
         for (int64_t c = 0; c < f; c++) db[c] += dz[c];
     }
-    matrows(f, f, n, q, 1, f, s->dZb, dW, f, dW, f, s->tb); /* dW += q^T dZb */
+    matrows(f, f, n, q, 1, f, s->dZb, dW, f, dW, f, s->tb, mm64); /* dW += q^T dZb */
     for (int64_t i = 0; i < n; i++) {
         const float *dz = s->dZb + i * f;
         for (int64_t j = 0; j <= i; j++) {
@@ -467,13 +420,13 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
         for (int64_t c = 0; c < f; c++) dz1[c] = dz1[c] - mdd;
     }
     /* Z1 = k W0 + b */
-    matrows(f, n, f, s->dZ1, f, 1, s->WT, NULL, 0, s->dd, f, s->tb); /* dZ1 W0^T, summed over c in order */
+    matrows(f, n, f, s->dZ1, f, 1, s->WT, NULL, 0, s->dd, f, s->tb, mm64); /* dZ1 W0^T, summed over c in order */
     for (int64_t i = 0; i < n; i++) {
         const float *dz = s->dZ1 + i * f, *dki = s->dd + i * f;
         for (int64_t p = 0; p < f; p++) dk[i * f + p] += dki[p];
         for (int64_t c = 0; c < f; c++) db[c] += dz[c];
     }
-    matrows(f, f, n, k, 1, f, s->dZ1, dW, f, dW, f, s->tb); /* dW += k^T dZ1 */
+    matrows(f, f, n, k, 1, f, s->dZ1, dW, f, dW, f, s->tb, mm64); /* dW += k^T dZ1 */
 }
 
 /* -- rows ----------------------------------------------------------------------------- */
@@ -510,7 +463,7 @@ INLINE void prefetch_rows(int64_t n, int64_t f, const float *src, int64_t ps, in
 }
 
 INLINE void row_forward(const bt_ttt_args *a, int64_t r, float *out, float *Ws, float *saved, scratch *s,
-                        const int64_t f) {
+                        const int64_t f, const int mm64) {
     const int64_t T = a->T, K = a->K, H = a->H, h = r % H, bi = r / H, D = H * f, C = (T + K - 1) / K;
     float *W = s->Wc, *b = s->bc;
     memcpy(W, a->W1 + h * f * f, (size_t)(f * f) * sizeof(float));
@@ -531,14 +484,14 @@ INLINE void row_forward(const bt_ttt_args *a, int64_t r, float *out, float *Ws, 
         copy_rows(n, f, a->k + o, D, s->kc, f, a->cos, a->sin, 1.0f);
         copy_rows(n, f, a->v + o, D, s->vc, f, NULL, NULL, 1.0f);
         chunk_forward(n, f, s->qc, s->kc, s->vc, a->lr + r * T + t0, a->tok, a->gamma + h * f, a->beta + h * f,
-                      W, b, s->oc, s);
+                      W, b, s->oc, s, mm64);
         copy_rows(n, f, s->oc, f, out + o, D, NULL, NULL, 1.0f);
     }
 }
 
 INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, float *saved, const float *dout,
                          float *dq, float *dk, float *dv, float *dlr, float *dtok, float *dW1, float *db1,
-                         float *dgamma, float *dbeta, scratch *s, const int64_t f) {
+                         float *dgamma, float *dbeta, scratch *s, const int64_t f, const int mm64) {
     const int64_t T = a->T, K = a->K, H = a->H, h = r % H, bi = r / H, D = H * f, C = (T + K - 1) / K;
     float *dW = s->dW, *db = s->db;
     memset(dW, 0, (size_t)(f * f) * sizeof(float));
@@ -564,7 +517,8 @@ INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, float
         copy_rows(n, f, a->k + o, D, s->kc, f, a->cos, a->sin, 1.0f);
         copy_rows(n, f, dout + o, D, s->oc, f, NULL, NULL, 1.0f);
         chunk_backward(n, f, s->qc, s->kc, a->lr + r * T + t0, a->tok, a->gamma + h * f, W0, s->oc, dW, db,
-                       s->dqc, s->dkc, s->dvc, dlr + r * T + t0, dtok + r * K, dgamma + r * f, dbeta + r * f, s);
+                       s->dqc, s->dkc, s->dvc, dlr + r * T + t0, dtok + r * K, dgamma + r * f, dbeta + r * f, s,
+                       mm64);
         copy_rows(n, f, s->dqc, f, dq + o, D, a->cos, a->sin, -1.0f);
         copy_rows(n, f, s->dkc, f, dk + o, D, a->cos, a->sin, -1.0f);
         copy_rows(n, f, s->dvc, f, dv + o, D, NULL, NULL, 1.0f);
@@ -574,62 +528,47 @@ INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, float
 }
 
 /* Each ISA gets a copy specialized for the common head widths (the compiler then fully
- * unrolls the short inner loops) and one for any width. */
-#define ROW_FNS(SUFFIX, ATTR)                                                                       \
-    ATTR static void fwd_##SUFFIX(const bt_ttt_args *a, int64_t r, float *out, float *Ws, float *sv, \
+ * unrolls the short inner loops) and one for any width: the ttt_fwd, ttt_bwd table entries.
+ * MM64: the copy sends f = 64 products to mm64_avx2. */
+#define ROW_FWD(F) row_forward(a, r, out, Ws, sv, s, F, MM64)
+#define ROW_BWD(F) row_backward(a, r, Ws, sv, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, F, MM64)
+#define ROW_FNS(SUFFIX, ATTR, MM64_)                                                                \
+    ATTR void bt_ttt_fwd_##SUFFIX(const bt_ttt_args *a, int64_t r, float *out, float *Ws, float *sv, \
                                   scratch *s) {                                                     \
+        enum { MM64 = MM64_ };                                                                      \
         switch (a->f) {                                                                             \
-        case 32: row_forward(a, r, out, Ws, sv, s, 32); break;                                      \
-        case 64: row_forward(a, r, out, Ws, sv, s, 64); break;                                      \
-        case 128: row_forward(a, r, out, Ws, sv, s, 128); break;                                    \
-        default: row_forward(a, r, out, Ws, sv, s, a->f);                                           \
+        case 32: ROW_FWD(32); break;                                                                \
+        case 64: ROW_FWD(64); break;                                                                \
+        case 128: ROW_FWD(128); break;                                                              \
+        default: ROW_FWD(a->f);                                                                     \
         }                                                                                           \
     }                                                                                               \
-    ATTR static void bwd_##SUFFIX(const bt_ttt_args *a, int64_t r, const float *Ws, float *sv,       \
+    ATTR void bt_ttt_bwd_##SUFFIX(const bt_ttt_args *a, int64_t r, const float *Ws, float *sv,       \
                                   const float *dout, float *dq, float *dk, float *dv, float *dlr,  \
                                   float *dtok, float *dW1, float *db1, float *dgamma, float *dbeta, \
                                   scratch *s) {                                                     \
+        enum { MM64 = MM64_ };                                                                      \
         switch (a->f) {                                                                             \
-        case 32:                                                                                    \
-            row_backward(a, r, Ws, sv, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, 32); \
-            break;                                                                                  \
-        case 64:                                                                                    \
-            row_backward(a, r, Ws, sv, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, 64); \
-            break;                                                                                  \
-        case 128:                                                                                   \
-            row_backward(a, r, Ws, sv, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, 128); \
-            break;                                                                                  \
-        default:                                                                                    \
-            row_backward(a, r, Ws, sv, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, a->f); \
+        case 32: ROW_BWD(32); break;                                                                \
+        case 64: ROW_BWD(64); break;                                                                \
+        case 128: ROW_BWD(128); break;                                                              \
+        default: ROW_BWD(a->f);                                                                     \
         }                                                                                           \
     }
 
-ROW_FNS(scalar, )
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-ROW_FNS(avx2, __attribute__((target("avx2,fma"))))
-ROW_FNS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))))
-#define HAVE_X86 1
+ROW_FNS(scalar, , 0)
+#ifdef BT_HAVE_X86
+ROW_FNS(avx2, BT_TARGET_AVX2, 1)
+ROW_FNS(avx512, BT_TARGET_AVX512, 1)
 #endif
-
-typedef void (*fwd_fn)(const bt_ttt_args *, int64_t, float *, float *, float *, scratch *);
-typedef void (*bwd_fn)(const bt_ttt_args *, int64_t, const float *, float *, const float *, float *, float *,
-                       float *, float *, float *, float *, float *, float *, float *, scratch *);
-
-static int pick(void) {
-#ifdef HAVE_X86
-    return bt_get_isa();
-#else
-    return BT_ISA_SCALAR;
-#endif
-}
+#undef ROW_FWD
+#undef ROW_BWD
 
 /* Run body(a, r, ctx, scratch) for every row r = (sequence, head) on the thread pool, each
  * thread with its own scratch.  BT_ERR_NOMEM if a scratch cannot be allocated. */
 typedef void (*row_body)(const bt_ttt_args *a, int64_t r, void *ctx, scratch *s);
 
 static int parallel_rows(const bt_ttt_args *a, row_body body, void *ctx) {
-    g_simd512 = pick() == BT_ISA_AVX512;
-    g_simd256 = pick() == BT_ISA_AVX2 || pick() == BT_ISA_AVX512;
     const int64_t R = a->B * a->H;
     const int nt = bt_get_threads() < R ? bt_get_threads() : (int)R;
     int failed = 0;
@@ -653,12 +592,12 @@ static int parallel_rows(const bt_ttt_args *a, row_body body, void *ctx) {
 }
 
 typedef struct {
-    fwd_fn fn;
+    bt_ttt_fwd_fn *fn;
     float *out, *Ws, *saved;
 } fwd_ctx;
 
 typedef struct {
-    bwd_fn fn;
+    bt_ttt_bwd_fn *fn;
     const float *Ws, *dout;
     float *saved, *dq, *dk, *dv, *dlr, *dtok, *dW1, *db1, *dgamma, *dbeta;
 } bwd_ctx;
@@ -675,21 +614,13 @@ static void bwd_body(const bt_ttt_args *a, int64_t r, void *ctx, scratch *s) {
 }
 
 int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *saved) {
-    fwd_ctx c = {fwd_scalar, out, Ws, saved};
-#ifdef HAVE_X86
-    if (pick() == BT_ISA_AVX512) c.fn = fwd_avx512;
-    else if (pick() == BT_ISA_AVX2) c.fn = fwd_avx2;
-#endif
+    fwd_ctx c = {bt_ops()->ttt_fwd, out, Ws, saved};
     return parallel_rows(a, fwd_body, &c);
 }
 
 int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, float *saved, const float *dout, float *dq,
                     float *dk, float *dv, float *dlr, float *dtok, float *dW1, float *db1, float *dgamma,
                     float *dbeta) {
-    bwd_ctx c = {bwd_scalar, Ws, dout, saved, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta};
-#ifdef HAVE_X86
-    if (pick() == BT_ISA_AVX512) c.fn = bwd_avx512;
-    else if (pick() == BT_ISA_AVX2) c.fn = bwd_avx2;
-#endif
+    bwd_ctx c = {bt_ops()->ttt_bwd, Ws, dout, saved, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta};
     return parallel_rows(a, bwd_body, &c);
 }

@@ -4,17 +4,14 @@
  * The mini-batch's gradient sum SW = sum_j k_j^T g_j is kept as its factors (the rows k_j
  * in Kb, g_j in Gb, j < pos): a token then reads W0 once (for k W0 and q W0 together) and
  * the at most K factor rows, instead of reading W0 twice and reading and writing a dense
- * SW.  W0 is rewritten once per mini-batch, when the last token commits the update. */
+ * SW.  W0 is rewritten once per mini-batch, when the last token commits the update.
+ * The head step is compiled for the baseline and for AVX2: the ttt_head table entries. */
 #include <math.h>
 
 #include "bt_cpu.h"
+#include "bt_isa_kernels.h"
 #include "bt_ttt.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#define DEC_EPS 1e-6f
 #define DEC_JB 32 /* columns per register block */
 
 /* LayerNorm of z [f] with weight/bias: returns 1/sqrt(var + eps); xh = (z - mean) * r. */
@@ -27,7 +24,7 @@ static float ln_rows(const float *restrict z, int64_t f, float *restrict xh) {
         const float d = z[j] - mu;
         var += d * d;
     }
-    const float r = 1.0f / sqrtf(var / (float)f + DEC_EPS);
+    const float r = 1.0f / sqrtf(var / (float)f + BT_LN_EPS);
     for (int64_t j = 0; j < f; j++) xh[j] = (z[j] - mu) * r;
     return r;
 }
@@ -42,14 +39,11 @@ float bt_ttt_lr(const float *x, const float *w, float b, int64_t D, float scale)
     return scale * (0.5f + 0.5f * tanhf(0.5f * z));
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-static void decode_head(int64_t f, int64_t K, int64_t pos, const float *restrict q, const float *restrict k,
-                        const float *restrict v, float lr, float tok, const float *restrict gamma,
-                        const float *restrict beta, float *restrict W0, float *restrict b0, float *restrict Kb,
-                        float *restrict Gb, float *restrict Sb, int commit, float *restrict out, float *restrict zk,
-                        float *restrict zq, float *restrict xh, int stream) {
+INLINE void head_body(int64_t f, int64_t K, int64_t pos, const float *restrict q, const float *restrict k,
+                      const float *restrict v, float lr, float tok, const float *restrict gamma,
+                      const float *restrict beta, float *restrict W0, float *restrict b0, float *restrict Kb,
+                      float *restrict Gb, float *restrict Sb, int commit, float *restrict out, float *restrict zk,
+                      float *restrict zq, float *restrict xh, int stream) {
     /* zk = k W0 + b0 and zq = q W0 in one pass over W0, each sum in order of i.  A W0 read once
      * (one decoded token: it comes from memory) is walked row after row, a stream; a W0 read
      * for many tokens (a prompt: it stays in cache) in blocks of DEC_JB columns kept in
@@ -149,15 +143,31 @@ static void decode_head(int64_t f, int64_t K, int64_t pos, const float *restrict
     }
 }
 
+#define HEAD_FN(SUFFIX, ATTR)                                                                                  \
+    ATTR void bt_ttt_head_##SUFFIX(int64_t f, int64_t K, int64_t pos, const float *restrict q,                 \
+                                   const float *restrict k, const float *restrict v, float lr, float tok,      \
+                                   const float *restrict gamma, const float *restrict beta, float *restrict W0, \
+                                   float *restrict b0, float *restrict Kb, float *restrict Gb,                 \
+                                   float *restrict Sb, int commit, float *restrict out, float *restrict zk,    \
+                                   float *restrict zq, float *restrict xh, int stream) {                      \
+        head_body(f, K, pos, q, k, v, lr, tok, gamma, beta, W0, b0, Kb, Gb, Sb, commit, out, zk, zq, xh,      \
+                  stream);                                                                                     \
+    }
+HEAD_FN(scalar, )
+#ifdef BT_HAVE_X86
+HEAD_FN(avx2, BT_TARGET_AVX2)
+#endif
+
 void bt_ttt_decode_heads(int64_t h0, int64_t h1, int64_t f, int64_t K, int64_t pos, const float *q, const float *k,
                          const float *v, const float *lr, float tok, const float *gamma, const float *beta, float *W0,
                          float *b0, float *Kb, float *Gb, float *Sb, float *out, float *scratch) {
+    bt_ttt_head_fn *const head = bt_ops()->ttt_head;
     const int commit = pos == K - 1;
     for (int64_t h = h0; h < h1; h++) {
         float *sc = scratch + h * 3 * f;
-        decode_head(f, K, pos, q + h * f, k + h * f, v + h * f, lr[h], tok, gamma + h * f, beta + h * f,
-                    W0 + h * f * f, b0 + h * f, Kb + h * K * f, Gb + h * K * f, Sb + h * f, commit, out + h * f,
-                    sc, sc + f, sc + 2 * f, 1);
+        head(f, K, pos, q + h * f, k + h * f, v + h * f, lr[h], tok, gamma + h * f, beta + h * f,
+             W0 + h * f * f, b0 + h * f, Kb + h * K * f, Gb + h * K * f, Sb + h * f, commit, out + h * f, sc,
+             sc + f, sc + 2 * f, 1);
     }
 }
 
@@ -165,22 +175,20 @@ void bt_ttt_prefill(int64_t H, int64_t f, int64_t K, int64_t pos0, int64_t T, co
                     const float *v, const float *xn, const float *lr_w, const float *lr_b, float lr_scale,
                     const float *tok, const float *gamma, const float *beta, float *W0, float *b0, float *Kb,
                     float *Gb, float *Sb, float *out, float *scratch) {
+    bt_ttt_head_fn *const head = bt_ops()->ttt_head;
     const int64_t D = H * f;
     int nt = bt_get_threads();
     if (nt > H) nt = (int)H;
     if (H * f * f * T < 65536) nt = 1;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-#endif
+    BT_PARALLEL_FOR(nt)
     for (int64_t h = 0; h < H; h++) { /* head by head: its W0 stays in cache over the tokens */
         float *sc = scratch + h * 3 * f;
         for (int64_t t = 0; t < T; t++) {
             const int64_t pos = (pos0 + t) % K;
             const float lr = bt_ttt_lr(xn + t * D, lr_w + h * D, lr_b[h], D, lr_scale);
-            decode_head(f, K, pos, q + t * D + h * f, k + t * D + h * f, v + t * D + h * f, lr, tok[pos],
-                        gamma + h * f, beta + h * f, W0 + h * f * f, b0 + h * f, Kb + h * K * f, Gb + h * K * f,
-                        Sb + h * f, pos == K - 1, out + t * D + h * f, sc, sc + f, sc + 2 * f, T == 1);
+            head(f, K, pos, q + t * D + h * f, k + t * D + h * f, v + t * D + h * f, lr, tok[pos],
+                 gamma + h * f, beta + h * f, W0 + h * f * f, b0 + h * f, Kb + h * K * f, Gb + h * K * f,
+                 Sb + h * f, pos == K - 1, out + t * D + h * f, sc, sc + f, sc + 2 * f, T == 1);
         }
     }
-    (void)nt;
 }

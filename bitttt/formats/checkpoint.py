@@ -85,10 +85,10 @@ def load_checkpoint(path: str | os.PathLike, config: BitLlamaConfig | None = Non
         if tensors[name].shape != shape:
             raise CheckpointError(f"{path}: {name} has shape {tensors[name].shape}, the config needs {shape}")
         params[name] = tensors[name]
+    moments = {f"optim.{k}.{n}": shape for n, shape in shapes.items() for k in ("m", "v")}  # AdamW's names
     for name, a in tensors.items():
-        if name.startswith("optim."):
-            base = name.split(".", 2)[2]
-            if base not in shapes or a.shape != shapes[base]:
+        if name in moments:
+            if a.shape != moments[name]:
                 raise CheckpointError(f"{path}: optimizer tensor {name} does not match the model")
             optim[name] = a
         elif name not in shapes:
