@@ -127,7 +127,7 @@ def arch_main(args, dtrain: str, dval: str, xent: float, tr, va) -> None:
                                     "eval_interval=1000", "ckpt_interval=1000", "max_time=0"],
             stdout=subprocess.DEVNULL)
         tps[arch] = tokens_per_s(os.path.join(probe, "log.jsonl"))
-    steps = int(0.85 * seconds * min(tps.values()) / (bsz * seq))
+    steps = args.steps or int(0.85 * seconds * min(tps.values()) / (bsz * seq))
     runs = {}
     val = np.asarray(va.tokens, dtype=np.int64)
     for arch in args.arch:
@@ -191,7 +191,7 @@ def arch_main(args, dtrain: str, dval: str, xent: float, tr, va) -> None:
            "other jobs: wall times are noisy)",
            f"- command: `python bench/bench_learning.py --arch {' '.join(args.arch)} --minutes {args.minutes:g} "
            f"--hidden {args.hidden} --layers {L} --heads {args.heads} --intermediate {args.intermediate} "
-           f"--seq-len {seq} --threads {args.threads}`",
+           f"--seq-len {seq} --threads {args.threads}" + (f" --steps {args.steps}" if args.steps else "") + "`",
            "- data: tinystories_train_sample.txt (train), tinystories_valid_sample.txt (validation), 4096-token "
            f"unigram tokenizer; {tr.n_tokens:,} train tokens, {va.n_tokens:,} validation tokens",
            f"- models: ternary, D={args.hidden}, {L} layers, H={args.heads}, I={args.intermediate}, K=16; attention "
@@ -219,6 +219,7 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=4, help="heads of --arch runs")
     ap.add_argument("--intermediate", type=int, default=344, help="MLP width of --arch runs")
     ap.add_argument("--seq-len", type=int, default=256, help="training length of --arch runs")
+    ap.add_argument("--steps", type=int, default=0, help="steps of every --arch run (default: from the probes)")
     ap.add_argument("--kv-cost", nargs="+", metavar="CKPT",
                     help="only measure what float16 / int8 KV caches cost these checkpoints on the validation set")
     args = ap.parse_args()

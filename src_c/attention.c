@@ -8,16 +8,12 @@
  * allocated once per thread per call, never inside the loops.
  */
 #include "bt_attention.h"
+#include "bt_common.h"
 #include "bt_cpu.h"
-#include "bt_ternary.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 static int dims_ok(const bt_attn_dims *d) {
     return d->B >= 1 && d->H >= 1 && d->Hkv >= 1 && d->H % d->Hkv == 0 && d->T >= 1 && d->f >= 1 &&

@@ -17,6 +17,8 @@
 
 #include <stdint.h>
 
+#include "bt_common.h"  /* BT_OK and the BT_ERR_* codes these return */
+
 typedef struct {
     int64_t B, H, Hkv, T, f, tile;  /* tile: query and key rows per block of scores */
     float scale;                    /* usually 1 / sqrt(f) */
