@@ -283,28 +283,30 @@ def _trained_looking(kind, seed=0, **kw):
 
 
 @pytest.mark.parametrize("kind", ["attention", "hybrid"])
-def test_kv_cache_prefill_chunks_and_steps_match_full_forward(kind):
+@pytest.mark.parametrize("kv", ["float32", "int8"])
+def test_kv_cache_prefill_chunks_and_steps_match_full_forward(kind, kv):
     from bitttt.session import InferenceModel
 
     m = _trained_looking(kind)
     im = InferenceModel.from_model(m)
-    im.kv_dtype = "float32"
+    im.kv_dtype = kv
     ids = np.random.default_rng(0).integers(0, 300, 45)
     ref = m.forward(ids)
     st = im.new_state()
     got = im.feed(st, ids, all_logits=True)
-    assert np.abs(got - ref).max() <= 2e-3 * np.abs(ref).max()
+    assert np.abs(got - ref).max() <= (2e-3 if kv == "float32" else 3e-2) * np.abs(ref).max()
+    # in odd chunks and token by token (the decode step): the same C path per query, the same bits
     st2, parts, i = im.new_state(), [], 0
     for n in (1, 3, 8, 13, 1, 19):
         parts.append(im.feed(st2, ids[i:i + n], all_logits=True))
         i += n
     assert st2.n_tokens == 45 and st2.context == 45
-    assert np.abs(np.concatenate(parts) - got).max() <= 1e-5 * np.abs(got).max()
+    assert np.array_equal(np.concatenate(parts), got)
     st3 = im.new_state()
     one = np.stack([im.feed(st3, [t]) for t in ids])
-    assert np.abs(one - got).max() <= 1e-5 * np.abs(got).max()
+    assert np.array_equal(one, got)
     for li, c in st.kv.items():
-        assert np.abs(c.k[:, :45] - st3.kv[li].k[:, :45]).max() < 1e-5
+        assert np.array_equal(c.k[:, :45], st3.kv[li].k[:, :45]) and np.array_equal(c.v[:, :45], st3.kv[li].v[:, :45])
 
 
 @pytest.mark.parametrize("kind", ["attention", "hybrid"])
