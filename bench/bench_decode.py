@@ -209,7 +209,7 @@ def arch_worker(args) -> dict:
     return out
 
 
-def crossover(ctx: list[int], ttt: list[float], att: list[float]) -> str:
+def crossover(ctx: list[int], ttt: list[float], att: list[float], other: str = "attention") -> str:
     """The context where TTT's decode tokens/s first exceeds attention's (log-linear between points)."""
     d = [a - b for a, b in zip(ttt, att)]  # > 0: TTT faster
     if d[0] > 0:
@@ -218,8 +218,8 @@ def crossover(ctx: list[int], ttt: list[float], att: list[float]) -> str:
         if d[i] > 0:
             x0, x1 = np.log(ctx[i - 1]), np.log(ctx[i])
             x = x0 + (x1 - x0) * (-d[i - 1]) / (d[i] - d[i - 1])
-            return f"TTT overtakes attention at about {np.exp(x):,.0f} tokens"
-    return f"attention is still faster at {ctx[-1]} tokens"
+            return f"TTT overtakes {other} at about {np.exp(x):,.0f} tokens"
+    return f"{other} is still faster at {ctx[-1]} tokens"
 
 
 def arch_main(args) -> None:
@@ -251,7 +251,7 @@ def arch_main(args) -> None:
         for other in ("attention", "hybrid"):
             if other in rows:
                 notes.append(f"{other}: " + crossover(ctx, [rows["ttt"]["tps"][str(n)] for n in ctx],
-                                                      [rows[other]["tps"][str(n)] for n in ctx]))
+                                                      [rows[other]["tps"][str(n)] for n in ctx], other))
     print("\n".join(lines + [""] + notes))
     if args.no_append:
         return
