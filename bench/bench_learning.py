@@ -135,7 +135,8 @@ def arch_main(args, dtrain: str, dval: str, xent: float, tr, va) -> None:
         run_dir = os.path.join(args.out, name)
         if os.path.exists(run_dir):
             shutil.rmtree(run_dir)
-        run(common + extra[arch] + [f"name={name}", f"max_steps={steps}", f"max_time={2 * seconds}",
+        cap = 0 if args.steps else 2 * seconds  # --steps: the same tokens for everyone, however long it takes
+        run(common + extra[arch] + [f"name={name}", f"max_steps={steps}", f"max_time={cap}",
                                     f"lr={args.lr}", f"min_lr={args.lr / 10}", f"warmup_steps={min(50, steps // 10)}",
                                     f"eval_interval={max(steps // 8, 1)}", "eval_batches=6", "ckpt_interval=100000",
                                     "log_interval=10"])
