@@ -17,6 +17,19 @@ Q8_0 head: bench/make_gguf.py says how to make one), llama.cpp's llama-bench run
 each of our workers on the same thread count, and the ratios are printed beside.
 Peak RSS of the whole process (interpreter included) over a 16-token prompt and `--long`
 decoded tokens, measured before the prefill runs, must stay below the file size + 100 MB.
+
+    python bench/bench_decode.py --arch ttt attention hybrid [--contexts 1024 4096 16384 65536]
+                                 [--kv-heads 16] [--kv-dtype float16] [--threads 2] [--decode 8]
+
+Architectures at long context: the same D = 2048, 8-layer shape as a TTT model, an attention
+model (GQA with --kv-heads key/value heads; 16 = plain multi-head attention, the TTT paper's
+Transformer baseline) and a hybrid (TTT and attention layers alternating).  For each context
+length the model decodes --decode tokens (median time) after that many tokens: the KV caches
+of attention layers are filled with random keys and values to that length (the cost of a
+decode step depends on the cache's length, not on what it holds; prefilling 64k tokens would
+take an hour here), the TTT state is constant-size whatever was read.  Prints decode tokens/s
+per architecture and context, and the context where TTT's decode overtakes attention's
+(interpolated in log-context), beside the TTT paper's ~8k (Sun et al. 2024, on a GPU).
 """
 from __future__ import annotations
 
@@ -37,7 +50,7 @@ SHAPE = dict(vocab_size=32000, hidden_size=2048, num_layers=8, num_heads=16, int
              mini_batch_size=16, ternary=True)
 
 
-def build(path: str) -> None:
+def build(path: str, shape: dict | None = None) -> None:
     """Write a packed model file with random ternary weights (no float copy of them is ever made)."""
     import base64
     import hashlib
@@ -48,7 +61,7 @@ def build(path: str) -> None:
     from bitttt.params import draw, param_table, ttt_block
     from bitttt.tokenizer import Tokenizer
 
-    cfg = BitLlamaConfig(**SHAPE)
+    cfg = BitLlamaConfig(**(shape or SHAPE))
     rng = np.random.default_rng(0)
     tensors, meta = {}, {}
     for name, spec in param_table(cfg).items():
@@ -59,7 +72,7 @@ def build(path: str) -> None:
         elif spec.kind == "embedding":
             tensors[name] = rng.normal(0, 1.0, shape).astype(np.float16)
     for li in range(cfg.num_layers):
-        for k, shape, kind, init in ttt_block(cfg):  # the layer's init draws, in order
+        for k, shape, kind, init in (ttt_block(cfg) if cfg.types[li] == "ttt" else []):  # init draws, in order
             v = draw(init, shape, rng).astype(np.float32)
             if kind != "linear":
                 tensors[f"layers.{li}.ttt.{k}"] = v
@@ -136,6 +149,131 @@ def worker(args) -> dict:
     return out
 
 
+# -- architectures at long context (--arch) ---------------------------------------------------------
+def arch_shape(arch: str, kv_heads: int, max_len: int) -> dict:
+    """SHAPE as a TTT, attention or hybrid (alternating) model."""
+    sh = dict(SHAPE)
+    if arch != "ttt":
+        sh.update(arch="attention", num_kv_heads=kv_heads, max_position_embeddings=max_len)
+    if arch == "hybrid":
+        sh["layer_types"] = ["ttt", "attention"] * (SHAPE["num_layers"] // 2)
+    return sh
+
+
+def fill_cache(cache, n: int, rng) -> None:
+    """The cache as if n tokens had been read: random keys and values (unit-norm-ish rows)."""
+    from bitttt.layers.attention import KVCache
+
+    assert isinstance(cache, KVCache)
+    hkv, f = cache.k.shape[0], cache.k.shape[2]
+    cache._grow(n + 64)
+    block = rng.normal(0, 1, (hkv, 1024, f)).astype(np.float32)
+    for name, sc in (("k", "ks"), ("v", "vs")):
+        a = getattr(cache, name)
+        for s in range(0, n, 1024):
+            e = min(s + 1024, n)
+            if cache.dtype == "int8":
+                a[:, s:e] = np.clip(np.rint(block[:, :e - s] / 0.03), -127, 127)
+                getattr(cache, sc)[:, s:e] = 0.03
+            else:
+                a[:, s:e] = block[:, :e - s]
+    cache.n = n
+
+
+def arch_worker(args) -> dict:
+    from bitttt import set_num_threads
+    from bitttt.session import InferenceModel
+
+    set_num_threads(args.threads[0])
+    im = InferenceModel.from_model_file(args.file)
+    im.kv_dtype = args.kv_dtype
+    rng = np.random.default_rng(1)
+    v = SHAPE["vocab_size"]
+    out = {"arch": im.config.kind, "tps": {}, "state_mb": {}}
+    for n in args.contexts:
+        st = im.new_state()
+        if hasattr(st, "kv"):
+            for cache in st.kv.values():
+                fill_cache(cache, n - 16, rng)
+        logits = im.feed(st, rng.integers(0, v, 16))  # the last 16 tokens of the context, really read
+        ts = []
+        for _ in range(args.decode):
+            t0 = time.perf_counter()
+            logits = im.feed(st, [int(np.argmax(logits))])
+            ts.append(time.perf_counter() - t0)
+        out["tps"][n] = 1.0 / float(np.median(ts))
+        out["state_mb"][n] = st.nbytes / 2**20
+        print(f"  {out['arch']} context {n}: {out['tps'][n]:.2f} tokens/s, state {out['state_mb'][n]:.0f} MiB",
+              file=sys.stderr, flush=True)
+        del st
+    return out
+
+
+def crossover(ctx: list[int], ttt: list[float], att: list[float], other: str = "attention") -> str:
+    """The context where TTT's decode tokens/s first exceeds attention's (log-linear between points)."""
+    d = [a - b for a, b in zip(ttt, att)]  # > 0: TTT faster
+    if d[0] > 0:
+        return f"TTT is faster already at {ctx[0]} tokens"
+    for i in range(1, len(ctx)):
+        if d[i] > 0:
+            x0, x1 = np.log(ctx[i - 1]), np.log(ctx[i])
+            x = x0 + (x1 - x0) * (-d[i - 1]) / (d[i] - d[i - 1])
+            return f"TTT overtakes {other} at about {np.exp(x):,.0f} tokens"
+    return f"{other} is still faster at {ctx[-1]} tokens"
+
+
+def arch_main(args) -> None:
+    max_len = max(args.contexts) + 64
+    rows = {}
+    for arch in args.arch:
+        path = os.path.join(CACHE, f"decode_2048x8_v32000_{arch}"
+                            + (f"_kv{args.kv_heads}_ctx{max_len}" if arch != "ttt" else "") + ".safetensors")
+        if arch == "ttt" and os.path.exists(args.file):
+            path = args.file
+        if not os.path.exists(path):
+            print(f"building {path} ...", flush=True)
+            build(path, arch_shape(arch, args.kv_heads, max_len))
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--arch", arch, "--file", path, "--threads",
+               str(args.threads[0]), "--decode", str(args.decode), "--kv-dtype", args.kv_dtype, "--contexts",
+               *map(str, args.contexts)]
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        if r.returncode:
+            sys.exit(f"worker for {arch} failed")
+        rows[arch] = json.loads(r.stdout.strip().splitlines()[-1])
+    ctx = args.contexts
+    lines = ["| arch | " + " | ".join(f"{n:,} tok: tok/s (state MiB)" for n in ctx) + " |",
+             "|---|" + "---|" * len(ctx)]
+    for arch, r in rows.items():
+        lines.append(f"| {arch} | " + " | ".join(f"{r['tps'][str(n)]:.2f} ({r['state_mb'][str(n)]:.0f})" for n in ctx)
+                     + " |")
+    notes = []
+    if "ttt" in rows:
+        for other in ("attention", "hybrid"):
+            if other in rows:
+                notes.append(f"{other}: " + crossover(ctx, [rows["ttt"]["tps"][str(n)] for n in ctx],
+                                                      [rows[other]["tps"][str(n)] for n in ctx], other))
+    print("\n".join(lines + [""] + notes))
+    if args.no_append:
+        return
+    from bench_kernels import append_results, machine
+
+    import bitttt
+
+    head = [f"\n## bench_decode --arch -- {datetime.datetime.now():%Y-%m-%d %H:%M}\n",
+            f"- machine: {machine()}, kernel {bitttt.cpu_info()['kernel']}, {args.threads[0]} thread(s)",
+            f"- command: `python bench/bench_decode.py --arch {' '.join(args.arch)} --contexts "
+            f"{' '.join(map(str, ctx))} --kv-heads {args.kv_heads} --kv-dtype {args.kv_dtype} --threads "
+            f"{args.threads[0]} --decode {args.decode}`",
+            "- model: D=2048, 8 layers, H=16, I=5632, V=32000, K=16, random ternary weights, int8 head; attention "
+            f"layers with {args.kv_heads} key/value heads and a {args.kv_dtype} KV cache (filled with random rows to "
+            "the context length; its last 16 tokens really read); hybrid = TTT and attention layers alternating; "
+            f"decode = median of {args.decode} steps; TTT takes the fused C decoder, attention and hybrid the "
+            "generic path (one-token prefill)",
+            "- the TTT paper (Sun et al. 2024) reports TTT-Linear faster than a Transformer from about 8k tokens "
+            "of context (GPU, its own kernels)", ""]
+    append_results("\n".join(head + lines + [""] + [f"- {x}" for x in notes]))
+
+
 def run_llama(binary: str, gguf: str, threads: int, decode: int) -> dict:
     """llama-bench's tokens/s for a 128 and a 512-token prompt and `decode` generated tokens."""
     cmd = [binary, "-m", gguf, "-t", str(threads), "-p", "128,512", "-n", str(decode), "-r", "3", "-o", "json"]
@@ -158,8 +296,21 @@ def main() -> None:
     ap.add_argument("--llama-bench", help="llama.cpp's llama-bench binary, for a same-run comparison")
     ap.add_argument("--gguf", help="the llama.cpp model for --llama-bench (bench/make_gguf.py)")
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--arch", nargs="+", choices=("ttt", "attention", "hybrid"),
+                    help="decode speed against context length for these architectures")
+    ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
+    ap.add_argument("--kv-heads", type=int, default=16, help="key/value heads of the attention layers (--arch)")
+    ap.add_argument("--kv-dtype", default="float16", choices=("float16", "int8", "float32"))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.arch and args.worker:
+        print(json.dumps(arch_worker(args)))
+        return
+    if args.arch:
+        if "--decode" not in sys.argv:
+            args.decode = 8
+        arch_main(args)
+        return
     if args.worker:
         args.threads = args.threads[0]
         print(json.dumps(worker(args)))

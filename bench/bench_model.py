@@ -1,6 +1,7 @@
 """Model benchmark: forward + backward tokens/s and peak memory, bitttt against PyTorch.
 
     python bench/bench_model.py [--threads 1 2] [--steps 3] [--rounds 1] [--batch 8] [--seq 256] [--no-append]
+                                [--arch ttt|attention|hybrid] [--kv-heads N]
 
 Shape (issue default): D = 512, 8 layers, H = 8, I = 1376, V = 4096, batch 8 x 256 tokens,
 ternary weights.  bitttt runs BitLlama.loss_and_grads (our forward and backward, float32);
@@ -10,6 +11,8 @@ that thread pools and peak RSS are its own; PyTorch is skipped when it is not in
 --rounds R runs the whole sequence of processes R times, alternating the implementations,
 and reports per pair the median step time over the rounds (on a shared machine a burst of
 load then hits both sides alike instead of one of them).
+--arch attention (or hybrid: TTT and attention alternating) benchmarks the attention model
+against PyTorch's scaled_dot_product_attention in the same architecture (--kv-heads: GQA).
 Figures are appended to bench/RESULTS.md.
 """
 from __future__ import annotations
@@ -38,8 +41,12 @@ def worker(args) -> None:
 
     from bitttt import BitLlama, BitLlamaConfig, set_num_threads
 
+    arch = {} if args.arch == "ttt" else {"arch": "attention", "num_kv_heads": args.kv_heads or args.heads,
+                                          "max_position_embeddings": max(args.seq, 4096)}
+    if args.arch == "hybrid":
+        arch["layer_types"] = (["ttt", "attention"] * args.layers)[:args.layers]
     cfg = BitLlamaConfig(vocab_size=args.vocab, hidden_size=args.dim, num_layers=args.layers, num_heads=args.heads,
-                         intermediate_size=args.inter, ternary=True)
+                         intermediate_size=args.inter, ternary=True, **arch)
     model = BitLlama(cfg)
     model.init_weights(0)
     rng = np.random.default_rng(0)
@@ -90,6 +97,8 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--inter", type=int, default=1376)
     ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--arch", default="ttt", choices=("ttt", "attention", "hybrid"))
+    ap.add_argument("--kv-heads", type=int, default=0, help="key/value heads of attention layers (0: --heads)")
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--worker", choices=["bitttt", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -114,8 +123,8 @@ def main() -> None:
             for impl in (impls if rnd % 2 == 0 else impls[::-1]):
                 env = dict(os.environ, OMP_NUM_THREADS=str(t), OPENBLAS_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t))
                 cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, "--threads", str(t)]
-                for k in ("steps", "batch", "seq", "dim", "layers", "heads", "inter", "vocab"):
-                    cmd += [f"--{k}", str(getattr(args, k))]
+                for k in ("steps", "batch", "seq", "dim", "layers", "heads", "inter", "vocab", "arch", "kv_heads"):
+                    cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
                 r = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if r.returncode != 0:
                     sys.exit(f"{impl} worker failed:\n{r.stderr}")
@@ -149,7 +158,8 @@ def main() -> None:
         f"- bitttt {bitttt.__version__} (kernel {bitttt.get_kernel()}), PyTorch {torch_version}, "
         f"python {platform.python_version()}",
         f"- command: `{cmdline}`",
-        f"- model: D={args.dim}, {args.layers} layers, H={args.heads}, I={args.inter}, V={args.vocab}, ternary, "
+        f"- model: {args.arch}, D={args.dim}, {args.layers} layers, H={args.heads}, I={args.inter}, V={args.vocab}, "
+        "ternary, "
         f"batch {args.batch} x {args.seq} tokens, float32; forward + backward per step, median of {args.steps} "
         f"steps after one warm-up, then the median of {args.rounds} round(s) of fresh processes (implementations "
         "alternating); peak RSS of the process (ru_maxrss, the largest over the rounds)", "",

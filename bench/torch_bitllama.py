@@ -1,6 +1,8 @@
 """The BitLlama-TTT architecture in PyTorch (forward + autograd backward), the baseline of
 bench/bench_model.py.  Same maths as bitttt.model: BitLinear with straight-through
-quantizers, TTT-Linear in the dual form, RMSNorm, SwiGLU, tied LM head.  Benchmark only:
+quantizers, TTT-Linear in the dual form or causal GQA attention (PyTorch's
+scaled_dot_product_attention, RoPE on pairs (2j, 2j+1) at absolute positions) per layer type,
+RMSNorm, SwiGLU, tied LM head.  Benchmark only:
 PyTorch is not a dependency of bitttt.
 """
 from __future__ import annotations
@@ -97,12 +99,38 @@ class TorchBitLlama(torch.nn.Module):
         out = layernorm(out, self.w(pre + "post_norm.weight"), self.w(pre + "post_norm.bias"))
         return bitlinear(out, self.w(pre + "o_proj.weight"), cfg.ternary)
 
+    def attn(self, pre, x):
+        cfg = self.cfg
+        bsz, t, d = x.shape
+        h, hkv, f = cfg.num_heads, cfg.kv_heads, cfg.head_dim
+
+        def heads(z, n):
+            return z.view(bsz, t, n, f).transpose(1, 2)
+
+        q = heads(bitlinear(x, self.w(pre + "q_proj.weight"), cfg.ternary), h)
+        kx = heads(bitlinear(x, self.w(pre + "k_proj.weight"), cfg.ternary), hkv)
+        v = heads(bitlinear(x, self.w(pre + "v_proj.weight"), cfg.ternary), hkv)
+        inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, f, 2, dtype=x.dtype) / f))
+        ang = torch.arange(t, dtype=x.dtype)[:, None] * inv[None, :]
+        cos, sin = ang.cos(), ang.sin()
+
+        def rope(z):
+            ze, zo = z[..., 0::2], z[..., 1::2]
+            return torch.stack((ze * cos - zo * sin, ze * sin + zo * cos), dim=-1).flatten(-2)
+
+        q, kx = rope(q), rope(kx)
+        kx, v = kx.repeat_interleave(h // hkv, dim=1), v.repeat_interleave(h // hkv, dim=1)  # GQA
+        out = F.scaled_dot_product_attention(q, kx, v, is_causal=True)
+        return bitlinear(out.transpose(1, 2).reshape(bsz, t, d), self.w(pre + "o_proj.weight"), cfg.ternary)
+
     def loss(self, tokens, targets):
         cfg = self.cfg
         x = self.w("embed.weight")[tokens]
         for i in range(cfg.num_layers):
             pre = f"layers.{i}."
-            h = x + self.ttt(pre + "ttt.", rmsnorm(x, self.w(pre + "norm1.weight"), cfg.rms_norm_eps))
+            n1 = rmsnorm(x, self.w(pre + "norm1.weight"), cfg.rms_norm_eps)
+            attention = getattr(cfg, "types", ("ttt",) * cfg.num_layers)[i] == "attention"
+            h = x + (self.attn(pre + "attn.", n1) if attention else self.ttt(pre + "ttt.", n1))
             n2 = rmsnorm(h, self.w(pre + "norm2.weight"), cfg.rms_norm_eps)
             g = bitlinear(n2, self.w(pre + "mlp.gate_proj.weight"), cfg.ternary)
             u = bitlinear(n2, self.w(pre + "mlp.up_proj.weight"), cfg.ternary)

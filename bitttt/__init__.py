@@ -1,7 +1,7 @@
 """bitttt: BitLlama language models with 1.58-bit ternary weights and Test-Time-Training layers.
 
 Public API:
-  BitLlamaConfig, BitLlama, layers.TTTLinear     the model, forward and backward in NumPy + C
+  BitLlamaConfig, BitLlama, layers.TTTLinear, layers.Attention   the model (TTT, attention or hybrid)
   PackedTernary, write_packed, read_packed   packed 2-bit ternary matrix (quantize) and its files
   quantize_activations, dot_i8, gemm_i8, bitlinear, matmul, matmul_t   CPU kernels
   set_num_threads, get_num_threads, set_kernel, get_kernel, available_kernels, cpu_info

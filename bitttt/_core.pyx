@@ -668,3 +668,109 @@ cdef class Decoder:
         with nogil:
             err = bt_decode_token(&self.dims, self.layers, self.states, L, pos, &x[0], &self.hd, &logits[0], scr)
         _check(err)
+
+
+# -- causal GQA attention (src_c/attention.c) ---------------------------------------------------
+cdef extern from "bt_attention.h":
+    ctypedef struct bt_attn_dims:
+        int64_t B, H, Hkv, T, f, tile
+        float scale
+    int BT_KV_F32, BT_KV_F16, BT_KV_I8
+    int bt_attn_forward(const bt_attn_dims *d, const float *q, const float *k, const float *v, float *out,
+                        float *lse) nogil
+    int bt_attn_backward(const bt_attn_dims *d, const float *q, const float *k, const float *v, const float *out,
+                         const float *lse, const float *dout, float *dq, float *dk, float *dv) nogil
+    int bt_attn_cached(int64_t T, int64_t H, int64_t Hkv, int64_t f, int64_t cap, int64_t start, float scale,
+                       int kv_type, const float *q, const void *kc, const void *vc, const float *ks, const float *vs,
+                       float *out) nogil
+
+
+cdef bint _eq(Py_ssize_t *a, Py_ssize_t *b, int n) noexcept:
+    cdef int i
+    for i in range(n):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+cdef bt_attn_dims _attn_dims(const float[:, :, :, ::1] q, const float[:, :, :, ::1] k, float scale,
+                             int64_t tile) except *:
+    cdef bt_attn_dims d
+    d.B, d.H, d.T, d.f = q.shape[0], q.shape[1], q.shape[2], q.shape[3]
+    d.Hkv, d.tile, d.scale = k.shape[1], tile, scale
+    if k.shape[0] != d.B or k.shape[2] != d.T or k.shape[3] != d.f or d.Hkv < 1 or d.H % d.Hkv or tile < 1:
+        raise ValueError(f"attention: q [{q.shape[0]}, {q.shape[1]}, {q.shape[2]}, {q.shape[3]}] and k "
+                         f"[{k.shape[0]}, {k.shape[1]}, {k.shape[2]}, {k.shape[3]}] do not fit (B, H, T, f) / "
+                         f"(B, Hkv, T, f) with Hkv dividing H, tile {tile}")
+    return d
+
+
+def attn_forward(const float[:, :, :, ::1] q, const float[:, :, :, ::1] k, const float[:, :, :, ::1] v,
+                 float scale, int64_t tile, float[:, :, :, ::1] out, float[:, :, ::1] lse):
+    """Causal GQA attention in tiles (bt_attn_forward): q, out [B, H, T, f], k, v [B, Hkv, T, f],
+    lse [B, H, T]."""
+    cdef bt_attn_dims d = _attn_dims(q, k, scale, tile)
+    if not _eq(v.shape, k.shape, 4) or not _eq(out.shape, q.shape, 4) \
+            or lse.shape[0] != d.B or lse.shape[1] != d.H or lse.shape[2] != d.T:
+        raise ValueError("attn_forward: v, out or lse has the wrong shape")
+    cdef int err
+    with nogil:
+        err = bt_attn_forward(&d, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], &out[0, 0, 0, 0], &lse[0, 0, 0])
+    _check(err)
+
+
+def attn_backward(const float[:, :, :, ::1] q, const float[:, :, :, ::1] k, const float[:, :, :, ::1] v,
+                  const float[:, :, :, ::1] out, const float[:, :, ::1] lse, const float[:, :, :, ::1] dout,
+                  float scale, int64_t tile, float[:, :, :, ::1] dq, float[:, :, :, ::1] dk,
+                  float[:, :, :, ::1] dv):
+    """Backward of attn_forward (bt_attn_backward): dq like q, dk and dv like k (overwritten)."""
+    cdef bt_attn_dims d = _attn_dims(q, k, scale, tile)
+    if not _eq(v.shape, k.shape, 4) or not _eq(dk.shape, k.shape, 4) or not _eq(dv.shape, k.shape, 4) \
+            or not _eq(out.shape, q.shape, 4) or not _eq(dout.shape, q.shape, 4) or not _eq(dq.shape, q.shape, 4) \
+            or lse.shape[0] != d.B or lse.shape[1] != d.H or lse.shape[2] != d.T:
+        raise ValueError("attn_backward: an array has the wrong shape")
+    cdef int err
+    with nogil:
+        err = bt_attn_backward(&d, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], &out[0, 0, 0, 0],
+                               &lse[0, 0, 0], &dout[0, 0, 0, 0], &dq[0, 0, 0, 0], &dk[0, 0, 0, 0], &dv[0, 0, 0, 0])
+    _check(err)
+
+
+def attn_cached(const float[:, :, ::1] q, object kc, object vc, object ks, object vs, int64_t start, float scale,
+                float[:, :, ::1] out):
+    """T queries q [T, H, f] against a KV cache kc, vc [Hkv, cap, f] (float32, float16 or int8
+    with float32 scales ks, vs [Hkv, cap]; None for a float cache) -> out [T, H, f] (bt_attn_cached)."""
+    cdef int64_t T = q.shape[0], H = q.shape[1], f = q.shape[2]
+    if kc.dtype != vc.dtype or kc.shape != vc.shape or kc.ndim != 3 or not kc.flags.c_contiguous \
+            or not vc.flags.c_contiguous:
+        raise ValueError("attn_cached: kc and vc must be C-contiguous [Hkv, cap, f] arrays of one dtype")
+    cdef int64_t Hkv = kc.shape[0], cap = kc.shape[1]
+    cdef int kind
+    cdef str code = kc.dtype.char
+    if code == "f":
+        kind = BT_KV_F32
+    elif code == "e":
+        kind = BT_KV_F16
+    elif code == "b":
+        kind = BT_KV_I8
+    else:
+        raise TypeError(f"attn_cached: a KV cache of {kc.dtype} (float32, float16 or int8)")
+    if kc.shape[2] != f or Hkv < 1 or H % Hkv or start < 0 or start + T > cap or not _eq(out.shape, q.shape, 3):
+        raise ValueError("attn_cached: q, out and the cache do not fit")
+    cdef const float[:, ::1] ksv
+    cdef const float[:, ::1] vsv
+    cdef const float *ksp = NULL
+    cdef const float *vsp = NULL
+    if kind == BT_KV_I8:
+        if ks is None or vs is None or ks.shape != (Hkv, cap) or vs.shape != (Hkv, cap):
+            raise ValueError("attn_cached: an int8 cache needs scales ks, vs [Hkv, cap]")
+        ksv = ks
+        vsv = vs
+        ksp = &ksv[0, 0]
+        vsp = &vsv[0, 0]
+    cdef const void *kp = <const void *><uintptr_t>kc.ctypes.data
+    cdef const void *vp = <const void *><uintptr_t>vc.ctypes.data
+    cdef int err
+    with nogil:
+        err = bt_attn_cached(T, H, Hkv, f, cap, start, scale, kind, &q[0, 0, 0], kp, vp, ksp, vsp, &out[0, 0, 0])
+    _check(err)

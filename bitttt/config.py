@@ -1,4 +1,4 @@
-"""BitLlamaConfig: the shape of a BitLlama-TTT model, with validation and JSON round-trip."""
+"""BitLlamaConfig: the shape of a BitLlama model (TTT, attention or a hybrid), with validation and JSON round-trip."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,9 +20,20 @@ def known_fields(cls, d: dict, what: str) -> dict:
     return d
 
 
+ARCHS = ("ttt", "attention")
+ARCH_FIELDS = ("arch", "layer_types", "num_kv_heads", "max_position_embeddings")
+
+
 @dataclass
 class BitLlamaConfig:
     """Model hyper-parameters.  D = hidden_size, H = num_heads, f = D / H, K = mini_batch_size.
+
+    Architecture: `arch` "ttt" (every layer TTT-Linear, the default) or "attention" (every
+    layer causal GQA softmax attention); `layer_types` (one "ttt" | "attention" per layer)
+    makes a hybrid and overrides `arch`.  Attention layers use `num_kv_heads` key/value heads
+    (GQA; it divides num_heads; None = num_heads) and hold at most `max_position_embeddings`
+    tokens of context.  Configs written before these fields existed load as "ttt", and a
+    pure-TTT config writes none of them (its JSON, hence the model's identity, is unchanged).
 
     Invalid values raise ValueError (TypeError for a wrong type) naming the field.
     """
@@ -38,6 +49,10 @@ class BitLlamaConfig:
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
     ternary: bool = True
+    arch: str = "ttt"
+    layer_types: list | None = None
+    num_kv_heads: int | None = None
+    max_position_embeddings: int = 4096
 
     def __post_init__(self) -> None:
         self.validate()
@@ -45,6 +60,26 @@ class BitLlamaConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads of the attention layers (num_kv_heads, or num_heads when None)."""
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        """The mixer of every layer: "ttt" or "attention" (layer_types, else arch for all)."""
+        return tuple(self.layer_types) if self.layer_types is not None else (self.arch,) * self.num_layers
+
+    @property
+    def kind(self) -> str:
+        """"ttt", "attention" or "hybrid" (both kinds of layer)."""
+        t = set(self.types)
+        return t.pop() if len(t) == 1 else "hybrid"
+
+    def layers_of(self, kind: str) -> list[int]:
+        """The indices of the layers whose mixer is `kind` ("ttt" or "attention")."""
+        return [i for i, t in enumerate(self.types) if t == kind]
 
     def validate(self) -> None:
         for f in fields(self):
@@ -70,10 +105,44 @@ class BitLlamaConfig:
             raise ValueError(f"head dim hidden_size / num_heads = {self.head_dim} must be even (RoPE pairs)")
         if self.rope_theta <= 1:
             raise ValueError(f"config.rope_theta must be > 1, got {self.rope_theta}")
+        self._validate_arch()
+
+    def _validate_arch(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"config.arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.layer_types is not None:
+            if not isinstance(self.layer_types, (list, tuple)) or isinstance(self.layer_types, str):
+                raise TypeError(f"config.layer_types must be a list of layer kinds, got {self.layer_types!r}")
+            self.layer_types = list(self.layer_types)
+            if len(self.layer_types) != self.num_layers:
+                raise ValueError(f"config.layer_types has {len(self.layer_types)} entries, "
+                                 f"config.num_layers is {self.num_layers}")
+            bad = [t for t in self.layer_types if t not in ARCHS]
+            if bad:
+                raise ValueError(f"config.layer_types: unknown layer kind {bad[0]!r}; "
+                                 f"choose from {', '.join(ARCHS)}")
+        for name in ("num_kv_heads", "max_position_embeddings"):
+            v = getattr(self, name)
+            if v is None and name == "num_kv_heads":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"config.{name} must be an integer, got {v!r}")
+            if v < 1:
+                raise ValueError(f"config.{name} must be >= 1, got {v}")
+        if self.num_heads % self.kv_heads:
+            raise ValueError(f"config.num_kv_heads ({self.kv_heads}) must divide "
+                             f"config.num_heads ({self.num_heads})")
 
     # -- JSON ---------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field, except the attention fields of a pure-TTT config left at their defaults
+        (such a config reads and hashes as it did before attention existed)."""
+        d = dataclasses.asdict(self)
+        if self.kind == "ttt":
+            for f in fields(self):
+                if f.name in ARCH_FIELDS and d[f.name] == f.default:
+                    del d[f.name]
+        return d
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"

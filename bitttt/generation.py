@@ -133,6 +133,8 @@ class Session:
     def replay_log(self, log_path: str) -> int:
         """Feed every turn of a chat log (JSON lines {"role", "text"}) into the state, as one
         conversation ending with <|endoftext|>; returns the tokens read (0 without a log)."""
+        if not self.im.has_memory:  # replaying into a KV cache would only fill the context
+            raise ValueError("/sleep replays conversations into the TTT state; this model has attention layers only")
         if not os.path.exists(log_path):
             return 0
         text = []

@@ -407,6 +407,8 @@ class Chat:
                             break
                 finally:
                     gen.close()
+        except ValueError as e:  # an attention model's context is full
+            print(f"\n[error: {e}]", file=self.out, flush=True)
         finally:
             self.sig.busy = False
         print(file=self.out, flush=True)
@@ -423,6 +425,8 @@ class Chat:
     def _save_at_exit(self) -> None:
         """Save the memory to memory_path; when that cannot be written (a full disk, no permission),
         to a new file in the user's data folder instead, and say so: the memory is never dropped."""
+        if not self.session.im.has_memory:  # attention layers only: the KV cache is not kept
+            return
         try:
             self.save(self.memory_path)
         except OSError as e:
@@ -479,8 +483,9 @@ class Chat:
                 self._save_history()
                 self._save_at_exit()
                 try:  # after SIGHUP the terminal may be gone; the memory is written already
-                    print(f"[memory saved to {self.memory_path}: {s.state.n_tokens:,} tokens read]", file=self.err,
-                          flush=True)
+                    if s.im.has_memory:
+                        print(f"[memory saved to {self.memory_path}: {s.state.n_tokens:,} tokens read]",
+                              file=self.err, flush=True)
                 except OSError:
                     pass
         return 0 if self.sig.term is None else 128 + int(self.sig.term)
@@ -577,6 +582,9 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m bitttt.infer",
 
         SamplingParams(**_sampling(args)).validate()
         model = load(args.model)
+        if args.memory and not model.im.has_memory:
+            raise ValueError("--memory: memory files hold the TTT state, and this model has attention layers only "
+                             "(its context is a KV cache, kept for the session only)")
         if gpu is not None:
             gpu.adopt(model.im.model)
         if interactive:

@@ -1,6 +1,6 @@
-"""BitLlama-TTT: embedding, N blocks of (RMSNorm -> TTT-Linear, RMSNorm -> SwiGLU), RMSNorm, LM head.
+"""BitLlama: embedding, N blocks of (RMSNorm -> mixer, RMSNorm -> SwiGLU), RMSNorm, LM head.
 
-    h = x + TTT(RMSNorm(x; layers.i.norm1.weight))
+    h = x + Mixer_i(RMSNorm(x; layers.i.norm1.weight))      Mixer_i: TTT-Linear or attention
     x = h + MLP(RMSNorm(h; layers.i.norm2.weight))
     logits = RMSNorm(x; norm_f.weight) @ lm_head^T      (lm_head = embed.weight when tied)
 
@@ -10,6 +10,11 @@ backend, chosen once at construction: `cpu` (float32, C kernels; the default) or
 `loss_and_grads`.  Inference: `new_state`, `prefill(state, tokens)`, `step(state, token)`,
 `step_batch(states, tokens)` (one token of each of B sequences in one pass), the TTT state
 being the model's memory (no KV cache, no context limit).
+
+Each layer's mixer is its config type (config.types): TTT-Linear (bitttt.layers.ttt) or causal
+GQA attention (bitttt.layers.attention).  A model with attention layers carries a ModelState:
+the TTT state of its TTT layers (if any) and a KV cache per attention layer, which holds at most
+config.max_position_embeddings tokens (reading past it is refused, nothing changed).
 """
 from __future__ import annotations
 
@@ -20,11 +25,11 @@ import numpy as np
 
 from .backend import resolve
 from .config import BitLlamaConfig
+from .layers.attention import KVCache, attention_backward, attention_forward, attention_prefill
 from .layers.common import NonFiniteError, check_finite
 from .layers.loss import cross_entropy_backward, cross_entropy_forward
 from .layers.swiglu import SwiGLUCache, swiglu_backward, swiglu_forward
 from .layers.ttt import (
-    TTTLayerCache,
     TTTLayerState,
     token_scales,
     ttt_backward,
@@ -35,7 +40,7 @@ from .layers.ttt import (
 )
 from .params import init_params, module_params, param_shapes, param_table
 
-__all__ = ["BitLlama", "TTTState", "param_shapes"]
+__all__ = ["BitLlama", "TTTState", "ModelState", "param_shapes"]
 
 
 class TTTState:
@@ -70,9 +75,48 @@ class TTTState:
         return sum(a.nbytes for a in self.arrays().values())
 
 
+class ModelState:
+    """The inference state of a model with attention layers: `ttt`, the TTTState of its TTT
+    layers stacked in layer order (None when it has none); `kv`, a KVCache per attention layer
+    (by layer index).  Memory files hold the `ttt` part only: a hybrid's state loaded from one
+    starts with empty KV caches."""
+
+    def __init__(self, ttt: TTTState | None, kv: dict[int, KVCache]):
+        self.ttt, self.kv = ttt, kv
+
+    @property
+    def context(self) -> int:
+        """Tokens held by the KV caches (the next token's position in the attention layers)."""
+        return next(iter(self.kv.values())).n if self.kv else 0
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens read: by the TTT part when there is one (it survives a memory file), else the context."""
+        return self.ttt.n_tokens if self.ttt is not None else self.context
+
+    @property
+    def pos(self) -> int:
+        """The TTT layers' position in their mini-batch (0 without TTT layers)."""
+        return self.ttt.pos if self.ttt is not None else 0
+
+    def copy(self) -> ModelState:
+        return ModelState(None if self.ttt is None else self.ttt.copy(), {i: c.copy() for i, c in self.kv.items()})
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The TTT part's tensors by name (the memory file's); ValueError without TTT layers."""
+        if self.ttt is None:
+            raise ValueError("this model has attention layers only: it has no TTT state to save "
+                             "(its context is a KV cache, kept for the session only)")
+        return self.ttt.arrays()
+
+    @property
+    def nbytes(self) -> int:
+        return (self.ttt.nbytes if self.ttt is not None else 0) + sum(c.nbytes for c in self.kv.values())
+
+
 class BlockCache(NamedTuple):
     norm1: tuple
-    ttt: TTTLayerCache
+    ttt: tuple        # the mixer's cache: TTTLayerCache or AttentionLayerCache
     norm2: tuple
     mlp: SwiGLUCache
 
@@ -107,14 +151,16 @@ class BitLlama:
         self.inference_only = False
         self._fused = None
         self._fused_lock = threading.Lock()  # the fused decoder's scratch is shared: one token at a time
+        self.kv_dtype = "float16"  # the KV cache of attention layers: float16 | int8 | float32
         if init:  # init=False: the caller fills self.params (for_inference)
             self.init_weights(0)
 
     def __repr__(self) -> str:
         c = self.config
         kind = "ternary" if c.ternary else "float"
-        return (f"BitLlama(D={c.hidden_size}, layers={c.num_layers}, heads={c.num_heads}, V={c.vocab_size}, {kind}, "
-                f"{self.num_params():,} parameters, backend={self.backend.NAME})")
+        arch = "" if c.kind == "ttt" else f"{c.kind}, "
+        return (f"BitLlama({arch}D={c.hidden_size}, layers={c.num_layers}, heads={c.num_heads}, V={c.vocab_size}, "
+                f"{kind}, {self.num_params():,} parameters, backend={self.backend.NAME})")
 
     # -- parameters -----------------------------------------------------------------
     def init_weights(self, seed: int = 0) -> None:
@@ -221,6 +267,8 @@ class BitLlama:
                 raise NonFiniteError(f"parameter {name} contains NaN or infinity")
 
         def mixer(li, n1):
+            if cfg.types[li] == "attention":
+                return attention_forward(be, module_params(p, cfg, li, "attn"), n1, cfg, name=f"layers.{li}.attn")
             return ttt_forward(be, module_params(p, cfg, li, "ttt"), n1, cfg, name=f"layers.{li}.ttt")
 
         x = self._embed(tokens)
@@ -279,9 +327,14 @@ class BitLlama:
             g[pre + "mlp.down_proj.weight"] = ddown
             dh_norm, g[pre + "norm2.weight"] = be.rmsnorm_backward(dn2, bc.norm2)
             dh = np.add(dx, dh_norm, out=dh_norm)
-            dn1, tg_grads = ttt_backward(be, dh, bc.ttt, module_params(p, cfg, li, "ttt"), cfg)
+            if cfg.types[li] == "attention":
+                dn1, tg_grads = attention_backward(be, dh, bc.ttt, cfg)
+                module = "attn."
+            else:
+                dn1, tg_grads = ttt_backward(be, dh, bc.ttt, module_params(p, cfg, li, "ttt"), cfg)
+                module = "ttt."
             for k, v in tg_grads.items():
-                g[pre + "ttt." + k] = v
+                g[pre + module + k] = v
             dx_norm, g[pre + "norm1.weight"] = be.rmsnorm_backward(dn1, bc.norm1)
             dx = np.add(dh, dx_norm, out=dx_norm)
         demb = be.embedding_backward(dx, fc.tokens, cfg.vocab_size)
@@ -294,11 +347,25 @@ class BitLlama:
         return float(loss), {k: g[k] for k in p}
 
     # -- inference --------------------------------------------------------------------
-    def new_state(self) -> TTTState:
-        """Every sequence starts from the trained (W1, b1) of each layer, with empty sums."""
+    def new_state(self, kv_dtype: str | None = None) -> TTTState | ModelState:
+        """Every sequence starts from the trained (W1, b1) of each TTT layer, with empty sums: a
+        TTTState for a pure-TTT model; with attention layers a ModelState that adds an empty KV
+        cache per attention layer (kv_dtype "float16" | "int8" | "float32", default self.kv_dtype)."""
         cfg = self.config
-        per = [ttt_initial_state(module_params(self.params, cfg, li, "ttt"), cfg, self.dtype)
-               for li in range(cfg.num_layers)]
+        ttt = self.new_ttt_state()
+        if cfg.kind == "ttt":
+            return ttt
+        kv = {li: KVCache(cfg.kv_heads, cfg.head_dim, cfg.max_position_embeddings, kv_dtype or self.kv_dtype)
+              for li in cfg.layers_of("attention")}
+        return ModelState(ttt, kv)
+
+    def new_ttt_state(self) -> TTTState | None:
+        """The fresh TTT state of the TTT layers, stacked in layer order (None without any)."""
+        cfg = self.config
+        layers = cfg.layers_of("ttt")
+        if not layers:
+            return None
+        per = [ttt_initial_state(module_params(self.params, cfg, li, "ttt"), cfg, self.dtype) for li in layers]
         return TTTState(*(np.stack([s[n] for s in per]) for n in ("W0", "b0", "Kb", "Gb", "Sb")))
 
     def _check_ids(self, tokens) -> np.ndarray:
@@ -319,27 +386,42 @@ class BitLlama:
             raise FloatingPointError("the model produced NaN or infinite logits")
         return logits
 
-    def prefill(self, state: TTTState, tokens, all_logits: bool = False) -> np.ndarray:
+    def prefill(self, state: TTTState | ModelState, tokens, all_logits: bool = False) -> np.ndarray:
         """Read `tokens` (ints [T], T >= 1, one sequence) into `state` (updated in place), one
-        layer at a time -> logits of the last token [V], or of every token [T, V] with all_logits."""
+        layer at a time -> logits of the last token [V], or of every token [T, V] with all_logits.
+        With attention layers, ValueError (state unchanged) when the context would pass
+        config.max_position_embeddings."""
         be, cfg = self.backend, self.config
         ids = self._check_ids(tokens)
+        hybrid = isinstance(state, ModelState)
+        if cfg.kind != "ttt" and not hybrid:
+            raise TypeError("a model with attention layers reads into a ModelState (model.new_state())")
+        if hybrid and state.context + ids.size > cfg.max_position_embeddings:
+            raise ValueError(f"the context would hold {state.context + ids.size} tokens, past "
+                             f"config.max_position_embeddings = {cfg.max_position_embeddings} of the attention "
+                             f"layers; start a new state (or /reset) to read more")
+        ttt = state.ttt if hybrid else state
+        tix = {li: i for i, li in enumerate(cfg.layers_of("ttt"))}
 
         def mixer(li, n1):
-            return ttt_prefill(be, module_params(self.params, cfg, li, "ttt"), n1, state.layer(li), state.pos,
+            if cfg.types[li] == "attention":
+                return attention_prefill(be, module_params(self.params, cfg, li, "attn"), n1, state.kv[li], cfg), None
+            return ttt_prefill(be, module_params(self.params, cfg, li, "ttt"), n1, ttt.layer(tix[li]), ttt.pos,
                                cfg), None
 
         x = self._embed(ids)
         for li in range(cfg.num_layers):
             x, _ = self._block(li, x, mixer)
-        state.pos = (state.pos + ids.size) % cfg.mini_batch_size
-        state.n_tokens += ids.size
+        if ttt is not None:
+            ttt.pos = (ttt.pos + ids.size) % cfg.mini_batch_size
+            ttt.n_tokens += ids.size
         logits = self._logits(x if all_logits else x[-1:])
         return logits if all_logits else logits[0]
 
     def step(self, state: TTTState, token: int) -> np.ndarray:
         """Read one token -> its logits [V].  The backend's fused decoder when it has one (the cpu
-        backend: every layer in one C call, src_c/decode.c), else prefill of that token."""
+        backend: every layer in one C call, src_c/decode.c; TTT-only models), else prefill of
+        that token (the generic path: attention and hybrid models)."""
         ids = self._check_ids([token])
         dec = self._fused_decoder()
         if dec is None:
@@ -361,6 +443,8 @@ class BitLlama:
         token through the TTT layer's inner loop.  Rows never mix: the result equals stepping
         the states one by one, bit for bit (tests/test_serve_batch.py)."""
         be, cfg = self.backend, self.config
+        if cfg.kind != "ttt":
+            raise ValueError(f"step_batch reads TTT states only; this model has {cfg.kind} layers: step each state")
         ids = self._check_ids(tokens)
         if len(states) != ids.size:
             raise ValueError(f"step_batch needs one token per state, got {ids.size} tokens for {len(states)} states")
@@ -394,7 +478,8 @@ class BitLlama:
     def _fused_decoder(self):
         """The backend's one-call decoder over this model's weights (built once), or None."""
         be, cfg = self.backend, self.config
-        if self._fused is None and self.inference_only and cfg.ternary and hasattr(be, "fused_decoder"):
+        if self._fused is None and self.inference_only and cfg.ternary and cfg.kind == "ttt" and \
+                hasattr(be, "fused_decoder"):
             self._fused = be.fused_decoder(*self._decoder_args())
         return self._fused
 

@@ -11,6 +11,8 @@ Kinds:
   norm       an RMSNorm / LayerNorm weight or bias [D]
   ttt_inner  the TTT inner model's initial weights W1 [H, f, f] and b1 [H, 1, f]: the start of
              every sequence's recurrent state
+Each layer's mixer is chosen by its type (config.types): a TTT layer's tensors are
+`layers.{i}.ttt.*` (ttt_block), an attention layer's `layers.{i}.attn.*` (attention_block).
   float      any other float parameter (the TTT learning-rate gate, token scales, inner norm)
 Init rules: ("normal", std), ("ones",), ("zeros",).  Drawn in table order from one generator.
 """
@@ -67,6 +69,18 @@ def ttt_block(cfg: BitLlamaConfig) -> list[tuple[str, tuple[int, ...], str, tupl
     ]
 
 
+def attention_block(cfg: BitLlamaConfig) -> list[tuple[str, tuple[int, ...], str, tuple]]:
+    """The attention layer's tensors: q/o [D, D], k/v [Hkv f, D] (GQA: Hkv = cfg.kv_heads)."""
+    d, kv = cfg.hidden_size, cfg.kv_heads * cfg.head_dim
+    n02 = ("normal", 0.02)
+    return [("q_proj.weight", (d, d), "linear", n02), ("k_proj.weight", (kv, d), "linear", n02),
+            ("v_proj.weight", (kv, d), "linear", n02), ("o_proj.weight", (d, d), "linear", n02)]
+
+
+MIXERS = {"ttt": ttt_block, "attention": attention_block}
+MIXER_MODULE = {"ttt": "ttt", "attention": "attn"}  # the module name of each layer kind in tensor names
+
+
 def mlp_block(cfg: BitLlamaConfig) -> list[tuple[str, tuple[int, ...], str, tuple]]:
     """The SwiGLU MLP's tensors (the down projection's std scaled by 1/sqrt(2 L), as GPT-2 does)."""
     d, i = cfg.hidden_size, cfg.intermediate_size
@@ -83,7 +97,8 @@ def param_table(cfg: BitLlamaConfig) -> dict[str, ParamSpec]:
         pre = f"layers.{li}."
         specs.append(ParamSpec(pre + "norm1.weight", (d,), "norm", ("ones",), li, "", "norm1.weight"))
         specs.append(ParamSpec(pre + "norm2.weight", (d,), "norm", ("ones",), li, "", "norm2.weight"))
-        for module, block in (("ttt", ttt_block(cfg)), ("mlp", mlp_block(cfg))):
+        kind = cfg.types[li]
+        for module, block in ((MIXER_MODULE[kind], MIXERS[kind](cfg)), ("mlp", mlp_block(cfg))):
             for local, shape, kind, init in block:
                 specs.append(ParamSpec(f"{pre}{module}.{local}", shape, kind, init, li, module, local))
     specs.append(ParamSpec("norm_f.weight", (d,), "norm", ("ones",)))

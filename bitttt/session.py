@@ -18,6 +18,12 @@ loop in C token by token, heads in parallel (the same arithmetic as decoding, so
 at once or token by token gives the same bits); a decoded token goes through every layer in
 one C call (bitttt._core.Decoder, src_c/decode.c).
 
+Models with attention layers (config.arch "attention", or a hybrid's layer_types) carry a
+ModelState instead: the TTT state of their TTT layers and a KV cache per attention layer
+(float16 by default; `im.kv_dtype = "int8"` for int8 with per-head, per-token scales), at most
+config.max_position_embeddings tokens long (past it, reading is refused: start a new state).
+Their tokens take the generic path (prefill of one token): the fused C decoder is TTT-only.
+
     from bitttt.session import InferenceModel
     m = InferenceModel.from_checkpoint("runs/default/checkpoints/best.safetensors")
     s = m.new_state()
@@ -33,7 +39,7 @@ from .backend.numpy import Int8Head
 from .config import BitLlamaConfig
 from .formats import (
     CheckpointError,
-    MemoryFileError,  # noqa: F401  (raised by load_memory through read_memory; importable from here as before)
+    MemoryFileError,
     load_checkpoint,
     read_memory,
     read_metadata,
@@ -42,7 +48,7 @@ from .formats import (
     write_memory,
 )
 from .formats.model_file import MODEL_FORMAT
-from .model import BitLlama, TTTState
+from .model import BitLlama, ModelState, TTTState
 from .params import param_shapes
 from .ternary import PackedTernary
 
@@ -151,8 +157,27 @@ class InferenceModel:
         return cls(model.config, model.params, tokenizer, source="BitLlama")
 
     # -- state and reading ------------------------------------------------------------
-    def new_state(self) -> TTTState:
-        """Every sequence starts from the trained (W1, b1) of each layer, with empty sums."""
+    @property
+    def kv_dtype(self) -> str:
+        """The KV cache of attention layers: "float16" (default), "int8" or "float32"."""
+        return self.model.kv_dtype
+
+    @kv_dtype.setter
+    def kv_dtype(self, value: str) -> None:
+        from .layers.attention import KV_DTYPES
+
+        if value not in KV_DTYPES:
+            raise ValueError(f"KV cache dtype must be one of {', '.join(KV_DTYPES)}, got {value!r}")
+        self.model.kv_dtype = value
+
+    @property
+    def has_memory(self) -> bool:
+        """True when the model has TTT layers: memory files (and /sleep) hold their state."""
+        return bool(self.config.layers_of("ttt"))
+
+    def new_state(self) -> TTTState | ModelState:
+        """Every sequence starts from the trained (W1, b1) of each TTT layer, with empty sums (and,
+        with attention layers, empty KV caches: a ModelState)."""
         return self.model.new_state()
 
     def feed(self, st: TTTState, tokens, all_logits: bool = False) -> np.ndarray:
@@ -167,7 +192,11 @@ class InferenceModel:
 
     def score(self, ids: list[int], reset_every: int = 0, chunk: int = 512) -> tuple[float, int]:
         """(sum of next-token losses in nats, tokens scored) over the stream `ids`, read `chunk`
-        tokens at a time, the state reset every `reset_every` tokens (0: never)."""
+        tokens at a time, the state reset every `reset_every` tokens (0: never; a model with attention
+        layers resets at least every config.max_position_embeddings tokens, its longest context)."""
+        if self.config.kind != "ttt":
+            limit = self.config.max_position_embeddings
+            reset_every = min(reset_every, limit) if reset_every else limit
         total, n = 0.0, 0
         st = self.new_state()
         pos = 0
@@ -187,13 +216,27 @@ class InferenceModel:
         return total, n
 
     # -- memory files ------------------------------------------------------------------
-    def save_memory(self, st: TTTState, path: str, note: str = "") -> None:
-        """Write the state to a memory file tagged with this model's identity (atomic; bitttt.formats.memory)."""
+    def save_memory(self, st: TTTState | ModelState, path: str, note: str = "") -> None:
+        """Write the state to a memory file tagged with this model's identity (atomic; bitttt.formats.memory).
+        TTT layers only: a hybrid's KV caches are not saved; an attention model has no memory
+        (MemoryFileError, nothing written)."""
+        self._check_memory()
         write_memory(path, st.arrays(), model_id=self.model_id,
                      config=self.config, pos=st.pos, n_tokens=st.n_tokens, note=note)
 
     def load_memory(self, path: str) -> TTTState:
         """Read a state saved by save_memory; MemoryFileError when it is damaged or from another model."""
+        self._check_memory()
         m = read_memory(path, model_id=self.model_id, config=self.config)
         a = m.arrays
-        return TTTState(a["W0"], a["b0"], a["Kb"], a["Gb"], a["Sb"], m.pos, m.n_tokens)
+        ttt = TTTState(a["W0"], a["b0"], a["Kb"], a["Gb"], a["Sb"], m.pos, m.n_tokens)
+        if self.config.kind == "ttt":
+            return ttt
+        st = self.new_state()  # a hybrid: the TTT part from the file, empty KV caches
+        st.ttt = ttt
+        return st
+
+    def _check_memory(self) -> None:
+        if not self.has_memory:
+            raise MemoryFileError("memory files and /sleep hold the TTT state, and this model has attention "
+                                  "layers only: its context is a KV cache, kept for the session only")

@@ -21,7 +21,7 @@ OPS = ("matmul", "quantize_weight", "is_quantized", "quantize_act", "qlinear", "
        "rmsnorm_forward", "rmsnorm_backward", "layernorm_forward", "layernorm_backward", "sigmoid",
        "swiglu_forward", "swiglu_backward", "rope_tables", "rope_apply", "embedding_forward", "embedding_backward",
        "cross_entropy_forward", "cross_entropy_backward", "ttt_forward", "ttt_backward", "ttt_prefill",
-       "lm_head", "adamw", "sumsq")
+       "attention_forward", "attention_backward", "attention_cached", "lm_head", "adamw", "sumsq")
 # Optional: fused_decoder(dims, layers, head), a one-call decode step over packed weights.
 _DTYPES = {np.dtype(np.float64): "numpy", np.dtype(np.float32): "cpu"}
 

@@ -197,6 +197,31 @@ def ttt_prefill(pos: int, q, k, v, x, lr_w, lr_b, lr_scale: float, tok, gamma, b
     _core.ttt_prefill(pos, q, k, v, x, lr_w, lr_b, lr_scale, tok, gamma, beta, W0, b0, Kb, Gb, Sb, out)
 
 
+# -- causal GQA attention (src_c/attention.c) ------------------------------------------------------
+AttentionCache = ref.AttentionCache
+
+
+def attention_forward(q, k, v, scale: float, tile: int = 64):
+    """The numpy backend's attention_forward in C: (sequence, head, query tile) in parallel."""
+    q, k, v = _c(q), _c(k), _c(v)
+    out = np.empty_like(q)
+    lse = np.empty(q.shape[:3], dtype=np.float32)
+    _core.attn_forward(q, k, v, scale, tile, out, lse)
+    return out, AttentionCache(q, k, v, out, lse, float(scale), int(tile))
+
+
+def attention_backward(dout, c):
+    """Scores recomputed in C tile by tile; (sequence, key/value head) in parallel."""
+    dq, dk, dv = np.empty_like(c.q), np.empty_like(c.k), np.empty_like(c.v)
+    _core.attn_backward(c.q, c.k, c.v, c.out, c.lse, _c(dout), c.scale, c.tile, dq, dk, dv)
+    return dq, dk, dv
+
+
+def attention_cached(q, kc, vc, ks, vs, start: int, scale: float, out) -> None:
+    """The numpy backend's attention_cached in C (float32, float16 or int8 caches read as they are)."""
+    _core.attn_cached(_c(q), kc, vc, ks, vs, start, scale, out)
+
+
 # -- LM head -------------------------------------------------------------------------------------
 Int8Head = ref.Int8Head
 

@@ -446,6 +446,107 @@ def ttt_prefill(pos: int, q, k, v, x, lr_w, lr_b, lr_scale: float, tok, gamma, b
                 Kb[hh], Gb[hh], Sb[hh] = 0.0, 0.0, 0.0
 
 
+# -- causal softmax attention with GQA, in tiles (FlashAttention's online softmax) ----------
+class AttentionCache(NamedTuple):
+    q: np.ndarray    # [B, H, T, f] (after RoPE)
+    k: np.ndarray    # [B, Hkv, T, f]
+    v: np.ndarray    # [B, Hkv, T, f]
+    out: np.ndarray  # [B, H, T, f]
+    lse: np.ndarray  # log-sum-exp of each query's scaled scores [B, H, T]
+    scale: float
+    tile: int
+
+
+def _groups(x: np.ndarray, hkv: int) -> np.ndarray:
+    """[B, H, T, f] -> [B, Hkv, G, T, f]: query head h reads key/value head h // G."""
+    b, h, t, f = x.shape
+    return x.reshape(b, hkv, h // hkv, t, f)
+
+
+def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, tile: int = 64):
+    """Causal attention: out[i] = sum_{j <= i} softmax_j(scale q_i . k_j) v_j for q [B, H, T, f],
+    k, v [B, Hkv, T, f] (Hkv divides H) -> (out [B, H, T, f], cache).  Computed tile by tile
+    (tile x tile scores at a time) with a running max and sum: no [T, T] array exists."""
+    b, h, t, f = q.shape
+    hkv = k.shape[1]
+    qg = _groups(q, hkv)
+    out = np.empty_like(qg)
+    lse = np.empty(qg.shape[:-1], dtype=q.dtype)
+    for s in range(0, t, tile):
+        e = min(s + tile, t)
+        qt = qg[:, :, :, s:e]
+        m = np.full(qt.shape[:-1], -np.inf, dtype=q.dtype)
+        lsum = np.zeros_like(m)
+        acc = np.zeros(qt.shape, dtype=q.dtype)
+        for ks in range(0, e, tile):
+            ke = min(ks + tile, e)
+            sc = np.einsum("bhgqf,bhkf->bhgqk", qt, k[:, :, ks:ke]) * scale
+            sc = np.where(np.arange(ks, ke)[None, :] <= np.arange(s, e)[:, None], sc, -np.inf)
+            m_new = np.maximum(m, sc.max(axis=-1))
+            p = np.exp(sc - m_new[..., None])
+            corr = np.exp(m - m_new)
+            lsum = lsum * corr + p.sum(axis=-1)
+            acc = acc * corr[..., None] + np.einsum("bhgqk,bhkf->bhgqf", p, v[:, :, ks:ke])
+            m = m_new
+        out[:, :, :, s:e] = acc / lsum[..., None]
+        lse[:, :, :, s:e] = m + np.log(lsum)
+    out, lse = out.reshape(b, h, t, f), lse.reshape(b, h, t)
+    return out, AttentionCache(q, k, v, out, lse, scale, tile)
+
+
+def attention_backward(dout: np.ndarray, c: AttentionCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dout [B, H, T, f] -> (dq [B, H, T, f], dk, dv [B, Hkv, T, f]).  The scores are recomputed
+    tile by tile from q, k and the saved log-sum-exp: P = exp(scale q k^T - lse),
+    dv = P^T dout, dS = P (dout v^T - rowsum(dout out)), dq = scale dS k, dk = scale dS^T q."""
+    b, h, t, f = c.q.shape
+    hkv, tile, scale = c.k.shape[1], c.tile, c.scale
+    qg, dog = _groups(c.q, hkv), _groups(dout, hkv)
+    lse = c.lse.reshape(qg.shape[:-1])
+    delta = (dog * _groups(c.out, hkv)).sum(axis=-1)
+    dq = np.zeros_like(qg)
+    dk, dv = np.zeros_like(c.k), np.zeros_like(c.v)
+    for s in range(0, t, tile):
+        e = min(s + tile, t)
+        qt, dot = qg[:, :, :, s:e], dog[:, :, :, s:e]
+        for ks in range(0, e, tile):
+            ke = min(ks + tile, e)
+            kt, vt = c.k[:, :, ks:ke], c.v[:, :, ks:ke]
+            sc = np.einsum("bhgqf,bhkf->bhgqk", qt, kt) * scale
+            p = np.exp(sc - lse[:, :, :, s:e, None])
+            p = np.where(np.arange(ks, ke)[None, :] <= np.arange(s, e)[:, None], p, 0.0)
+            dv[:, :, ks:ke] += np.einsum("bhgqk,bhgqf->bhkf", p, dot)
+            dp = np.einsum("bhgqf,bhkf->bhgqk", dot, vt)
+            ds = p * (dp - delta[:, :, :, s:e, None]) * scale
+            dq[:, :, :, s:e] += np.einsum("bhgqk,bhkf->bhgqf", ds, kt)
+            dk[:, :, ks:ke] += np.einsum("bhgqk,bhgqf->bhkf", ds, qt)
+    return dq.reshape(b, h, t, f), dk, dv
+
+
+def attention_cached(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, ks, vs, start: int, scale: float,
+                     out: np.ndarray) -> None:
+    """Attention of T new queries against a KV cache (prefill in blocks and one-token decode).
+
+    q [T, H, f] at positions start .. start+T-1; kc, vc [Hkv, cap, f] hold the keys and values
+    of positions 0 .. start+T-1 (float32/float16, or int8 codes with per-head, per-token
+    scales ks, vs [Hkv, cap]: k = codes * ks; None for a float cache).  Query i reads keys
+    0 .. start+i.  out [T, H, f] <- the attention outputs."""
+    t, h, f = q.shape
+    hkv = kc.shape[0]
+    n = start + t
+    kf = kc[:, :n].astype(q.dtype)
+    vf = vc[:, :n].astype(q.dtype)
+    if ks is not None:
+        kf = kf * ks[:, :n, None].astype(q.dtype)
+        vf = vf * vs[:, :n, None].astype(q.dtype)
+    g = h // hkv
+    for i in range(t):
+        qi = q[i].reshape(hkv, g, f)
+        sc = np.einsum("hgf,hkf->hgk", qi, kf[:, :start + i + 1]) * scale
+        p = np.exp(sc - sc.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)
+        out[i] = np.einsum("hgk,hkf->hgf", p, vf[:, :start + i + 1]).reshape(h, f)
+
+
 # -- LM head -------------------------------------------------------------------------------------
 class Int8Head(NamedTuple):
     """An LM head stored as int8 rows with float32 absmax scales: W ~= q * scale[:, None]."""

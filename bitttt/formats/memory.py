@@ -1,5 +1,8 @@
 """Memory files: the TTT state of a session (its recurrent memory), tagged with the model's identity.
 
+TTT layers only: L below counts the model's TTT layers (all of them in a TTT model; those of a
+hybrid, in layer order, whose KV caches are not saved); a pure attention model has no memory file.
+
 Format "bitttt-memory/2" (safetensors, bitttt.formats.safetensors: atomic write, CRC-32 per tensor)
     W0 float32 [L, H, f, f]   the inner weights at the start of the current mini-batch
     b0 float32 [L, H, f]      the inner bias
@@ -28,8 +31,8 @@ MEMORY_TENSORS = ("W0", "b0", "Kb", "Gb", "Sb")
 
 def memory_shapes(config: BitLlamaConfig) -> dict[str, tuple[int, ...]]:
     """The shape of every tensor of a memory file for `config` (L layers, H heads, f head dim, K
-    mini-batch): W0 [L, H, f, f], b0 and Sb [L, H, f], Kb and Gb [L, H, K, f]."""
-    L, H, f, K = config.num_layers, config.num_heads, config.head_dim, config.mini_batch_size
+    mini-batch; L counts the TTT layers only): W0 [L, H, f, f], b0 and Sb [L, H, f], Kb and Gb [L, H, K, f]."""
+    L, H, f, K = len(config.layers_of("ttt")), config.num_heads, config.head_dim, config.mini_batch_size
     return {"W0": (L, H, f, f), "b0": (L, H, f), "Kb": (L, H, K, f), "Gb": (L, H, K, f), "Sb": (L, H, f)}
 
 

@@ -231,7 +231,7 @@ class Scheduler:
         either way, so `auto` takes whichever has been faster at this batch size on this model
         and machine (small models: serial wins on Python overhead; large ones: batched), trying
         the other one now and then."""
-        if b == 1:
+        if b == 1 or self.im.model.config.kind != "ttt":  # step_batch reads TTT states only
             return "serial"
         if self.decode_mode != "auto":
             return self.decode_mode

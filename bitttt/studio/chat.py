@@ -264,7 +264,11 @@ def evaluate(project: Project, ref: object, file: object = None, dataset: object
 
 
 def _token_losses(im, ids: list[int], reset_every: int, chunk: int = 512) -> np.ndarray:
-    """Every next-token loss of the stream, read as InferenceModel.score reads it."""
+    """Every next-token loss of the stream, read as InferenceModel.score reads it (an attention
+    model in windows of at most its max_position_embeddings)."""
+    if im.config.kind != "ttt":
+        limit = im.config.max_position_embeddings
+        reset_every = min(reset_every, limit) if reset_every else limit
     out = []
     st = im.new_state()
     pos = 0
