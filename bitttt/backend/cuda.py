@@ -45,7 +45,30 @@ HOST_OPS = {
     "rope_tables": "cos/sin tables (NumPy, float32)",
     "embedding_forward": "the row gather: the table is one of the model's host arrays, and a few rows "
                          "cost less to gather than the table to upload (the embed_fwd kernel is there and tested)",
+    "attention_forward": "causal GQA attention: the cpu backend's C kernel on the host (no GPU kernel yet)",
+    "attention_backward": "the cpu backend's C kernel on the host (no GPU kernel yet)",
+    "attention_cached": "prefill/decode against the KV cache, which lives on the host: the cpu backend's C kernel",
 }
+
+
+def _on_host(name: str):
+    """The cpu backend's op `name` (its arrays are host NumPy arrays, as this backend's per-op inputs are)."""
+    def op(*args, **kwargs):
+        from . import cpu
+
+        return getattr(cpu, name)(*args, **kwargs)
+
+    import inspect
+
+    op.__name__ = name
+    op.__doc__ = f"{name} on the host through the cpu backend (HOST_OPS)."
+    op.__signature__ = inspect.signature(getattr(ref, name))  # the op set's signature
+    return op
+
+
+attention_forward = _on_host("attention_forward")
+attention_backward = _on_host("attention_backward")
+attention_cached = _on_host("attention_cached")
 
 rope_tables = ref.rope_tables
 TTTGrads = ref.TTTGrads
