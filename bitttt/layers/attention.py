@@ -30,9 +30,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ..config import BitLlamaConfig
-from ..params import attention_block, draw
+from ..params import attention_block
 from .bit_linear import BitLinearCache, SharedInput, bitlinear_backward, bitlinear_forward
-from .common import check_finite
+from .common import StandaloneLayer, check_finite
 
 TILE = 64  # query and key tile of the training attention (rows of scores computed at once)
 KV_DTYPES = ("float16", "int8", "float32")
@@ -201,43 +201,23 @@ def attention_prefill(be, p: dict, x: np.ndarray, cache: KVCache, cfg: BitLlamaC
     return y
 
 
-class Attention:
+class Attention(StandaloneLayer):
     """An attention layer on its own: parameters under the names of attention_param_shapes,
     forward and backward, on the backend of `dtype` (float32: cpu, float64: numpy) or `backend`.
 
     layer = Attention(cfg); y = layer.forward(x)  (x [B, T, D]); dx, grads = layer.backward(dy).
     """
 
+    NAME = "Attention"
+    block = staticmethod(attention_block)
+
     def __init__(self, config: BitLlamaConfig, dtype=None, params: dict | None = None, backend=None,
                  tile: int = TILE):
-        from ..backend import resolve
+        self.tile = int(tile)
+        super().__init__(config, dtype, params, backend)
 
-        self.config, self.tile = config, int(tile)
-        self.backend = resolve(backend, dtype)
-        self.dtype = np.dtype(self.backend.DTYPE)
-        self.params = params if params is not None else self._fresh(0)
-        self._cache = None
+    def _forward(self, x: np.ndarray):
+        return attention_forward(self.backend, self.params, x, self.config, self.NAME, self.tile)
 
-    def _fresh(self, seed: int) -> dict:
-        rng = np.random.default_rng(seed)
-        return {local: draw(init, shape, rng).astype(self.dtype)
-                for local, shape, _, init in attention_block(self.config)}
-
-    def init_weights(self, seed: int = 0) -> None:
-        self.params = self._fresh(seed)
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """x [B, T, D] in the layer's dtype -> y [B, T, D]."""
-        x = np.asarray(x)
-        if x.ndim != 3 or x.shape[-1] != self.config.hidden_size:
-            raise ValueError(f"Attention expects x [B, T, {self.config.hidden_size}], got {x.shape}")
-        if x.dtype != self.dtype:
-            raise TypeError(f"Attention computes in {self.dtype}, got x of {x.dtype}")
-        y, self._cache = attention_forward(self.backend, self.params, x, self.config, "Attention", self.tile)
-        return y
-
-    def backward(self, dy: np.ndarray):
-        """dy [B, T, D] -> (dx [B, T, D], grads by parameter name)."""
-        if self._cache is None:
-            raise RuntimeError("Attention.backward needs a forward first")
-        return attention_backward(self.backend, np.asarray(dy, dtype=self.dtype), self._cache, self.config)
+    def _backward(self, dy: np.ndarray, cache):
+        return attention_backward(self.backend, dy, cache, self.config)

@@ -27,9 +27,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ..config import BitLlamaConfig
-from ..params import draw, ttt_block
+from ..params import ttt_block
 from .bit_linear import BitLinearCache, SharedInput, bitlinear_backward, bitlinear_forward
-from .common import check_finite
+from .common import StandaloneLayer, check_finite
 
 LN_EPS = 1e-6
 
@@ -137,26 +137,34 @@ def ttt_initial_state(p: dict, cfg: BitLlamaConfig, dtype) -> dict[str, np.ndarr
             "Kb": np.zeros((h, k, f), dtype), "Gb": np.zeros((h, k, f), dtype), "Sb": np.zeros((h, f), dtype)}
 
 
+def _rotated_qkv(be, p: dict, x: np.ndarray, at: np.ndarray, cfg: BitLlamaConfig):
+    """The inner loop's inputs for rows x [M, D] (contiguous): q and k rotated at the mini-batch
+    positions `at` [M], and v -> three contiguous [M, D] arrays (q, k, v quantize x once)."""
+    m, d = x.shape
+    h, f = cfg.num_heads, cfg.head_dim
+    xs = SharedInput(be, x)
+    q, _ = bitlinear_forward(be, xs, p["q_proj.weight"], cfg.ternary)
+    kx, _ = bitlinear_forward(be, xs, p["k_proj.weight"], cfg.ternary)
+    v, _ = bitlinear_forward(be, xs, p["v_proj.weight"], cfg.ternary)
+    cos, sin = be.rope_tables(np.arange(cfg.mini_batch_size), f, cfg.rope_theta, np.dtype(be.DTYPE))
+    cos, sin = cos[at][:, None, :], sin[at][:, None, :]
+    q = np.ascontiguousarray(be.rope_apply(q.reshape(m, h, f), cos, sin).reshape(m, d))
+    kx = np.ascontiguousarray(be.rope_apply(kx.reshape(m, h, f), cos, sin).reshape(m, d))
+    return q, kx, np.ascontiguousarray(v)
+
+
 def ttt_prefill(be, p: dict, x: np.ndarray, st: TTTLayerState, pos: int, cfg: BitLlamaConfig) -> np.ndarray:
     """x [T, D] (the layer's normalized input, one sequence) -> y [T, D]; the state `st`, at
     position `pos` of its mini-batch, reads the T tokens (updated in place).  The arithmetic of
     the training forward, token by token: read at once, in chunks or one by one, the same bits."""
     t, d = x.shape
-    h, f, k = cfg.num_heads, cfg.head_dim, cfg.mini_batch_size
+    f, k = cfg.head_dim, cfg.mini_batch_size
     dt = np.dtype(be.DTYPE)
     x = np.ascontiguousarray(x)
-    xs = SharedInput(be, x)
-    q, _ = bitlinear_forward(be, xs, p["q_proj.weight"], cfg.ternary)
-    kx, _ = bitlinear_forward(be, xs, p["k_proj.weight"], cfg.ternary)
-    v, _ = bitlinear_forward(be, xs, p["v_proj.weight"], cfg.ternary)
-    cos, sin = be.rope_tables(np.arange(k), f, cfg.rope_theta, dt)
-    at = (pos + np.arange(t)) % k
-    cos, sin = cos[at][:, None, :], sin[at][:, None, :]
-    q = be.rope_apply(q.reshape(t, h, f), cos, sin).reshape(t, d)
-    kx = be.rope_apply(kx.reshape(t, h, f), cos, sin).reshape(t, d)
+    q, kx, v = _rotated_qkv(be, p, x, (pos + np.arange(t)) % k, cfg)
     _, tok = token_scales(p, k, dt)
     merged = np.empty((t, d), dtype=dt)
-    be.ttt_prefill(pos, q, kx, np.ascontiguousarray(v), x, p["learnable_ttt_lr_weight"][:, 0, :],
+    be.ttt_prefill(pos, q, kx, v, x, p["learnable_ttt_lr_weight"][:, 0, :],
                    p["learnable_ttt_lr_bias"].reshape(-1), cfg.ttt_base_lr / f, tok, p["ttt_norm_weight"],
                    p["ttt_norm_bias"], st.W0, st.b0, st.Kb, st.Gb, st.Sb, merged)
     normed, _ = be.layernorm_forward(merged, p["post_norm.weight"], p["post_norm.bias"], LN_EPS)
@@ -170,19 +178,10 @@ def ttt_step_batch(be, p: dict, x: np.ndarray, states: list, positions: list, cf
     state `states[b]` (a TTTLayerState, at position `positions[b]` of its mini-batch) reads its
     token through the same C inner loop as ttt_prefill with T = 1, so the bits equal B prefills."""
     bsz, d = x.shape
-    h, f, k = cfg.num_heads, cfg.head_dim, cfg.mini_batch_size
+    f, k = cfg.head_dim, cfg.mini_batch_size
     dt = np.dtype(be.DTYPE)
     x = np.ascontiguousarray(x)
-    xs = SharedInput(be, x)
-    q, _ = bitlinear_forward(be, xs, p["q_proj.weight"], cfg.ternary)
-    kx, _ = bitlinear_forward(be, xs, p["k_proj.weight"], cfg.ternary)
-    v, _ = bitlinear_forward(be, xs, p["v_proj.weight"], cfg.ternary)
-    cos, sin = be.rope_tables(np.arange(k), f, cfg.rope_theta, dt)
-    at = np.asarray(positions, dtype=np.int64) % k
-    cos, sin = cos[at][:, None, :], sin[at][:, None, :]
-    q = np.ascontiguousarray(be.rope_apply(q.reshape(bsz, h, f), cos, sin).reshape(bsz, d))
-    kx = np.ascontiguousarray(be.rope_apply(kx.reshape(bsz, h, f), cos, sin).reshape(bsz, d))
-    v = np.ascontiguousarray(v)
+    q, kx, v = _rotated_qkv(be, p, x, np.asarray(positions, dtype=np.int64) % k, cfg)
     _, tok = token_scales(p, k, dt)
     lr_w, lr_b = p["learnable_ttt_lr_weight"][:, 0, :], p["learnable_ttt_lr_bias"].reshape(-1)
     merged = np.empty((bsz, d), dtype=dt)
@@ -195,7 +194,7 @@ def ttt_step_batch(be, p: dict, x: np.ndarray, states: list, positions: list, cf
     return y
 
 
-class TTTLinear:
+class TTTLinear(StandaloneLayer):
     """A TTT-Linear layer on its own: parameters under the names of ttt_param_shapes,
     forward and backward, on the backend of `dtype` (float32: cpu, float64: numpy) or `backend`.
 
@@ -203,35 +202,12 @@ class TTTLinear:
     dx, grads = layer.backward(dy)  (after a forward).
     """
 
-    def __init__(self, config: BitLlamaConfig, dtype=None, params: dict | None = None, backend=None):
-        from ..backend import resolve
+    NAME = "TTTLinear"
+    block = staticmethod(ttt_block)
 
-        self.config = config
-        self.backend = resolve(backend, dtype)
-        self.dtype = np.dtype(self.backend.DTYPE)
-        self.params = params if params is not None else self._fresh(0)
-        self._cache = None
+    def _forward(self, x: np.ndarray):
+        check_finite(self.NAME, input=x, **{k.replace(".", "_"): v for k, v in self.params.items()})
+        return ttt_forward(self.backend, self.params, x, self.config, self.NAME)
 
-    def _fresh(self, seed: int) -> dict:
-        rng = np.random.default_rng(seed)
-        return {local: draw(init, shape, rng).astype(self.dtype) for local, shape, _, init in ttt_block(self.config)}
-
-    def init_weights(self, seed: int = 0) -> None:
-        self.params = self._fresh(seed)
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """x [B, T, D] in the layer's dtype -> y [B, T, D]."""
-        x = np.asarray(x)
-        if x.ndim != 3 or x.shape[-1] != self.config.hidden_size:
-            raise ValueError(f"TTTLinear expects x [B, T, {self.config.hidden_size}], got {x.shape}")
-        if x.dtype != self.dtype:
-            raise TypeError(f"TTTLinear computes in {self.dtype}, got x of {x.dtype}")
-        check_finite("TTTLinear", input=x, **{k.replace(".", "_"): v for k, v in self.params.items()})
-        y, self._cache = ttt_forward(self.backend, self.params, x, self.config, "TTTLinear")
-        return y
-
-    def backward(self, dy: np.ndarray):
-        """dy [B, T, D] -> (dx [B, T, D], grads by parameter name)."""
-        if self._cache is None:
-            raise RuntimeError("TTTLinear.backward needs a forward first")
-        return ttt_backward(self.backend, np.asarray(dy, dtype=self.dtype), self._cache, self.params, self.config)
+    def _backward(self, dy: np.ndarray, cache):
+        return ttt_backward(self.backend, dy, cache, self.params, self.config)
