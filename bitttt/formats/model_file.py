@@ -16,7 +16,6 @@ were dropped also carry `<name>.crc32` entries (covered by `crc32` as well; igno
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from .errors import CheckpointError
 from .packed import packed_from_tensors, packed_tensors
 from .runs import resolve
 from .safetensors import read_tagged, write_safetensors
+from .validate import check_limits, check_tensors, parse_config, read_tokenizer
 
 MODEL_FORMAT = "bitttt-model/1"
 HEAD_FORMATS = ("int8", "float16", "float32")
@@ -122,29 +122,44 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
     CheckpointError naming the file when it is damaged, foreign or incomplete; PackedFormatError
     for a malformed packed matrix."""
     path = os.fspath(path)
-    t, meta, _ = read_tagged(path, (MODEL_FORMAT,), error=CheckpointError, what="model file")
-    try:
-        cfg = BitLlamaConfig.from_json(meta["config"])
-        tok = base64.b64decode(meta["tokenizer"])
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: corrupted metadata ({e})") from None
+    t, meta, _ = read_tagged(path, (MODEL_FORMAT,), error=CheckpointError, what="model file",
+                             old_keys=("config", "tokenizer", "tokenizer_sha256", "model_id", "head", "source", "step"))
+    cfg = parse_config(meta, path, CheckpointError)
+    tok = read_tokenizer(meta, path, CheckpointError)
+    if tok is None:
+        raise CheckpointError(f"{path}: metadata has no 'tokenizer' entry")
+    check_limits(cfg, path, CheckpointError, n_tensors=len(t), data_bytes=sum(a.nbytes for a in t.values()),
+                 kind="model")
+    want: dict = {}
+    table = param_table(cfg)
+    for name, spec in table.items():
+        if spec.kind == "linear" and cfg.ternary:
+            want.update({f"{name}.codes": (np.uint8, None), f"{name}.scale": (np.float32, (1,)),
+                         f"{name}.shape": (np.int64, (2,))})  # their shapes: packed_from_tensors
+        elif spec.kind == "embedding":
+            want[name] = ((np.float16, np.float32), spec.shape)
+        elif spec.kind != "head":
+            want[name] = (np.float32, spec.shape)
+    vd = (cfg.vocab_size, cfg.hidden_size)
+    if "head.weight" in t:
+        want["head.weight"] = ((np.float16, np.float32), vd)
+    else:
+        want.update({"head.weight.int8": (np.int8, vd), "head.weight.scale": (np.float32, (cfg.vocab_size,))})
+    check_tensors(t, want, path, CheckpointError)
     packed, params = {}, {}
-    for name, spec in param_table(cfg).items():
+    for name, spec in table.items():
         if spec.kind == "linear" and cfg.ternary:
             packed[name] = packed_from_tensors(t, prefix=name, source=path)
-        elif spec.kind == "head":
-            continue
-        elif name not in t:
-            raise CheckpointError(f"{path}: missing tensor {name}")
+            if (packed[name].rows, packed[name].cols) != spec.shape:
+                raise CheckpointError(f"{path}: packed {name} is {packed[name].rows}x{packed[name].cols}, "
+                                      f"the config needs {spec.shape}")
         elif spec.kind == "embedding":
             params[name] = t[name]  # float16 rows, converted when looked up
-        else:
+        elif spec.kind != "head":
             params[name] = t[name].astype(np.float32)
     head_int8 = head = None
-    if "head.weight.int8" in t and "head.weight.scale" in t:
-        head_int8 = (t["head.weight.int8"], t["head.weight.scale"])
-    elif "head.weight" in t:
+    if "head.weight" in t:
         head = t["head.weight"].astype(np.float32)
     else:
-        raise CheckpointError(f"{path}: missing the LM head")
+        head_int8 = (t["head.weight.int8"], t["head.weight.scale"])
     return ModelFile(path, cfg, params, packed, tok, meta.get("model_id"), head_int8, head, meta)
