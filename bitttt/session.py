@@ -101,8 +101,12 @@ class InferenceModel:
         from .tokenizer import Tokenizer
 
         ck = load_checkpoint(path)
-        tok = Tokenizer.from_bytes(ck.tokenizer) if ck.tokenizer else None
-        return cls(ck.config, ck.params, tok, source=os.fspath(path))
+        try:
+            tok = Tokenizer.from_bytes(ck.tokenizer) if ck.tokenizer else None
+            return cls(ck.config, ck.params, tok, source=os.fspath(path))
+        except (KeyError, ValueError, TypeError) as e:  # a tokenizer or weights that cannot be used
+            msg = str(e)
+            raise CheckpointError(msg if msg.startswith(os.fspath(path)) else f"{os.fspath(path)}: {msg}") from None
 
     @classmethod
     def from_file(cls, path: str) -> InferenceModel:

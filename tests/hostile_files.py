@@ -60,6 +60,12 @@ def split(path: Path) -> tuple[dict, bytes]:
 def join(out: Path, header: dict | bytes, data: bytes, fix_meta: bool = True) -> Path:
     """Write `header` (a dict, its meta_crc32 recomputed when fix_meta and present; or raw bytes)
     followed by `data`."""
+    out.write_bytes(file_bytes(header, data, fix_meta))
+    return out
+
+
+def file_bytes(header: dict | bytes, data: bytes, fix_meta: bool = True) -> bytes:
+    """The bytes of a safetensors file with this header (see join) and data."""
     if isinstance(header, dict):
         meta = header.get("__metadata__")
         if fix_meta and isinstance(meta, dict) and "meta_crc32" in meta:
@@ -67,8 +73,7 @@ def join(out: Path, header: dict | bytes, data: bytes, fix_meta: bool = True) ->
         hb = json.dumps(header, separators=(",", ":")).encode()
     else:
         hb = header
-    out.write_bytes(struct.pack("<Q", len(hb)) + hb + data)
-    return out
+    return struct.pack("<Q", len(hb)) + hb + data
 
 
 def rewrite(src: Path, out: Path, fn, fix_meta: bool = True) -> Path:
