@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cfg = json.loads(meta["config"])
-    print(f"wrote {args.out}: {os.path.getsize(args.out) / 2**20:.2f} MiB, D={cfg['hidden_size']}, "
+    out = meta.get("path", args.out)
+    print(f"wrote {out}: {os.path.getsize(out) / 2**20:.2f} MiB, D={cfg['hidden_size']}, "
           f"{cfg['num_layers']} layers, V={cfg['vocab_size']}, head {meta['head']}, from {meta['source']}")
     return 0
 

@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     from . import runtime
     from .generation import load
+    from .locks import hold_for_process
 
     try:
         if args.threads is not None:
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         from .sampling import SamplingParams
 
         SamplingParams(**_sampling(args)).validate()
+        if args.memory:  # this process alone reads and writes the memory file until it exits
+            hold_for_process(args.memory, "memory file", wait=5.0)
         model = load(args.model)
         if args.interactive:
             chat(model, args)

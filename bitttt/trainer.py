@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from . import runtime
+from . import locks, runtime
 from .config import BitLlamaConfig, known_fields
 from .formats import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .formats.runs import checkpoint_step as _ckpt_step
@@ -161,6 +161,41 @@ class TrainConfig:
         return TrainConfig.from_dict(d)
 
 
+def _check_new_run_dir(run_dir: str) -> None:
+    """A new run must not start in a directory that holds a run (checkpoints, a log or a config)."""
+    ck = os.path.join(run_dir, "checkpoints")
+    held = [p for p in ("log.jsonl", "train_config.json") if os.path.exists(os.path.join(run_dir, p))]
+    if os.path.isdir(ck) and any(p.endswith(".safetensors") for p in os.listdir(ck)):
+        held.insert(0, "checkpoints")
+    if held:
+        raise ValueError(f"{run_dir} already holds a run ({', '.join(held)}): continue it with "
+                         f"Trainer.resume({run_dir!r}) (python -m bitttt.train --resume {run_dir}), or pick another "
+                         "name or out_dir")
+
+
+def _trim_log(path: str, step: int) -> None:
+    """Drop the records of steps after `step` from a run's log (logged after the checkpoint a
+    resumed run starts from), so that the log continues without repeated steps."""
+    if not os.path.exists(path):
+        return
+    from .fileio import atomic_write_bytes
+
+    keep, dropped = [], False
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                at = rec.get("step", rec.get("summary", {}).get("step")) if isinstance(rec, dict) else None
+            except (ValueError, AttributeError):
+                at = None
+            if isinstance(at, int) and at > step:
+                dropped = True
+                continue
+            keep.append(line if line.endswith(b"\n") else line + b"\n")
+    if dropped:
+        atomic_write_bytes(path, b"".join(keep))
+
+
 class Trainer:
     """Trains a BitLlama on prepared token files.  See the module docstring."""
 
@@ -183,6 +218,8 @@ class Trainer:
         if config.threads:
             runtime.set_num_threads(config.threads)
 
+        if _resume_from is None:
+            _check_new_run_dir(self.run_dir)
         ckpt = load_checkpoint(_resume_from) if _resume_from else None
         data_dir = config.data or os.path.join(self.run_dir, "data")
         if ckpt is None and config.data is None and not os.path.exists(os.path.join(data_dir, "manifest.json")):
@@ -374,9 +411,16 @@ class Trainer:
     def fit(self) -> dict:
         """Train until max_steps or max_time (whichever comes first), a signal (Ctrl+C, SIGTERM)
         or a STOP file in the run directory; evaluate, log and checkpoint on the way.  Returns
-        the summary (also printed)."""
-        cfg = self.cfg
+        the summary (also printed).  The run directory is locked meanwhile (bitttt.locks): a
+        second trainer on it is refused (LockedError)."""
         os.makedirs(self.ckpt_dir, exist_ok=True)
+        with locks.hold(self.run_dir, "run directory"):
+            if self.step:
+                _trim_log(os.path.join(self.run_dir, "log.jsonl"), self.step)
+            return self._fit()
+
+    def _fit(self) -> dict:
+        cfg = self.cfg
         for p in os.listdir(self.ckpt_dir):  # leftovers of a write that was killed
             if p.startswith(".tmp-") and p.endswith(".part"):
                 os.unlink(os.path.join(self.ckpt_dir, p))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import locks
 from ..config import BitLlamaConfig
 from .errors import MemoryFileError
 from .safetensors import read_tagged, write_safetensors
@@ -25,6 +26,7 @@ from .validate import _depth_ok, check_limits, check_tensors, parse_config
 MEMORY_FORMAT = "bitttt-memory/2"
 MEMORY_FORMAT_V1 = "bitttt-memory/1"  # dense SW; still read
 MEMORY_TENSORS = ("W0", "b0", "Kb", "Gb", "Sb")
+WRITE_WAIT = 10.0  # seconds a writer waits for another process's lock on the file
 
 
 def memory_shapes(config: BitLlamaConfig) -> dict[str, tuple[int, ...]]:
@@ -52,10 +54,13 @@ class MemoryData:
 
 def write_memory(path: str | os.PathLike, arrays: dict[str, np.ndarray], *, model_id: str, config: BitLlamaConfig,
                  pos: int, n_tokens: int, note: str = "") -> None:
-    """Write a memory file (atomic): `arrays` holds W0, b0, Kb, Gb, Sb (see memory_shapes)."""
+    """Write a memory file (atomic): `arrays` holds W0, b0, Kb, Gb, Sb (see memory_shapes).  The
+    file's lock (bitttt.locks) is taken for the write: a process that holds it for a whole session
+    (infer --memory) makes other writers wait WRITE_WAIT seconds, then fail with LockedError."""
     meta = {"format": MEMORY_FORMAT, "model_id": model_id, "config": config.to_json(),
             "pos": str(pos), "n_tokens": str(n_tokens), "note": note}
-    write_safetensors(path, {n: arrays[n] for n in MEMORY_TENSORS}, meta)
+    with locks.hold(path, "memory file", wait=WRITE_WAIT):  # one writer at a time (bitttt.locks)
+        write_safetensors(path, {n: arrays[n] for n in MEMORY_TENSORS}, meta)
 
 
 def _factor(sw: np.ndarray, pos: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

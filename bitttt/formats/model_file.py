@@ -25,11 +25,12 @@ import numpy as np
 from ..config import BitLlamaConfig
 from ..params import param_table
 from ..ternary import PackedTernary
+from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import load_checkpoint, tokenizer_metadata
-from .errors import CheckpointError
+from .errors import CheckpointError, FormatError
 from .packed import packed_from_tensors, packed_tensors
-from .runs import resolve
-from .safetensors import read_tagged, write_safetensors
+from .runs import checkpoint_step, resolve
+from .safetensors import read_metadata, read_tagged, write_safetensors
 from .validate import check_limits, check_tensors, parse_config, read_tokenizer
 
 MODEL_FORMAT = "bitttt-model/1"
@@ -104,17 +105,46 @@ def write_model_file(path: str | os.PathLike, config: BitLlamaConfig, params: di
 
 def export_checkpoint(src: str | os.PathLike, out: str | os.PathLike, head: str = "int8") -> dict[str, str]:
     """Write the packed model file `out` for a checkpoint or run directory `src` (its best, else its
-    newest intact checkpoint); returns the file's metadata.  ValueError when the checkpoint
-    carries no tokenizer; CheckpointError when it is damaged."""
+    newest intact checkpoint); returns the file's metadata, plus `path`: the file written.  `out`
+    may be a directory: the file is then <out>/<run or checkpoint name>.safetensors.  ValueError
+    when the checkpoint carries no tokenizer, or when `out` is the source, a training checkpoint,
+    a name in a run's checkpoints/ folder or any existing file that is not a bitttt model file
+    (it is never overwritten); CheckpointError when the checkpoint is damaged."""
     _check_head(head)
     path = resolve(os.fspath(src))
+    out = _export_target(os.fspath(src), path, os.fspath(out))
     ck = load_checkpoint(path)
     if ck.tokenizer is None:
         raise ValueError(f"{path}: the checkpoint carries no tokenizer")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    return write_model_file(out, ck.config, ck.params, tokenizer=ck.tokenizer,
+    meta = write_model_file(out, ck.config, ck.params, tokenizer=ck.tokenizer,
                             model_id=weights_id(ck.config, ck.params), head=head,
                             source=os.path.basename(path), step=str(ck.state.get("step", "")))
+    return {**meta, "path": out}
+
+
+def _export_target(src: str, ckpt: str, out: str) -> str:
+    """Where an export may write (see export_checkpoint); ValueError for a file it must not replace."""
+    if os.path.isdir(out):
+        stem = os.path.basename(os.path.normpath(src)) if os.path.isdir(src) else \
+            os.path.splitext(os.path.basename(ckpt))[0]
+        out = os.path.join(out, f"{stem}.safetensors")
+    if os.path.exists(out) and os.path.samefile(out, ckpt):
+        raise ValueError(f"{out}: is the checkpoint being exported; choose another --out")
+    parent = os.path.basename(os.path.dirname(os.path.abspath(out)))
+    if parent == "checkpoints" and (checkpoint_step(out) >= 0 or os.path.basename(out) == "best.safetensors"):
+        raise ValueError(f"{out}: is a training checkpoint's name in a run directory; choose another --out")
+    if os.path.lexists(out):
+        if not os.path.isfile(out):
+            raise ValueError(f"{out}: exists and is not a regular file; choose another --out")
+        try:
+            fmt = read_metadata(out, what="model file").get("format")
+        except FormatError:
+            fmt = None
+        if fmt != MODEL_FORMAT:
+            kind = "a training checkpoint" if fmt == CHECKPOINT_FORMAT else "not a bitttt model file"
+            raise ValueError(f"{out}: exists and is {kind}; it is not overwritten: choose another --out")
+    return out
 
 
 def read_model_file(path: str | os.PathLike) -> ModelFile:
