@@ -71,7 +71,7 @@ class BitLlamaConfig:
                 raise TypeError(f"config.{f.name} must be true or false, got {v!r}")
         for k, hi in LIMITS.items():
             if getattr(self, k) > hi:
-                raise ValueError(f"config.{k} must be <= {hi:g}, got {getattr(self, k)}")
+                raise ValueError(f"config.{k} must be <= {hi}, got {getattr(self, k)}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"config.hidden_size ({self.hidden_size}) must be divisible by "
                              f"config.num_heads ({self.num_heads})")
