@@ -11,6 +11,7 @@ import argparse
 import math
 import sys
 
+from .diskerrors import describe
 from .formats import CheckpointError
 
 
@@ -49,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         total, n = model.im.score(ids, args.reset_every)
     except (ValueError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only file system, a path of the wrong kind
+        msg = describe(e)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
         return 2
     loss = total / n
     print(f"tokens {n}, bytes {nbytes}: loss {loss:.4f} nats/token, perplexity {math.exp(min(loss, 700)):.3f}, "

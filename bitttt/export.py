@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+from .diskerrors import describe
 from .formats import CheckpointError
 from .formats.model_file import HEAD_FORMATS, export_checkpoint
 
@@ -24,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
         meta = export_checkpoint(args.src, args.out, args.head)
     except (ValueError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only file system, a path of the wrong kind
+        msg = describe(e)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
         return 2
     cfg = json.loads(meta["config"])
     out = meta.get("path", args.out)

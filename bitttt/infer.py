@@ -17,6 +17,7 @@ import json
 import os
 import sys
 
+from .diskerrors import describe
 from .formats import CheckpointError, MemoryFileError
 
 SHIPPED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models",
@@ -85,10 +86,17 @@ def chat(model, args, out=sys.stdout, inp=sys.stdin) -> None:
     print("chat: type a message, /help for commands, /quit to leave", file=sys.stderr)
 
     def log(role, text):
-        os.makedirs(mdir, exist_ok=True)
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"time": datetime.datetime.now().isoformat(timespec="seconds"), "role": role,
-                                "text": text}) + "\n")
+        if log.failed:
+            return
+        try:
+            os.makedirs(mdir, exist_ok=True)
+            with open(log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"time": datetime.datetime.now().isoformat(timespec="seconds"), "role": role,
+                                    "text": text}) + "\n")
+        except OSError as e:  # a read-only or full disk: the chat goes on without its log
+            log.failed = True
+            print(f"warning: the conversation is not logged ({describe(e) or e})", file=sys.stderr)
+    log.failed = False
 
     while True:
         if tty:
@@ -211,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"memory saved to {args.memory}", file=sys.stderr)
     except (ValueError, TypeError, CheckpointError, MemoryFileError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only file system, a path of the wrong kind
+        msg = describe(e)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 
+from .diskerrors import describe
 from .formats import CheckpointError
 from .layers.common import NonFiniteError
 from .trainer import TrainConfig, Trainer
@@ -85,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, CheckpointError, NonFiniteError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if not isinstance(e, NonFiniteError) else 1
+    except OSError as e:  # a full disk, a read-only file system, a path of the wrong kind
+        msg = describe(e)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
