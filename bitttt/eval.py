@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 from .diskerrors import describe
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.reset_every < 0 or args.max_tokens < 0:
             raise ValueError("--reset-every and --max-tokens must be >= 0")
         try:
+            if os.path.exists(args.data) and not os.path.isfile(args.data):  # a directory, /dev/zero, a FIFO
+                raise ValueError(f"{args.data}: not a regular file")
             with open(args.data, "rb") as f:
                 raw = f.read()
             text = raw.decode("utf-8")

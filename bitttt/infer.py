@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         prompt = args.prompt or ""
         if args.file:
             try:
+                if os.path.exists(args.file) and not os.path.isfile(args.file):  # a directory, /dev/zero, a FIFO
+                    raise ValueError(f"{args.file}: not a regular file")
                 with open(args.file, "rb") as f:
                     raw = f.read()
                 prompt += raw.decode("utf-8")

@@ -173,6 +173,26 @@ def _check_new_run_dir(run_dir: str) -> None:
                          "name or out_dir")
 
 
+def _check_fits(cfg: TrainConfig) -> None:
+    """ValueError for a model config that is invalid, or a model and batch whose training needs
+    (roughly: weights, gradients and AdamW moments, activations and logits of one batch) more than
+    this machine's physical memory."""
+    from .formats.validate import implied_size
+
+    mcfg = BitLlamaConfig.from_dict({"vocab_size": cfg.vocab_size, **cfg.model})
+    sz = implied_size(mcfg)
+    d, i, v, L = mcfg.hidden_size, mcfg.intermediate_size, mcfg.vocab_size, mcfg.num_layers
+    need = 16 * sz.params + 4 * cfg.batch_size * cfg.seq_len * (L * (12 * d + 3 * i) + 2 * v)
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise ValueError(f"this model (about {sz.params:,} parameters) with batch_size={cfg.batch_size} x "
+                         f"seq_len={cfg.seq_len} needs about {need / 2**30:.1f} GiB to train, more than this "
+                         f"machine's {have / 2**30:.1f} GiB: use a smaller model, batch_size or seq_len")
+
+
 def _trim_log(path: str, step: int) -> None:
     """Drop the records of steps after `step` from a run's log (logged after the checkpoint a
     resumed run starts from), so that the log continues without repeated steps."""
@@ -220,6 +240,7 @@ class Trainer:
 
         if _resume_from is None:
             _check_new_run_dir(self.run_dir)
+        _check_fits(config)  # the model config and the memory it needs, before any data is prepared
         ckpt = load_checkpoint(_resume_from) if _resume_from else None
         data_dir = config.data or os.path.join(self.run_dir, "data")
         if ckpt is None and config.data is None and not os.path.exists(os.path.join(data_dir, "manifest.json")):

@@ -110,3 +110,11 @@ def test_read_only_file_system(prepared, tmp_path, mounts):
     assert r.returncode == 0, r.stderr
     assert "warning: the conversation is not logged" in r.stderr and "Traceback" not in r.stderr
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("cmd", [["bitttt.infer", "-f"], ["bitttt.eval", "--data"]])
+@pytest.mark.parametrize("path", ["/dev/zero", "."])
+def test_prompt_or_data_that_is_not_a_regular_file(cmd, path):
+    shipped = Path(__file__).resolve().parents[1] / "bitttt" / "models" / "tinystories-ternary.safetensors"
+    r = _run(cmd[0], "-m", str(shipped), cmd[1], path, *(["-n", "1"] if cmd[0] == "bitttt.infer" else []))
+    _one_line_error(r, "not a regular file")

@@ -217,3 +217,16 @@ def test_a_100k_token_prompt_in_constant_memory():
     ids itself is about 4 MiB."""
     base, peak = _feed_peak(512)
     assert (peak - base) * 1024 < 40 * 2**20, (base, peak)
+
+
+@pytest.mark.parametrize("change,match", [({"model": {"num_heads": 3}}, "divisible"),
+                                          ({"batch_size": 10**9}, "GiB to train"),
+                                          ({"model": {"hidden_size": 2**16, "num_heads": 256}}, "GiB to train")])
+def test_bad_values_are_refused_before_any_data_preparation(tmp_path, change, match):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("Tom saw a ball. " * 2000)
+    cfg = TrainConfig(out_dir=str(tmp_path / "runs"), corpus=[str(corpus)], **change)
+    t = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        Trainer(cfg, progress=False)
+    assert time.perf_counter() - t < 2 and not (tmp_path / "runs").exists()
