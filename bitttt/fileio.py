@@ -27,7 +27,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError) and e.filename is None:
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
             e.filename = path  # a failed write (a full disk) names the file it was for
         raise
     try:
