@@ -48,6 +48,43 @@ class GenerationStats:
                 f"decode {self.decode_tokens} tokens in {self.decode_s:.3f} s ({dc:.1f} tokens/s)")
 
 
+class StopText:
+    """Generated token bytes -> text pieces: whole UTF-8 characters only, cut before the first
+    stop string (not included), holding back the tail that could still grow into one.
+
+        st = StopText(["\n\n"]); piece = st.push(token_bytes)  # "" while held; st.stopped once cut
+        tail = st.finish()                                       # what is held at the end"""
+
+    def __init__(self, stops=()):
+        self.stops = [s for s in stops if s]
+        self._dec = codecs.getincrementaldecoder("utf-8")("replace")
+        self._held = ""
+        self.stopped = False
+
+    def push(self, data: bytes) -> str:
+        """The text that can be shown now after `data` (the next token's bytes)."""
+        if self.stopped:
+            return ""
+        text = self._held + self._dec.decode(data)
+        cut = min((text.find(s) for s in self.stops if s in text), default=-1)
+        if cut >= 0:
+            self._held, self.stopped = "", True
+            return text[:cut]
+        # hold back the longest tail that could still grow into a stop string
+        hold = max((n for s in self.stops for n in range(1, min(len(s), len(text) + 1)) if text.endswith(s[:n])),
+                   default=0)
+        out, self._held = (text[:-hold], text[-hold:]) if hold else (text, "")
+        return out
+
+    def finish(self) -> str:
+        """The held tail (and any incomplete UTF-8 bytes, replaced) once generation ends."""
+        if self.stopped:
+            return ""
+        tail = self._held + self._dec.decode(b"", final=True)
+        self._held = ""
+        return tail
+
+
 class Session:
     """A live conversation with the model: everything fed or generated goes into its TTT state."""
 
@@ -131,9 +168,7 @@ class Session:
         self._flush()
         if self.last_logits is None:  # nothing read yet: start from a document boundary
             self.feed_ids([tok.eos_id])
-        dec = codecs.getincrementaldecoder("utf-8")("replace")
-        stops = [s for s in stop if s]
-        held = ""
+        text_out = StopText(stop)
         t0 = time.perf_counter()
         self.stats.stopped_by = "max_tokens"
         try:
@@ -147,21 +182,13 @@ class Session:
                     self.stats.stopped_by = "end of text" if nxt == tok.eos_id else "stop token"
                     break
                 self.pending = nxt
-                text = held + dec.decode(tok.token_bytes(nxt))
-                cut = min((text.find(s) for s in stops if s in text), default=-1)
-                if cut >= 0:
-                    if text[:cut]:
-                        yield text[:cut]
-                    held = ""
-                    self.stats.stopped_by = "stop string"
-                    return
-                # hold back the longest tail that could still grow into a stop string
-                hold = max((n for s in stops for n in range(1, min(len(s), len(text) + 1)) if text.endswith(s[:n])),
-                           default=0)
-                out, held = (text[:-hold], text[-hold:]) if hold else (text, "")
+                out = text_out.push(tok.token_bytes(nxt))
                 if out:
                     yield out
-            tail = held + dec.decode(b"", final=True)
+                if text_out.stopped:
+                    self.stats.stopped_by = "stop string"
+                    return
+            tail = text_out.finish()
             if tail:
                 yield tail
         finally:

@@ -8,7 +8,8 @@ The tensors are those of the parameter table (bitttt.params).  Every op runs on 
 backend, chosen once at construction: `cpu` (float32, C kernels; the default) or `numpy`
 (float64, the spec; BitLlama(config, dtype=np.float64) picks it).  Training: `forward`,
 `loss_and_grads`.  Inference: `new_state`, `prefill(state, tokens)`, `step(state, token)`,
-the TTT state being the model's memory (no KV cache, no context limit).
+`step_batch(states, tokens)` (one token of each of B sequences in one pass), the TTT state
+being the model's memory (no KV cache, no context limit).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from .layers.ttt import (
     ttt_forward,
     ttt_initial_state,
     ttt_prefill,
+    ttt_step_batch,
 )
 from .params import init_params, module_params, param_shapes, param_table
 
@@ -93,7 +95,7 @@ class BitLlama:
     """The model.  Parameters live in `self.params` (name -> ndarray of `self.dtype`; in a model
     made by `for_inference`, BitLinear weights are the backend's quantized weights)."""
 
-    def __init__(self, config: BitLlamaConfig, dtype=None, *, backend=None):
+    def __init__(self, config: BitLlamaConfig, dtype=None, *, backend=None, init: bool = True):
         if not isinstance(config, BitLlamaConfig):
             raise TypeError(f"config must be a BitLlamaConfig, got {type(config).__name__}")
         config.validate()
@@ -105,7 +107,8 @@ class BitLlama:
         self.inference_only = False
         self._fused = None
         self._fused_lock = threading.Lock()  # the fused decoder's scratch is shared: one token at a time
-        self.init_weights(0)
+        if init:  # init=False: the caller fills self.params (for_inference)
+            self.init_weights(0)
 
     def __repr__(self) -> str:
         c = self.config
@@ -157,7 +160,7 @@ class BitLlama:
         quantized here), the rest in the backend's dtype (a float16 embedding stays float16 and
         its rows are converted when looked up).  `head`: the LM head used by prefill and step (a
         float [V, D] array or the backend's Int8Head; default: the model's own head)."""
-        m = cls(config, backend=backend)
+        m = cls(config, backend=backend, init=False)
         be, quantized = m.backend, quantized or {}
         p = {}
         for name, spec in param_table(config).items():
@@ -350,6 +353,43 @@ class BitLlama:
         if not np.isfinite(logits).all():
             raise FloatingPointError("the model produced NaN or infinite logits")
         return logits
+
+    def step_batch(self, states: list[TTTState], tokens) -> np.ndarray:
+        """Read one token into each of B states (tokens ints [B]) in one pass -> logits [B, V].
+        Every BitLinear is one int8 GEMM over the B rows (the weights read once per step, not
+        once per sequence), norms, SwiGLU and the head run over [B, .], and each state reads its
+        token through the TTT layer's inner loop.  Rows never mix: the result equals stepping
+        the states one by one, bit for bit (tests/test_serve_batch.py)."""
+        be, cfg = self.backend, self.config
+        ids = self._check_ids(tokens)
+        if len(states) != ids.size:
+            raise ValueError(f"step_batch needs one token per state, got {ids.size} tokens for {len(states)} states")
+        if len({id(s) for s in states}) != len(states):
+            raise ValueError("step_batch: a state appears twice in the batch")
+        positions = [s.pos for s in states]
+        layer_params = self._ttt_params()
+
+        def mixer(li, n1):
+            return ttt_step_batch(be, layer_params[li], n1, [s.layer(li) for s in states], positions, cfg), None
+
+        x = self._embed(ids)
+        for li in range(cfg.num_layers):
+            x, _ = self._block(li, x, mixer)
+        for s in states:
+            s.pos = (s.pos + 1) % cfg.mini_batch_size
+            s.n_tokens += 1
+        return self._logits(x)
+
+    def _ttt_params(self) -> list[dict]:
+        """Each layer's TTT parameters by local name (kept once for a model made for inference,
+        whose parameters do not change)."""
+        cached = getattr(self, "_ttt_local", None)
+        if cached is not None and cached[0] is self.params:
+            return cached[1]
+        per = [module_params(self.params, self.config, li, "ttt") for li in range(self.config.num_layers)]
+        if self.inference_only:
+            self._ttt_local = (self.params, per)
+        return per
 
     def _fused_decoder(self):
         """The backend's one-call decoder over this model's weights (built once), or None."""

@@ -27,6 +27,8 @@ import numpy as np
 
 from . import locks, runtime
 from .config import BitLlamaConfig, known_fields
+from .dist import FlatLayout, World
+from .dist import world as _default_world
 from .formats import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .formats.runs import checkpoint_step as _ckpt_step
 from .layers.common import NonFiniteError
@@ -220,7 +222,12 @@ class Trainer:
     """Trains a BitLlama on prepared token files.  See the module docstring."""
 
     def __init__(self, config: TrainConfig | dict | str | None = None, *, run_dir: str | None = None,
-                 progress: bool | None = None, _resume_from: str | None = None):
+                 progress: bool | None = None, world: World | None = None, check_every: int = 50,
+                 _resume_from: str | None = None):
+        """world: the ranks of a data-parallel run (default `bitttt.dist.world()`: MPI ranks when started by
+        mpiexec, else this process alone); grad_accum counts micro-batches per rank, so a step learns from
+        batch_size x grad_accum x world.size sequences.  check_every: on several ranks, compare a hash of
+        the parameters across ranks every this many steps (and before each checkpoint)."""
         from .data import Batches, TokenData
         from .tokenizer import Tokenizer
 
@@ -235,16 +242,28 @@ class Trainer:
         self.run_dir = run_dir or os.path.join(config.out_dir, config.name)
         self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
         self.progress = progress
+        self.world = world if world is not None else _default_world()
+        if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+            raise ValueError(f"check_every must be an integer >= 1, got {check_every!r}")
+        self.check_every = check_every
         if config.threads:
             runtime.set_num_threads(config.threads)
+        elif self.world.size > 1 and not os.environ.get("BITTTT_NUM_THREADS"):
+            # the ranks on one machine share its cores: cores / local ranks threads each
+            runtime.set_num_threads(max(1, runtime.physical_cores() // self.world.local_size))
 
         if _resume_from is None:
             _check_new_run_dir(self.run_dir)
         _check_fits(config)  # the model config and the memory it needs, before any data is prepared
         ckpt = load_checkpoint(_resume_from) if _resume_from else None
         data_dir = config.data or os.path.join(self.run_dir, "data")
-        if ckpt is None and config.data is None and not os.path.exists(os.path.join(data_dir, "manifest.json")):
+        need_data = ckpt is None and config.data is None and not os.path.exists(os.path.join(data_dir, "manifest.json"))
+        if self.world.size > 1:
+            need_data = self.world.bcast(need_data)  # rank 0 prepares, the others read its files
+        if need_data and self.world.is_main:
             self._prepare_corpus(data_dir)
+        if need_data:
+            self.world.barrier()
         self.data_dir = data_dir
         self.train_data = TokenData(data_dir, "train")
         # a separate validation folder is prepared with --val-fraction 0: all its tokens are in train.bin
@@ -276,6 +295,8 @@ class Trainer:
         self.monitor = Monitor()
         if ckpt is not None:
             self._restore(ckpt)
+        if self.world.size > 1:
+            self._check_ranks("starting weights and optimizer state")
 
     # -- data ------------------------------------------------------------------------
     def _prepare_corpus(self, data_dir: str) -> None:
@@ -302,7 +323,8 @@ class Trainer:
     # -- state -----------------------------------------------------------------------
     def _state(self) -> dict:
         return {"step": self.step, "optim_t": self.opt.t, "data": self.batches.state(), "best_val": self.best_val,
-                "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed, "threads": runtime.get_num_threads()}
+                "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed, "threads": runtime.get_num_threads(),
+                "world_size": self.world.size}
 
     def _restore(self, ck) -> None:
         if ck.config != self.model_config:
@@ -326,10 +348,15 @@ class Trainer:
 
     def save(self, path: str | None = None) -> str:
         """Write a checkpoint (weights, optimizer moments, schedule position, data position,
-        config, tokenizer) to `path`, default <run>/checkpoints/step_NNNNNNN.safetensors."""
+        config, tokenizer) to `path`, default <run>/checkpoints/step_NNNNNNN.safetensors.
+        On several ranks only rank 0 writes (the others return the path)."""
         if path is None:
-            os.makedirs(self.ckpt_dir, exist_ok=True)
             path = os.path.join(self.ckpt_dir, f"step_{self.step:07d}.safetensors")
+            if not self.world.is_main:
+                return path
+            os.makedirs(self.ckpt_dir, exist_ok=True)
+        elif not self.world.is_main:
+            return path
         else:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         save_checkpoint(path, params=self.model.params, optim=self.opt.state_tensors(), config=self.model_config,
@@ -337,18 +364,42 @@ class Trainer:
         return path
 
     def _prune(self) -> None:
+        if not self.world.is_main:
+            return
         ckpts = sorted((p for p in os.listdir(self.ckpt_dir) if _ckpt_step(p) >= 0), key=_ckpt_step)
         for p in ckpts[:-self.cfg.keep_last]:
             os.unlink(os.path.join(self.ckpt_dir, p))
 
     @classmethod
-    def resume(cls, run_dir: str, overrides: dict | None = None, *, progress: bool | None = None) -> Trainer:
+    def resume(cls, run_dir: str, overrides: dict | None = None, *, progress: bool | None = None,
+               world: World | None = None, check_every: int = 50) -> Trainer:
         """Continue a run from its newest intact checkpoint: model, optimizer moments, schedule,
         data position and counters are restored, so the run continues bit-identically.
-        `overrides` may change run-length and logging keys (max_steps, max_time, intervals, threads)."""
-        path = run_dir if os.path.isfile(run_dir) else latest_checkpoint(run_dir)
+        `overrides` may change run-length and logging keys (max_steps, max_time, intervals, threads).
+        Any number of ranks that divides the checkpoint's global batch (in micro-batches) may resume
+        it: grad_accum becomes global micro-batches / world.size, and the run stays the same."""
+        w = world if world is not None else _default_world()
+        path, err = None, None
+        if w.is_main:  # rank 0 picks the checkpoint, so every rank loads the same one
+            try:
+                path = run_dir if os.path.isfile(run_dir) else latest_checkpoint(run_dir)
+            except CheckpointError as e:
+                err = str(e)
+        if w.size > 1:
+            path, err = w.bcast((path, err))
+        if err is not None:
+            raise CheckpointError(err)
         ck = load_checkpoint(path)
         cfg = TrainConfig.from_dict(ck.train)
+        micro = cfg.grad_accum * int(ck.state.get("world_size", 1))
+        if micro % w.size:
+            e = ValueError(f"{path}: a step of this run learns from {micro} micro-batches of {cfg.batch_size} "
+                           f"sequences, which {w.size} ranks cannot share evenly: resume it on a number of ranks "
+                           f"that divides {micro}")
+            e.collective = True  # every rank reads the same checkpoint and stops here
+            raise e
+        if micro // w.size != cfg.grad_accum:
+            cfg = cfg.with_overrides({"grad_accum": micro // w.size})
         if overrides:
             allowed = {"max_steps", "max_time", "eval_interval", "eval_batches", "ckpt_interval", "keep_last",
                        "log_interval", "threads", "sample_tokens"}
@@ -358,32 +409,106 @@ class Trainer:
                                  f"allowed: {', '.join(sorted(allowed))}")
             cfg = cfg.with_overrides(overrides)
         rd = run_dir if os.path.isdir(run_dir) else os.path.dirname(os.path.dirname(os.path.abspath(path)))
-        return cls(cfg, run_dir=rd, progress=progress, _resume_from=path)
+        return cls(cfg, run_dir=rd, progress=progress, world=w, check_every=check_every, _resume_from=path)
 
     # -- steps -----------------------------------------------------------------------
     def train_step(self, batch=None) -> float:
-        """One optimizer step; returns the mean training loss of its micro-batches.
+        """One optimizer step; returns the mean training loss per counted token of the step.
 
         batch: None (take `grad_accum` micro-batches from the loader) or (x, y) / (x, y, mask)
-        with x, y int [B, T] (y = targets of x) and mask [B, T] of 0/1 (or None)."""
-        cfg = self.cfg
-        micro = [batch] if batch is not None else [self.batches.next() for _ in range(cfg.grad_accum)]
-        total, acc = 0.0, None
-        for mb in micro:
-            x, y = mb[0], mb[1]
-            m = mb[2] if len(mb) > 2 else None
-            loss, grads = self.model.loss_and_grads(x, y, m)
-            total += loss
+        with x, y int [B, T] (y = targets of x) and mask [B, T] of 0/1 (or None).
+        The step's gradient is the sum of the per-token gradients over all its micro-batches divided
+        by their counted tokens (mask ones, or B x T without a mask): micro-batches with more counted
+        tokens weigh more, one with none is skipped.  On several ranks the step takes
+        grad_accum x world.size micro-batches (rank r computes its share, see bitttt.dist) and gives
+        every rank the result one process with grad_accum x world.size would get."""
+        cfg, ranks = self.cfg, self.world.size
+        if batch is not None and ranks > 1:
+            raise ValueError("train_step(batch) runs on one process; on several ranks every step takes its "
+                             "micro-batches from the loader")
+        micro = [batch] if batch is not None else [self.batches.next() for _ in range(cfg.grad_accum * ranks)]
+        micro = [(mb[0], mb[1], mb[2] if len(mb) > 2 else None) for mb in micro]
+        counts = [float(np.asarray(x).size) if m is None else float(np.sum(m, dtype=np.float64)) for x, _, m in micro]
+        for x, _, _ in micro:
             self.tokens_seen += int(np.asarray(x).size)
-            if acc is None:
-                acc = grads
-            else:
-                for k, g in grads.items():
-                    acc[k] += g
-        n = len(micro)
+        total_w = sum(counts)
+        if total_w <= 0:
+            e = ValueError(f"step {self.step + 1}: the loss mask of every micro-batch is all zeros: no token to "
+                           "learn from (the instruction records hold no response tokens?)")
+            e.collective = True
+            raise e
+        # equal counts (no mask): the plain mean over micro-batches; else weigh each by its tokens
+        weighted = len(set(counts)) > 1
+        if ranks > 1:
+            acc, losses = self._grads_ranks(micro, counts, weighted)
+        else:
+            acc, losses = None, []
+            for (x, y, m), c in zip(micro, counts):
+                if c == 0:
+                    losses.append(None)
+                    continue
+                loss, grads = self.model.loss_and_grads(x, y, m)
+                losses.append(loss)
+                if weighted:
+                    for g in grads.values():
+                        g *= c
+                if acc is None:
+                    acc = grads
+                else:
+                    for k, g in grads.items():
+                        acc[k] += g
+        total = 0.0
+        for loss, c in zip(losses, counts):
+            if loss is not None:
+                total += loss * c if weighted else loss
+        denom = total_w if weighted else len(micro)
+        self._apply(acc, denom)
+        return total / denom
+
+    def _grads_ranks(self, micro: list, counts: list[float], weighted: bool):
+        """The sum of the step's micro-batch gradients on several ranks -> (acc by name, losses in
+        micro-batch order).  Rank r computes micro-batches r*grad_accum ...; the losses are gathered
+        and the gradients summed in micro-batch order (bitttt.dist.World.ordered_sum)."""
+        w, a = self.world, self.cfg.grad_accum
+        if getattr(self, "_layout", None) is None:
+            self._layout = FlatLayout(self.model.params)
+        layout = self._layout
+        losses, parts, error = [], [], None
+        try:
+            for i in range(w.rank * a, (w.rank + 1) * a):
+                if counts[i] == 0:
+                    losses.append(None)
+                    continue
+                x, y, m = micro[i]
+                loss, grads = self.model.loss_and_grads(x, y, m)
+                losses.append(loss)
+                if weighted:
+                    for g in grads.values():
+                        g *= counts[i]
+                if parts and w.rank == 0:  # rank 0 heads the chain: its running sum is the fold itself
+                    layout.pack(grads, parts[0], add=True)
+                else:
+                    parts.append(layout.pack(grads))
+                del grads
+        except NonFiniteError as e:
+            error = str(e)
+        gathered = w.allgather((losses, error))  # every rank learns of a failure on any rank
+        for r, (_, err) in enumerate(gathered):
+            if err is not None:
+                e = NonFiniteError(f"rank {r}: {err}")
+                e.collective = True
+                raise e
+        return layout.views(w.ordered_sum(parts)), [loss for rank_losses, _ in gathered for loss in rank_losses]
+
+    def _apply(self, acc: dict[str, np.ndarray], n: float) -> None:
+        """The AdamW step with gradient acc / n (clipped on its norm); acc by name, taken in parameter order."""
+        cfg = self.cfg
+        acc = {k: acc[k] for k in self.model.params}  # the norm sums in one fixed order on every path
         norm = global_norm(acc) / n
         if not math.isfinite(norm):
-            raise NonFiniteError(f"gradient norm is {norm} at step {self.step}: training diverged")
+            e = NonFiniteError(f"gradient norm is {norm} at step {self.step}: training diverged")
+            e.collective = True  # every rank holds the same sum, so every rank stops here
+            raise e
         gscale = 1.0 / n
         if cfg.grad_clip > 0 and norm > cfg.grad_clip:
             gscale *= cfg.grad_clip / norm
@@ -391,22 +516,54 @@ class Trainer:
         self.opt.step(acc, lr, gscale)
         self.step += 1
         self.last_lr, self.last_grad_norm = lr, norm
-        return total / n
+
+    def _check_ranks(self, what: str = "parameters") -> None:
+        """DistributedError on every rank unless all hold the same parameters (a CRC-32 per tensor);
+        at the start also the optimizer moments and the counters."""
+        w = self.world
+        if w.size == 1:
+            return
+        tensors = dict(self.model.params)
+        if what != "parameters":
+            tensors.update(self.opt.state_tensors())
+            tensors["state"] = np.frombuffer(json.dumps(
+                [self.step, self.opt.t, self.batches.state(), self.tokens_seen]).encode(), np.uint8)
+        w.check_same(tensors, f"{what} at step {self.step}")
 
     def evaluate(self, max_batches: int | None = None) -> dict[str, float]:
         """Validation loss (nats/token), perplexity and bits per byte over the first `max_batches`
-        (default eval_batches) non-overlapping windows of the validation split."""
+        (default eval_batches) non-overlapping windows of the validation split.  On several ranks,
+        rank r evaluates batches r, r + world.size, ... and every rank gets the one-process figures."""
         cfg = self.cfg
         nb = max_batches or cfg.eval_batches
+        ranks = self.world.size
+        terms, error = [], None  # (batch, loss x weight, weight) of the batches this rank evaluates
+        try:
+            for i, (x, y, m) in enumerate(self.val_data.iter_eval(cfg.batch_size, cfg.seq_len, nb)):
+                if i % ranks != self.world.rank:
+                    continue
+                logits = self.model.forward(x)
+                w = np.ones(y.shape, np.float32) if m is None else m.astype(np.float32)
+                if w.sum() == 0:
+                    continue
+                loss, _ = cross_entropy_forward(self.model.backend, logits, y, w)
+                terms.append((i, float(loss) * float(w.sum()), float(w.sum())))
+        except NonFiniteError as e:
+            if ranks == 1:
+                raise
+            error = f"rank {self.world.rank}: {e}"
+        if ranks > 1:  # gathered even after a failure, so that no rank waits for one that stopped
+            gathered = self.world.allgather((terms, error))
+            errors = [err for _, err in gathered if err is not None]
+            if errors:
+                e = NonFiniteError(f"evaluation failed: {errors[0]}")
+                e.collective = True
+                raise e
+            terms = sorted(t for part, _ in gathered for t in part)
         tot, cnt = 0.0, 0.0
-        for x, y, m in self.val_data.iter_eval(cfg.batch_size, cfg.seq_len, nb):
-            logits = self.model.forward(x)
-            w = np.ones(y.shape, np.float32) if m is None else m.astype(np.float32)
-            if w.sum() == 0:
-                continue
-            loss, _ = cross_entropy_forward(self.model.backend, logits, y, w)
-            tot += float(loss) * float(w.sum())
-            cnt += float(w.sum())
+        for _, lw, wsum in terms:
+            tot += lw
+            cnt += wsum
         if cnt == 0:
             raise ValueError("the validation split has no tokens to evaluate")
         loss = tot / cnt
@@ -417,6 +574,8 @@ class Trainer:
 
     # -- the run ---------------------------------------------------------------------
     def _log(self, rec: dict) -> None:
+        if not self.world.is_main:
+            return
         os.makedirs(self.run_dir, exist_ok=True)
         with open(os.path.join(self.run_dir, "log.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
@@ -432,8 +591,10 @@ class Trainer:
     def fit(self) -> dict:
         """Train until max_steps or max_time (whichever comes first), a signal (Ctrl+C, SIGTERM)
         or a STOP file in the run directory; evaluate, log and checkpoint on the way.  Returns
-        the summary (also printed).  The run directory is locked meanwhile (bitttt.locks): a
-        second trainer on it is refused (LockedError)."""
+        the summary (also printed).  The run directory is locked meanwhile (bitttt.locks, by rank 0,
+        the one that writes): a second trainer on it is refused (LockedError)."""
+        if not self.world.is_main:
+            return self._fit()
         os.makedirs(self.ckpt_dir, exist_ok=True)
         with locks.hold(self.run_dir, "run directory"):
             if self.step:
@@ -442,11 +603,13 @@ class Trainer:
 
     def _fit(self) -> dict:
         cfg = self.cfg
-        for p in os.listdir(self.ckpt_dir):  # leftovers of a write that was killed
-            if p.startswith(".tmp-") and p.endswith(".part"):
-                os.unlink(os.path.join(self.ckpt_dir, p))
+        main, ranks = self.world.is_main, self.world.size
+        if main:  # leftovers of a write that was killed (under the lock: no other trainer is writing)
+            for p in os.listdir(self.ckpt_dir):
+                if p.startswith(".tmp-") and p.endswith(".part"):
+                    os.unlink(os.path.join(self.ckpt_dir, p))
         cfg_path = os.path.join(self.run_dir, "train_config.json")
-        if not os.path.exists(cfg_path):
+        if main and not os.path.exists(cfg_path):
             from .fileio import atomic_write_bytes
 
             atomic_write_bytes(cfg_path, (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
@@ -464,7 +627,7 @@ class Trainer:
                 old[s] = signal.signal(s, handler)
         except ValueError:  # not the main thread: no signal handling
             old = {}
-        show = self._show_progress()
+        show = self._show_progress() and main
         bar = None
         if show:
             from tqdm import tqdm
@@ -480,19 +643,25 @@ class Trainer:
         snap = self.monitor.snapshot()
         try:
             while self.step < cfg.max_steps:
+                why = None
                 if cfg.max_time and self.elapsed >= cfg.max_time:
-                    reason = "max_time"
-                    break
-                if self._stop is not None:
-                    reason = self._stop
-                    break
-                if os.path.exists(stop_file):
-                    reason = "STOP file"
+                    why = "max_time"
+                elif self._stop is not None:
+                    why = self._stop
+                elif main and os.path.exists(stop_file):
+                    why = "STOP file"
                     os.unlink(stop_file)
+                if ranks > 1:  # every rank stops at the same step: the first reason, in rank order
+                    why = next((r for r in self.world.allgather(why) if r is not None), None)
+                if why is not None:
+                    reason = why
                     break
                 t0 = time.perf_counter()
                 loss = self.train_step()
                 t_train += time.perf_counter() - t0
+                if ranks > 1 and (self.step % self.check_every == 0 or self.step % cfg.ckpt_interval == 0
+                                  or self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps):
+                    self._check_ranks()  # also before anything (a checkpoint, best.safetensors) is written
                 self.elapsed = elapsed0 + time.perf_counter() - t_run
                 if self.step % cfg.log_interval == 0 or self.step == 1:
                     now = time.perf_counter()
@@ -503,7 +672,7 @@ class Trainer:
                            "grad_norm": round(self.last_grad_norm, 5), "tokens": self.tokens_seen,
                            "tokens_per_s": round(tps, 1), "elapsed_s": round(self.elapsed, 3), **snap}
                     self._log(rec)
-                    if bar is None:
+                    if bar is None and main:
                         print(f"step {self.step:6d} | loss {loss:.4f} | lr {self.last_lr:.2e} | "
                               f"{tps:,.0f} tok/s | {self.monitor.short(snap)}", file=sys.stderr, flush=True)
                 if bar is not None:
@@ -523,9 +692,11 @@ class Trainer:
                 last = latest_checkpoint(self.run_dir)
             except CheckpointError:
                 pass
-            raise NonFiniteError(f"{e} (step {self.step + 1}); nothing was saved from it"
+            err = NonFiniteError(f"{e} (step {self.step + 1}); nothing was saved from it"
                                  + (f"; the last good checkpoint is {last}" if last else "")
-                                 + ". Try a lower lr or a stronger grad_clip.") from None
+                                 + ". Try a lower lr or a stronger grad_clip.")
+            err.collective = getattr(e, "collective", False)
+            raise err from None
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
@@ -535,6 +706,8 @@ class Trainer:
             if self.step > start_step:
                 self._eval_and_log(None)
         if self.step > start_step and (ckpt_path is None or _ckpt_step(ckpt_path) != self.step):
+            if ranks > 1:
+                self._check_ranks()
             ckpt_path = self._checkpoint()
         wall = time.perf_counter() - t_run
         trained = self.tokens_seen - start_tokens
@@ -542,11 +715,15 @@ class Trainer:
                    "wall_s": round(wall, 2), "train_tokens_per_s": round(trained / max(t_train, 1e-9), 1),
                    "overall_tokens_per_s": round(trained / max(wall, 1e-9), 1),
                    "best_val_loss": self.best_val, "checkpoint": ckpt_path,
-                   "peak_rss_mb": self.monitor.snapshot()["peak_rss_mb"], "threads": runtime.get_num_threads()}
+                   "peak_rss_mb": self.monitor.snapshot()["peak_rss_mb"], "threads": runtime.get_num_threads(),
+                   "ranks": ranks}
+        if ranks > 1:
+            summary["reduce_s"] = round(self.world.reduce_s, 3)  # inside the gradient sums (bitttt.dist)
         if self.last_eval:
             summary.update({k: v for k, v in self.last_eval.items() if k != "step"})
         self._log({"summary": summary})
-        self._print_summary(summary)
+        if main:
+            self._print_summary(summary)
         return summary
 
     def _eval_and_log(self, bar) -> None:
@@ -559,7 +736,8 @@ class Trainer:
             self.best_val = ev["val_loss"]
         msg = (f"eval step {self.step}: val loss {ev['val_loss']:.4f}, ppl {ev['val_ppl']:.2f}"
                + (f", {ev['val_bpb']:.3f} bits/byte" if "val_bpb" in ev else "") + (" (best)" if improved else ""))
-        (bar.write if bar is not None else lambda s: print(s, file=sys.stderr, flush=True))(msg)
+        if self.world.is_main:
+            (bar.write if bar is not None else lambda s: print(s, file=sys.stderr, flush=True))(msg)
         if improved:
             self.save(os.path.join(self.ckpt_dir, "best.safetensors"))
 
@@ -571,7 +749,8 @@ class Trainer:
     def _print_summary(self, s: dict) -> None:
         lines = [f"stopped by {s['stopped_by']} at step {s['step']} ({s['tokens']:,} tokens, {s['wall_s']:.1f} s)",
                  f"throughput: {s['train_tokens_per_s']:,.0f} tokens/s in training steps, "
-                 f"{s['overall_tokens_per_s']:,.0f} overall, {s['threads']} thread(s); "
+                 f"{s['overall_tokens_per_s']:,.0f} overall, {s['threads']} thread(s)"
+                 + (f" on each of {s['ranks']} ranks" if s.get("ranks", 1) > 1 else "") + "; "
                  f"peak RSS {s['peak_rss_mb']:.0f} MiB"]
         if "val_loss" in s:
             lines.append(f"validation: loss {s['val_loss']:.4f}, perplexity {s['val_ppl']:.2f}"

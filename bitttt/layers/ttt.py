@@ -164,6 +164,37 @@ def ttt_prefill(be, p: dict, x: np.ndarray, st: TTTLayerState, pos: int, cfg: Bi
     return y
 
 
+def ttt_step_batch(be, p: dict, x: np.ndarray, states: list, positions: list, cfg: BitLlamaConfig) -> np.ndarray:
+    """x [B, D] (the layer's normalized input: one token of each of B sequences) -> y [B, D].
+    q, k, v and o are one GEMM each over the B rows (the weights read once); each sequence's
+    state `states[b]` (a TTTLayerState, at position `positions[b]` of its mini-batch) reads its
+    token through the same C inner loop as ttt_prefill with T = 1, so the bits equal B prefills."""
+    bsz, d = x.shape
+    h, f, k = cfg.num_heads, cfg.head_dim, cfg.mini_batch_size
+    dt = np.dtype(be.DTYPE)
+    x = np.ascontiguousarray(x)
+    xs = SharedInput(be, x)
+    q, _ = bitlinear_forward(be, xs, p["q_proj.weight"], cfg.ternary)
+    kx, _ = bitlinear_forward(be, xs, p["k_proj.weight"], cfg.ternary)
+    v, _ = bitlinear_forward(be, xs, p["v_proj.weight"], cfg.ternary)
+    cos, sin = be.rope_tables(np.arange(k), f, cfg.rope_theta, dt)
+    at = np.asarray(positions, dtype=np.int64) % k
+    cos, sin = cos[at][:, None, :], sin[at][:, None, :]
+    q = np.ascontiguousarray(be.rope_apply(q.reshape(bsz, h, f), cos, sin).reshape(bsz, d))
+    kx = np.ascontiguousarray(be.rope_apply(kx.reshape(bsz, h, f), cos, sin).reshape(bsz, d))
+    v = np.ascontiguousarray(v)
+    _, tok = token_scales(p, k, dt)
+    lr_w, lr_b = p["learnable_ttt_lr_weight"][:, 0, :], p["learnable_ttt_lr_bias"].reshape(-1)
+    merged = np.empty((bsz, d), dtype=dt)
+    for b, st in enumerate(states):
+        be.ttt_prefill(int(positions[b]), q[b:b + 1], kx[b:b + 1], v[b:b + 1], x[b:b + 1], lr_w, lr_b,
+                       cfg.ttt_base_lr / f, tok, p["ttt_norm_weight"], p["ttt_norm_bias"], st.W0, st.b0, st.Kb,
+                       st.Gb, st.Sb, merged[b:b + 1])
+    normed, _ = be.layernorm_forward(merged, p["post_norm.weight"], p["post_norm.bias"], LN_EPS)
+    y, _ = bitlinear_forward(be, np.ascontiguousarray(normed), p["o_proj.weight"], cfg.ternary)
+    return y
+
+
 class TTTLinear:
     """A TTT-Linear layer on its own: parameters under the names of ttt_param_shapes,
     forward and backward, on the backend of `dtype` (float32: cpu, float64: numpy) or `backend`.
