@@ -21,7 +21,7 @@ from .. import locks
 from ..config import BitLlamaConfig
 from .errors import MemoryFileError
 from .safetensors import read_tagged, write_safetensors
-from .validate import _depth_ok, check_limits, check_tensors, parse_config
+from .validate import check_limits, check_tensors, nesting_ok, parse_config
 
 MEMORY_FORMAT = "bitttt-memory/2"
 MEMORY_FORMAT_V1 = "bitttt-memory/1"  # dense SW; still read
@@ -89,7 +89,7 @@ def read_memory(path: str | os.PathLike, *, model_id: str | None = None,
     t, meta, fmt = read_tagged(path, (MEMORY_FORMAT, MEMORY_FORMAT_V1), error=MemoryFileError, what="memory file",
                                    old_keys=("model_id", "config", "pos", "n_tokens", "note"))
     try:
-        other = json.loads(meta.get("config", "{}")) if _depth_ok(meta.get("config", "")) else {}
+        other = json.loads(meta.get("config", "{}")) if nesting_ok(meta.get("config", "")) else {}
     except (ValueError, RecursionError):
         other = {}
     if not isinstance(other, dict):

@@ -1,6 +1,7 @@
 """The checks every reader of bitttt's files applies to what a file claims, before anything is built.
 
     safe_json          JSON text -> value; no NaN/Infinity, no duplicate keys, bounded nesting
+    nesting_ok         the linear scan of the nesting depth that safe_json does first
     parse_config       a metadata `config` entry -> BitLlamaConfig (JSON text only, never a path)
     check_limits       what a config implies (tensor count, bytes, TTT state) against the file
     read_tokenizer     the base64 tokenizer entry, checked against its `tokenizer_sha256`
@@ -26,7 +27,7 @@ from .errors import FormatError
 MAX_DEPTH = 64  # nesting of any JSON we read (ours is at most 3 deep)
 
 
-def _depth_ok(text: str) -> bool:
+def nesting_ok(text: str) -> bool:
     """True when the brackets of `text` (outside strings) nest at most MAX_DEPTH deep: a linear
     scan, so that json.loads never recurses deeply."""
     if text.count("[") + text.count("{") <= MAX_DEPTH:
@@ -71,7 +72,7 @@ def safe_json(text: str | bytes, what: str, error: type[FormatError], constants:
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        if not _depth_ok(text):
+        if not nesting_ok(text):
             raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
         return json.loads(text, parse_constant=None if constants else _no_constant, object_pairs_hook=_no_duplicates)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
