@@ -257,3 +257,16 @@ def test_token_manifest_intact(tmp_path):
     from bitttt.data import TokenData
 
     assert len(TokenData(_manifest_folder(tmp_path), "train")) == 100
+
+
+def test_memory_of_a_deep_model_reads_without_its_model(tmp_path):
+    """A memory file holds five tensors whatever the depth: the limits do not count layers there."""
+    from bitttt.formats import read_memory, write_memory
+    from bitttt.formats.memory import memory_shapes
+
+    cfg = BitLlamaConfig(vocab_size=300, hidden_size=16, num_layers=12, num_heads=2, intermediate_size=16,
+                         mini_batch_size=4)
+    arrays = {n: np.zeros(s, np.float32) for n, s in memory_shapes(cfg).items()}
+    write_memory(tmp_path / "deep.mem", arrays, model_id="x" * 64, config=cfg, pos=1, n_tokens=5)
+    m = read_memory(tmp_path / "deep.mem")
+    assert m.pos == 1 and m.arrays["W0"].shape == (12, 2, 8, 8)
