@@ -29,7 +29,15 @@ except ImportError as _e:  # a source tree that was never built, or a build for 
 
 from . import layers  # noqa: E402  (bitttt.layers.TTTLinear)
 from .config import BitLlamaConfig
-from .formats import CheckpointError, MemoryFileError, PackedFormatError, read_packed, write_packed
+from .formats import (
+    CheckpointError,
+    FormatError,
+    MemoryFileError,
+    PackedFormatError,
+    TokenFileError,
+    read_packed,
+    write_packed,
+)
 from .kernels import bitlinear, dot_i8, gemm_i8, matmul, matmul_t, quantize_activations, sgemm
 from .model import BitLlama
 from .runtime import (
@@ -62,8 +70,10 @@ __all__ = [
     "PackedFormatError",
     "read_packed",
     "write_packed",
+    "FormatError",
     "CheckpointError",
     "MemoryFileError",
+    "TokenFileError",
     "quantize_activations",
     "dot_i8",
     "gemm_i8",

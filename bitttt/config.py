@@ -22,6 +22,10 @@ def known_fields(cls, d: dict, what: str) -> dict:
 
 ARCHS = ("ttt", "attention")
 ARCH_FIELDS = ("arch", "layer_types", "num_kv_heads", "max_position_embeddings")
+# Upper bounds of a sane model (far above any we train; a file claiming more is damaged or hostile).
+LIMITS = {"vocab_size": 2**24, "hidden_size": 2**16, "num_layers": 2**12, "num_heads": 2**12,
+          "intermediate_size": 2**18, "mini_batch_size": 2**12, "ttt_base_lr": 1e4, "rope_theta": 1e12,
+          "rms_norm_eps": 1.0}
 
 
 @dataclass
@@ -98,6 +102,9 @@ class BitLlamaConfig:
                     raise ValueError(f"config.{f.name} must be a positive finite number, got {v}")
             elif f.type in ("bool", bool) and not isinstance(v, bool):
                 raise TypeError(f"config.{f.name} must be true or false, got {v!r}")
+        for k, hi in LIMITS.items():
+            if getattr(self, k) > hi:
+                raise ValueError(f"config.{k} must be <= {hi}, got {getattr(self, k)}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"config.hidden_size ({self.hidden_size}) must be divisible by "
                              f"config.num_heads ({self.num_heads})")

@@ -17,6 +17,7 @@ import math
 import os
 import sys
 
+from .diskerrors import describe
 from .formats import CheckpointError
 
 # shipped models made before model files recorded seq_len (bitttt/models/MODEL_CARD.md)
@@ -69,6 +70,8 @@ def _tokens(data: str, split: str, tok) -> tuple[list[int], str]:
                              "with the model's tokenizer (bitttt prepare --tokenizer ...)")
         note = ", the loss mask is ignored (every token is scored)" if td.mask is not None else ""
         return [int(t) for t in td.tokens], f"{data} ({split} split, {td.n_tokens:,} tokens{note})"
+    if os.path.exists(data) and not os.path.isfile(data):  # /dev/zero, a FIFO: never read whole
+        raise ValueError(f"{data}: not a regular file")
     try:
         with open(data, "rb") as f:
             raw = f.read()
@@ -137,8 +140,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m bitttt.eval") -> 
               f"{runtime.get_num_threads()} thread(s)", file=sys.stderr, flush=True)
         nbytes = len(tok.decode_bytes(ids[1:]))
         total, n = model.im.score(ids, reset)
-    except (ValueError, CheckpointError, OSError) as e:
+    except (ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only file system, a path of the wrong kind
+        msg = describe(e)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
         return 2
     loss = total / n
     print(f"tokens {n}, bytes {nbytes}: loss {loss:.4f} nats/token, perplexity {math.exp(min(loss, 700)):.3f}, "

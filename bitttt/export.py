@@ -15,9 +15,9 @@ import json
 import os
 import sys
 
+from .diskerrors import describe
 from .formats import CheckpointError
-from .formats.model_file import HEAD_FORMATS, MODEL_FORMAT, export_checkpoint
-from .formats.safetensors import read_metadata
+from .formats.model_file import HEAD_FORMATS, export_checkpoint
 
 
 def default_out(src: str) -> str:
@@ -32,13 +32,6 @@ def default_out(src: str) -> str:
     stem = os.path.basename(src)
     stem = stem[: -len(".safetensors")] if stem.endswith(".safetensors") else stem
     return os.path.join(folder, stem + ".model.safetensors")
-
-
-def _is_model_file(path: str) -> bool:
-    try:
-        return read_metadata(path, what="model file").get("format") == MODEL_FORMAT
-    except (ValueError, OSError):
-        return False
 
 
 def build_parser(prog: str = "python -m bitttt.export") -> argparse.ArgumentParser:
@@ -59,19 +52,18 @@ def main(argv: list[str] | None = None, prog: str = "python -m bitttt.export") -
     try:
         if not os.path.exists(args.src):
             raise ValueError(f"{args.src}: no such run directory or checkpoint file")
-        if os.path.isdir(out):
-            raise ValueError(f"--out {out} is a folder: name the file to write, e.g. "
-                             f"{os.path.join(out, 'model.safetensors')}")
-        if os.path.exists(out) and not args.force and not _is_model_file(out):
-            raise ValueError(f"{out} exists and is not a bitttt model file: choose another --out, or pass --force "
-                             "to replace it")
-        if os.path.exists(out) and os.path.samefile(out, args.src):
-            raise ValueError(f"--out {out} is the checkpoint being exported: choose another --out")
-        meta = export_checkpoint(args.src, out, args.head)
-    except (ValueError, CheckpointError, OSError) as e:
+        meta = export_checkpoint(args.src, out, args.head, force=args.force)  # refuses what it must not replace
+    except (ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only file system, a path of the wrong kind
+        msg = describe(e)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
     cfg = json.loads(meta["config"])
+    out = meta["path"]  # a folder as --out: the file written inside it
     print(f"wrote {out}: {os.path.getsize(out) / 2**20:.2f} MiB, D={cfg['hidden_size']}, "
           f"{cfg['num_layers']} layers, V={cfg['vocab_size']}, head {meta['head']}, from {meta['source']}"
           + (f" (step {meta['step']})" if meta.get("step") else "")

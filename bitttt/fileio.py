@@ -39,11 +39,13 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+            e.filename = path  # a failed write (a full disk) names the file it was for
         raise
     try:
         dfd = os.open(folder, os.O_RDONLY)

@@ -30,6 +30,7 @@ import os
 import signal
 import sys
 
+from .diskerrors import describe
 from .formats import CheckpointError, MemoryFileError
 from .generation import SHIPPED_MODELS
 
@@ -144,6 +145,8 @@ def read_prompt(prompt: str | None, file: str | None, stdin=None) -> str:
                 raw = (stdin or sys.stdin).buffer.read() if hasattr(stdin or sys.stdin, "buffer") else \
                     (stdin or sys.stdin).read().encode("utf-8")
             else:
+                if os.path.exists(file) and not os.path.isfile(file) and not os.path.isdir(file):
+                    raise ValueError(f"{file}: not a regular file")  # /dev/zero, a FIFO: never read whole
                 with open(file, "rb") as f:
                     raw = f.read()
         except FileNotFoundError:
@@ -229,6 +232,7 @@ class Chat:
         self.tty = self.inp is sys.stdin and self.inp.isatty()
         self.readline = None
         self.sig = _Signals()
+        self.log_failed = False
 
     # -- input ---------------------------------------------------------------------
     def _setup_readline(self) -> None:
@@ -294,10 +298,16 @@ class Chat:
         print(text, file=self.out, flush=True)
 
     def _log(self, role: str, text: str) -> None:
-        os.makedirs(self.mdir, exist_ok=True)
-        with open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"time": datetime.datetime.now().isoformat(timespec="seconds"), "role": role,
-                                "text": text}) + "\n")
+        if self.log_failed:
+            return
+        try:
+            os.makedirs(self.mdir, exist_ok=True)
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"time": datetime.datetime.now().isoformat(timespec="seconds"), "role": role,
+                                    "text": text}) + "\n")
+        except OSError as e:  # a read-only or full disk: the chat goes on without its log
+            self.log_failed = True
+            print(f"warning: the conversation is not logged ({describe(e) or e})", file=self.err, flush=True)
 
     def banner(self) -> None:
         s = self.session
@@ -549,6 +559,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m bitttt.infer",
     from . import runtime
     from .backend import cuda as cuda_backend
     from .generation import load
+    from .locks import hold_for_process
 
     try:
         if args.threads is not None:
@@ -581,6 +592,8 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m bitttt.infer",
         from .sampling import SamplingParams
 
         SamplingParams(**_sampling(args)).validate()
+        if args.memory:  # this process alone reads and writes the memory file until it exits
+            hold_for_process(args.memory, "memory file", wait=5.0)
         model = load(args.model)
         if args.memory and not model.im.has_memory:
             raise ValueError("--memory: memory files hold the TTT state, and this model has attention layers only "
@@ -593,8 +606,14 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m bitttt.infer",
         return _generate(model, args, prompt)
     except BrokenPipeError:
         raise  # the caller (bitttt.cli) ends quietly
-    except (ValueError, TypeError, CheckpointError, MemoryFileError, OSError) as e:
+    except (ValueError, TypeError, CheckpointError, MemoryFileError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only file system, a path of the wrong kind
+        msg = describe(e)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

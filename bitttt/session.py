@@ -52,6 +52,8 @@ from .model import BitLlama, ModelState, TTTState
 from .params import param_shapes
 from .ternary import PackedTernary
 
+FEED_CHUNK = 512  # tokens read per prefill call: memory independent of the input's length
+
 
 class InferenceModel:
     """A BitLlama ready for generation: ternary weights packed once (2 bits per weight),
@@ -117,8 +119,12 @@ class InferenceModel:
         from .tokenizer import Tokenizer
 
         ck = load_checkpoint(path)
-        tok = Tokenizer.from_bytes(ck.tokenizer) if ck.tokenizer else None
-        return cls(ck.config, ck.params, tok, source=os.fspath(path))
+        try:
+            tok = Tokenizer.from_bytes(ck.tokenizer) if ck.tokenizer else None
+            return cls(ck.config, ck.params, tok, source=os.fspath(path))
+        except (KeyError, ValueError, TypeError) as e:  # a tokenizer or weights that cannot be used
+            msg = str(e)
+            raise CheckpointError(msg if msg.startswith(os.fspath(path)) else f"{os.fspath(path)}: {msg}") from None
 
     @classmethod
     def from_file(cls, path: str) -> InferenceModel:
@@ -182,13 +188,24 @@ class InferenceModel:
 
     def feed(self, st: TTTState, tokens, all_logits: bool = False) -> np.ndarray:
         """Read `tokens` (ints [T], T >= 1) into state `st` (updated in place): one token is a
-        model step (the fused C decoder), more a prefill.
+        model step (the fused C decoder), more a prefill, FEED_CHUNK tokens at a time (memory
+        bounded for any length, the same bits as one call).
         -> logits of the last token [V] (float32), or of every token [T, V] with all_logits."""
         ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
         if ids.size == 1:
             logits = self.model.step(st, ids)
             return logits[None] if all_logits else logits
-        return self.model.prefill(st, ids, all_logits)
+        if ids.size <= FEED_CHUNK:
+            return self.model.prefill(st, ids, all_logits)
+        # a long input in chunks: the activations stay bounded, the bits are those of one prefill
+        # (the recurrent read is token by token, the GEMMs row by row)
+        out = np.empty((ids.size, self.config.vocab_size), np.float32) if all_logits else None
+        for i in range(0, ids.size, FEED_CHUNK):
+            part = ids[i:i + FEED_CHUNK]
+            logits = self.model.prefill(st, part, all_logits) if part.size > 1 else self.model.step(st, part)
+            if out is not None:
+                out[i:i + part.size] = logits
+        return out if out is not None else logits
 
     def score(self, ids: list[int], reset_every: int = 0, chunk: int = 512) -> tuple[float, int]:
         """(sum of next-token losses in nats, tokens scored) over the stream `ids`, read `chunk`

@@ -31,6 +31,7 @@ import sys
 import textwrap
 
 from .backend import cuda as cuda_backend
+from .diskerrors import describe
 from .dist import DistributedError, World, world
 from .formats import CheckpointError
 from .layers.common import NonFiniteError
@@ -250,6 +251,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m bitttt.train") ->
     except (ValueError, TypeError, CheckpointError, NonFiniteError, FileNotFoundError, DistributedError) as e:
         code = 2 if not isinstance(e, (NonFiniteError, DistributedError)) else 1
         return _fail(w, f"error: {e}", code, collective=getattr(e, "collective", False))
+    except OSError as e:  # a full disk, a read-only file system, a path of the wrong kind
+        msg = describe(e)
+        if msg is None:
+            raise
+        return _fail(w, f"error: {msg}", 2)
     except KeyboardInterrupt:
         return _fail(w, "interrupted", 130)
     except Exception:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from . import runtime
+from . import locks, runtime
 from .config import BitLlamaConfig, known_fields
 from .dist import FlatLayout, World
 from .dist import world as _default_world
@@ -217,6 +217,61 @@ class TrainConfig:
         return TrainConfig.from_dict(d)
 
 
+def _check_new_run_dir(run_dir: str) -> None:
+    """A new run must not start in a directory that holds a run (checkpoints, a log or a config)."""
+    ck = os.path.join(run_dir, "checkpoints")
+    held = [p for p in ("log.jsonl", "train_config.json") if os.path.exists(os.path.join(run_dir, p))]
+    if os.path.isdir(ck) and any(p.endswith(".safetensors") for p in os.listdir(ck)):
+        held.insert(0, "checkpoints")
+    if held:
+        raise ValueError(f"{run_dir} already holds a run ({', '.join(held)}): continue it with "
+                         f"Trainer.resume({run_dir!r}) (python -m bitttt.train --resume {run_dir}), or pick another "
+                         "name or out_dir")
+
+
+def _check_fits(cfg: TrainConfig) -> None:
+    """ValueError for a model config that is invalid, or a model and batch whose training needs
+    (roughly: weights, gradients and AdamW moments, activations and logits of one batch) more than
+    this machine's physical memory."""
+    from .formats.validate import implied_size
+
+    mcfg = BitLlamaConfig.from_dict({"vocab_size": cfg.vocab_size, **cfg.model})
+    sz = implied_size(mcfg)
+    d, i, v, L = mcfg.hidden_size, mcfg.intermediate_size, mcfg.vocab_size, mcfg.num_layers
+    need = 16 * sz.params + 4 * cfg.batch_size * cfg.seq_len * (L * (12 * d + 3 * i) + 2 * v)
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise ValueError(f"this model (about {sz.params:,} parameters) with batch_size={cfg.batch_size} x "
+                         f"seq_len={cfg.seq_len} needs about {need / 2**30:.1f} GiB to train, more than this "
+                         f"machine's {have / 2**30:.1f} GiB: use a smaller model, batch_size or seq_len")
+
+
+def _trim_log(path: str, step: int) -> None:
+    """Drop the records of steps after `step` from a run's log (logged after the checkpoint a
+    resumed run starts from), so that the log continues without repeated steps."""
+    if not os.path.exists(path):
+        return
+    from .fileio import atomic_write_bytes
+
+    keep, dropped = [], False
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                at = rec.get("step", rec.get("summary", {}).get("step")) if isinstance(rec, dict) else None
+            except (ValueError, AttributeError):
+                at = None
+            if isinstance(at, int) and at > step:
+                dropped = True
+                continue
+            keep.append(line if line.endswith(b"\n") else line + b"\n")
+    if dropped:
+        atomic_write_bytes(path, b"".join(keep))
+
+
 class Trainer:
     """Trains a BitLlama on prepared token files.  See the module docstring."""
 
@@ -251,6 +306,9 @@ class Trainer:
             # the ranks on one machine share its cores: cores / local ranks threads each
             runtime.set_num_threads(max(1, runtime.physical_cores() // self.world.local_size))
 
+        if _resume_from is None:
+            _check_new_run_dir(self.run_dir)
+        _check_fits(config)  # the model config and the memory it needs, before any data is prepared
         ckpt = load_checkpoint(_resume_from) if _resume_from else None
         data_dir = config.data or os.path.join(self.run_dir, "data")
         need_data = ckpt is None and config.data is None and not os.path.exists(os.path.join(data_dir, "manifest.json"))
@@ -642,12 +700,21 @@ class Trainer:
     def fit(self) -> dict:
         """Train until max_steps or max_time (whichever comes first), a signal (Ctrl+C, SIGTERM)
         or a STOP file in the run directory; evaluate, log and checkpoint on the way.  Returns
-        the summary (also printed)."""
+        the summary (also printed).  The run directory is locked meanwhile (bitttt.locks, by rank 0,
+        the one that writes): a second trainer on it is refused (LockedError)."""
+        if not self.world.is_main:
+            return self._fit()
+        os.makedirs(self.ckpt_dir, exist_ok=True)
+        with locks.hold(self.run_dir, "run directory"):
+            if self.step:
+                _trim_log(os.path.join(self.run_dir, "log.jsonl"), self.step)
+            return self._fit()
+
+    def _fit(self) -> dict:
         cfg = self.cfg
         main, ranks = self.world.is_main, self.world.size
-        if main:
-            os.makedirs(self.ckpt_dir, exist_ok=True)
-            for p in os.listdir(self.ckpt_dir):  # leftovers of a write that was killed
+        if main:  # leftovers of a write that was killed (under the lock: no other trainer is writing)
+            for p in os.listdir(self.ckpt_dir):
                 if p.startswith(".tmp-") and p.endswith(".part"):
                     os.unlink(os.path.join(self.ckpt_dir, p))
         cfg_path = os.path.join(self.run_dir, "train_config.json")

@@ -110,7 +110,7 @@ def test_new_packed_file_has_one_crc_scheme(tmp_path, rng):
     f = tmp_path / "p.safetensors"
     write_packed(f, p)
     t, meta = read_safetensors(f)  # the common reader checks it
-    assert set(meta) == {"bitttt.format", "crc32"} and meta["bitttt.format"] == "bitttt.ternary/2"
+    assert set(meta) == {"bitttt.format", "crc32", "meta_crc32"} and meta["bitttt.format"] == "bitttt.ternary/2"
     assert read_packed(f) == p and t["codes"].ctypes.data % 64 == 0
 
 

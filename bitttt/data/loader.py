@@ -11,12 +11,13 @@ mean loss per token over the whole split (`n_bytes` is the UTF-8 size of the spl
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 
 import numpy as np
 
+from ..formats.errors import TokenFileError
+from ..formats.validate import safe_json
 from .layout import FORMAT, FORMAT_VERSION, MANIFEST, SPLITS
 
 _SCAN_TOKENS = 1 << 24  # ids checked per chunk when scanning a split
@@ -34,34 +35,44 @@ class TokenData:
         self.split = split
         manifest_path = os.path.join(self.path, MANIFEST)
         try:
-            with open(manifest_path, encoding="utf-8") as f:
-                manifest = json.load(f)
+            with open(manifest_path, "rb") as f:
+                manifest = safe_json(f.read(1 << 20), f"{manifest_path}", TokenFileError)
         except FileNotFoundError:
-            raise ValueError(f"{manifest_path} not found: prepare the data first "
-                             "(python -m bitttt.data prepare INPUT... --out DIR)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{manifest_path} is not valid JSON ({e}): prepare the data again") from None
+            raise TokenFileError(f"{manifest_path} not found: prepare the data first "
+                                 "(python -m bitttt.data prepare INPUT... --out DIR)") from None
+        except IsADirectoryError:
+            raise TokenFileError(f"{manifest_path} is a directory, not a token manifest") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise ValueError(f"{manifest_path} is not a bitttt token manifest")
+            raise TokenFileError(f"{manifest_path} is not a bitttt token manifest")
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
-            raise ValueError(f"{manifest_path} has format version {version}, this bitttt reads version "
-                             f"{FORMAT_VERSION}: prepare the data again with this version")
+            raise TokenFileError(f"{manifest_path} has format version {version}, this bitttt reads version "
+                                 f"{FORMAT_VERSION}: prepare the data again with this version")
         try:
             info = manifest["splits"][split]
             self.vocab_size = int(manifest["tokenizer"]["vocab_size"])
             self.tokenizer_sha256 = str(manifest["tokenizer"]["sha256"])
+            if manifest["dtype"] not in ("uint16", "uint32"):
+                raise TokenFileError(f"field 'dtype' is {manifest['dtype']!r}, must be uint16 or uint32")
             dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
-            n = int(info["tokens"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{manifest_path} is incomplete or damaged ({e!r}): prepare the data again") from None
+            n = info["tokens"]
+            if type(n) is not int or n < 0:
+                raise TokenFileError(f"field 'splits.{split}.tokens' is {n!r}, must be a non-negative integer")
+            if not isinstance(info["file"], str) or os.path.basename(info["file"]) != info["file"]:
+                raise TokenFileError(f"field 'splits.{split}.file' is {info['file']!r}, must be a file name")
+            self.n_documents = int(info.get("documents", 0))
+            self.n_bytes = int(info.get("bytes", 0))
+        except TokenFileError as e:
+            raise TokenFileError(f"{manifest_path}: {e}: prepare the data again") from None
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise TokenFileError(f"{manifest_path} is incomplete or damaged ({e!r}): prepare the data again") from None
         self.manifest = manifest
         self.n_tokens = n
-        self.n_documents = int(info.get("documents", 0))
-        self.n_bytes = int(info.get("bytes", 0))
         self.tokens = _open_array(os.path.join(self.path, info["file"]), dtype, n, "token")
         self.mask = None
         if info.get("mask_file"):
+            if not isinstance(info["mask_file"], str) or os.path.basename(info["mask_file"]) != info["mask_file"]:
+                raise TokenFileError(f"{manifest_path}: field 'splits.{split}.mask_file' must be a file name")
             self.mask = _open_array(os.path.join(self.path, info["mask_file"]), np.dtype(np.uint8), n, "mask")
         if check_ids:
             self._check_ids()
@@ -78,14 +89,15 @@ class TokenData:
             chunk = self.tokens[start:start + _SCAN_TOKENS]
             if chunk.max() >= self.vocab_size:
                 pos = start + int(np.argmax(chunk >= self.vocab_size))
-                raise ValueError(f"{self.path}/{self.split}.bin: token id {int(self.tokens[pos])} at position {pos} "
+                raise TokenFileError(f"{self.path}/{self.split}.bin: token id {int(self.tokens[pos])} "
+                                     f"at position {pos} "
                                  f"out of range for vocab {self.vocab_size}: the file is damaged or was made with "
                                  "another tokenizer; prepare the data again")
             if self.mask is not None:
                 m = self.mask[start:start + _SCAN_TOKENS]
                 if m.max() > 1:
                     pos = start + int(np.argmax(m > 1))
-                    raise ValueError(f"{self.path}/{self.split}.mask: value {int(self.mask[pos])} at position {pos} "
+                    raise TokenFileError(f"{self.path}/{self.split}.mask: value {int(self.mask[pos])} at {pos} "
                                      "is not 0 or 1: the file is damaged; prepare the data again")
 
     def check_tokenizer(self, sha256: str) -> None:
@@ -188,11 +200,11 @@ def _open_array(path: str, dtype: np.dtype, n: int, what: str) -> np.ndarray:
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:
-        raise ValueError(f"{what} file not found: {path}: prepare the data again") from None
+        raise TokenFileError(f"{what} file not found: {path}: prepare the data again") from None
     expected = n * dtype.itemsize
     if size != expected:
         state = "truncated" if size < expected else "longer than expected"
-        raise ValueError(f"{path} is {state}: {size} bytes, but the manifest says {n} tokens x {dtype.itemsize} "
+        raise TokenFileError(f"{path} is {state}: {size} bytes, but the manifest says {n} tokens x {dtype.itemsize} "
                          f"bytes = {expected}; prepare the data again")
     if n == 0:
         return np.zeros(0, dtype)

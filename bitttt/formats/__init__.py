@@ -9,10 +9,11 @@ tensor, atomic write).
   model_file    packed model files: write_model_file, export_checkpoint, read_model_file -> ModelFile
   memory        memory files (TTT states): write_memory, read_memory -> MemoryData
   runs          run directories: resolve, latest_checkpoint
-  errors        FormatError and its CheckpointError, MemoryFileError, PackedFormatError
+  validate      the checks of what a file claims: safe_json, parse_config, check_limits, ...
+  errors        FormatError and its CheckpointError, MemoryFileError, PackedFormatError, TokenFileError
 """
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .errors import CheckpointError, FormatError, MemoryFileError, PackedFormatError
+from .errors import CheckpointError, FormatError, MemoryFileError, PackedFormatError, TokenFileError
 from .memory import MemoryData, memory_shapes, read_memory, write_memory
 from .model_file import ModelFile, export_checkpoint, read_model_file, weights_id, write_model_file
 from .packed import packed_from_tensors, packed_tensors, read_packed, write_packed
@@ -21,7 +22,7 @@ from .safetensors import check_crc32, read_metadata, read_safetensors, write_saf
 
 __all__ = [
     "Checkpoint", "CheckpointError", "FormatError", "MemoryData", "MemoryFileError", "ModelFile",
-    "PackedFormatError", "check_crc32", "export_checkpoint", "latest_checkpoint", "load_checkpoint",
+    "PackedFormatError", "TokenFileError", "check_crc32", "export_checkpoint", "latest_checkpoint", "load_checkpoint",
     "memory_shapes", "packed_from_tensors", "packed_tensors", "read_memory", "read_metadata",
     "read_model_file", "read_packed", "read_safetensors", "resolve", "save_checkpoint", "weights_id",
     "write_memory", "write_model_file", "write_packed", "write_safetensors",

@@ -9,7 +9,9 @@ Layout
               tokenizer_sha256; crc32 (JSON: name -> CRC-32 of the tensor's bytes)
 
 Written and read by bitttt.formats.safetensors (atomic write, CRC-32 per tensor).  Reading checks
-the format, every CRC and every shape against the config, and names the file in any error.
+the header (bitttt.formats.safetensors), the metadata checksum, every CRC, the config (JSON
+only, range-checked against the file size: bitttt.formats.validate), the tokenizer's sha256, and
+every tensor's dtype and shape against the parameter table; every error names the file.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from ..config import BitLlamaConfig
 from ..params import param_shapes
 from .errors import CheckpointError
 from .safetensors import read_tagged, write_safetensors
+from .validate import check_limits, check_tensors, json_object, parse_config, read_tokenizer
 
 FORMAT = "bitttt-checkpoint/1"
 
@@ -66,32 +69,23 @@ def load_checkpoint(path: str | os.PathLike, config: BitLlamaConfig | None = Non
     checkpoint's config, and that config against `config` when given (CheckpointError)."""
     path = os.fspath(path)
     tensors, meta, _ = read_tagged(path, (FORMAT,), error=CheckpointError, what="checkpoint file",
-                                   label="training checkpoint")
-    try:
-        cfg = BitLlamaConfig.from_json(meta["config"])
-        train = json.loads(meta.get("train", "{}"))
-        state = json.loads(meta.get("state", "{}"))
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: corrupted metadata ({e})") from None
+                                   label="training checkpoint",
+                                   old_keys=("config", "train", "state", "tokenizer", "tokenizer_sha256"))
+    cfg = parse_config(meta, path, CheckpointError)
+    train = json_object(meta, "train", path, CheckpointError)
+    state = json_object(meta, "state", path, CheckpointError)
+    tok = read_tokenizer(meta, path, CheckpointError)
     if config is not None and cfg != config:
         diff = [f"{k}: checkpoint {v!r} vs {getattr(config, k)!r}" for k, v in cfg.to_dict().items()
                 if getattr(config, k) != v]
         raise CheckpointError(f"{path}: the checkpoint's model config does not match ({'; '.join(diff)})")
+    check_limits(cfg, path, CheckpointError, n_tensors=len(tensors),
+                 data_bytes=sum(a.nbytes for a in tensors.values()), kind="checkpoint")
     shapes = param_shapes(cfg)
-    params, optim = {}, {}
-    for name, shape in shapes.items():
-        if name not in tensors:
-            raise CheckpointError(f"{path}: missing tensor {name}")
-        if tensors[name].shape != shape:
-            raise CheckpointError(f"{path}: {name} has shape {tensors[name].shape}, the config needs {shape}")
-        params[name] = tensors[name]
-    moments = {f"optim.{k}.{n}": shape for n, shape in shapes.items() for k in ("m", "v")}  # AdamW's names
-    for name, a in tensors.items():
-        if name in moments:
-            if a.shape != moments[name]:
-                raise CheckpointError(f"{path}: optimizer tensor {name} does not match the model")
-            optim[name] = a
-        elif name not in shapes:
-            raise CheckpointError(f"{path}: unexpected tensor {name}")
-    tok = base64.b64decode(meta["tokenizer"]) if "tokenizer" in meta else None
+    want: dict = {name: (np.float32, shape) for name, shape in shapes.items()}
+    moments = [f"optim.{m}.{name}" for m in "mv" for name in shapes]
+    want.update({name: (np.float32, shapes[name.split(".", 2)[2]]) for name in moments})
+    check_tensors(tensors, want, path, CheckpointError, optional=tuple(moments))
+    params = {name: tensors[name] for name in shapes}
+    optim = {name: tensors[name] for name in moments if name in tensors}
     return Checkpoint(path, params, optim, cfg, train, state, tok)

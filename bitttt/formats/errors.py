@@ -17,3 +17,7 @@ class MemoryFileError(FormatError):
 
 class PackedFormatError(FormatError):
     """A packed ternary file or tensor set is truncated, corrupted or not ours."""
+
+
+class TokenFileError(FormatError):
+    """A prepared token-data folder (manifest.json, token or mask file) that is missing, damaged or not ours."""

@@ -20,13 +20,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import locks
 from ..config import BitLlamaConfig
 from .errors import MemoryFileError
 from .safetensors import read_tagged, write_safetensors
+from .validate import check_limits, check_tensors, nesting_ok, parse_config
 
 MEMORY_FORMAT = "bitttt-memory/2"
 MEMORY_FORMAT_V1 = "bitttt-memory/1"  # dense SW; still read
 MEMORY_TENSORS = ("W0", "b0", "Kb", "Gb", "Sb")
+WRITE_WAIT = 10.0  # seconds a writer waits for another process's lock on the file
 
 
 def memory_shapes(config: BitLlamaConfig) -> dict[str, tuple[int, ...]]:
@@ -54,10 +57,13 @@ class MemoryData:
 
 def write_memory(path: str | os.PathLike, arrays: dict[str, np.ndarray], *, model_id: str, config: BitLlamaConfig,
                  pos: int, n_tokens: int, note: str = "") -> None:
-    """Write a memory file (atomic): `arrays` holds W0, b0, Kb, Gb, Sb (see memory_shapes)."""
+    """Write a memory file (atomic): `arrays` holds W0, b0, Kb, Gb, Sb (see memory_shapes).  The
+    file's lock (bitttt.locks) is taken for the write: a process that holds it for a whole session
+    (infer --memory) makes other writers wait WRITE_WAIT seconds, then fail with LockedError."""
     meta = {"format": MEMORY_FORMAT, "model_id": model_id, "config": config.to_json(),
             "pos": str(pos), "n_tokens": str(n_tokens), "note": note}
-    write_safetensors(path, {n: arrays[n] for n in MEMORY_TENSORS}, meta)
+    with locks.hold(path, "memory file", wait=WRITE_WAIT):  # one writer at a time (bitttt.locks)
+        write_safetensors(path, {n: arrays[n] for n in MEMORY_TENSORS}, meta)
 
 
 def _factor(sw: np.ndarray, pos: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -70,35 +76,42 @@ def _factor(sw: np.ndarray, pos: int, shape: tuple[int, ...]) -> tuple[np.ndarra
     return kb, gb
 
 
+def _count(meta: dict[str, str], key: str, path: str) -> int:
+    v = meta.get(key, "0")
+    if not (v.isascii() and v.isdigit()) or len(v) > 18:
+        raise MemoryFileError(f"{path}: metadata {key!r} is not a non-negative integer ({v[:20]!r})")
+    return int(v)
+
+
 def read_memory(path: str | os.PathLike, *, model_id: str | None = None,
                 config: BitLlamaConfig | None = None) -> MemoryData:
     """Read and verify a memory file (bitttt-memory/2 or /1).  MemoryFileError naming the file when
     it is damaged or foreign, when `model_id` is given and the file belongs to another model, or
     when its position or tensors do not fit `config` (default: the config stored in the file)."""
     path = os.fspath(path)
-    t, meta, fmt = read_tagged(path, (MEMORY_FORMAT, MEMORY_FORMAT_V1), error=MemoryFileError, what="memory file")
+    t, meta, fmt = read_tagged(path, (MEMORY_FORMAT, MEMORY_FORMAT_V1), error=MemoryFileError, what="memory file",
+                                   old_keys=("model_id", "config", "pos", "n_tokens", "note"))
     try:
-        other = json.loads(meta.get("config", "{}"))
-    except ValueError:
+        other = json.loads(meta.get("config", "{}")) if nesting_ok(meta.get("config", "")) else {}
+    except (ValueError, RecursionError):
         other = {}
     if not isinstance(other, dict):
         other = {}
-    if model_id is not None and meta.get("model_id") != model_id:
-        raise MemoryFileError(f"{path}: this memory belongs to another model (id {meta.get('model_id', '?')[:12]}, "
+    mid = meta.get("model_id", "?")
+    if model_id is not None and mid != model_id:
+        raise MemoryFileError(f"{path}: this memory belongs to another model (id {mid[:12]}, "
                               f"D={other.get('hidden_size', '?')}, {other.get('num_layers', '?')} layers), "
                               f"not to this one (id {model_id[:12]})")
-    try:
-        cfg = config or BitLlamaConfig.from_json(meta["config"])
-        pos, n_tokens = int(meta.get("pos", "0")), int(meta.get("n_tokens", "0"))
-    except (KeyError, ValueError, TypeError) as e:
-        raise MemoryFileError(f"{path}: corrupted metadata ({e})") from None
-    shapes = memory_shapes(cfg)
+    cfg = config or parse_config(meta, path, MemoryFileError)
+    if config is None:
+        check_limits(cfg, path, MemoryFileError, n_tensors=len(t), data_bytes=sum(a.nbytes for a in t.values()),
+                     kind="memory")
+    pos, n_tokens = (_count(meta, k, path) for k in ("pos", "n_tokens"))
     if not 0 <= pos < cfg.mini_batch_size:
-        raise MemoryFileError(f"{path}: invalid mini-batch position {pos}")
+        raise MemoryFileError(f"{path}: metadata 'pos': invalid mini-batch position {pos}")
+    shapes = memory_shapes(cfg)
     names = MEMORY_TENSORS if fmt == MEMORY_FORMAT else ("W0", "b0", "SW", "Sb")
-    for name in names:
-        if name not in t or t[name].shape != shapes["W0" if name == "SW" else name]:
-            raise MemoryFileError(f"{path}: tensor {name} is missing or has the wrong shape")
+    check_tensors(t, {n: (np.float32, shapes["W0" if n == "SW" else n]) for n in names}, path, MemoryFileError)
     a = {n: np.ascontiguousarray(t[n], np.float32) for n in names}
     if fmt == MEMORY_FORMAT_V1:
         a["Kb"], a["Gb"] = _factor(a.pop("SW"), pos, shapes["Kb"])

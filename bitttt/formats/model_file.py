@@ -17,7 +17,6 @@ were dropped also carry `<name>.crc32` entries (covered by `crc32` as well; igno
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -27,11 +26,13 @@ import numpy as np
 from ..config import BitLlamaConfig
 from ..params import param_table
 from ..ternary import PackedTernary
+from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import load_checkpoint, tokenizer_metadata
-from .errors import CheckpointError
+from .errors import CheckpointError, FormatError
 from .packed import packed_from_tensors, packed_tensors
-from .runs import resolve
-from .safetensors import read_tagged, write_safetensors
+from .runs import checkpoint_step, resolve
+from .safetensors import read_metadata, read_tagged, write_safetensors
+from .validate import check_limits, check_tensors, parse_config, read_tokenizer
 
 MODEL_FORMAT = "bitttt-model/1"
 HEAD_FORMATS = ("int8", "float16", "float32")
@@ -104,20 +105,50 @@ def write_model_file(path: str | os.PathLike, config: BitLlamaConfig, params: di
     return meta
 
 
-def export_checkpoint(src: str | os.PathLike, out: str | os.PathLike, head: str = "int8") -> dict[str, str]:
+def export_checkpoint(src: str | os.PathLike, out: str | os.PathLike, head: str = "int8",
+                      force: bool = False) -> dict[str, str]:
     """Write the packed model file `out` for a checkpoint or run directory `src` (its best, else its
-    newest intact checkpoint); returns the file's metadata.  ValueError when the checkpoint
-    carries no tokenizer; CheckpointError when it is damaged."""
+    newest intact checkpoint); returns the file's metadata, plus `path`: the file written.  `out`
+    may be a directory: the file is then <out>/<run or checkpoint name>.safetensors.  ValueError
+    when the checkpoint carries no tokenizer, or when `out` is the source, a training checkpoint,
+    a name in a run's checkpoints/ folder or (unless `force`) any existing file that is not a
+    bitttt model file (it is never overwritten); CheckpointError when the checkpoint is damaged."""
     _check_head(head)
     path = resolve(os.fspath(src))
+    out = _export_target(os.fspath(src), path, os.fspath(out), force)
     ck = load_checkpoint(path)
     if ck.tokenizer is None:
         raise ValueError(f"{path}: the checkpoint carries no tokenizer")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    return write_model_file(out, ck.config, ck.params, tokenizer=ck.tokenizer,
+    meta = write_model_file(out, ck.config, ck.params, tokenizer=ck.tokenizer,
                             model_id=weights_id(ck.config, ck.params), head=head,
                             source=os.path.basename(path), step=str(ck.state.get("step", "")),
                             seq_len=ck.train.get("seq_len") if isinstance(ck.train.get("seq_len"), int) else None)
+    return {**meta, "path": out}
+
+
+def _export_target(src: str, ckpt: str, out: str, force: bool = False) -> str:
+    """Where an export may write (see export_checkpoint); ValueError for a file it must not replace."""
+    if os.path.isdir(out):
+        stem = os.path.basename(os.path.normpath(src)) if os.path.isdir(src) else \
+            os.path.splitext(os.path.basename(ckpt))[0]
+        out = os.path.join(out, f"{stem}.safetensors")
+    if os.path.exists(out) and os.path.samefile(out, ckpt):
+        raise ValueError(f"{out}: is the checkpoint being exported; choose another --out")
+    parent = os.path.basename(os.path.dirname(os.path.abspath(out)))
+    if parent == "checkpoints" and (checkpoint_step(out) >= 0 or os.path.basename(out) == "best.safetensors"):
+        raise ValueError(f"{out}: is a training checkpoint's name in a run directory; choose another --out")
+    if os.path.lexists(out):
+        if not os.path.isfile(out):
+            raise ValueError(f"{out}: exists and is not a regular file; choose another --out")
+        try:
+            fmt = read_metadata(out, what="model file").get("format")
+        except FormatError:
+            fmt = None
+        if fmt == CHECKPOINT_FORMAT or (fmt != MODEL_FORMAT and not force):
+            kind = "a training checkpoint" if fmt == CHECKPOINT_FORMAT else "not a bitttt model file"
+            raise ValueError(f"{out}: exists and is {kind}; it is not overwritten: choose another --out")
+    return out
 
 
 def read_model_file(path: str | os.PathLike) -> ModelFile:
@@ -125,29 +156,44 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
     CheckpointError naming the file when it is damaged, foreign or incomplete; PackedFormatError
     for a malformed packed matrix."""
     path = os.fspath(path)
-    t, meta, _ = read_tagged(path, (MODEL_FORMAT,), error=CheckpointError, what="model file")
-    try:
-        cfg = BitLlamaConfig.from_json(meta["config"])
-        tok = base64.b64decode(meta["tokenizer"])
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: corrupted metadata ({e})") from None
+    t, meta, _ = read_tagged(path, (MODEL_FORMAT,), error=CheckpointError, what="model file",
+                             old_keys=("config", "tokenizer", "tokenizer_sha256", "model_id", "head", "source", "step"))
+    cfg = parse_config(meta, path, CheckpointError)
+    tok = read_tokenizer(meta, path, CheckpointError)
+    if tok is None:
+        raise CheckpointError(f"{path}: metadata has no 'tokenizer' entry")
+    check_limits(cfg, path, CheckpointError, n_tensors=len(t), data_bytes=sum(a.nbytes for a in t.values()),
+                 kind="model")
+    want: dict = {}
+    table = param_table(cfg)
+    for name, spec in table.items():
+        if spec.kind == "linear" and cfg.ternary:
+            want.update({f"{name}.codes": (np.uint8, None), f"{name}.scale": (np.float32, (1,)),
+                         f"{name}.shape": (np.int64, (2,))})  # their shapes: packed_from_tensors
+        elif spec.kind == "embedding":
+            want[name] = ((np.float16, np.float32), spec.shape)
+        elif spec.kind != "head":
+            want[name] = (np.float32, spec.shape)
+    vd = (cfg.vocab_size, cfg.hidden_size)
+    if "head.weight" in t:
+        want["head.weight"] = ((np.float16, np.float32), vd)
+    else:
+        want.update({"head.weight.int8": (np.int8, vd), "head.weight.scale": (np.float32, (cfg.vocab_size,))})
+    check_tensors(t, want, path, CheckpointError)
     packed, params = {}, {}
-    for name, spec in param_table(cfg).items():
+    for name, spec in table.items():
         if spec.kind == "linear" and cfg.ternary:
             packed[name] = packed_from_tensors(t, prefix=name, source=path)
-        elif spec.kind == "head":
-            continue
-        elif name not in t:
-            raise CheckpointError(f"{path}: missing tensor {name}")
+            if (packed[name].rows, packed[name].cols) != spec.shape:
+                raise CheckpointError(f"{path}: packed {name} is {packed[name].rows}x{packed[name].cols}, "
+                                      f"the config needs {spec.shape}")
         elif spec.kind == "embedding":
             params[name] = t[name]  # float16 rows, converted when looked up
-        else:
+        elif spec.kind != "head":
             params[name] = t[name].astype(np.float32)
     head_int8 = head = None
-    if "head.weight.int8" in t and "head.weight.scale" in t:
-        head_int8 = (t["head.weight.int8"], t["head.weight.scale"])
-    elif "head.weight" in t:
+    if "head.weight" in t:
         head = t["head.weight"].astype(np.float32)
     else:
-        raise CheckpointError(f"{path}: missing the LM head")
+        head_int8 = (t["head.weight.int8"], t["head.weight.scale"])
     return ModelFile(path, cfg, params, packed, tok, meta.get("model_id"), head_int8, head, meta)

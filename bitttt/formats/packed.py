@@ -107,9 +107,13 @@ def read_packed(path: str | os.PathLike) -> PackedTernary:
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     tensors, meta, fmt = read_tagged(path, (FORMAT, FORMAT_V1), error=PackedFormatError, what="packed ternary file",
-                                     key="bitttt.format", verify=False)
+                                     key="bitttt.format", verify=False,
+                                   old_keys=())
     if fmt == FORMAT and "crc32" in meta:  # damage first, then what is missing or malformed
         check_crc32(tensors, meta, path, PackedFormatError)
+    extra = sorted(set(tensors) - set(_PARTS))
+    if extra:
+        raise PackedFormatError(f"{path}: unexpected tensor(s) {', '.join(extra[:5])}")
     p = packed_from_tensors(tensors, source=path)
     if fmt == FORMAT_V1:
         check_v1_checksum(p, meta, source=path, required=True)

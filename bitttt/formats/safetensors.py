@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 import time
 import zlib
@@ -26,6 +27,7 @@ import numpy as np
 from .._arrays import aligned_empty
 from ..fileio import atomic_writer
 from .errors import CheckpointError, FormatError
+from .validate import safe_json
 
 DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.float16): "F16",
           np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.uint8): "U8", np.dtype(np.int8): "I8",
@@ -76,6 +78,7 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray], m
     meta = dict(metadata)
     meta["crc32"] = json.dumps(crcs, separators=(",", ":"))
     header["__metadata__"] = meta
+    meta["meta_crc32"] = meta_crc32(header)
     hb = json.dumps(header, separators=(",", ":")).encode()
     hb += b" " * (-(len(hb) + 8) % 64)
     with atomic_writer(path) as f:
@@ -107,35 +110,90 @@ def check_crc32(tensors: dict[str, np.ndarray], metadata: dict[str, str], path: 
         raise error(f"{path}: the tensor list does not match its checksums (corrupted header)")
 
 
+def meta_crc32(header: dict) -> str:
+    """The `meta_crc32` entry: CRC-32 (8 hex digits) of the header -- every tensor's dtype, shape
+    and offsets and every metadata entry (config, tokenizer, ids, crc32) -- as sorted compact
+    JSON, without the meta_crc32 entry itself."""
+    h = dict(header)
+    meta = {k: v for k, v in h.get("__metadata__", {}).items() if k != "meta_crc32"}
+    h["__metadata__"] = meta
+    return f"{zlib.crc32(json.dumps(h, sort_keys=True, separators=(',', ':')).encode()):08x}"
+
+
+def _int(v) -> bool:
+    return type(v) is int and 0 <= v < 2**63
+
+
+def _header(path: str, raw: bytes, data_len: int, error: type[FormatError]) -> tuple[dict, dict[str, str]]:
+    """Parse and check a header: a JSON object of tensor entries (known dtype, shape of non-negative
+    ints, offsets that tile the data section exactly) and a str -> str `__metadata__`."""
+    header = safe_json(raw, f"{path}: the header", error)
+    if not isinstance(header, dict):
+        raise error(f"{path}: corrupted header (a JSON {type(header).__name__}, not an object)")
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise error(f"{path}: corrupted header (__metadata__ is not a str -> str object)")
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise error(f"{path}: corrupted header entry for tensor {name!r} (needs dtype, shape, data_offsets)")
+        dt, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(dt, str) or dt not in _NAMES:
+            raise error(f"{path}: tensor {name!r}: unknown dtype {dt!r} (known: {', '.join(sorted(_NAMES))})")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(_int(d) for d in shape):
+            raise error(f"{path}: tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+        if not isinstance(offs, list) or len(offs) != 2 or not all(_int(o) for o in offs) or offs[0] > offs[1]:
+            raise error(f"{path}: tensor {name!r}: data_offsets {offs!r} are not two increasing integers")
+        nbytes = _NAMES[dt].itemsize
+        for d in shape:
+            nbytes *= d  # Python ints: no wrap-around
+        if nbytes != offs[1] - offs[0]:
+            raise error(f"{path}: tensor {name!r}: {offs[1] - offs[0]} bytes do not hold {dt} {shape}")
+        spans.append((offs[0], offs[1], name))
+    at = 0
+    for lo, hi, name in sorted(spans):
+        if lo != at:
+            what = "overlaps another tensor" if lo < at else "leaves a gap before it"
+            raise error(f"{path}: tensor {name!r}: data_offsets [{lo}, {hi}] {what} (corrupted header)")
+        at = hi
+    if at != data_len:
+        state = "truncated" if at > data_len else "has trailing bytes"
+        raise error(f"{path}: {state}: the header promises {at} bytes of tensor data, the file holds {data_len}")
+    if "meta_crc32" in meta and meta["meta_crc32"] != meta_crc32(header):
+        raise error(f"{path}: the header is corrupted (meta_crc32 mismatch: config, tokenizer or tensor list damaged)")
+    return header, meta
+
+
 def read_safetensors(path: str | os.PathLike, *, verify: bool = True, header_only: bool = False, mmap: bool = False,
                      error: type[FormatError] = CheckpointError,
                      what: str = "checkpoint file") -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read every tensor and the metadata -> (tensors by name, metadata).
 
     `error` (naming the file, `what` saying what it should have been) when the file is missing,
-    truncated, not safetensors, or (verify) a CRC does not match.  header_only: ({}, metadata).
-    mmap: the tensors are read-only views of a memory map of the file (no copy in memory);
-    otherwise they are views of one 64-byte aligned buffer."""
+    not a regular file, truncated, not safetensors, when the header breaks a rule of _header (or
+    its `meta_crc32` does not match), or (verify) a tensor's CRC does not match.  header_only:
+    ({}, metadata).  mmap: the tensors are read-only views of a memory map of the file (no copy
+    in memory); otherwise they are views of one 64-byte aligned buffer."""
     path = os.fspath(path)
     try:
-        size = os.path.getsize(path)
         with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise error(f"{path}: not a regular file, not a {what}")
+            size = st.st_size
             head = f.read(8)
             if len(head) < 8:
                 raise error(f"{path}: not a {what} (file of {size} bytes is too short)")
             (n,) = struct.unpack("<Q", head)
             if n > min(size - 8, MAX_HEADER):
                 raise error(f"{path}: truncated or not a safetensors file (header of {n} bytes, file of {size} bytes)")
-            try:
-                header = json.loads(f.read(n))
-            except (ValueError, UnicodeDecodeError):
-                raise error(f"{path}: corrupted header (not valid JSON)") from None
-            meta = header.pop("__metadata__", {}) or {}
-            if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-                raise error(f"{path}: corrupted header (the metadata is not a str -> str map)")
-            end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
-            if 8 + n + end > size:
-                raise error(f"{path}: truncated: {size} bytes, the header promises {8 + n + end}")
+            raw = f.read(n)
+            if len(raw) != n:
+                raise error(f"{path}: truncated while reading the header")
+            header, meta = _header(path, raw, size - 8 - n, error)
+            end = size - 8 - n
             if header_only:
                 return {}, meta
             if mmap and end:
@@ -148,35 +206,36 @@ def read_safetensors(path: str | os.PathLike, *, verify: bool = True, header_onl
         raise error(f"{path}: no such {what}") from None
     except IsADirectoryError:
         raise error(f"{path}: is a directory, not a {what}") from None
-    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
-        if isinstance(e, FormatError):
-            raise
-        raise error(f"{path}: corrupted header ({e})") from None
+    except PermissionError as e:
+        raise error(f"{path}: cannot read the {what} ({e.strerror})") from None
     out = {}
     for name, info in header.items():
-        try:
-            dt = _NAMES[info["dtype"]].newbyteorder("<")
-            lo, hi = (int(x) for x in info["data_offsets"])
-            shape = tuple(int(s) for s in info["shape"])
-        except (KeyError, TypeError, ValueError):
-            raise error(f"{path}: corrupted header entry for {name}") from None
-        if not 0 <= lo <= hi or int(np.prod(shape, dtype=np.int64)) * dt.itemsize != hi - lo:
-            raise error(f"{path}: tensor {name}: {hi - lo} bytes do not hold shape {shape}")
-        out[name] = data[lo:hi].view(dt).reshape(shape).astype(dt.newbyteorder("="), copy=False)
+        if name == "__metadata__":
+            continue
+        dt = _NAMES[info["dtype"]].newbyteorder("<")
+        lo, hi = info["data_offsets"]
+        out[name] = data[lo:hi].view(dt).reshape(info["shape"]).astype(dt.newbyteorder("="), copy=False)
     if verify:
         check_crc32(out, meta, path, error)
     return out, meta
 
 
 def read_tagged(path: str | os.PathLike, formats: tuple[str, ...], *, error: type[FormatError], what: str,
-                label: str = "", key: str = "format",
-                verify: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str], str]:
+                label: str = "", key: str = "format", verify: bool = True,
+                old_keys: tuple[str, ...] | None = None) -> tuple[dict[str, np.ndarray], dict[str, str], str]:
     """read_safetensors, then the format tag metadata[key] must be one of `formats` (`error`
-    "not a bitttt <label>" otherwise; label defaults to `what`) -> (tensors, metadata, format)."""
+    "not a bitttt <label>" otherwise; label defaults to `what`) -> (tensors, metadata, format).
+    A file without `meta_crc32` (written before it) may hold only the entries `old_keys` (when
+    given), crc32 and `<name>.crc32`: a damaged key name is refused there too."""
     tensors, meta = read_safetensors(path, verify=verify, error=error, what=what)
     fmt = meta.get(key)
     if fmt not in formats:
         raise error(f"{os.fspath(path)}: not a bitttt {label or what} (format {fmt!r}, expected {formats[0]!r})")
+    if old_keys is not None and "meta_crc32" not in meta:  # an old file: its keys are known, none renamed
+        unknown = sorted(k for k in meta if k not in old_keys and k not in (key, "crc32") and not k.endswith(".crc32"))
+        if unknown:
+            raise error(f"{os.fspath(path)}: unknown metadata entry {unknown[0]!r} in a file without meta_crc32 "
+                        "(corrupted header)")
     return tensors, meta, fmt
 
 
