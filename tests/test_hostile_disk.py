@@ -61,8 +61,8 @@ def _cfg(prepared, out_dir, **kw):
     return TrainConfig(**base)
 
 
-def _run(module, *args, stdin=None):
-    return subprocess.run([sys.executable, "-m", module, *args], env=ENV, capture_output=True, text=True,
+def _run(module, *args, stdin=None, env=None):
+    return subprocess.run([sys.executable, "-m", module, *args], env=env or ENV, capture_output=True, text=True,
                           input=stdin, timeout=300)
 
 
@@ -105,11 +105,20 @@ def test_read_only_file_system(prepared, tmp_path, mounts):
     _one_line_error(_run("bitttt.export", str(run), "--out", str(ro / "m.safetensors")), "read-only")
     _one_line_error(_run("bitttt.infer", "-m", str(run), "-p", "Tom", "-n", "2", "--memory", str(ro / "m.mem")),
                     "read-only")
-    # the chat works without a writable log folder, with a warning
-    r = _run("bitttt.infer", "-m", str(run), "-i", "-n", "3", stdin="Tom saw a ball\n/quit\n")
+    # the chat works without a writable run folder: its log and memory go to the user's data folder
+    data_home = tmp_path / "xdg"
+    r = _run("bitttt.infer", "-m", str(run), "-i", "-n", "3", stdin="Tom saw a ball\n/quit\n",
+             env=dict(ENV, XDG_DATA_HOME=str(data_home)))
     assert r.returncode == 0, r.stderr
-    assert "warning: the conversation is not logged" in r.stderr and "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr
+    assert (data_home / "bitttt" / "memory" / "conversations.jsonl").exists()
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    # and when no folder at all can be written, the chat goes on without a log (a warning) and
+    # ends saying in one line that its memory could not be written
+    r = _run("bitttt.infer", "-m", str(run), "-i", "-n", "3", stdin="Tom saw a ball\n/quit\n",
+             env=dict(ENV, XDG_DATA_HOME=str(ro / "nowhere")))
+    assert "warning: the conversation is not logged" in r.stderr
+    _one_line_error(r, "read-only")
 
 
 @pytest.mark.parametrize("cmd", [["bitttt.infer", "-f"], ["bitttt.eval", "--data"]])
@@ -117,4 +126,4 @@ def test_read_only_file_system(prepared, tmp_path, mounts):
 def test_prompt_or_data_that_is_not_a_regular_file(cmd, path):
     shipped = Path(__file__).resolve().parents[1] / "bitttt" / "models" / "tinystories-ternary.safetensors"
     r = _run(cmd[0], "-m", str(shipped), cmd[1], path, *(["-n", "1"] if cmd[0] == "bitttt.infer" else []))
-    _one_line_error(r, "not a regular file")
+    _one_line_error(r, "not a regular file" if path == "/dev/zero" else "folder")  # a folder: said what it is

@@ -114,15 +114,21 @@ class Size:
 
 
 def implied_size(cfg: BitLlamaConfig) -> Size:
-    """Counted from the one-layer parameter table times the layers: cheap for any num_layers."""
-    one = param_table(dataclasses.replace(cfg, num_layers=1))
+    """Counted from one layer's parameter table per layer kind, times the layers of that kind:
+    cheap for any num_layers (the TTT state counts the TTT layers only)."""
+    kinds = list(cfg.types)
     t = p = lin = 0
-    for s in one.values():
-        n = int(np.prod(s.shape, dtype=object))
-        k = cfg.num_layers if s.layer is not None else 1
-        t, p = t + k, p + k * n
-        lin += k * n if s.kind == "linear" else 0
-    L, H, f, K = cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.mini_batch_size
+    for i, kind in enumerate(sorted(set(kinds))):
+        one_layer = dataclasses.replace(cfg, num_layers=1,
+                                        layer_types=None if cfg.layer_types is None else [kind])
+        for s in param_table(one_layer).values():
+            if s.layer is None and i:  # the embedding, final norm and head: once
+                continue
+            n = int(np.prod(s.shape, dtype=object))
+            k = kinds.count(kind) if s.layer is not None else 1
+            t, p = t + k, p + k * n
+            lin += k * n if s.kind == "linear" else 0
+    L, H, f, K = kinds.count("ttt"), cfg.num_heads, cfg.head_dim, cfg.mini_batch_size
     return Size(t, p, lin, L * H * (f * f + 2 * K * f + 2 * f))
 
 
