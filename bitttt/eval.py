@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bitttt.eval") -> 
               f"{runtime.get_num_threads()} thread(s)", file=sys.stderr, flush=True)
         nbytes = len(tok.decode_bytes(ids[1:]))
         total, n = model.im.score(ids, reset)
-    except (ValueError, CheckpointError) as e:
+    except (ValueError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a read-only file system, a path of the wrong kind

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bitttt.export") -
         if not os.path.exists(args.src):
             raise ValueError(f"{args.src}: no such run directory or checkpoint file")
         meta = export_checkpoint(args.src, out, args.head, force=args.force)  # refuses what it must not replace
-    except (ValueError, CheckpointError) as e:
+    except (ValueError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a read-only file system, a path of the wrong kind

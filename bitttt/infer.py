@@ -593,7 +593,13 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m bitttt.infer",
 
         SamplingParams(**_sampling(args)).validate()
         if args.memory:  # this process alone reads and writes the memory file until it exits
-            hold_for_process(args.memory, "memory file", wait=5.0)
+            try:
+                hold_for_process(args.memory, "memory file", wait=5.0)
+            except OSError as e:  # its folder cannot be written: the chat saves elsewhere at the end, and says so
+                if interactive:
+                    print(f"warning: {args.memory}: no lock taken ({describe(e) or e})", file=sys.stderr)
+                else:
+                    raise
         model = load(args.model)
         if args.memory and not model.im.has_memory:
             raise ValueError("--memory: memory files hold the TTT state, and this model has attention layers only "
@@ -606,7 +612,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m bitttt.infer",
         return _generate(model, args, prompt)
     except BrokenPipeError:
         raise  # the caller (bitttt.cli) ends quietly
-    except (ValueError, TypeError, CheckpointError, MemoryFileError) as e:
+    except (ValueError, TypeError, CheckpointError, MemoryFileError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a read-only file system, a path of the wrong kind
