@@ -115,3 +115,28 @@ def readers():
 
 def same(a: dict, b: dict) -> bool:
     return set(a) == set(b) and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+
+
+TRAIN_MODEL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "mini_batch_size": 8}
+
+
+def prepared_corpus(d: Path) -> str:
+    """A small prepared token folder (600 twelve-word stories, vocabulary 300) in d/data."""
+    from bitttt.data import prepare
+
+    rng = np.random.default_rng(0)
+    words = ["Tom", "Anna", "Ben", "saw", "liked", "found", "a", "ball", "cat", "tree", "cake", "The", "end."]
+    (d / "s.txt").write_text("\n<|endoftext|>\n".join(" ".join(rng.choice(words, 12)) for _ in range(600)))
+    prepare([str(d / "s.txt")], str(d / "data"), vocab_size=300, val_fraction=0.1, seed=0, progress=False)
+    return str(d / "data")
+
+
+def train_config(prepared: str, out_dir, max_steps: int, **kw):
+    """A TrainConfig of a tiny run named "run" in out_dir: checkpoints every 2 steps."""
+    from bitttt.trainer import TrainConfig
+
+    base = dict(data=prepared, out_dir=str(out_dir), name="run", model=dict(TRAIN_MODEL), batch_size=2, seq_len=16,
+                max_steps=max_steps, max_time=0.0, warmup_steps=1, eval_interval=2, eval_batches=1, ckpt_interval=2,
+                log_interval=1, seed=1, sample_tokens=0)
+    base.update(kw)
+    return TrainConfig(**base)

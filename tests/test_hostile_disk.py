@@ -7,15 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from hostile_files import prepared_corpus, train_config  # noqa: E402
 
 from bitttt.formats import load_checkpoint
-from bitttt.trainer import TrainConfig, Trainer
+from bitttt.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "mini_batch_size": 8}
 
 
 def _mount(where: Path, size: str, *opts: str) -> None:
@@ -43,22 +42,11 @@ def mounts():
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from bitttt.data import prepare
-
-    d = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
-    words = ["Tom", "Anna", "Ben", "saw", "liked", "found", "a", "ball", "cat", "tree", "cake", "The", "end."]
-    (d / "s.txt").write_text("\n<|endoftext|>\n".join(" ".join(rng.choice(words, 12)) for _ in range(600)))
-    prepare([str(d / "s.txt")], str(d / "data"), vocab_size=300, val_fraction=0.1, seed=0, progress=False)
-    return str(d / "data")
+    return prepared_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def _cfg(prepared, out_dir, **kw):
-    base = dict(data=prepared, out_dir=str(out_dir), name="run", model=dict(TINY), batch_size=2, seq_len=16,
-                max_steps=2, max_time=0.0, warmup_steps=1, eval_interval=2, eval_batches=1, ckpt_interval=2,
-                log_interval=1, seed=1, sample_tokens=0)
-    base.update(kw)
-    return TrainConfig(**base)
+    return train_config(prepared, out_dir, kw.pop("max_steps", 2), **kw)
 
 
 def _run(module, *args, stdin=None, env=None):
