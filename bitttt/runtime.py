@@ -12,6 +12,7 @@ import os
 from . import _core
 
 KERNELS: tuple[str, ...] = tuple(_core.ISA_NAMES)
+MAX_THREADS = 4096  # far above any machine's cores; a larger count is a typo
 
 
 def physical_cores() -> int:
@@ -69,6 +70,8 @@ def set_num_threads(n: int) -> None:
         raise TypeError(f"number of threads must be an integer, got {type(n).__name__}") from None
     if n < 1:
         raise ValueError(f"number of threads must be >= 1, got {n}")
+    if n > MAX_THREADS:
+        raise ValueError(f"number of threads must be <= {MAX_THREADS}, got {n}")
     _core.set_threads(n)
 
 
@@ -83,6 +86,10 @@ def cpu_info() -> dict:
     }
 
 
+def _not_a_count(text: str) -> int:
+    raise ValueError(f"must be a whole number of threads from 1 to {MAX_THREADS}")
+
+
 def _init_from_env() -> None:
     kernel = os.environ.get("BITTTT_KERNEL", "auto")
     try:
@@ -92,7 +99,7 @@ def _init_from_env() -> None:
     threads = os.environ.get("BITTTT_NUM_THREADS")
     if threads:
         try:
-            set_num_threads(int(threads))
+            set_num_threads(int(threads.strip()) if threads.strip().isdigit() else _not_a_count(threads))
         except ValueError as e:
             raise ImportError(f"bitttt: BITTTT_NUM_THREADS={threads!r}: {e}") from None
     else:

@@ -19,7 +19,7 @@ class PackedTernary:
     [rows, stride]; `scale` is the float32 s with W ~= s * ternary().
     """
 
-    __slots__ = ("codes", "scale", "rows", "cols")
+    __slots__ = ("codes", "scale", "rows", "cols", "_frozen")
 
     def __init__(self, codes: np.ndarray, scale: float, cols: int):
         codes = check_array(codes, "codes", np.uint8, ndim=(2,))
@@ -44,6 +44,7 @@ class PackedTernary:
         self.scale = float(scale)
         self.rows = rows
         self.cols = cols
+        self._frozen = True  # the kernels trust rows and cols against the codes: no later change
 
     # -- construction ---------------------------------------------------------------
     @classmethod
@@ -76,6 +77,7 @@ class PackedTernary:
         _core.pack(w32, float(s), codes)
         out = cls.__new__(cls)
         out.codes, out.scale, out.rows, out.cols = codes, float(np.float32(s)), rows, cols
+        out._frozen = True
         return out
 
     @classmethod
@@ -130,3 +132,9 @@ class PackedTernary:
                 and np.array_equal(self.codes, other.codes))
 
     __hash__ = None  # mutable arrays inside
+
+    def __setattr__(self, name: str, value) -> None:
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"PackedTernary.{name} is read-only (the kernels trust rows and cols against the "
+                                 "codes): build a new matrix with PackedTernary.quantize or from_ternary")
+        object.__setattr__(self, name, value)

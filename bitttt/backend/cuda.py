@@ -358,6 +358,7 @@ class GpuTernary(PackedTernary):
         g.codes, g.scale, g.rows, g.cols = p.codes, p.scale, p.rows, p.cols
         g.dcodes = DeviceArray.from_host(p.codes)
         g.dscale = DeviceArray.from_host(np.array([p.scale], np.float32))
+        g._frozen = True  # read-only from here on, as every PackedTernary
         return g
 
 
