@@ -59,6 +59,11 @@ cdef extern from "bt_ttt.h":
         const float *b1
         const float *gamma
         const float *beta
+        const float *Winit
+        const float *binit
+        const uint8_t *reset
+        float *Wfin
+        float *bfin
     int64_t bt_ttt_saved_floats(int64_t K, int64_t f)
     int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *saved) nogil
     int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, float *saved, const float *dout,
@@ -284,16 +289,38 @@ cdef void _ttt_args(bt_ttt_args *a, int64_t H, const float[:, :, ::1] q, const f
     a.b1 = &b1[0, 0]
     a.gamma = &gamma[0, 0]
     a.beta = &beta[0, 0]
+    a.Winit = NULL
+    a.binit = NULL
+    a.reset = NULL
+    a.Wfin = NULL
+    a.bfin = NULL
+
+
+cdef void _ttt_stream(bt_ttt_args *a, const float[:, :, ::1] Winit, const float[:, ::1] binit,
+                      const uint8_t[:, ::1] reset) noexcept:
+    if Winit is not None:
+        a.Winit = &Winit[0, 0, 0]
+        a.binit = &binit[0, 0]
+    if reset is not None:
+        a.reset = &reset[0, 0]
 
 
 def ttt_forward(int64_t H, const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:, :, ::1] v,
                 const float[:, ::1] cos, const float[:, ::1] sin, const float[:, :, ::1] lr, const float[::1] tok,
                 const float[:, :, ::1] W1, const float[:, ::1] b1, const float[:, ::1] gamma,
-                const float[:, ::1] beta, float[:, :, ::1] out, float[:, :, :, ::1] Ws, float[:, :, ::1] saved):
-    """TTT-Linear inner loop (src_c/bt_ttt.h); shapes checked by bitttt.layers.ttt."""
+                const float[:, ::1] beta, float[:, :, ::1] out, float[:, :, :, ::1] Ws, float[:, :, ::1] saved,
+                const float[:, :, ::1] Winit=None, const float[:, ::1] binit=None, const uint8_t[:, ::1] reset=None,
+                float[:, :, ::1] Wfin=None, float[:, ::1] bfin=None):
+    """TTT-Linear inner loop (src_c/bt_ttt.h); shapes checked by bitttt.backend.cpu.  The streaming
+    arguments (Winit [R, f, f] with binit [R, f], reset [B, C], Wfin [R, f, f] with bfin [R, f]) are
+    optional."""
     cdef bt_ttt_args a
     cdef int err
     _ttt_args(&a, H, q, k, v, cos, sin, lr, tok, W1, b1, gamma, beta)
+    _ttt_stream(&a, Winit, binit, reset)
+    if Wfin is not None:
+        a.Wfin = &Wfin[0, 0, 0]
+        a.bfin = &bfin[0, 0]
     with nogil:
         err = bt_ttt_forward(&a, &out[0, 0, 0], &Ws[0, 0, 0, 0], &saved[0, 0, 0])
     _check(err)
@@ -310,11 +337,14 @@ def ttt_backward(int64_t H, const float[:, :, ::1] q, const float[:, :, ::1] k, 
                  const float[:, ::1] beta, const float[:, :, :, ::1] Ws, float[:, :, ::1] saved,
                  const float[:, :, ::1] dout, float[:, :, ::1] dq, float[:, :, ::1] dk, float[:, :, ::1] dv,
                  float[:, :, ::1] dlr, float[:, ::1] dtok, float[:, :, ::1] dW1, float[:, ::1] db1,
-                 float[:, ::1] dgamma, float[:, ::1] dbeta):
-    """Backward of ttt_forward; parameter gradients per row, summed by the caller."""
+                 float[:, ::1] dgamma, float[:, ::1] dbeta, const float[:, :, ::1] Winit=None,
+                 const float[:, ::1] binit=None, const uint8_t[:, ::1] reset=None):
+    """Backward of ttt_forward (the same streaming arguments); parameter gradients per row, summed by
+    the caller."""
     cdef bt_ttt_args a
     cdef int err
     _ttt_args(&a, H, q, k, v, cos, sin, lr, tok, W1, b1, gamma, beta)
+    _ttt_stream(&a, Winit, binit, reset)
     with nogil:
         err = bt_ttt_backward(&a, &Ws[0, 0, 0, 0], &saved[0, 0, 0], &dout[0, 0, 0], &dq[0, 0, 0], &dk[0, 0, 0],
                               &dv[0, 0, 0], &dlr[0, 0, 0], &dtok[0, 0], &dW1[0, 0, 0], &db1[0, 0],

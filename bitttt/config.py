@@ -22,6 +22,8 @@ def known_fields(cls, d: dict, what: str) -> dict:
 
 ARCHS = ("ttt", "attention")
 ARCH_FIELDS = ("arch", "layer_types", "num_kv_heads", "max_position_embeddings")
+# Fields a config writes only when set (older configs, files and model ids stay as they were).
+DECAY_FIELDS = ("state_decay", "state_decay_every")
 # Upper bounds of a sane model (far above any we train; a file claiming more is damaged or hostile).
 LIMITS = {"vocab_size": 2**24, "hidden_size": 2**16, "num_layers": 2**12, "num_heads": 2**12,
           "intermediate_size": 2**18, "mini_batch_size": 2**12, "ttt_base_lr": 1e4, "rope_theta": 1e12,
@@ -38,6 +40,11 @@ class BitLlamaConfig:
     (GQA; it divides num_heads; None = num_heads) and hold at most `max_position_embeddings`
     tokens of context.  Configs written before these fields existed load as "ttt", and a
     pure-TTT config writes none of them (its JSON, hence the model's identity, is unchanged).
+
+    Memory: every `state_decay_every` tokens read (a multiple of mini_batch_size; 0: never) the
+    TTT state moves the share `state_decay` (0 <= d < 1) of the way back to the trained initial
+    state, W <- W1 + (1 - d) (W - W1) (and b alike), so that a state that has read any amount of
+    text stays in the range training saw.  Off (0, 0) by default; written to the JSON only when on.
 
     Invalid values raise ValueError (TypeError for a wrong type) naming the field.
     """
@@ -57,6 +64,8 @@ class BitLlamaConfig:
     layer_types: list | None = None
     num_kv_heads: int | None = None
     max_position_embeddings: int = 4096
+    state_decay: float = 0.0
+    state_decay_every: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,6 +97,8 @@ class BitLlamaConfig:
     def validate(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.name in DECAY_FIELDS:
+                continue
             if f.type in ("int", int):
                 if isinstance(v, bool) or not isinstance(v, int):
                     raise TypeError(f"config.{f.name} must be an integer, got {v!r}")
@@ -113,6 +124,29 @@ class BitLlamaConfig:
         if self.rope_theta <= 1:
             raise ValueError(f"config.rope_theta must be > 1, got {self.rope_theta}")
         self._validate_arch()
+        self._validate_decay()
+
+    def _validate_decay(self) -> None:
+        d, every = self.state_decay, self.state_decay_every
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d):
+            raise TypeError(f"config.state_decay must be a number, got {d!r}")
+        self.state_decay = d = float(d)
+        if isinstance(every, bool) or not isinstance(every, int):
+            raise TypeError(f"config.state_decay_every must be an integer, got {every!r}")
+        if not 0 <= d < 1:
+            raise ValueError(f"config.state_decay must be in [0, 1), got {d}")
+        if every < 0 or every > 2**30:
+            raise ValueError(f"config.state_decay_every must be in [0, 2**30], got {every}")
+        if (d > 0) != (every > 0):
+            raise ValueError("config.state_decay and config.state_decay_every go together: set both (or neither)")
+        if every % self.mini_batch_size:
+            raise ValueError(f"config.state_decay_every ({every}) must be a multiple of config.mini_batch_size "
+                             f"({self.mini_batch_size})")
+
+    @property
+    def decays(self) -> bool:
+        """True when the TTT state decays toward its initial value (state_decay set)."""
+        return self.state_decay > 0
 
     def _validate_arch(self) -> None:
         if self.arch not in ARCHS:
@@ -142,13 +176,12 @@ class BitLlamaConfig:
 
     # -- JSON ---------------------------------------------------------------------
     def to_dict(self) -> dict:
-        """Every field, except the attention fields of a pure-TTT config left at their defaults
-        (such a config reads and hashes as it did before attention existed)."""
+        """Every field, except the attention fields of a pure-TTT config and the decay fields left at
+        their defaults (such a config reads and hashes as it did before those existed)."""
         d = dataclasses.asdict(self)
-        if self.kind == "ttt":
-            for f in fields(self):
-                if f.name in ARCH_FIELDS and d[f.name] == f.default:
-                    del d[f.name]
+        for f in fields(self):
+            if (f.name in DECAY_FIELDS or (self.kind == "ttt" and f.name in ARCH_FIELDS)) and d[f.name] == f.default:
+                del d[f.name]
         return d
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:

@@ -40,7 +40,7 @@ from .layers.ttt import (
 )
 from .params import init_params, module_params, param_shapes, param_table
 
-__all__ = ["BitLlama", "TTTState", "ModelState", "param_shapes"]
+__all__ = ["BitLlama", "TTTState", "ModelState", "StreamCarry", "param_shapes"]
 
 
 class TTTState:
@@ -114,6 +114,52 @@ class ModelState:
         return (self.ttt.nbytes if self.ttt is not None else 0) + sum(c.nbytes for c in self.kv.values())
 
 
+def _toward(a: np.ndarray, a1: np.ndarray, share: float) -> None:
+    """a <- a1 + (1 - share) (a - a1), in place, in a's dtype (the state decay)."""
+    a -= a1
+    a *= a.dtype.type(1.0 - share)
+    a += a1
+
+
+class StreamCarry:
+    """The TTT state carried from one training window to the next (streaming training), for B
+    sequences: per TTT layer li, W[li] [B, H, f, f] and b[li] [B, H, 1, f] (float32 / the model
+    dtype); fresh [B] bool: the sequence's next window starts from the trained (W1, b1) instead
+    (the start of a stream, or after a jump in the text).  `BitLlama.loss_and_grads(..., carry=)`
+    reads it and leaves in it the state after the window."""
+
+    def __init__(self, config: BitLlamaConfig, batch: int, dtype=np.float32):
+        h, f = config.num_heads, config.head_dim
+        self.layers = [li for li in range(config.num_layers) if config.types[li] != "attention"]
+        self.W = {li: np.zeros((batch, h, f, f), dtype) for li in self.layers}
+        self.b = {li: np.zeros((batch, h, 1, f), dtype) for li in self.layers}
+        self.fresh = np.ones(batch, dtype=bool)
+        self.read = np.zeros(batch, dtype=np.int64)  # tokens each sequence's state has read since its start
+
+    @property
+    def batch(self) -> int:
+        return len(self.fresh)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The carried tensors by name (W.<layer>, b.<layer>, fresh as uint8, read as int64) for a checkpoint."""
+        out = {f"W.{li}": self.W[li] for li in self.layers}
+        out.update({f"b.{li}": self.b[li] for li in self.layers})
+        out["fresh"] = self.fresh.astype(np.uint8)
+        out["read"] = self.read
+        return out
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what arrays() gave (shapes must match: ValueError)."""
+        for name, a in self.arrays().items():
+            if name not in arrays or tuple(arrays[name].shape) != a.shape:
+                raise ValueError(f"streaming state: {name} missing or of the wrong shape")
+        for li in self.layers:
+            self.W[li] = np.array(arrays[f"W.{li}"], dtype=self.W[li].dtype)
+            self.b[li] = np.array(arrays[f"b.{li}"], dtype=self.b[li].dtype)
+        self.fresh = np.asarray(arrays["fresh"]).astype(bool)
+        self.read = np.array(arrays["read"], dtype=np.int64)
+
+
 class BlockCache(NamedTuple):
     norm1: tuple
     ttt: tuple        # the mixer's cache: TTTLayerCache or AttentionLayerCache
@@ -151,6 +197,7 @@ class BitLlama:
         self.inference_only = False
         self._fused = None
         self._fused_lock = threading.Lock()  # the fused decoder's scratch is shared: one token at a time
+        self._fresh_ttt = None  # (W0, b0, params) of a fresh state: the target of the state decay
         self.kv_dtype = "float16"  # the KV cache of attention layers: float16 | int8 | float32
         if init:  # init=False: the caller fills self.params (for_inference)
             self.init_weights(0)
@@ -260,16 +307,26 @@ class BitLlama:
         check_finite(pre + "mlp", output=x)
         return x, BlockCache(c1, ct, c2, cm)
 
-    def _forward(self, tokens: np.ndarray) -> tuple[np.ndarray, ForwardCache]:
+    def _forward(self, tokens: np.ndarray, carry: StreamCarry | None = None,
+                 resets: np.ndarray | None = None) -> tuple[np.ndarray, ForwardCache]:
         be, cfg, p = self.backend, self.config, self.params
         for name, v in p.items():
             if not np.isfinite(v).all():
                 raise NonFiniteError(f"parameter {name} contains NaN or infinity")
+        if carry is not None:
+            nch = -(-tokens.shape[1] // cfg.mini_batch_size)
+            if carry.batch != tokens.shape[0]:
+                raise ValueError(f"the carried state holds {carry.batch} sequences, the batch has {tokens.shape[0]}")
+            r = np.zeros((tokens.shape[0], nch), dtype=np.uint8) if resets is None else np.array(resets, np.uint8)
+            r[:, 0] |= carry.fresh.astype(np.uint8)
+            resets = r
 
         def mixer(li, n1):
             if cfg.types[li] == "attention":
                 return attention_forward(be, module_params(p, cfg, li, "attn"), n1, cfg, name=f"layers.{li}.attn")
-            return ttt_forward(be, module_params(p, cfg, li, "ttt"), n1, cfg, name=f"layers.{li}.ttt")
+            init = None if carry is None else (carry.W[li], carry.b[li])
+            return ttt_forward(be, module_params(p, cfg, li, "ttt"), n1, cfg, name=f"layers.{li}.ttt", init=init,
+                               resets=resets)
 
         x = self._embed(tokens)
         blocks = []
@@ -286,16 +343,26 @@ class BitLlama:
         if self.inference_only:
             raise RuntimeError("this model was prepared for inference (quantized weights): it has no gradients")
 
-    def forward(self, tokens) -> np.ndarray:
-        """tokens int [B, T] (or [T]) -> logits [B, T, V] in the model dtype."""
+    def forward(self, tokens, *, carry: StreamCarry | None = None, resets=None) -> np.ndarray:
+        """tokens int [B, T] (or [T]) -> logits [B, T, V] in the model dtype.  carry, resets: as in
+        loss_and_grads (the carry then holds the state after these tokens)."""
         self._trainable()
         t = self._check_tokens(tokens)
-        logits, _ = self._forward(t)
+        logits, fc = self._forward(t, carry, resets)
+        if carry is not None:
+            self._hand_on(carry, fc)
         return logits if np.ndim(tokens) == 2 else logits[0]
 
-    def loss_and_grads(self, tokens, targets, mask=None) -> tuple[float, dict[str, np.ndarray]]:
+    def loss_and_grads(self, tokens, targets, mask=None, *, carry: StreamCarry | None = None,
+                       resets=None) -> tuple[float, dict[str, np.ndarray]]:
         """Mean cross-entropy of logits[b, t] against targets[b, t] (weighted by a 0/1 mask)
-        and its gradient for every parameter, by tensor name."""
+        and its gradient for every parameter, by tensor name.
+
+        Streaming training: `carry` (a StreamCarry for the B sequences) is the TTT state each
+        sequence starts from (the trained (W1, b1) where carry.fresh); on return it holds the state
+        after this window (fresh all False).  The gradient treats the carried state as a constant
+        (truncated at the window edge, as truncated BPTT).  resets [B, ceil(T / K)] 0/1: mini-batches
+        whose state restarts from (W1, b1) (e.g. after an <|endoftext|>)."""
         self._trainable()
         be, cfg, p = self.backend, self.config, self.params
         t = self._check_tokens(tokens)
@@ -308,7 +375,9 @@ class BitLlama:
                 mask = mask[None]
         if tg.dtype.kind not in "iu":
             raise TypeError(f"targets must be integer ids, got dtype {tg.dtype}")
-        logits, fc = self._forward(t)
+        if (carry is not None or resets is not None) and all(ty == "attention" for ty in cfg.types):
+            raise ValueError("streaming training carries the TTT state: this model has no TTT layers")
+        logits, fc = self._forward(t, carry, resets)
         loss, cl = cross_entropy_forward(be, logits, tg.astype(np.int64), mask)
         if not np.isfinite(loss):
             raise NonFiniteError(f"loss is {loss}: training diverged")
@@ -344,7 +413,30 @@ class BitLlama:
             g["embed.weight"] = demb
             g["lm_head.weight"] = dhead
         g = {k: np.ascontiguousarray(v, dtype=self.dtype) for k, v in g.items()}
+        if carry is not None:
+            self._hand_on(carry, fc)
         return float(loss), {k: g[k] for k in p}
+
+    def _hand_on(self, carry: StreamCarry, fc: ForwardCache) -> None:
+        """Leave in `carry` the state after the window (for the next one), decayed where the
+        stream has read a multiple of config.state_decay_every tokens since its start."""
+        cfg = self.config
+        t = fc.tokens.shape[1]
+        carry.read = np.where(carry.fresh, 0, carry.read) + t
+        for li in carry.layers:
+            carry.W[li], carry.b[li] = fc.blocks[li].ttt.final
+        carry.fresh[:] = False
+        if cfg.decays:
+            if cfg.state_decay_every % t:
+                raise ValueError(f"config.state_decay_every ({cfg.state_decay_every}) must be a multiple of the "
+                                 f"window length ({t}) to train with a carried state")
+            rows = np.flatnonzero(carry.read % cfg.state_decay_every == 0)
+            for li in carry.layers:
+                p = module_params(self.params, cfg, li, "ttt")
+                h, f = cfg.num_heads, cfg.head_dim
+                for r in rows:
+                    _toward(carry.W[li][r], p["W1"].astype(carry.W[li].dtype), cfg.state_decay)
+                    _toward(carry.b[li][r], p["b1"].reshape(h, 1, f).astype(carry.b[li].dtype), cfg.state_decay)
 
     # -- inference --------------------------------------------------------------------
     def new_state(self, kv_dtype: str | None = None) -> TTTState | ModelState:
@@ -391,7 +483,7 @@ class BitLlama:
         layer at a time -> logits of the last token [V], or of every token [T, V] with all_logits.
         With attention layers, ValueError (state unchanged) when the context would pass
         config.max_position_embeddings."""
-        be, cfg = self.backend, self.config
+        cfg = self.config
         ids = self._check_ids(tokens)
         hybrid = isinstance(state, ModelState)
         if cfg.kind != "ttt" and not hybrid:
@@ -401,6 +493,33 @@ class BitLlama:
                              f"config.max_position_embeddings = {cfg.max_position_embeddings} of the attention "
                              f"layers; start a new state (or /reset) to read more")
         ttt = state.ttt if hybrid else state
+        if cfg.decays and ttt is not None:  # read up to each decay point, decay there, go on
+            parts, start = [], 0
+            while start < ids.size:
+                end = min(ids.size, start + cfg.state_decay_every - ttt.n_tokens % cfg.state_decay_every)
+                parts.append(self._prefill(state, ttt, ids[start:end], all_logits))
+                self._decay(ttt)
+                start = end
+            return np.concatenate(parts) if all_logits else parts[-1]
+        return self._prefill(state, ttt, ids, all_logits)
+
+    def _decay(self, ttt: TTTState) -> None:
+        """At a decay point (config.state_decay_every tokens read; the mini-batch sums are empty
+        there), move the state the share config.state_decay back to the fresh state."""
+        cfg = self.config
+        if not cfg.decays or ttt.n_tokens % cfg.state_decay_every:
+            return
+        fresh = self._fresh_ttt
+        if fresh is None or fresh[2] is not self.params or not self.inference_only:
+            f = self.new_ttt_state()
+            fresh = (f.W0, f.b0, self.params)
+            if self.inference_only:  # its parameters never change
+                self._fresh_ttt = fresh
+        _toward(ttt.W0, fresh[0], cfg.state_decay)
+        _toward(ttt.b0, fresh[1], cfg.state_decay)
+
+    def _prefill(self, state, ttt: TTTState | None, ids: np.ndarray, all_logits: bool) -> np.ndarray:
+        be, cfg = self.backend, self.config
         tix = {li: i for i, li in enumerate(cfg.layers_of("ttt"))}
 
         def mixer(li, n1):
@@ -432,6 +551,7 @@ class BitLlama:
             dec.step(x, state.W0, state.b0, state.Kb, state.Gb, state.Sb, state.pos, logits)
         state.pos = (state.pos + 1) % self.config.mini_batch_size
         state.n_tokens += 1
+        self._decay(state)
         if not np.isfinite(logits).all():
             raise FloatingPointError("the model produced NaN or infinite logits")
         return logits
@@ -462,6 +582,7 @@ class BitLlama:
         for s in states:
             s.pos = (s.pos + 1) % cfg.mini_batch_size
             s.n_tokens += 1
+            self._decay(s)
         return self._logits(x)
 
     def _ttt_params(self) -> list[dict]:

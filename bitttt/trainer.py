@@ -33,7 +33,7 @@ from .formats import CheckpointError, latest_checkpoint, load_checkpoint, save_c
 from .formats.runs import checkpoint_step as _ckpt_step
 from .layers.common import NonFiniteError
 from .layers.loss import cross_entropy_forward
-from .model import BitLlama
+from .model import BitLlama, StreamCarry
 from .monitor import Monitor
 from .optim import AdamW, global_norm, lr_at
 
@@ -95,7 +95,17 @@ class TrainConfig:
     model: dict = _doc(help="model shape, BitLlamaConfig fields (set one with model.<field>=value)",
                        factory=lambda: dict(DEFAULT_MODEL))
     batch_size: int = _doc(8, "sequences per micro-batch")
-    seq_len: int = _doc(128, "tokens per training sequence (the TTT state starts fresh at each)")
+    seq_len: int = _doc(128, "tokens per training sequence (without stream the TTT state starts fresh at each)")
+    stream: bool = _doc(False, "streaming training: each batch row reads consecutive windows of one stream of the "
+                               "text and the TTT state carries over from window to window (the gradient is "
+                               "truncated at the window edge), so the model learns from states that have read "
+                               "arbitrarily long text")
+    stream_max_len: int = _doc(65536, "with stream: the states' longest read in tokens; the batch's streams "
+                                      "restart their state every seq_len ... stream_max_len tokens, spread "
+                                      "geometrically (stream 0 every window), so training sees states of every "
+                                      "age and trains the fresh state too (0: never restart)")
+    reset_at_eot: bool = _doc(False, "with stream: restart the TTT state at the first mini-batch after each "
+                                     "<|endoftext|> (off: the state reads across documents, as a chat does)")
     grad_accum: int = _doc(1, "micro-batches per optimizer step on each rank (tokens per step = "
                               "batch_size*seq_len*grad_accum*ranks)")
     max_steps: int = _doc(600, "optimizer steps to train for (the cosine schedule ends here)")
@@ -137,13 +147,16 @@ class TrainConfig:
                     "eval_batches", "ckpt_interval", "keep_last", "log_interval")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ints_pos or f.name in ("warmup_steps", "seed", "threads", "sample_tokens"):
+            if f.name in ints_pos or f.name in ("warmup_steps", "seed", "threads", "sample_tokens", "stream_max_len"):
                 if isinstance(v, bool) or not isinstance(v, int):
                     raise TypeError(f"train.{f.name} must be an integer, got {v!r}")
                 if f.name in ints_pos and v < 1:
                     raise ValueError(f"train.{f.name} must be >= 1, got {v}")
                 if v < 0:
                     raise ValueError(f"train.{f.name} must be >= 0, got {v}")
+            elif f.name in ("stream", "reset_at_eot"):
+                if not isinstance(v, bool):
+                    raise TypeError(f"train.{f.name} must be true or false, got {v!r}")
             elif f.name in ("max_time", "lr", "min_lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip",
                             "val_fraction"):
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -178,6 +191,8 @@ class TrainConfig:
         if not isinstance(self.model, dict):
             raise TypeError(f"train.model must be an object of model config fields, got {self.model!r}")
         known_fields(BitLlamaConfig, self.model, "model config")
+        if self.reset_at_eot and not self.stream:
+            raise ValueError("train.reset_at_eot needs train.stream (without it every sequence starts fresh anyway)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -236,6 +251,9 @@ def _check_fits(cfg: TrainConfig) -> None:
     from .formats.validate import implied_size
 
     mcfg = BitLlamaConfig.from_dict({"vocab_size": cfg.vocab_size, **cfg.model})
+    if mcfg.decays and (mcfg.state_decay_every % cfg.seq_len or not cfg.stream):
+        raise ValueError(f"model.state_decay_every ({mcfg.state_decay_every}) needs train.stream and a multiple of "
+                         f"train.seq_len ({cfg.seq_len}): the state decays between training windows")
     sz = implied_size(mcfg)
     d, i, v, L = mcfg.hidden_size, mcfg.intermediate_size, mcfg.vocab_size, mcfg.num_layers
     need = 16 * sz.params + 4 * cfg.batch_size * cfg.seq_len * (L * (12 * d + 3 * i) + 2 * v)
@@ -282,7 +300,8 @@ class Trainer:
         mpiexec, else this process alone); grad_accum counts micro-batches per rank, so a step learns from
         batch_size x grad_accum x world.size sequences.  check_every: on several ranks, compare a hash of
         the parameters across ranks every this many steps (and before each checkpoint)."""
-        from .data import Batches, TokenData
+        from .data import Batches, Streams, TokenData
+        from .data.loader import geometric_periods
         from .tokenizer import Tokenizer
 
         if config is None:
@@ -340,7 +359,22 @@ class Trainer:
         self.model.init_weights(config.seed)
         self.opt = AdamW(self.model.params, betas=(config.beta1, config.beta2), eps=config.eps,
                          weight_decay=config.weight_decay, backend=self.model.backend)
-        self.batches = Batches(self.train_data, config.batch_size, config.seq_len, config.seed)
+        self.carries: list[StreamCarry] = []
+        if config.stream:
+            if self.world.size > 1:
+                raise ValueError("train.stream runs on one process for now (the carried TTT state is not shared "
+                                 "between ranks): start it without mpiexec")
+            if all(t == "attention" for t in self.model_config.types):
+                raise ValueError("train.stream carries the TTT state: this model has no TTT layers")
+            n_streams = config.batch_size * config.grad_accum
+            periods = (geometric_periods(n_streams, config.seq_len, config.stream_max_len)
+                       if config.stream_max_len else None)
+            self.batches = Streams(self.train_data, config.batch_size, config.seq_len, config.seed,
+                                   groups=config.grad_accum, periods=periods)
+            self.carries = [StreamCarry(self.model_config, config.batch_size, self.model.dtype)
+                            for _ in range(config.grad_accum)]
+        else:
+            self.batches = Batches(self.train_data, config.batch_size, config.seq_len, config.seed)
         self.step = 0
         self.best_val = float("inf")
         self.tokens_seen = 0
@@ -399,6 +433,13 @@ class Trainer:
         self.best_val = float(st.get("best_val", float("inf")))
         self.tokens_seen = int(st.get("tokens_seen", 0))
         self.elapsed = float(st.get("elapsed_s", 0.0))
+        for g, carry in enumerate(self.carries):
+            pre = f"stream.{g}."
+            try:
+                carry.load_arrays({k[len(pre):]: v for k, v in ck.extra.items() if k.startswith(pre)})
+            except ValueError as e:
+                raise CheckpointError(f"{ck.path}: {e} (group {g}): the checkpoint does not hold this run's "
+                                      "streaming state") from None
 
     def save(self, path: str | None = None) -> str:
         """Write a checkpoint (weights, optimizer moments, schedule position, data position,
@@ -413,8 +454,10 @@ class Trainer:
             return path
         else:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        extra = {f"stream.{g}.{k}": v for g, c in enumerate(self.carries) for k, v in c.arrays().items()}
         save_checkpoint(path, params=self.model.params, optim=self.opt.state_tensors(), config=self.model_config,
-                        train=self.cfg.to_dict(), state=self._state(), tokenizer=self.tokenizer.to_bytes())
+                        train=self.cfg.to_dict(), state=self._state(), tokenizer=self.tokenizer.to_bytes(),
+                        extra=extra)
         return path
 
     def _prune(self) -> None:
@@ -479,6 +522,10 @@ class Trainer:
         if batch is not None and ranks > 1:
             raise ValueError("train_step(batch) runs on one process; on several ranks every step takes its "
                              "micro-batches from the loader")
+        if batch is not None and self.carries:
+            raise ValueError("train_step(batch) takes random windows; a streaming run (train.stream) reads its own")
+        if self.carries:
+            return self._stream_step()
         micro = [batch] if batch is not None else [self.batches.next() for _ in range(cfg.grad_accum * ranks)]
         micro = [(mb[0], mb[1], mb[2] if len(mb) > 2 else None) for mb in micro]
         counts = [float(np.asarray(x).size) if m is None else float(np.sum(m, dtype=np.float64)) for x, _, m in micro]
@@ -517,6 +564,49 @@ class Trainer:
         denom = total_w if weighted else len(micro)
         self._apply(acc, denom)
         return total / denom
+
+    def _stream_step(self) -> float:
+        """train_step of a streaming run: micro-batch g continues the streams of group g from the
+        state group g's carry holds (restarted where Streams marks a jump, and with reset_at_eot
+        after each <|endoftext|>); the carries then hold the states after these windows."""
+        cfg, k = self.cfg, self.model_config.mini_batch_size
+        eos = self.tokenizer.eos_id
+        acc, total, total_w, counted = None, 0.0, 0.0, []
+        for _ in range(cfg.grad_accum):
+            x, y, m = self.batches.next()
+            carry = self.carries[self.batches.group]
+            carry.fresh |= self.batches.fresh
+            resets = None
+            if cfg.reset_at_eot:
+                nch = -(-x.shape[1] // k)
+                ends = np.zeros((x.shape[0], nch), dtype=bool)  # chunk c holds an <|endoftext|>
+                for c in range(nch):
+                    ends[:, c] = (x[:, c * k:(c + 1) * k] == eos).any(axis=1)
+                resets = np.zeros((x.shape[0], nch), dtype=np.uint8)
+                resets[:, 1:] = ends[:, :-1]
+            self.tokens_seen += int(x.size)
+            c = float(x.size) if m is None else float(np.sum(m, dtype=np.float64))
+            counted.append(c)
+            if c == 0:  # nothing to learn from, but the state still reads the window
+                self.model.forward(x, carry=carry, resets=resets)
+            else:
+                loss, grads = self.model.loss_and_grads(x, y, m, carry=carry, resets=resets)
+                for g in grads.values():
+                    g *= c
+                if acc is None:
+                    acc = grads
+                else:
+                    for name, g in grads.items():
+                        acc[name] += g
+                total += loss * c
+                total_w += c
+            if cfg.reset_at_eot:
+                carry.fresh = (x[:, -(x.shape[1] - (nch - 1) * k):] == eos).any(axis=1)
+        if total_w <= 0:
+            raise ValueError(f"step {self.step + 1}: the loss mask of every micro-batch is all zeros: no token to "
+                             "learn from")
+        self._apply(acc, total_w)
+        return total / total_w
 
     def _grads_ranks(self, micro: list, counts: list[float], weighted: bool):
         """The sum of the step's micro-batch gradients on several ranks -> (acc by name, losses in

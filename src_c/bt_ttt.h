@@ -30,6 +30,15 @@
 typedef struct {
     int64_t B, H, T, f, K;
     const float *q, *k, *v, *cos, *sin, *lr, *tok, *W1, *b1, *gamma, *beta;
+    /* Streaming (stateful) training; all NULL for sequences that start from (W1, b1):
+     *   Winit [R, f, f], binit [R, f]  the state row r starts from (a state carried over from the
+     *                                  window before); the backward treats it as a constant
+     *   reset [B, C] (0/1)             1: the state is set to (W1, b1) at the start of that mini-batch
+     *                                  (mini-batch 0 always starts from (W1, b1) without Winit)
+     *   Wfin [R, f, f], bfin [R, f]    forward output: the state after the last mini-batch */
+    const float *Winit, *binit;
+    const uint8_t *reset;
+    float *Wfin, *bfin;
 } bt_ttt_args;
 
 /* Floats saved per (row, mini-batch) for the backward. */
@@ -42,7 +51,9 @@ int bt_ttt_forward(const bt_ttt_args *a, float *out, float *Ws, float *saved);
 /* dout [B, T, D] -> dq, dk, dv [B, T, D] (gradients of the raw, un-rotated projections),
  * dlr [B, H, T], and per-row partial parameter
  * gradients (the caller sums them over rows, in a fixed order): dtok [R, K],
- * dW1 [R, f, f], db1 [R, f], dgamma [R, f], dbeta [R, f].  BT_OK or BT_ERR_NOMEM. */
+ * dW1 [R, f, f], db1 [R, f], dgamma [R, f], dbeta [R, f].  With Winit or reset, dW1/db1 hold the
+ * gradient through the mini-batches that started from (W1, b1) only: the gradient reaching a
+ * carried Winit is dropped (truncated at the window edge).  BT_OK or BT_ERR_NOMEM. */
 int bt_ttt_backward(const bt_ttt_args *a, const float *Ws, float *saved, const float *dout,
                     float *dq, float *dk, float *dv, float *dlr, float *dtok, float *dW1, float *db1,
                     float *dgamma, float *dbeta);

@@ -466,10 +466,16 @@ INLINE void row_forward(const bt_ttt_args *a, int64_t r, float *out, float *Ws, 
                         const int64_t f, const int mm64) {
     const int64_t T = a->T, K = a->K, H = a->H, h = r % H, bi = r / H, D = H * f, C = (T + K - 1) / K;
     float *W = s->Wc, *b = s->bc;
-    memcpy(W, a->W1 + h * f * f, (size_t)(f * f) * sizeof(float));
-    memcpy(b, a->b1 + h * f, (size_t)f * sizeof(float));
+    const uint8_t *rs = a->reset ? a->reset + bi * C : NULL;
     for (int64_t c = 0; c < C; c++) {
         const int64_t t0 = c * K, n = T - t0 < K ? T - t0 : K;
+        if (c == 0 && a->Winit && !(rs && rs[0])) {
+            memcpy(W, a->Winit + r * f * f, (size_t)(f * f) * sizeof(float));
+            memcpy(b, a->binit + r * f, (size_t)f * sizeof(float));
+        } else if (c == 0 || (rs && rs[c])) {
+            memcpy(W, a->W1 + h * f * f, (size_t)(f * f) * sizeof(float));
+            memcpy(b, a->b1 + h * f, (size_t)f * sizeof(float));
+        }
         memcpy(Ws + (r * C + c) * f * f, W, (size_t)(f * f) * sizeof(float));
         bind_saved(s, saved + (r * C + c) * bt_ttt_saved_floats(K, f), K, f);
         const int64_t o = (bi * T + t0) * D + h * f;
@@ -487,6 +493,24 @@ INLINE void row_forward(const bt_ttt_args *a, int64_t r, float *out, float *Ws, 
                       W, b, s->oc, s, mm64);
         copy_rows(n, f, s->oc, f, out + o, D, NULL, NULL, 1.0f);
     }
+    if (a->Wfin) memcpy(a->Wfin + r * f * f, W, (size_t)(f * f) * sizeof(float));
+    if (a->bfin) memcpy(a->bfin + r * f, b, (size_t)f * sizeof(float));
+}
+
+/* The gradient (dW, db) of a mini-batch's starting state goes to (W1, b1) when that mini-batch
+ * started from them: dW1, db1 take it (a copy the first time, so a single start gives the same
+ * bits as before) and the state's gradient restarts from zero. */
+INLINE void to_initial(int64_t f, float *dW, float *db, float *dW1, float *db1, int *have) {
+    if (*have) {
+        for (int64_t i = 0; i < f * f; i++) dW1[i] += dW[i];
+        for (int64_t i = 0; i < f; i++) db1[i] += db[i];
+    } else {
+        memcpy(dW1, dW, (size_t)(f * f) * sizeof(float));
+        memcpy(db1, db, (size_t)f * sizeof(float));
+        *have = 1;
+    }
+    memset(dW, 0, (size_t)(f * f) * sizeof(float));
+    memset(db, 0, (size_t)f * sizeof(float));
 }
 
 INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, float *saved, const float *dout,
@@ -494,6 +518,8 @@ INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, float
                          float *dgamma, float *dbeta, scratch *s, const int64_t f, const int mm64) {
     const int64_t T = a->T, K = a->K, H = a->H, h = r % H, bi = r / H, D = H * f, C = (T + K - 1) / K;
     float *dW = s->dW, *db = s->db;
+    const uint8_t *rs = a->reset ? a->reset + bi * C : NULL;
+    int have = 0; /* dW1, db1 of this row written yet */
     memset(dW, 0, (size_t)(f * f) * sizeof(float));
     memset(db, 0, (size_t)f * sizeof(float));
     memset(dtok + r * K, 0, (size_t)K * sizeof(float));
@@ -522,9 +548,12 @@ INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, float
         copy_rows(n, f, s->dqc, f, dq + o, D, a->cos, a->sin, -1.0f);
         copy_rows(n, f, s->dkc, f, dk + o, D, a->cos, a->sin, -1.0f);
         copy_rows(n, f, s->dvc, f, dv + o, D, NULL, NULL, 1.0f);
+        if ((c == 0 && !(a->Winit)) || (rs && rs[c])) to_initial(f, dW, db, dW1 + r * f * f, db1 + r * f, &have);
     }
-    memcpy(dW1 + r * f * f, dW, (size_t)(f * f) * sizeof(float));
-    memcpy(db1 + r * f, db, (size_t)f * sizeof(float));
+    if (!have) { /* every mini-batch continued a carried state: no gradient reaches (W1, b1) */
+        memset(dW1 + r * f * f, 0, (size_t)(f * f) * sizeof(float));
+        memset(db1 + r * f, 0, (size_t)f * sizeof(float));
+    }
 }
 
 /* Each ISA gets a copy specialized for the common head widths (the compiler then fully

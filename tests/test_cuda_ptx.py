@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "cuda"))
 import build  # noqa: E402  (cuda/build.py)
+
 from bitttt.backend.cuda import PTX_DIR, read_ptx_kernels  # noqa: E402
 
 

@@ -160,9 +160,27 @@ class TTTCache(NamedTuple):
     Ws: np.ndarray      # inner weights at each mini-batch start [B H, chunks, f, f]
     saved: np.ndarray   # what the backward needs per (sequence x head, mini-batch)
     shape: tuple        # (B, T, D, H, Kmb)
+    stream: dict        # the streaming arguments (Winit, binit, reset), empty without them
 
 
-def ttt_forward(q, k, v, lr, tok, W1, b1, gamma, beta, num_heads: int, mini_batch: int, rope_theta: float):
+def _stream_args(init, resets, bsz: int, h: int, f: int, nch: int) -> dict:
+    """The C loop's optional streaming arguments from ttt_forward's init / resets."""
+    out = {}
+    if init is not None:
+        W, b = init
+        out["Winit"] = _c(np.asarray(W, np.float32).reshape(bsz * h, f, f))
+        out["binit"] = _c(np.asarray(b, np.float32).reshape(bsz * h, f))
+    if resets is not None:
+        r = np.ascontiguousarray(resets, dtype=np.uint8)
+        if r.shape != (bsz, nch):
+            raise ValueError(f"ttt_forward: resets has shape {r.shape}, expected {(bsz, nch)} "
+                             "(sequences x mini-batches)")
+        out["reset"] = r
+    return out
+
+
+def ttt_forward(q, k, v, lr, tok, W1, b1, gamma, beta, num_heads: int, mini_batch: int, rope_theta: float, *,
+                init=None, resets=None, final: bool = False):
     """The numpy backend's ttt_forward in C: sequences x heads in parallel, RoPE inside."""
     bsz, t, d = q.shape
     h, kmb = num_heads, mini_batch
@@ -173,8 +191,15 @@ def ttt_forward(q, k, v, lr, tok, W1, b1, gamma, beta, num_heads: int, mini_batc
     saved = np.empty((bsz * h, nch, _core.ttt_saved_floats(kmb, f)), dtype=np.float32)
     merged = np.empty((bsz, t, d), dtype=np.float32)
     args = (h, _c(q), _c(k), _c(v), cos, sin, _c(lr), _c(tok), _c(W1), _c(b1.reshape(h, f)), _c(gamma), _c(beta))
-    _core.ttt_forward(*args, merged, Ws, saved)
-    return merged, TTTCache(args, Ws, saved, (bsz, t, d, h, kmb))
+    stream = _stream_args(init, resets, bsz, h, f, nch)
+    if final:
+        Wf = np.empty((bsz, h, f, f), dtype=np.float32)
+        bf = np.empty((bsz, h, 1, f), dtype=np.float32)
+        _core.ttt_forward(*args, merged, Ws, saved, Wfin=Wf.reshape(bsz * h, f, f), bfin=bf.reshape(bsz * h, f),
+                          **stream)
+        return merged, TTTCache(args, Ws, saved, (bsz, t, d, h, kmb), stream), (Wf, bf)
+    _core.ttt_forward(*args, merged, Ws, saved, **stream)
+    return merged, TTTCache(args, Ws, saved, (bsz, t, d, h, kmb), stream)
 
 
 def ttt_backward(dmerged: np.ndarray, c: TTTCache) -> TTTGrads:
@@ -186,7 +211,7 @@ def ttt_backward(dmerged: np.ndarray, c: TTTCache) -> TTTGrads:
     dW1_r = np.empty((r, f, f), dtype=np.float32)
     db1_r, dgamma_r, dbeta_r = (np.empty((r, f), dtype=np.float32) for _ in range(3))
     _core.ttt_backward(*c.args, c.Ws, c.saved, np.ascontiguousarray(dmerged), dq, dk, dv, dlr, dtok_r, dW1_r, db1_r,
-                       dgamma_r, dbeta_r)
+                       dgamma_r, dbeta_r, **c.stream)
     return TTTGrads(dq, dk, dv, dlr, dtok_r.sum(axis=0), dW1_r.reshape(bsz, h, f, f).sum(axis=0),
                     db1_r.reshape(bsz, h, 1, f).sum(axis=0), dgamma_r.reshape(bsz, h, f).sum(axis=0),
                     dbeta_r.reshape(bsz, h, f).sum(axis=0))

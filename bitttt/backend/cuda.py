@@ -622,9 +622,16 @@ class TTTCache(NamedTuple):
     shape: tuple     # (B, T, D, H, Kmb)
 
 
-def ttt_forward(q, k, v, lr, tok, W1, b1, gamma, beta, num_heads: int, mini_batch: int, rope_theta: float):
+def ttt_forward(q, k, v, lr, tok, W1, b1, gamma, beta, num_heads: int, mini_batch: int, rope_theta: float, *,
+                init=None, resets=None, final: bool = False):
     """The numpy backend's ttt_forward on the GPU (ttt_fwd: one block per sequence x head, RoPE inside,
-    the inner state saved at each mini-batch start for the backward)."""
+    the inner state saved at each mini-batch start for the backward).  The streaming arguments
+    (init, resets, final) run on the host through the cpu backend (no GPU kernel for them yet)."""
+    if init is not None or resets is not None or final:
+        from . import cpu
+
+        return cpu.ttt_forward(q, k, v, lr, tok, W1, b1, gamma, beta, num_heads, mini_batch, rope_theta,
+                               init=init, resets=resets, final=final)
     bsz, t, d = q.shape
     h, kmb = num_heads, mini_batch
     f = d // h
@@ -646,6 +653,10 @@ def ttt_forward(q, k, v, lr, tok, W1, b1, gamma, beta, num_heads: int, mini_batc
 def ttt_backward(dmerged: np.ndarray, c: TTTCache) -> TTTGrads:
     """Gradients of ttt_forward (ttt_bwd: each mini-batch's forward recomputed from the saved state,
     then its backward, in reverse order); the per-sequence parameter gradients summed on the host."""
+    if not isinstance(c, TTTCache):  # a streaming window, computed on the host
+        from . import cpu
+
+        return cpu.ttt_backward(dmerged, c)
     bsz, t, d, h, kmb = c.shape
     f, r = d // h, bsz * h
     dq, dk, dv = (DeviceArray((bsz, t, d), np.float32) for _ in range(3))

@@ -342,6 +342,7 @@ class TTTCache(NamedTuple):
     lr: np.ndarray      # [B, H, T]
     tok: np.ndarray     # [Kmb]
     shape: tuple        # (B, T, D, H, Kmb)
+    starts: np.ndarray | None = None  # [B, chunks] bool: the mini-batch started from (W1, b1); None: the first only
 
 
 class TTTGrads(NamedTuple):
@@ -359,14 +360,38 @@ class TTTGrads(NamedTuple):
     dbeta: np.ndarray
 
 
-def ttt_forward(q, k, v, lr, tok, W1, b1, gamma, beta, num_heads: int, mini_batch: int, rope_theta: float):
+def _starts(init, resets, bsz: int, nch: int) -> np.ndarray | None:
+    """[B, chunks] bool: which mini-batches start from (W1, b1) (None: only every sequence's first)."""
+    if init is None and resets is None:
+        return None
+    st = np.zeros((bsz, nch), dtype=bool)
+    if resets is not None:
+        r = np.asarray(resets)
+        if r.shape != (bsz, nch):
+            raise ValueError(f"ttt_forward: resets has shape {r.shape}, expected {(bsz, nch)} "
+                             "(sequences x mini-batches)")
+        st |= r.astype(bool)
+    if init is None:
+        st[:, 0] = True
+    return st
+
+
+def ttt_forward(q, k, v, lr, tok, W1, b1, gamma, beta, num_heads: int, mini_batch: int, rope_theta: float, *,
+                init=None, resets=None, final: bool = False):
     """The TTT-Linear inner loop over whole sequences: q, k, v [B, T, D] (projections, before
     RoPE at positions t mod Kmb), lr [B, H, T] (gated learning rates), tok [Kmb] (position
     scales), W1 [H, f, f], b1 [H, 1, f] (the state every sequence starts from), gamma, beta
-    [H, f] (inner LayerNorm) -> (merged inner outputs [B, T, D], cache)."""
+    [H, f] (inner LayerNorm) -> (merged inner outputs [B, T, D], cache).
+
+    Streaming: init = (W [B, H, f, f], b [B, H, 1, f]) the state each sequence starts from instead
+    (carried from the window before: the backward treats it as a constant); resets [B, chunks] 0/1:
+    the state is set to (W1, b1) at the start of those mini-batches; final: also return the state
+    after the last mini-batch, (W [B, H, f, f], b [B, H, 1, f])."""
     bsz, t, d = q.shape
     h, kmb = num_heads, mini_batch
     f = d // h
+    nch = -(-t // kmb)
+    starts = _starts(init, resets, bsz, nch)
     cos, sin = rope_tables(np.arange(t) % kmb, f, rope_theta, q.dtype)
     Q = rope_apply(_heads(q, h), cos, sin)
     Kx = rope_apply(_heads(k, h), cos, sin)
@@ -375,19 +400,31 @@ def ttt_forward(q, k, v, lr, tok, W1, b1, gamma, beta, num_heads: int, mini_batc
     bet = beta[None, :, None, :]
     W = np.broadcast_to(W1[None], (bsz, h, f, f))
     bb = np.broadcast_to(b1[None], (bsz, h, 1, f))
+    if init is not None:
+        W0 = np.array(init[0], dtype=q.dtype).reshape(bsz, h, f, f)
+        b0 = np.array(init[1], dtype=q.dtype).reshape(bsz, h, 1, f)
+        W, bb = np.where(starts[:, 0, None, None, None], W, W0), np.where(starts[:, 0, None, None, None], bb, b0)
     out = np.empty_like(Q)
     caches = []
-    for s in range(0, t, kmb):
+    for c, s in enumerate(range(0, t, kmb)):
+        if starts is not None and c > 0 and starts[:, c].any():
+            m = starts[:, c, None, None, None]
+            W, bb = np.where(m, W1[None], W), np.where(m, b1[None], bb)
         e = min(s + kmb, t)
         E = tok[:e - s, None] * lr[:, :, None, s:e]
-        o, W, bb, c = minibatch_forward(W, bb, Q[:, :, s:e], Kx[:, :, s:e], V[:, :, s:e], E, gam, bet)
+        o, W, bb, mc = minibatch_forward(W, bb, Q[:, :, s:e], Kx[:, :, s:e], V[:, :, s:e], E, gam, bet)
         out[:, :, s:e] = o
-        caches.append(c)
-    return _merge(out), TTTCache(caches, cos, sin, lr, tok, (bsz, t, d, h, kmb))
+        caches.append(mc)
+    cache = TTTCache(caches, cos, sin, lr, tok, (bsz, t, d, h, kmb), starts)
+    if final:
+        return _merge(out), cache, (np.array(np.broadcast_to(W, (bsz, h, f, f))),
+                                    np.array(np.broadcast_to(bb, (bsz, h, 1, f))))
+    return _merge(out), cache
 
 
 def ttt_backward(dmerged: np.ndarray, c: TTTCache) -> TTTGrads:
-    """dmerged [B, T, D] -> TTTGrads, through every mini-batch and the carried state."""
+    """dmerged [B, T, D] -> TTTGrads, through every mini-batch and the carried state (with
+    streaming arguments: only through the mini-batches that started from (W1, b1))."""
     bsz, t, d, h, kmb = c.shape
     f = d // h
     dt = dmerged.dtype
@@ -401,8 +438,11 @@ def ttt_backward(dmerged: np.ndarray, c: TTTCache) -> TTTGrads:
     dbeta = np.zeros((h, f), dtype=dt)
     dW = np.zeros((bsz, h, f, f), dtype=dt)
     db = np.zeros((bsz, h, 1, f), dtype=dt)
+    dW1 = np.zeros((bsz, h, f, f), dtype=dt)
+    db1 = np.zeros((bsz, h, 1, f), dtype=dt)
     starts = list(range(0, t, kmb))
-    for s, mc in zip(reversed(starts), reversed(c.minibatches)):
+    for ci in reversed(range(len(starts))):
+        s, mc = starts[ci], c.minibatches[ci]
         e = min(s + kmb, t)
         n = e - s
         dW, db, dqc, dkc, dvc, dE, dga, dbe = minibatch_backward(dout[:, :, s:e], dW, db, mc)
@@ -412,9 +452,15 @@ def ttt_backward(dmerged: np.ndarray, c: TTTCache) -> TTTGrads:
         # E[b,h,i,j] = tok[i] * lr[b,h,s+j]
         dtok[:n] += np.einsum("bhij,bhj->i", dE, c.lr[:, :, s:e])
         dlr[:, :, s:e] = np.einsum("bhij,i->bhj", dE, c.tok[:n])
+        if c.starts is not None:  # the state's gradient goes to (W1, b1) where the mini-batch started from them
+            m = c.starts[:, ci, None, None, None]
+            dW1, db1 = dW1 + np.where(m, dW, 0), db1 + np.where(m, db, 0)
+            dW, db = np.where(m, 0, dW), np.where(m, 0, db)
     dq = _merge(rope_apply(dQ, c.cos, c.sin, inverse=True))
     dk = _merge(rope_apply(dK, c.cos, c.sin, inverse=True))
-    return TTTGrads(dq, dk, _merge(dV), dlr, dtok, dW.sum(axis=0), db.sum(axis=0), dgamma, dbeta)
+    if c.starts is None:
+        dW1, db1 = dW, db
+    return TTTGrads(dq, dk, _merge(dV), dlr, dtok, dW1.sum(axis=0), db1.sum(axis=0), dgamma, dbeta)
 
 
 def ttt_prefill(pos: int, q, k, v, x, lr_w, lr_b, lr_scale: float, tok, gamma, beta, W0, b0, Kb, Gb, Sb, out) -> None:

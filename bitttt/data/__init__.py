@@ -10,7 +10,8 @@ Modules:
 * `pipeline`: `prepare` (tokenizer training, encoding, manifest, atomic install of the output folder) and
   `train_tokenizer` (a `Tokenizer` trained on the readers' texts).
 * `layout`: the folder's file names, format tag and `token_dtype`.
-* `loader`: `TokenData` (a split, memory-mapped) and `Batches` (random training windows).
+* `loader`: `TokenData` (a split, memory-mapped), `Batches` (random training windows) and `Streams`
+  (consecutive windows for streaming training).
 * `corpus`: the built-in corpus (`builtin:python-docs`).
 * `__main__`: the command line.
 
@@ -29,7 +30,7 @@ end, so a failure leaves nothing behind.
 """
 from .corpus import BUILTIN, python_docs, write_builtin
 from .layout import FORMAT, FORMAT_VERSION, MANIFEST, SPLITS, TOKENIZER_FILE, DataError, token_dtype
-from .loader import Batches, TokenData
+from .loader import Batches, Streams, TokenData
 from .pipeline import prepare, train_tokenizer
 from .readers import JSONL_EXTENSIONS, TEXT_EXTENSIONS, check_inputs, iter_texts
 
@@ -43,6 +44,7 @@ __all__ = [
     "TEXT_EXTENSIONS",
     "TOKENIZER_FILE",
     "Batches",
+    "Streams",
     "DataError",
     "TokenData",
     "check_inputs",

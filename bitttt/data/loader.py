@@ -3,6 +3,7 @@
     data = TokenData("data/tiny", "train")
     data.check_tokenizer(tokenizer.sha256)
     batches = Batches(data, batch_size=16, seq_len=256, seed=0)
+    streams = Streams(data, batch_size=4, seq_len=1024, seed=0)   # consecutive windows (streaming training)
     x, y, m = batches.next()     # x, y: [B, T] int64; m: [B, T] float32 or None
     saved = batches.state()      # resume later with batches.load_state(saved)
 
@@ -173,6 +174,83 @@ class Batches:
         if seed < 0 or index < 0:
             raise ValueError(f"not a Batches state: {state!r} (seed and index must be >= 0)")
         self.seed, self.index = seed, index
+
+
+class Streams:
+    """Consecutive windows for streaming (stateful) training: `groups` x `batch_size` streams, each
+    reading the text window after window, so that a TTT state carried from one window to the next
+    has read everything before it in its stream.
+
+    The text is cut into nw = (N - 1) // seq_len windows; stream s (of S = groups x batch_size)
+    starts at window (shift + s * nw // S) mod nw, shift drawn from `seed`.  Call i gives group
+    g = i mod groups its window number n = i // groups: x = window (start_s + n) mod nw of each of
+    its streams.  `fresh` [batch_size] bool (set by each call) marks streams whose window does not
+    follow the one they read before (n = 0, or the wrap from the last window of the text to the
+    first) or that start a new span of their stream: their state must start anew.
+
+    `periods` [S] (windows, >= 1; default all "never"): stream s restarts its state every periods[s]
+    windows (fresh when n % periods[s] == 0), so that training sees states of every age from 0 to
+    the longest period (see `geometric_periods`).  Resuming needs only `state()`.
+    """
+
+    def __init__(self, data: TokenData, batch_size: int, seq_len: int, seed: int = 0, groups: int = 1,
+                 periods: np.ndarray | None = None) -> None:
+        _check_sizes(batch_size, seq_len)
+        if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+            raise ValueError(f"groups must be a positive integer, got {groups!r}")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        nw = (data.n_tokens - 1) // seq_len
+        if nw < 1:
+            raise ValueError(_too_short(data, seq_len))
+        self.data, self.batch_size, self.seq_len, self.groups = data, batch_size, seq_len, int(groups)
+        self.seed, self.index, self.n_windows = int(seed), 0, nw
+        n_streams = batch_size * self.groups
+        shift = int(np.random.default_rng([self.seed, 0x5742]).integers(0, nw))
+        self.first = (shift + np.arange(n_streams, dtype=np.int64) * nw // n_streams) % nw
+        self.periods = None
+        if periods is not None:
+            self.periods = np.asarray(periods, dtype=np.int64)
+            if self.periods.shape != (n_streams,) or (self.periods < 1).any():
+                raise ValueError(f"periods must hold {n_streams} whole numbers >= 1 (one per stream), "
+                                 f"got {periods!r}")
+        self.fresh = np.ones(batch_size, dtype=bool)
+        self.group = 0
+
+    def next(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(x, y, m) as Batches.next() gives them, for the next group; sets `fresh` and `group`."""
+        g, n = self.index % self.groups, self.index // self.groups
+        rows = self.first[g * self.batch_size:(g + 1) * self.batch_size]
+        w = (rows + n) % self.n_windows
+        self.fresh = (w == 0) | (n == 0)
+        if self.periods is not None:
+            self.fresh |= n % self.periods[g * self.batch_size:(g + 1) * self.batch_size] == 0
+        self.group = g
+        self.index += 1
+        return _gather(self.data, w * self.seq_len, self.seq_len)
+
+    __next__ = next
+
+    def __iter__(self) -> Streams:
+        return self
+
+    def state(self) -> dict:
+        """{"seed": int, "index": int}: the position in the streams."""
+        return {"seed": self.seed, "index": self.index}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from a `state()`."""
+        Batches.load_state(self, state)  # the same two fields, checked the same way
+
+
+def geometric_periods(n_streams: int, seq_len: int, max_len: int) -> np.ndarray:
+    """Restart periods (in windows) spread geometrically from 1 window to max_len tokens over
+    n_streams streams: stream s restarts every round((max_len / seq_len) ** (s / (S - 1))) windows,
+    so stream 0 always starts fresh and the last carries its state over max_len tokens."""
+    top = max(1.0, max_len / seq_len)
+    if n_streams == 1:
+        return np.array([max(1, round(top))], dtype=np.int64)
+    return np.maximum(1, np.round(top ** (np.arange(n_streams) / (n_streams - 1)))).astype(np.int64)
 
 
 def _gather(data: TokenData, starts: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

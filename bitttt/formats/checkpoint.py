@@ -2,7 +2,8 @@
 
 Layout
     tensors   the model's parameters by their names (bitttt.params.param_table),
-              `optim.m.<name>` and `optim.v.<name>` (AdamW moments)
+              `optim.m.<name>` and `optim.v.<name>` (AdamW moments); a streaming run (train.stream)
+              also its carried TTT state, `stream.<group>.W.<layer>`, `.b.<layer>`, `.fresh` (stream_shapes)
     metadata  format "bitttt-checkpoint/1"; config (model config JSON); train (training config
               JSON); state (JSON: step, optimizer t, data loader position, best validation loss,
               tokens seen, elapsed seconds); tokenizer (base64 of the SentencePiece model) and
@@ -19,7 +20,7 @@ import base64
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,15 +40,41 @@ def tokenizer_metadata(tokenizer: bytes) -> dict[str, str]:
 
 
 def save_checkpoint(path: str | os.PathLike, *, params: dict[str, np.ndarray], optim: dict[str, np.ndarray],
-                    config: BitLlamaConfig, train: dict, state: dict, tokenizer: bytes | None) -> None:
-    """Write a training checkpoint (see the module docstring)."""
+                    config: BitLlamaConfig, train: dict, state: dict, tokenizer: bytes | None,
+                    extra: dict[str, np.ndarray] | None = None) -> None:
+    """Write a training checkpoint (see the module docstring); `extra`: the streaming state
+    (`stream.<group>.W.<layer>` ...), see stream_shapes."""
     meta = {"format": FORMAT, "config": config.to_json(), "train": json.dumps(train, sort_keys=True),
             "state": json.dumps(state, sort_keys=True)}
     if tokenizer is not None:
         meta.update(tokenizer_metadata(tokenizer))
     tensors = dict(params)
     tensors.update(optim)
+    tensors.update(extra or {})
     write_safetensors(path, tensors, meta)
+
+
+def stream_shapes(cfg: BitLlamaConfig, train: dict) -> dict[str, tuple[type, tuple[int, ...]]]:
+    """The streaming state a checkpoint of a `train.stream` run holds: per micro-batch group g (of
+    grad_accum) and TTT layer li, `stream.g.W.li` [B, H, f, f] and `stream.g.b.li` [B, H, 1, f]
+    (float32), `stream.g.fresh` [B] (uint8), `stream.g.read` [B] (int64, tokens read since the
+    stream's state started); B = batch_size.  Empty for other runs."""
+    if not train.get("stream"):
+        return {}
+    try:
+        bsz, groups = int(train["batch_size"]), int(train.get("grad_accum", 1))
+    except (KeyError, TypeError, ValueError):
+        return {}
+    h, f = cfg.num_heads, cfg.head_dim
+    out: dict = {}
+    for g in range(groups):
+        for li in range(cfg.num_layers):
+            if cfg.types[li] != "attention":
+                out[f"stream.{g}.W.{li}"] = (np.float32, (bsz, h, f, f))
+                out[f"stream.{g}.b.{li}"] = (np.float32, (bsz, h, 1, f))
+        out[f"stream.{g}.fresh"] = (np.uint8, (bsz,))
+        out[f"stream.{g}.read"] = (np.int64, (bsz,))
+    return out
 
 
 @dataclass
@@ -62,6 +89,7 @@ class Checkpoint:
     train: dict
     state: dict
     tokenizer: bytes | None
+    extra: dict = field(default_factory=dict)  # the streaming state (stream_shapes), empty for other runs
 
 
 def load_checkpoint(path: str | os.PathLike, config: BitLlamaConfig | None = None) -> Checkpoint:
@@ -85,7 +113,9 @@ def load_checkpoint(path: str | os.PathLike, config: BitLlamaConfig | None = Non
     want: dict = {name: (np.float32, shape) for name, shape in shapes.items()}
     moments = [f"optim.{m}.{name}" for m in "mv" for name in shapes]
     want.update({name: (np.float32, shapes[name.split(".", 2)[2]]) for name in moments})
+    streams = stream_shapes(cfg, train)
+    want.update(streams)
     check_tensors(tensors, want, path, CheckpointError, optional=tuple(moments))
     params = {name: tensors[name] for name in shapes}
     optim = {name: tensors[name] for name in moments if name in tensors}
-    return Checkpoint(path, params, optim, cfg, train, state, tok)
+    return Checkpoint(path, params, optim, cfg, train, state, tok, {name: tensors[name] for name in streams})

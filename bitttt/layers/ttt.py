@@ -49,6 +49,7 @@ class TTTLayerCache(NamedTuple):
     inner: tuple            # the backend's TTT inner-loop cache
     post_norm: tuple        # the backend's LayerNorm cache
     o: BitLinearCache
+    final: tuple | None = None  # streaming: the state after the window, (W [B, H, f, f], b [B, H, 1, f])
 
 
 class TTTLayerState(NamedTuple):
@@ -75,9 +76,14 @@ def token_scales(p: dict, k: int, dt) -> tuple[np.ndarray, np.ndarray]:
     return tok_pre, np.maximum(tok_pre, dt.type(0.0))
 
 
-def ttt_forward(be, p: dict, x: np.ndarray, cfg: BitLlamaConfig, name: str = "ttt"):
+def ttt_forward(be, p: dict, x: np.ndarray, cfg: BitLlamaConfig, name: str = "ttt", *, init=None, resets=None):
     """x [B, T, D] -> (y [B, T, D], cache).  p: the layer's parameters by local name
-    (ttt_param_shapes); the inner loop is the backend's ttt_forward (dual form)."""
+    (ttt_param_shapes); the inner loop is the backend's ttt_forward (dual form).
+
+    Streaming training: init = (W [B, H, f, f], b [B, H, 1, f]) the state each sequence starts from
+    (carried from the window before; a constant for the backward: the gradient is truncated at the
+    window edge), resets [B, ceil(T / K)] 0/1 the mini-batches that start from (W1, b1) instead; with
+    either, cache.final holds the state after the window."""
     bsz, t, d = x.shape
     h, f, k = cfg.num_heads, cfg.head_dim, cfg.mini_batch_size
     dt = x.dtype
@@ -93,12 +99,16 @@ def ttt_forward(be, p: dict, x: np.ndarray, cfg: BitLlamaConfig, name: str = "tt
     sg = be.sigmoid(pre)
     lr = sg * dt.type(cfg.ttt_base_lr / f)  # [B, H, T]
     tok_pre, tok = token_scales(p, k, dt)
-    merged, inner = be.ttt_forward(q, kx, v, lr, tok, p["W1"], p["b1"], p["ttt_norm_weight"], p["ttt_norm_bias"],
-                                   h, k, cfg.rope_theta)
+    inner_args = (q, kx, v, lr, tok, p["W1"], p["b1"], p["ttt_norm_weight"], p["ttt_norm_bias"], h, k, cfg.rope_theta)
+    final = None
+    if init is None and resets is None:
+        merged, inner = be.ttt_forward(*inner_args)
+    else:
+        merged, inner, final = be.ttt_forward(*inner_args, init=init, resets=resets, final=True)
     normed, cpn = be.layernorm_forward(merged, p["post_norm.weight"], p["post_norm.bias"], LN_EPS)
     y, co = bitlinear_forward(be, normed, p["o_proj.weight"], cfg.ternary)
     check_finite(name, output=y)
-    return y, TTTLayerCache(x, cq, ck, cv, sg, tok_pre, inner, cpn, co)
+    return y, TTTLayerCache(x, cq, ck, cv, sg, tok_pre, inner, cpn, co, final)
 
 
 def ttt_backward(be, dy: np.ndarray, c: TTTLayerCache, p: dict, cfg: BitLlamaConfig):
