@@ -96,10 +96,16 @@ class TrainConfig:
                        factory=lambda: dict(DEFAULT_MODEL))
     batch_size: int = _doc(8, "sequences per micro-batch")
     seq_len: int = _doc(128, "tokens per training sequence (without stream the TTT state starts fresh at each)")
-    stream: bool = _doc(False, "streaming training: each batch row reads consecutive windows of one stream of the "
-                               "text and the TTT state carries over from window to window (the gradient is "
-                               "truncated at the window edge), so the model learns from states that have read "
-                               "arbitrarily long text")
+    stream: bool | None = _doc(None, "streaming training: each batch row reads consecutive windows of one stream "
+                                     "of the text and the TTT state carries over from window to window (the "
+                                     "gradient is truncated at the window edge), so the model learns from states "
+                                     "that have read arbitrarily long text; null: on for a TTT model trained on "
+                                     "one process, off on several ranks or without TTT layers")
+    stream_half_life: int = _doc(512, "with stream: the carried state decays toward the fresh state with this "
+                                      "half-life in tokens, once per window (model.state_decay = 1 - 0.5 ** "
+                                      "(seq_len / half_life), model.state_decay_every = seq_len), so a state that "
+                                      "has read any amount of text stays in the range training saw; 0: no decay "
+                                      "(a model.state_decay given explicitly wins)")
     stream_max_len: int = _doc(65536, "with stream: the states' longest read in tokens; the batch's streams "
                                       "restart their state every seq_len ... stream_max_len tokens, spread "
                                       "geometrically (stream 0 every window), so training sees states of every "
@@ -147,7 +153,8 @@ class TrainConfig:
                     "eval_batches", "ckpt_interval", "keep_last", "log_interval")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ints_pos or f.name in ("warmup_steps", "seed", "threads", "sample_tokens", "stream_max_len"):
+            if f.name in ints_pos or f.name in ("warmup_steps", "seed", "threads", "sample_tokens", "stream_max_len",
+                                                   "stream_half_life"):
                 if isinstance(v, bool) or not isinstance(v, int):
                     raise TypeError(f"train.{f.name} must be an integer, got {v!r}")
                 if f.name in ints_pos and v < 1:
@@ -155,7 +162,7 @@ class TrainConfig:
                 if v < 0:
                     raise ValueError(f"train.{f.name} must be >= 0, got {v}")
             elif f.name in ("stream", "reset_at_eot"):
-                if not isinstance(v, bool):
+                if not isinstance(v, bool) and not (f.name == "stream" and v is None):
                     raise TypeError(f"train.{f.name} must be true or false, got {v!r}")
             elif f.name in ("max_time", "lr", "min_lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip",
                             "val_fraction"):
@@ -191,7 +198,7 @@ class TrainConfig:
         if not isinstance(self.model, dict):
             raise TypeError(f"train.model must be an object of model config fields, got {self.model!r}")
         known_fields(BitLlamaConfig, self.model, "model config")
-        if self.reset_at_eot and not self.stream:
+        if self.reset_at_eot and self.stream is False:
             raise ValueError("train.reset_at_eot needs train.stream (without it every sequence starts fresh anyway)")
 
     def to_dict(self) -> dict:
@@ -251,7 +258,7 @@ def _check_fits(cfg: TrainConfig) -> None:
     from .formats.validate import implied_size
 
     mcfg = BitLlamaConfig.from_dict({"vocab_size": cfg.vocab_size, **cfg.model})
-    if mcfg.decays and (mcfg.state_decay_every % cfg.seq_len or not cfg.stream):
+    if mcfg.decays and (mcfg.state_decay_every % cfg.seq_len or cfg.stream is False):
         raise ValueError(f"model.state_decay_every ({mcfg.state_decay_every}) needs train.stream and a multiple of "
                          f"train.seq_len ({cfg.seq_len}): the state decays between training windows")
     sz = implied_size(mcfg)
@@ -325,6 +332,10 @@ class Trainer:
             # the ranks on one machine share its cores: cores / local ranks threads each
             runtime.set_num_threads(max(1, runtime.physical_cores() // self.world.local_size))
 
+        if config.stream is None:  # auto: resolved once, so that the run (and its resume) keeps it
+            mc = BitLlamaConfig.from_dict({"vocab_size": config.vocab_size, **config.model})
+            config = config.with_overrides({"stream": self.world.size == 1 and mc.kind != "attention"})
+            self.cfg = config
         if _resume_from is None:
             _check_new_run_dir(self.run_dir)
         _check_fits(config)  # the model config and the memory it needs, before any data is prepared
@@ -350,6 +361,9 @@ class Trainer:
             raise ValueError(f"model.vocab_size is {mcfg['vocab_size']} but the tokenizer has "
                              f"{self.tokenizer.vocab_size} tokens: leave model.vocab_size out to take the tokenizer's")
         mcfg["vocab_size"] = self.tokenizer.vocab_size
+        if config.stream and config.stream_half_life and "state_decay" not in mcfg:
+            mcfg["state_decay"] = 1.0 - 0.5 ** (config.seq_len / config.stream_half_life)
+            mcfg["state_decay_every"] = config.seq_len
         self.model_config = BitLlamaConfig.from_dict(mcfg)
         for d in (self.train_data, self.val_data):
             if d.vocab_size > self.model_config.vocab_size:
@@ -522,10 +536,8 @@ class Trainer:
         if batch is not None and ranks > 1:
             raise ValueError("train_step(batch) runs on one process; on several ranks every step takes its "
                              "micro-batches from the loader")
-        if batch is not None and self.carries:
-            raise ValueError("train_step(batch) takes random windows; a streaming run (train.stream) reads its own")
-        if self.carries:
-            return self._stream_step()
+        if self.carries and batch is None:
+            return self._stream_step()  # a given batch is a plain step: its sequences start fresh
         micro = [batch] if batch is not None else [self.batches.next() for _ in range(cfg.grad_accum * ranks)]
         micro = [(mb[0], mb[1], mb[2] if len(mb) > 2 else None) for mb in micro]
         counts = [float(np.asarray(x).size) if m is None else float(np.sum(m, dtype=np.float64)) for x, _, m in micro]

@@ -293,7 +293,7 @@ def test_stream_settings_are_validated(tmp_path):
     from bitttt.trainer import TrainConfig
 
     with pytest.raises(ValueError, match="reset_at_eot needs train.stream"):
-        TrainConfig(reset_at_eot=True)
+        TrainConfig(reset_at_eot=True, stream=False)
     with pytest.raises(TypeError, match="train.stream must be true or false"):
         TrainConfig(stream=1)
     cfg = _cfg()
