@@ -32,6 +32,7 @@ Their tokens take the generic path (prefill of one token): the fused C decoder i
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -207,29 +208,57 @@ class InferenceModel:
                 out[i:i + part.size] = logits
         return out if out is not None else logits
 
-    def score(self, ids: list[int], reset_every: int = 0, chunk: int = 512) -> tuple[float, int]:
-        """(sum of next-token losses in nats, tokens scored) over the stream `ids`, read `chunk`
-        tokens at a time, the state reset every `reset_every` tokens (0: never; a model with attention
-        layers resets at least every config.max_position_embeddings tokens, its longest context)."""
+    def reset_interval(self, reset_every: int = 0) -> int:
+        """The reset interval a read with `reset_every` (0: never) really uses: a model with attention
+        layers resets at least every config.max_position_embeddings tokens, its longest context."""
         if self.config.kind != "ttt":
             limit = self.config.max_position_embeddings
-            reset_every = min(reset_every, limit) if reset_every else limit
-        total, n = 0.0, 0
+            return min(reset_every, limit) if reset_every else limit
+        return reset_every
+
+    def token_losses(self, pieces: Iterable[Sequence[int]], reset_every: int = 0,
+                     chunk: int = 512) -> Iterator[np.ndarray]:
+        """Next-token losses (nats, float64) of the token stream made of `pieces` (int sequences,
+        concatenated; the stream's first token is only read), read `chunk` tokens at a time, the state
+        reset every `reset_every` tokens of the stream (0: never; see reset_interval).  Yields one array
+        per model call, in order: together they hold the loss of stream token 1, 2, ... (position 0, 1, ...).
+        Memory holds one piece and one chunk's logits [chunk, V], whatever the stream's length."""
+        reset_every = self.reset_interval(reset_every)
         st = self.new_state()
-        pos = 0
-        while pos < len(ids) - 1:
+        it = iter(pieces)
+        buf = np.empty(0, np.int64)  # stream tokens pos, pos + 1, ...
+        pos, done = 0, False
+        while True:
+            while not done and len(buf) < chunk + 1:
+                piece = next(it, None)
+                if piece is None:
+                    done = True
+                else:
+                    buf = np.concatenate([buf, np.asarray(piece, dtype=np.int64).reshape(-1)])
+            if len(buf) < 2:
+                return
             if reset_every and pos and pos % reset_every == 0:
                 st = self.new_state()
-            end = min(pos + chunk, len(ids) - 1)
+            n = min(chunk, len(buf) - 1)
             if reset_every:
-                end = min(end, (pos // reset_every + 1) * reset_every)
-            logits = self.feed(st, ids[pos:end], all_logits=True).astype(np.float64)
-            tgt = np.asarray(ids[pos + 1:end + 1])
+                n = min(n, (pos // reset_every + 1) * reset_every - pos)
+            logits = self.feed(st, buf[:n], all_logits=True).astype(np.float64)
+            tgt = buf[1:n + 1]
             m = logits.max(axis=1)
             lse = m + np.log(np.exp(logits - m[:, None]).sum(axis=1))
-            total += float((lse - logits[np.arange(len(tgt)), tgt]).sum())
-            n += len(tgt)
-            pos = end
+            yield lse - logits[np.arange(n), tgt]
+            buf = buf[n:]
+            pos += n
+
+    def score(self, ids: Sequence[int], reset_every: int = 0, chunk: int = 512) -> tuple[float, int]:
+        """(sum of next-token losses in nats, tokens scored) over the stream `ids`, read `chunk`
+        tokens at a time, the state reset every `reset_every` tokens (0: never; a model with attention
+        layers resets at least every config.max_position_embeddings tokens, its longest context).
+        The sum is that of the token_losses arrays, each summed, in order."""
+        total, n = 0.0, 0
+        for losses in self.token_losses([ids], reset_every, chunk):
+            total += float(losses.sum())
+            n += len(losses)
         return total, n
 
     # -- memory files ------------------------------------------------------------------
