@@ -181,10 +181,11 @@ class Streams:
     reading the text window after window, so that a TTT state carried from one window to the next
     has read everything before it in its stream.
 
-    The text is cut into nw = (N - 1) // seq_len windows; stream s (of S = groups x batch_size)
+    The text is cut into nw = (N - 1) // seq_len - 1 windows; stream s (of S = groups x batch_size)
     starts at window (shift + s * nw // S) mod nw, shift drawn from `seed`.  Call i gives group
     g = i mod groups its window number n = i // groups: x = window (start_s + n) mod nw of each of
-    its streams.  `fresh` [batch_size] bool (set by each call) marks streams whose window does not
+    its streams, cut at an offset in [0, seq_len) drawn for each pass over the text (pass 0: 0),
+    so that the passes do not repeat the same windows.  `fresh` [batch_size] bool (set by each call) marks streams whose window does not
     follow the one they read before (n = 0, or the wrap from the last window of the text to the
     first) or that start a new span of their stream: their state must start anew.
 
@@ -203,6 +204,9 @@ class Streams:
         nw = (data.n_tokens - 1) // seq_len
         if nw < 1:
             raise ValueError(_too_short(data, seq_len))
+        self.shifted = nw > 1  # each pass over the text cuts its windows at another offset
+        if self.shifted:
+            nw -= 1
         self.data, self.batch_size, self.seq_len, self.groups = data, batch_size, seq_len, int(groups)
         self.seed, self.index, self.n_windows = int(seed), 0, nw
         n_streams = batch_size * self.groups
@@ -221,13 +225,23 @@ class Streams:
         """(x, y, m) as Batches.next() gives them, for the next group; sets `fresh` and `group`."""
         g, n = self.index % self.groups, self.index // self.groups
         rows = self.first[g * self.batch_size:(g + 1) * self.batch_size]
-        w = (rows + n) % self.n_windows
+        a = rows + n
+        w = a % self.n_windows
         self.fresh = (w == 0) | (n == 0)
+        starts = w * self.seq_len
+        if self.shifted:  # pass p over the text starts its windows at offset(p) in [0, seq_len)
+            starts = starts + np.array([self._offset(int(p)) for p in a // self.n_windows], dtype=np.int64)
         if self.periods is not None:
             self.fresh |= n % self.periods[g * self.batch_size:(g + 1) * self.batch_size] == 0
         self.group = g
         self.index += 1
-        return _gather(self.data, w * self.seq_len, self.seq_len)
+        return _gather(self.data, starts, self.seq_len)
+
+    def _offset(self, p: int) -> int:
+        """Where pass p over the text starts its windows (pass 0: at 0)."""
+        if p == 0:
+            return 0
+        return int(np.random.default_rng([self.seed, 0x5EED, p]).integers(0, self.seq_len))
 
     __next__ = next
 
