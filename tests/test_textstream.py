@@ -231,3 +231,13 @@ def test_session_history_is_bounded_and_the_penalty_unchanged(wide_model, monkey
         assert s.generate(text, repeat_last_n=n, **kw) == want[n]
         assert 8 <= len(s.history) < 16
         assert set(m.tokenizer.encode(text)) <= set(s._penalized(-1))
+
+
+def test_a_chat_first_message_from_a_file_has_a_limit(tmp_path):
+    """A chat's first message is one message (logged whole): read in pieces, refused past the limit."""
+    from bitttt.infer import read_prompt
+
+    (tmp_path / "p.txt").write_text("ab\n" * 10, encoding="utf-8")
+    assert read_prompt("hi", str(tmp_path / "p.txt"), limit=33) == "hi\n" + "ab\n" * 10
+    with pytest.raises(ValueError, match=r"p.txt: more than 32 characters, too long for a chat's first message"):
+        read_prompt("hi", str(tmp_path / "p.txt"), limit=32)
