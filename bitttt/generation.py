@@ -8,14 +8,21 @@
     s = m.session()                                 # a live session: its TTT state is its memory
     s.feed("Tom has a red ball. ")
     s.generate("Tom", max_tokens=20); s.save_memory("tom.mem"); s.load_memory("tom.mem")
+
+A Session does one call at a time: a call made while another thread uses it, or while one of its
+streams is suspended (iterated, neither finished nor closed), raises SessionBusyError at once.
 """
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+
+import numpy as np
 
 from .formats.runs import resolve as _resolve  # a file as is; a run dir -> its best / newest intact checkpoint
 from .sampling import Sampler, SamplingParams
@@ -38,6 +45,25 @@ def load(path: str) -> Model:
     if im.tokenizer is None:
         raise ValueError(f"{p}: the file carries no tokenizer, so it cannot generate text")
     return Model(im)
+
+
+HISTORY_KEEP = 1 << 14  # ids a session keeps (16,384 to 32,767) for a repeat_last_n window
+
+
+class SessionBusyError(RuntimeError):
+    """A Session was called while another call (another thread, or a suspended stream) used it."""
+
+
+def _exclusive(method):
+    """A public Session method: holds the session's lock for the call (SessionBusyError when busy)."""
+    @functools.wraps(method)
+    def claimed(self, *args, **kw):
+        self._claim()
+        try:
+            return method(self, *args, **kw)
+        finally:
+            self._busy.release()
+    return claimed
 
 
 class GenerationStats:
@@ -94,31 +120,46 @@ class StopText:
 
 
 class Session:
-    """A live conversation with the model: everything fed or generated goes into its TTT state."""
+    """A live conversation with the model: everything fed or generated goes into its TTT state.
+
+    `history` holds the last ids read (HISTORY_KEEP to twice that, once more were read) for the
+    repetition penalty: a repeat_last_n window longer than HISTORY_KEEP sees at least the last
+    HISTORY_KEEP ids; -1 (every id) stays exact, through a mask of the ids dropped.  Memory is
+    independent of how much was read.  One call at a time (see the module docstring)."""
 
     def __init__(self, model: Model, state: TTTState | None = None):
         self.model = model
         self.im = model.im
         self.state = state or self.im.new_state()
         self.history: list[int] = []
+        self._dropped: np.ndarray | None = None  # bool [V]: ids dropped from history (for repeat_last_n -1)
         self.pending: int | None = None  # the last sampled token, not yet fed
         self.last_logits = None
         self.stats = GenerationStats()
+        self._busy = threading.Lock()  # not an RLock: a stream may be resumed from another thread
+
+    def _claim(self) -> None:
+        if not self._busy.acquire(blocking=False):
+            raise SessionBusyError("this Session is in use by another thread or by a stream not yet finished: "
+                                   "one call at a time (finish or close() the stream; one Session per thread)")
 
     def __repr__(self) -> str:
         return f"Session({self.state.n_tokens:,} tokens read, {self.im!r})"
 
     # -- state -------------------------------------------------------------------------
+    @_exclusive
     def reset(self) -> None:
         """Back to the trained initial state (forget everything read)."""
         self.state = self.im.new_state()
-        self.history, self.pending, self.last_logits = [], None, None
+        self.history, self._dropped, self.pending, self.last_logits = [], None, None, None
 
+    @_exclusive
     def save_memory(self, path: str, note: str = "") -> None:
         """Save the TTT state (atomic write), tagged with the model's identity."""
         self._flush()
         self.im.save_memory(self.state, path, note)
 
+    @_exclusive
     def load_memory(self, path: str) -> None:
         """Replace the state by one saved from this model (MemoryFileError otherwise)."""
         self.state = self.im.load_memory(path)
@@ -127,9 +168,25 @@ class Session:
     def _flush(self) -> None:
         if self.pending is not None:  # a sampled token becomes part of the memory once it is read
             self.last_logits = self.im.feed(self.state, [self.pending])
-            self.history.append(self.pending)
+            self._remember([self.pending])
             self.pending = None
 
+    def _remember(self, ids: list[int]) -> None:
+        """Append ids to history, dropping the oldest past 2 * HISTORY_KEEP (marked in _dropped)."""
+        self.history.extend(ids)
+        if len(self.history) >= 2 * HISTORY_KEEP:
+            if self._dropped is None:
+                self._dropped = np.zeros(self.im.config.vocab_size, bool)
+            self._dropped[np.asarray(self.history[:-HISTORY_KEEP], np.int64)] = True
+            del self.history[:-HISTORY_KEEP]
+
+    def _penalized(self, repeat_last_n: int) -> list[int]:
+        """The ids the repetition penalty looks at (the sampler takes the window's last ids)."""
+        if repeat_last_n == -1 and self._dropped is not None:
+            return np.flatnonzero(self._dropped).tolist() + self.history
+        return self.history
+
+    @_exclusive
     def replay_log(self, log_path: str) -> int:
         """Feed every turn of a chat log (JSON lines {"role", "text"}) into the state, as one
         conversation ending with <|endoftext|>; returns the tokens read (0 without a log)."""
@@ -148,39 +205,58 @@ class Session:
                 if tag and isinstance(r.get("text"), str):
                     text.append(tag + r["text"])
         ids = self.im.tokenizer.encode("".join(text) + "<|endoftext|>") if text else []
-        self.feed_ids(ids)
+        self._feed_ids(ids)
         return len(ids)
 
     # -- reading and writing -----------------------------------------------------------
+    @_exclusive
     def feed_ids(self, ids: list[int]) -> None:
         """Read token ids into the state."""
+        self._feed_ids(ids)
+
+    def _feed_ids(self, ids: list[int]) -> None:
         self._flush()
         if ids:
             t0 = time.perf_counter()
             self.last_logits = self.im.feed(self.state, ids)
             self.stats.prefill_s += time.perf_counter() - t0
             self.stats.prefill_tokens += len(ids)
-            self.history.extend(ids)
+            self._remember(ids)
 
-    def feed(self, text: str) -> None:
-        """Read text into the state (the model learns from it as it reads)."""
-        self.feed_ids(self.im.tokenizer.encode(text))
+    @_exclusive
+    def feed(self, text: str | Iterable[str]) -> None:
+        """Read text into the state (the model learns from it as it reads): a str, or text pieces
+        tokenized one by one (bitttt.textstream.iter_text_pieces cuts a long text where that gives
+        the ids of the whole)."""
+        self._feed_text(text)
 
-    def stream(self, prompt: str = "", *, stop: list[str] | tuple[str, ...] = (), stop_ids: tuple[int, ...] = (),
-               **sampling) -> Iterator[str]:
-        """Feed `prompt`, then yield generated text pieces (always whole UTF-8 characters) until
-        <|endoftext|> (or a token of `stop_ids`), a stop string (not included) or max_tokens.
-        `sampling`: SamplingParams fields."""
+    def _feed_text(self, text: str | Iterable[str]) -> None:
+        for piece in [text] if isinstance(text, str) else text:
+            if piece:
+                self._feed_ids(self.im.tokenizer.encode(piece))
+
+    def stream(self, prompt: str | Iterable[str] = "", *, stop: list[str] | tuple[str, ...] = (),
+               stop_ids: tuple[int, ...] = (), **sampling) -> Iterator[str]:
+        """Feed `prompt` (a str, or text pieces as `feed` takes them), then yield generated text
+        pieces (always whole UTF-8 characters) until <|endoftext|> (or a token of `stop_ids`), a
+        stop string (not included) or max_tokens.  `sampling`: SamplingParams fields.  The session
+        is held from the first piece asked for until the stream ends or is closed."""
+        self._claim()
+        try:
+            yield from self._stream(prompt, stop, stop_ids, sampling)
+        finally:
+            self._busy.release()
+
+    def _stream(self, prompt, stop, stop_ids, sampling) -> Iterator[str]:
         sp = SamplingParams(**sampling)
         sampler = Sampler(sp)
         self.stats = GenerationStats()
         self.stats.seed = sampler.seed_used
         tok = self.im.tokenizer
-        if prompt:
-            self.feed(prompt)
+        self._feed_text(prompt)
         self._flush()
         if self.last_logits is None:  # nothing read yet: start from a document boundary
-            self.feed_ids([tok.eos_id])
+            self._feed_ids([tok.eos_id])
         text_out = StopText(stop)
         t0 = time.perf_counter()
         self.stats.stopped_by = "max_tokens"
@@ -188,7 +264,7 @@ class Session:
             for i in range(sp.max_tokens):
                 if i:
                     self._flush()
-                nxt = sampler(self.last_logits, self.history)
+                nxt = sampler(self.last_logits, self._penalized(sp.repeat_last_n))
                 self.stats.decode_tokens += 1
                 if nxt == tok.eos_id or nxt in stop_ids:
                     self.pending = nxt
@@ -207,7 +283,7 @@ class Session:
         finally:
             self.stats.decode_s = time.perf_counter() - t0
 
-    def generate(self, prompt: str = "", **kw) -> str:
+    def generate(self, prompt: str | Iterable[str] = "", **kw) -> str:
         """The whole text `stream` would yield."""
         return "".join(self.stream(prompt, **kw))
 

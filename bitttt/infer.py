@@ -10,8 +10,10 @@ Text streams to stdout as it is made; timings go to stderr at the end, as llama.
     echo "Once upon a time" | python -m bitttt.infer -f - -n -1   # prompt from stdin, until end of text
 
 The prompt is -p, then -f (a UTF-8 file, `-` for stdin); given both, they are joined with a
-newline.  -n -1 generates until the model's end-of-text token (Ctrl+C stops it).  In a chat the
-prompt is the first user turn.
+newline.  A prompt file of any length is read, shown and fed in pieces of about 64 KiB (cut after
+a newline: the same tokens as the whole text), in memory independent of its length; Ctrl+C stops
+reading it.  -n -1 generates until the model's end-of-text token (Ctrl+C stops it).  In a chat the
+prompt is the first user turn (at most 4 MiB of text).
 
 Chat keys: Ctrl+C stops the answer being written and returns to the prompt; Ctrl+C twice at an
 empty prompt, Ctrl+D or /quit leave.  Every way out (SIGTERM and SIGHUP too) saves the memory
@@ -29,14 +31,17 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
 
 from .diskerrors import describe
 from .formats import CheckpointError, MemoryFileError
 from .generation import SHIPPED_MODELS
+from .textstream import iter_text_pieces
 
 SHIPPED_MODEL = SHIPPED_MODELS["tinystories"]
 UNTIL_END = -1  # -n / /len value: generate until the end-of-text token
 _NO_LIMIT = 1 << 62  # the token bound that stands for UNTIL_END (Ctrl+C stops it)
+CHAT_PROMPT_MAX = 1 << 22  # characters of a chat's first message from -f (one message, logged whole)
 
 # slash command -> (sampling key, type, meaning)
 SETTINGS = {
@@ -136,30 +141,65 @@ def _memory_dir(model_path: str) -> str:
     return d
 
 
-def read_prompt(prompt: str | None, file: str | None, stdin=None) -> str:
-    """-p and -f together: the -p text, a newline, then the file's text (`-`: stdin)."""
-    parts = [prompt] if prompt else []
-    if file:
-        try:
-            if file == "-":
-                raw = (stdin or sys.stdin).buffer.read() if hasattr(stdin or sys.stdin, "buffer") else \
-                    (stdin or sys.stdin).read().encode("utf-8")
-            else:
-                if os.path.exists(file) and not os.path.isfile(file) and not os.path.isdir(file):
-                    raise ValueError(f"{file}: not a regular file")  # /dev/zero, a FIFO: never read whole
-                with open(file, "rb") as f:
-                    raw = f.read()
-        except FileNotFoundError:
-            raise ValueError(f"{file}: no such prompt file") from None
-        except IsADirectoryError:
-            raise ValueError(f"{file}: is a folder, not a prompt file") from None
-        try:
-            parts.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            name = "stdin" if file == "-" else file
-            raise ValueError(f"{name}: not UTF-8 text (invalid byte 0x{raw[e.start]:02x} at offset "
-                             f"{e.start}); convert it to UTF-8") from None
-    return "\n".join(parts)
+def _open_prompt(file: str, stdin=None):
+    """The binary stream of a prompt file (`-`: stdin), checked: a regular file, or stdin.  A
+    regular file is read through once to check it is UTF-8, so a bad one is refused before anything."""
+    if file == "-":
+        src = stdin or sys.stdin
+        return getattr(src, "buffer", src)
+    try:
+        if os.path.exists(file) and not os.path.isfile(file) and not os.path.isdir(file):
+            raise ValueError(f"{file}: not a regular file")  # /dev/zero, a FIFO: never read whole
+        f = open(file, "rb")
+    except FileNotFoundError:
+        raise ValueError(f"{file}: no such prompt file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{file}: is a folder, not a prompt file") from None
+    try:
+        for _ in iter_text_pieces(f, name=file):
+            pass
+        f.seek(0)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _file_pieces(f, name: str, close: bool) -> Iterator[str]:
+    try:
+        yield from iter_text_pieces(f, name=name)
+    finally:
+        if close:
+            f.close()
+
+
+def prompt_pieces(prompt: str | None, file: str | None, stdin=None) -> Iterator[str]:
+    """-p and -f together as text pieces: the -p text, a newline, then the file's text (`-`:
+    stdin) in pieces of about 64 KiB cut after a newline (bitttt.textstream.iter_text_pieces).
+    The file is opened and checked now (ValueError naming it), read as the pieces are taken."""
+    head = [prompt + ("\n" if file else "")] if prompt else []
+    if not file:
+        return iter(head)
+    f = _open_prompt(file, stdin)
+    pieces = _file_pieces(f, "stdin" if file == "-" else file, close=file != "-")
+
+    def chained() -> Iterator[str]:
+        yield from head
+        yield from pieces
+    return chained()
+
+
+def read_prompt(prompt: str | None, file: str | None, stdin=None, limit: int = CHAT_PROMPT_MAX) -> str:
+    """-p and -f together as one text (see prompt_pieces), at most `limit` characters (ValueError
+    past it: a chat's first message is one message; a one-shot run reads any length in pieces)."""
+    out, n = [], 0
+    for piece in prompt_pieces(prompt, file, stdin):
+        n += len(piece)
+        if n > limit:
+            raise ValueError(f"{'stdin' if file == '-' else file}: more than {limit:,} characters, too long for a "
+                             "chat's first message; `bitttt run -f FILE` reads a prompt of any length")
+        out.append(piece)
+    return "".join(out)
 
 
 class _Leave(Exception):
@@ -508,8 +548,19 @@ def chat(model, args, out=None, inp=None) -> int:
     return Chat(model, args, out=out, inp=inp).run()
 
 
-def _generate(model, args, prompt: str) -> int:
-    """One-shot generation: the prompt, then the continuation streamed to stdout."""
+def _shown(pieces, sig: _Signals) -> Iterator[str]:
+    """The prompt's pieces, each written to stdout as it is taken; none after Ctrl+C."""
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        yield piece
+        if sig.stop:
+            return
+
+
+def _generate(model, args, prompt: str | Iterator[str]) -> int:
+    """One-shot generation: the prompt (a str or text pieces, shown as they are read), then the
+    continuation streamed to stdout."""
     s = model.session()
     if args.memory and os.path.exists(args.memory):
         s.load_memory(args.memory)
@@ -517,10 +568,8 @@ def _generate(model, args, prompt: str) -> int:
     broken = False  # the reader of stdout left (`bitttt run ... | head`): stop, still save the memory
     with sig:
         sig.busy = True
-        gen = s.stream(prompt, **_sampling(args))
+        gen = s.stream(_shown([prompt] if isinstance(prompt, str) else prompt, sig), **_sampling(args))
         try:
-            sys.stdout.write(prompt)
-            sys.stdout.flush()
             for piece in gen:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
@@ -588,7 +637,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m bitttt.infer",
         if interactive and args.file == "-":
             raise ValueError("-f - reads the prompt from stdin, which the chat reads its messages from: "
                              "use -f FILE or -p TEXT")
-        prompt = read_prompt(args.prompt, args.file)
+        prompt = read_prompt(args.prompt, args.file) if interactive else prompt_pieces(args.prompt, args.file)
         from .sampling import SamplingParams
 
         SamplingParams(**_sampling(args)).validate()

@@ -6,7 +6,8 @@ write one run or one memory at the same time.
     locks.hold_for_process(memory_path, "memory file", wait=5)   # infer --memory: until the process exits
 
 The lock is an flock on a small lock file: `<run_dir>/.lock` for a directory, `.<name>.lock` next to
-a file (a memory file is replaced by rename on every save, so the file itself cannot carry it).  It
+a file (a memory file is replaced by rename on every save, so the file itself cannot carry it) or,
+with `beside=True`, next to a directory that is replaced whole (prepare's output folder).  It
 holds the owner's pid, for the message.  The kernel drops the lock when the process ends (even by
 SIGKILL), so a stale lock file never blocks anyone.  Locks are re-entrant within one process: a
 process that holds a path's lock may take it again (a save inside a held session).
@@ -29,10 +30,11 @@ class LockedError(ValueError):
     """The path is locked by another process (a ValueError, so that every CLI reports it as one line)."""
 
 
-def lock_file(path: str | os.PathLike) -> str:
-    """The lock file of a directory (`<dir>/.lock`) or of a file (`.<name>.lock` beside it)."""
+def lock_file(path: str | os.PathLike, beside: bool = False) -> str:
+    """The lock file of a directory (`<dir>/.lock`) or of a file (`.<name>.lock` beside it; for a
+    directory too with `beside`)."""
     path = os.path.abspath(os.fspath(path))
-    if os.path.isdir(path):
+    if os.path.isdir(path) and not beside:
         return os.path.join(path, ".lock")
     folder, name = os.path.split(path)
     return os.path.join(folder, f".{name}.lock")
@@ -47,9 +49,9 @@ def _owner(lf: str) -> str:
         return "another process"
 
 
-def is_locked(path: str | os.PathLike) -> bool:
+def is_locked(path: str | os.PathLike, beside: bool = False) -> bool:
     """True when some process (this one included) holds the lock of `path`."""
-    lf = lock_file(path)
+    lf = lock_file(path, beside)
     if os.path.realpath(lf) in _held:
         return True
     try:
@@ -65,10 +67,10 @@ def is_locked(path: str | os.PathLike) -> bool:
     return False
 
 
-def acquire(path: str | os.PathLike, what: str, wait: float = 0.0) -> str:
+def acquire(path: str | os.PathLike, what: str, wait: float = 0.0, beside: bool = False) -> str:
     """Take the exclusive lock of `path` (a directory or a file), waiting up to `wait` seconds;
     LockedError naming the path and the owner when another process keeps it.  -> the lock file."""
-    lf = lock_file(path)
+    lf = lock_file(path, beside)
     key = os.path.realpath(lf)
     with _mutex:
         if key in _held:
@@ -97,9 +99,9 @@ def acquire(path: str | os.PathLike, what: str, wait: float = 0.0) -> str:
         return lf
 
 
-def release(path: str | os.PathLike) -> None:
+def release(path: str | os.PathLike, beside: bool = False) -> None:
     """Give back one hold of `path`'s lock (the lock goes when the last hold of this process does)."""
-    key = os.path.realpath(lock_file(path))
+    key = os.path.realpath(lock_file(path, beside))
     with _mutex:
         h = _held.get(key)
         if h is None:
@@ -111,15 +113,15 @@ def release(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def hold(path: str | os.PathLike, what: str, wait: float = 0.0) -> Iterator[str]:
+def hold(path: str | os.PathLike, what: str, wait: float = 0.0, beside: bool = False) -> Iterator[str]:
     """`with hold(path, what):` the lock of `path` for the block (see acquire)."""
-    lf = acquire(path, what, wait)
+    lf = acquire(path, what, wait, beside)
     try:
         yield lf
     finally:
-        release(path)
+        release(path, beside)
 
 
-def hold_for_process(path: str | os.PathLike, what: str, wait: float = 0.0) -> None:
+def hold_for_process(path: str | os.PathLike, what: str, wait: float = 0.0, beside: bool = False) -> None:
     """Take the lock of `path` until this process exits (a CLI that reads, then writes, a file)."""
-    acquire(path, what, wait)
+    acquire(path, what, wait, beside)

@@ -1,7 +1,9 @@
 """`prepare`: text files -> a prepared data folder (tokenizer training, encoding, manifest, atomic install).
 
-Everything is written into a temporary folder next to the output and renamed into place at the end, so a failure
-leaves nothing behind. The folder's files are described in `bitttt.data.layout` and `bitttt.data.writer`.
+Everything is written into a temporary folder next to the output (`<out>.tmp-*`) and renamed into place at the
+end, so a failure leaves nothing behind.  A prepare holds the output's lock (`.<out>.lock` beside it, bitttt.locks)
+while it works: a second prepare of the same output is refused, and the temp folders a killed prepare left are
+removed when the next one starts. The folder's files are described in `bitttt.data.layout` and `bitttt.data.writer`.
 """
 from __future__ import annotations
 
@@ -11,15 +13,20 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from typing import Callable
 
+from .. import locks
 from ..fileio import atomic_write_bytes
 from ..tokenizer import Tokenizer
 from .layout import FORMAT, FORMAT_VERSION, MANIFEST, TOKENIZER_FILE, DataError
 from .readers import check_errors, check_inputs, iter_texts
 from .writer import encode_corpus
+
+_ACTIVE: set[str] = set()  # temp folders of the prepares running in this process
+_ACTIVE_LOCK = threading.Lock()
 
 
 class _Progress:
@@ -142,7 +149,38 @@ def prepare(
     _check_out_dir(out_dir, paths, force)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
+    # one prepare per output folder at a time (the lock is `.<out>.lock` beside it): under it, the
+    # `<out>.tmp-*` folders of a killed prepare are stale and go
+    with locks.hold(out_dir, "output folder", beside=True):
+        _remove_stale_tmp(out_dir)
+        tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
+        with _ACTIVE_LOCK:
+            _ACTIVE.add(tmp)
+        try:
+            return _prepare_into(tmp, out_dir, paths, tokenizer, vocab_size, model_type, val_fraction, seed,
+                                 text_field, errors, progress, force, input_sentence_size)
+        finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(tmp)
+
+
+def _remove_stale_tmp(out_dir: str) -> None:
+    """Remove the `<out>.tmp-*` folders left by a killed prepare (called under the output's lock;
+    the temp folder of a prepare running in this process stays)."""
+    parent, base = os.path.split(out_dir)
+    for name in os.listdir(parent):
+        p = os.path.join(parent, name)
+        if name.startswith(base + ".tmp-") and os.path.isdir(p) and not os.path.islink(p):
+            with _ACTIVE_LOCK:
+                if p in _ACTIVE:
+                    continue
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _prepare_into(tmp: str, out_dir: str, paths: list[str], tokenizer, vocab_size: int, model_type: str,
+                  val_fraction: float, seed: int, text_field: str, errors: str, progress: bool, force: bool,
+                  input_sentence_size: int) -> dict:
+    """prepare's work: the tokenizer and token files into `tmp`, then `tmp` installed as `out_dir`."""
     try:
         if tokenizer is None:
             with _Progress(paths, "training tokenizer", progress) as bar, warnings.catch_warnings():

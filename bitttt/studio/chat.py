@@ -123,9 +123,13 @@ class Chats:
                     cs.system = system
                 self._log(cs.project, "user", text)
                 sess.feed("<|user|>" + text + "<|assistant|>")
-                for piece in sess.stream(stop_ids=stop_ids, **sp):
-                    pieces.append(piece)
-                    yield {"type": "token", "text": piece}
+                gen = sess.stream(stop_ids=stop_ids, **sp)
+                try:  # closed at once when the client leaves: the session is free for its next message
+                    for piece in gen:
+                        pieces.append(piece)
+                        yield {"type": "token", "text": piece}
+                finally:
+                    gen.close()
                 answer = "".join(pieces)
                 sess.feed_ids([])  # read the last sampled token now (the next turn would), so the count is exact
                 self._log(cs.project, "assistant", answer)
