@@ -471,7 +471,9 @@ class Chat:
     def memory_report(self) -> str:
         """The /memory text: tokens held, the file, tokens since the last save, what /sleep would replay."""
         s = self.session
-        lines = [f"memory: {s.state.n_tokens:,} tokens held, {s.unsaved:,} read since the last save or load",
+        late = int(s.pending is not None)  # the answer's last token, read with the next message or save
+        lines = [f"memory: {s.state.n_tokens + late:,} tokens held, {s.unsaved + late:,} read since the last save "
+                 "or load",
                  f"file: {self.memory_path} ({'exists' if os.path.exists(self.memory_path) else 'not written yet'}; "
                  "saved when the chat ends)"]
         if self.log_path is None:
