@@ -160,6 +160,7 @@ class Session:
         self.slept: list[dict] = []
         self.unsaved = 0
         self.resets = 0  # resets or decays done by reset_every
+        self._init = None
 
     def __repr__(self) -> str:
         return f"Session({self.state.n_tokens:,} tokens read, {self.im!r})"
@@ -201,7 +202,9 @@ class Session:
                     self.state = self.im.new_state()
                     self.resets += 1
                 elif self.decay is not None and held and held % n == 0:
-                    decay_state(self.state, self.im.new_state(), self.decay)
+                    if self._init is None:  # the trained state, read only
+                        self._init = self.im.new_state()
+                    decay_state(self.state, self._init, self.decay)
                     self.resets += 1
                 take = min(take, n - self.state.n_tokens % n)
             logits = self.im.feed(self.state, ids[i:i + take])

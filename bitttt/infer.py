@@ -23,10 +23,10 @@ model; never inside the installed package); --no-log logs nothing.  /sleep repla
 turns the memory has not replayed before (the memory file records what it replayed), /memory
 shows what the memory holds.  --reset-every N resets the state whenever it holds N tokens (or,
 with --decay F, blends it toward the trained state by F every N tokens), for models that get
-worse on long reads; a chat never resets by itself otherwise.  Line editing and history come from readline (a pasted
-block of lines is one message); a line of
-three double quotes opens and closes a multi-line message, and a line ending in a backslash
-continues on the next.  /help lists the commands.
+worse on long reads; a chat never resets by itself otherwise.  Line editing and history come
+from readline (a pasted block of lines is one message); a line of three double quotes opens and
+closes a multi-line message, and a line ending in a backslash continues on the next.  /help
+lists the commands.
 """
 from __future__ import annotations
 
