@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import codecs
 import functools
-import json
 import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 
+from .chatlog import LogSpan, after_replay, unreplayed
 from .formats.runs import resolve as _resolve  # a file as is; a run dir -> its best / newest intact checkpoint
 from .sampling import Sampler, SamplingParams
 from .session import InferenceModel, TTTState
@@ -64,6 +65,46 @@ def _exclusive(method):
         finally:
             self._busy.release()
     return claimed
+
+
+class Replay(NamedTuple):
+    """What Session.consolidate read: `tokens`, `records` (log lines new to the state), `skipped`
+    (lines it had replayed before)."""
+
+    tokens: int
+    records: int
+    skipped: int
+
+
+def check_reset_every(reset_every: int, decay: float | None, has_memory: bool = True) -> tuple[int, float | None]:
+    """(reset_every, decay) checked: reset_every a whole number >= 0, decay None or 0 <= decay < 1
+    and only with reset_every and TTT layers; ValueError saying what is wrong."""
+    if isinstance(reset_every, bool) or not isinstance(reset_every, int) or reset_every < 0:
+        raise ValueError(f"reset_every (--reset-every N) must be a whole number >= 0 (0 = never), got {reset_every!r}")
+    if decay is not None:
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+            raise ValueError(f"decay (--decay F) must be a number with 0 <= F < 1 (1 would be no decay), got {decay!r}")
+        if not reset_every:
+            raise ValueError("decay (--decay F) blends the state toward the trained one every N tokens: give "
+                             "reset_every (--reset-every N) too")
+        if not has_memory:
+            raise ValueError("decay acts on the TTT state, and this model has attention layers only")
+        decay = float(decay)
+    return reset_every, decay
+
+
+def decay_state(st, init, decay: float) -> None:
+    """Blend state `st` toward `init` in place: each TTT layer's W0 and b0 become
+    init + decay * (current - init), and the pending mini-batch's gradient sums (Gb, Sb) are
+    scaled by decay, so the inner model every token reads is blended alike."""
+    st, init = getattr(st, "ttt", st), getattr(init, "ttt", init)
+    if st is None:
+        return
+    f = np.float32(decay)
+    for a, a0 in ((st.W0, init.W0), (st.b0, init.b0)):
+        a[...] = a0 + f * (a - a0)
+    st.Gb *= f
+    st.Sb *= f
 
 
 class GenerationStats:
@@ -125,17 +166,32 @@ class Session:
     `history` holds the last ids read (HISTORY_KEEP to twice that, once more were read) for the
     repetition penalty: a repeat_last_n window longer than HISTORY_KEEP sees at least the last
     HISTORY_KEEP ids; -1 (every id) stays exact, through a mask of the ids dropped.  Memory is
-    independent of how much was read.  One call at a time (see the module docstring)."""
+    independent of how much was read.  One call at a time (see the module docstring).
 
-    def __init__(self, model: Model, state: TTTState | None = None):
+
+    reset_every=N (0: never, the default) resets the state whenever it holds N tokens, before
+    the next token is read, so that it never holds more; with `decay` (0 <= decay < 1) the state
+    is instead blended toward the trained initial state each time its token count reaches a
+    multiple of N: every TTT layer's inner weights and bias, and the pending mini-batch's
+    gradient sums, become init + decay * (current - init) (decay 0 forgets the inner model but
+    keeps counting tokens).  `slept`: the marks of the chat logs replayed into the state
+    (bitttt.chatlog), kept in its memory file; `unsaved`: tokens read since the last save or load."""
+
+    def __init__(self, model: Model, state: TTTState | None = None, *, reset_every: int = 0,
+                 decay: float | None = None):
         self.model = model
         self.im = model.im
+        self.reset_every, self.decay = check_reset_every(reset_every, decay, self.im.has_memory)
         self.state = state or self.im.new_state()
         self.history: list[int] = []
         self._dropped: np.ndarray | None = None  # bool [V]: ids dropped from history (for repeat_last_n -1)
         self.pending: int | None = None  # the last sampled token, not yet fed
         self.last_logits = None
         self.stats = GenerationStats()
+        self.slept: list[dict] = []
+        self.unsaved = 0
+        self.resets = 0  # resets or decays done by reset_every
+        self._init = None
         self._busy = threading.Lock()  # not an RLock: a stream may be resumed from another thread
 
     def _claim(self) -> None:
@@ -149,25 +205,29 @@ class Session:
     # -- state -------------------------------------------------------------------------
     @_exclusive
     def reset(self) -> None:
-        """Back to the trained initial state (forget everything read)."""
+        """Back to the trained initial state (forget everything read, and what /sleep replayed)."""
         self.state = self.im.new_state()
         self.history, self._dropped, self.pending, self.last_logits = [], None, None, None
+        self.slept = []
 
     @_exclusive
     def save_memory(self, path: str, note: str = "") -> None:
-        """Save the TTT state (atomic write), tagged with the model's identity."""
+        """Save the TTT state (atomic write), tagged with the model's identity, with its slept marks."""
         self._flush()
-        self.im.save_memory(self.state, path, note)
+        self.im.save_memory(self.state, path, note, slept=self.slept)
+        self.unsaved = 0
 
     @_exclusive
     def load_memory(self, path: str) -> None:
         """Replace the state by one saved from this model (MemoryFileError otherwise)."""
-        self.state = self.im.load_memory(path)
+        self.state, m = self.im.open_memory(path)
+        self.slept = m.slept
         self.pending, self.last_logits = None, None
+        self.unsaved = 0
 
     def _flush(self) -> None:
         if self.pending is not None:  # a sampled token becomes part of the memory once it is read
-            self.last_logits = self.im.feed(self.state, [self.pending])
+            self.last_logits = self._read([self.pending])
             self._remember([self.pending])
             self.pending = None
 
@@ -186,27 +246,52 @@ class Session:
             return np.flatnonzero(self._dropped).tolist() + self.history
         return self.history
 
+    def _read(self, ids) -> object:
+        """im.feed in pieces that end where reset_every resets or decays the state -> the last logits."""
+        n, i, logits = self.reset_every, 0, None
+        while i < len(ids):
+            take = len(ids) - i
+            if n:
+                held = self.state.n_tokens
+                if self.decay is None and held >= n:
+                    self.state = self.im.new_state()
+                    self.resets += 1
+                elif self.decay is not None and held and held % n == 0:
+                    if self._init is None:  # the trained state, read only
+                        self._init = self.im.new_state()
+                    decay_state(self.state, self._init, self.decay)
+                    self.resets += 1
+                take = min(take, n - self.state.n_tokens % n)
+            logits = self.im.feed(self.state, ids[i:i + take])
+            self.unsaved += take
+            i += take
+        return logits
+
     @_exclusive
-    def replay_log(self, log_path: str) -> int:
-        """Feed every turn of a chat log (JSON lines {"role", "text"}) into the state, as one
-        conversation ending with <|endoftext|>; returns the tokens read (0 without a log)."""
+    def unreplayed(self, log_path: str) -> LogSpan:
+        """The turns of a chat log that /sleep has not replayed into this state (bitttt.chatlog)."""
+        return unreplayed(log_path, self.slept)
+
+    @_exclusive
+    def consolidate(self, log_path: str, only_new: bool = True) -> Replay:
+        """Feed the turns of a chat log (JSON lines {"role", "text"}) that this state has not
+        replayed before (every turn when only_new is False) into it, as one conversation ending
+        with <|endoftext|>, and mark them replayed (`slept`, saved with the memory)."""
+        return self._consolidate(log_path, only_new)
+
+    def _consolidate(self, log_path: str, only_new: bool) -> Replay:
         if not self.im.has_memory:  # replaying into a KV cache would only fill the context
             raise ValueError("/sleep replays conversations into the TTT state; this model has attention layers only")
-        if not os.path.exists(log_path):
-            return 0
-        text = []
-        with open(log_path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue
-                tag = {"user": "<|user|>", "assistant": "<|assistant|>", "system": "<|system|>"}.get(r.get("role"))
-                if tag and isinstance(r.get("text"), str):
-                    text.append(tag + r["text"])
-        ids = self.im.tokenizer.encode("".join(text) + "<|endoftext|>") if text else []
+        span = unreplayed(log_path, self.slept, everything=not only_new)
+        ids = self.im.tokenizer.encode(span.text) if span.texts else []
         self._feed_ids(ids)
-        return len(ids)
+        self.slept = after_replay(self.slept, span)
+        return Replay(len(ids), span.records, span.skipped)
+
+    @_exclusive
+    def replay_log(self, log_path: str, only_new: bool = True) -> int:
+        """consolidate(), returning the tokens read (0 when the log is missing or all replayed before)."""
+        return self._consolidate(log_path, only_new).tokens
 
     # -- reading and writing -----------------------------------------------------------
     @_exclusive
@@ -218,7 +303,7 @@ class Session:
         self._flush()
         if ids:
             t0 = time.perf_counter()
-            self.last_logits = self.im.feed(self.state, ids)
+            self.last_logits = self._read(ids)
             self.stats.prefill_s += time.perf_counter() - t0
             self.stats.prefill_tokens += len(ids)
             self._remember(ids)
@@ -303,9 +388,9 @@ class Model:
         """Parameters of the model (every weight counted once, however it is stored)."""
         return self.im.num_params()
 
-    def session(self) -> Session:
-        """A live session from the trained state (see Session)."""
-        return Session(self)
+    def session(self, *, reset_every: int = 0, decay: float | None = None) -> Session:
+        """A live session from the trained state (see Session: reset_every, decay)."""
+        return Session(self, reset_every=reset_every, decay=decay)
 
     def stream(self, prompt: str, **kw) -> Iterator[str]:
         """Text pieces of a continuation of `prompt` from a fresh state."""

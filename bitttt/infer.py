@@ -18,10 +18,17 @@ prompt is the first user turn (at most 4 MiB of text).
 Chat keys: Ctrl+C stops the answer being written and returns to the prompt; Ctrl+C twice at an
 empty prompt, Ctrl+D or /quit leave.  Every way out (SIGTERM and SIGHUP too) saves the memory
 (the TTT state) atomically: to --memory FILE, else to last.mem.safetensors in the model's memory
-folder (`/load last` brings it back).  Line editing and history come from readline (a pasted
-block of lines is one message); a line of
-three double quotes opens and closes a multi-line message, and a line ending in a backslash
-continues on the next.  /help lists the commands.
+folder (`/load last` brings it back).  The conversation is logged beside the memory file
+(FILE's name + .conversations.jsonl; without --memory, conversations.jsonl in the memory folder:
+<run>/memory, <model>.memory, or $XDG_DATA_HOME/bitttt (~/.local/share/bitttt) for the shipped
+model; never inside the installed package); --no-log logs nothing.  /sleep replays the logged
+turns the memory has not replayed before (the memory file records what it replayed), /memory
+shows what the memory holds.  --reset-every N resets the state whenever it holds N tokens (or,
+with --decay F, blends it toward the trained state by F every N tokens), for models that get
+worse on long reads; a chat never resets by itself otherwise.  Line editing and history come
+from readline (a pasted block of lines is one message); a line of three double quotes opens and
+closes a multi-line message, and a line ending in a backslash continues on the next.  /help
+lists the commands.
 """
 from __future__ import annotations
 
@@ -35,7 +42,7 @@ from collections.abc import Iterator
 
 from .diskerrors import describe
 from .formats import CheckpointError, MemoryFileError
-from .generation import SHIPPED_MODELS
+from .generation import SHIPPED_MODELS, check_reset_every
 from .textstream import iter_text_pieces
 
 SHIPPED_MODEL = SHIPPED_MODELS["tinystories"]
@@ -60,7 +67,8 @@ _COMMANDS = [
     ("/load NAME", "load a saved memory (`last`: the memory saved when the last chat ended)"),
     *((f"{cmd} {'N' if typ is int else 'X'}", what) for cmd, (_, typ, what) in SETTINGS.items()),
     ("/settings", "every sampling setting"),
-    ("/sleep", "replay the logged conversations into the memory, then save it"),
+    ("/sleep", "replay the logged turns not replayed before into the memory, then save it"),
+    ("/memory", "what the memory holds: tokens, file, log, what /sleep would replay"),
     ("/help", "this text"),
     ("/quit", "save the memory and leave (Ctrl+D, or Ctrl+C twice at the prompt, too)"),
 ]
@@ -93,9 +101,16 @@ def build_parser(prog: str = "python -m bitttt.infer", chat: bool | None = None)
     ap.add_argument("--device", default="cpu", help="where to run: " + ", ".join(available_devices())
                     + " in this build (default cpu)")
     ap.add_argument("--memory", default=None, help="memory (TTT state) file: loaded if it exists, saved at the end")
+    ap.add_argument("--reset-every", type=int, default=0, metavar="N",
+                    help="reset the state whenever it holds N tokens, before reading more (default 0: never)")
+    ap.add_argument("--decay", type=float, default=None, metavar="F",
+                    help="with --reset-every N: instead of resetting, blend the state toward the trained one every "
+                         "N tokens: inner weights = init + F * (current - init), 0 <= F < 1")
     if chat is None:
         ap.add_argument("-i", "--interactive", action="store_true", help="chat")
     ap.add_argument("--system", default="", help="system message for the chat")
+    ap.add_argument("--no-log", action="store_true", help="chat: do not log the conversation (/sleep has nothing "
+                                                          "to replay)")
     return ap
 
 
@@ -125,20 +140,50 @@ def _user_data_dir() -> str:
     return os.path.join(base, "bitttt")
 
 
+def _in_package(path: str) -> bool:
+    """True when `path` lies inside the installed bitttt package (links resolved)."""
+    pkg = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
+    p = os.path.realpath(path)
+    return os.path.commonpath([pkg, p]) == pkg
+
+
+def _writable_dir(folder: str) -> bool:
+    """True when files can be made in `folder`: it, or the nearest folder above it that exists
+    (where it would be made), is a folder this process may write, outside the package."""
+    p = os.path.abspath(folder)
+    if _in_package(p):
+        return False
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    return os.path.isdir(p) and os.access(p, os.W_OK | os.X_OK)
+
+
 def _memory_dir(model_path: str) -> str:
     """Where a model's chat keeps its log, history and named memories: <run>/memory,
-    <model file>.memory, or (for a shipped model, or a model in a folder we cannot write)
-    ~/.local/share/bitttt/<name>.memory."""
+    <model file>.memory, or (for a shipped model, any model inside the package, or a model in a
+    folder we cannot write) ~/.local/share/bitttt/<name>.memory."""
     p = os.path.abspath(model_path)
     if os.path.isdir(p):
         d = os.path.join(p, "memory")
     else:
         d = os.path.splitext(p)[0] + ".memory"
-    parent = os.path.dirname(d)
-    shipped = os.path.dirname(os.path.abspath(SHIPPED_MODEL))
-    if parent == shipped or not os.access(parent, os.W_OK):
+    if not _writable_dir(os.path.dirname(d)):
         d = os.path.join(_user_data_dir(), os.path.basename(d))
     return d
+
+
+def log_path_for(memory: str | None, memory_dir: str) -> str:
+    """The chat log of a chat: beside its --memory FILE (FILE less .safetensors and one more
+    extension, + .conversations.jsonl), else, or when FILE's folder cannot be written (or is in
+    the package), conversations.jsonl in the model's memory folder."""
+    if memory:
+        folder, name = os.path.split(os.path.abspath(memory))
+        if name.endswith(".safetensors"):
+            name = name[:-len(".safetensors")]
+        stem = os.path.splitext(name)[0] or name
+        if _writable_dir(folder):
+            return os.path.join(folder, stem + ".conversations.jsonl")
+    return os.path.join(memory_dir, "conversations.jsonl")
 
 
 def _open_prompt(file: str, stdin=None):
@@ -262,9 +307,9 @@ class Chat:
     def __init__(self, model, args, out=None, inp=None, err=None):
         self.model, self.args = model, args
         self.out, self.inp, self.err = out or sys.stdout, inp or sys.stdin, err or sys.stderr
-        self.session = model.session()
+        self.session = model.session(reset_every=getattr(args, "reset_every", 0), decay=getattr(args, "decay", None))
         self.mdir = _memory_dir(args.model)
-        self.log_path = os.path.join(self.mdir, "conversations.jsonl")
+        self.log_path = None if getattr(args, "no_log", False) else log_path_for(args.memory, self.mdir)
         self.memory_path = args.memory or os.path.join(self.mdir, "last.mem.safetensors")
         self.sampling = _sampling(args)
         tok = model.tokenizer
@@ -338,10 +383,10 @@ class Chat:
         print(text, file=self.out, flush=True)
 
     def _log(self, role: str, text: str) -> None:
-        if self.log_failed:
+        if self.log_failed or self.log_path is None:
             return
         try:
-            os.makedirs(self.mdir, exist_ok=True)
+            os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
             with open(self.log_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"time": datetime.datetime.now().isoformat(timespec="seconds"), "role": role,
                                     "text": text}) + "\n")
@@ -352,12 +397,15 @@ class Chat:
     def banner(self) -> None:
         s = self.session
         if self.args.memory and os.path.exists(self.args.memory):
-            mem = f"{self.args.memory} ({s.state.n_tokens:,} tokens read before)"
+            mem = f"{self.args.memory} (holds {s.state.n_tokens:,} tokens read before)"
         elif self.args.memory:
             mem = f"{self.args.memory} (new; saved when the chat ends)"
         else:
             mem = f"none given; saved when the chat ends to {self.memory_path} (/load last)"
-        lines = [f"bitttt chat · model {_describe(self.model, self.args.model)}", f"memory: {mem}"]
+        lines = [f"bitttt chat · model {_describe(self.model, self.args.model)}", f"memory: {mem}",
+                 f"log: {self._log_state()}"]
+        if s.reset_every:
+            lines.append(f"state: {self._reset_rule()}")
         if self.args.system:
             lines.append(f"system: {self.args.system}")
         lines.append('Ctrl+C stops an answer; Ctrl+C twice, Ctrl+D or /quit leave; """ for several lines; /help')
@@ -421,15 +469,63 @@ class Chat:
                 self.say(f"[{self._show(key)}]")
             elif cmd == "/settings":
                 self.say("[" + "; ".join(self._show(k) for k, _, _ in SETTINGS.values()) + "]")
+            elif cmd == "/memory":
+                self.say(self.memory_report())
             elif cmd == "/sleep":
-                n = self.session.replay_log(self.log_path)
+                if self.log_path is None:
+                    self.say("[nothing to sleep on: nothing is logged (--no-log)]")
+                    return True
+                r = self.session.consolidate(self.log_path)
                 self.save(self.memory_path, note="sleep")
-                self.say(f"[slept: replayed {n} tokens of logged conversations; memory saved to {self.memory_path}]")
+                before = f"; {r.skipped:,} replayed before, skipped" if r.skipped else ""
+                what = (f"replayed {r.tokens} tokens of {r.records:,} new logged turn{'s' * (r.records != 1)}"
+                        if r.records else "nothing new in the log to replay")
+                self.say(f"[slept: {what}{before}; memory saved to {self.memory_path}]")
             else:
                 self.say(f"[unknown command {cmd}; /help lists them]")
         except (ValueError, MemoryFileError, OSError) as e:
             self.say(f"[error: {e}]")
         return True
+
+    def _log_state(self) -> str:
+        """Where the conversation is logged, and how much of the log /sleep would replay."""
+        if self.log_path is None:
+            return "off (--no-log): nothing is logged, /sleep has nothing to replay"
+        if self.log_failed:
+            return f"{self.log_path} (cannot be written: this conversation is not logged)"
+        try:
+            span = self.session.unreplayed(self.log_path)
+        except OSError as e:
+            return f"{self.log_path} (unreadable: {describe(e) or e})"
+        if not span.records and not span.skipped:
+            return f"{self.log_path} (empty)" if os.path.exists(self.log_path) else f"{self.log_path} (new)"
+        return (f"{self.log_path} ({span.records:,} turn{'s' * (span.records != 1)} not yet replayed by /sleep, "
+                f"{span.skipped:,} replayed before)")
+
+    def _reset_rule(self) -> str:
+        s = self.session
+        if s.decay is None:
+            return f"reset whenever it holds {s.reset_every:,} tokens (--reset-every)"
+        return f"blended toward the trained state by {s.decay:g} every {s.reset_every:,} tokens (--decay)"
+
+    def memory_report(self) -> str:
+        """The /memory text: tokens held, the file, tokens since the last save, what /sleep would replay."""
+        s = self.session
+        late = int(s.pending is not None)  # the answer's last token, read with the next message or save
+        lines = [f"memory: {s.state.n_tokens + late:,} tokens held, {s.unsaved + late:,} read since the last save "
+                 "or load",
+                 f"file: {self.memory_path} ({'exists' if os.path.exists(self.memory_path) else 'not written yet'}; "
+                 "saved when the chat ends)"]
+        if self.log_path is None:
+            lines.append("log: off (--no-log): /sleep has nothing to replay")
+        else:
+            span = s.unreplayed(self.log_path)
+            n = len(s.im.tokenizer.encode(span.text)) if span.texts else 0
+            lines.append(f"log: {self.log_path}: /sleep would replay {span.records:,} turn"
+                         f"{'s' * (span.records != 1)} ({n:,} tokens); {span.skipped:,} replayed before")
+        if s.reset_every:
+            lines.append(f"state: {self._reset_rule()}; {s.resets:,} so far")
+        return "[" + "\n ".join(lines) + "]"
 
     def _show(self, key: str) -> str:
         v = self.sampling[key]
@@ -561,7 +657,7 @@ def _shown(pieces, sig: _Signals) -> Iterator[str]:
 def _generate(model, args, prompt: str | Iterator[str]) -> int:
     """One-shot generation: the prompt (a str or text pieces, shown as they are read), then the
     continuation streamed to stdout."""
-    s = model.session()
+    s = model.session(reset_every=args.reset_every, decay=args.decay)
     if args.memory and os.path.exists(args.memory):
         s.load_memory(args.memory)
     sig = _Signals()
@@ -625,6 +721,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m bitttt.infer",
         gpu, why = cuda_backend.for_device(args.device)
         if why:
             print(f"warning: {why}; running on the CPU", file=sys.stderr)
+        check_reset_every(args.reset_every, args.decay)
         if args.n_predict < UNTIL_END:
             raise ValueError(f"-n must be >= 0, or -1 for until the end of text; got {args.n_predict}")
         if args.model is None:

@@ -40,6 +40,7 @@ from .backend.numpy import Int8Head
 from .config import BitLlamaConfig
 from .formats import (
     CheckpointError,
+    MemoryData,
     MemoryFileError,
     load_checkpoint,
     read_memory,
@@ -262,25 +263,32 @@ class InferenceModel:
         return total, n
 
     # -- memory files ------------------------------------------------------------------
-    def save_memory(self, st: TTTState | ModelState, path: str, note: str = "") -> None:
-        """Write the state to a memory file tagged with this model's identity (atomic; bitttt.formats.memory).
+    def save_memory(self, st: TTTState | ModelState, path: str, note: str = "",
+                    slept: list[dict] | None = None) -> None:
+        """Write the state to a memory file tagged with this model's identity (atomic; bitttt.formats.memory),
+        with `slept`, the marks of the chat logs /sleep replayed into it (bitttt.chatlog).
         TTT layers only: a hybrid's KV caches are not saved; an attention model has no memory
         (MemoryFileError, nothing written)."""
         self._check_memory()
         write_memory(path, st.arrays(), model_id=self.model_id,
-                     config=self.config, pos=st.pos, n_tokens=st.n_tokens, note=note)
+                     config=self.config, pos=st.pos, n_tokens=st.n_tokens, note=note, slept=slept)
 
     def load_memory(self, path: str) -> TTTState:
         """Read a state saved by save_memory; MemoryFileError when it is damaged or from another model."""
+        return self.open_memory(path)[0]
+
+    def open_memory(self, path: str) -> tuple[TTTState | ModelState, MemoryData]:
+        """(the state, the file as read: its note, n_tokens, slept marks...) of a memory file
+        saved by save_memory; MemoryFileError when it is damaged or from another model."""
         self._check_memory()
         m = read_memory(path, model_id=self.model_id, config=self.config)
         a = m.arrays
         ttt = TTTState(a["W0"], a["b0"], a["Kb"], a["Gb"], a["Sb"], m.pos, m.n_tokens)
         if self.config.kind == "ttt":
-            return ttt
+            return ttt, m
         st = self.new_state()  # a hybrid: the TTT part from the file, empty KV caches
         st.ttt = ttt
-        return st
+        return st, m
 
     def _check_memory(self) -> None:
         if not self.has_memory:

@@ -302,7 +302,7 @@ def test_chat_commands_through_stdin(checkpoint, tmp_path):
         assert expect in out, expect
     memdir = Path(str(checkpoint.with_suffix("")) + ".memory")
     assert (memdir / "one.mem.safetensors").exists()
-    log = (memdir / "conversations.jsonl").read_text().splitlines()
+    log = (tmp_path / "chat.conversations.jsonl").read_text().splitlines()  # beside the memory file
     assert len(log) == 4 and '"role": "user"' in log[0] and '"text": "the cat"' in log[0]
     assert mem.exists()  # saved at /sleep and at the end
 

@@ -8,7 +8,10 @@ Format "bitttt-memory/2" (safetensors, bitttt.formats.safetensors: atomic write,
     b0 float32 [L, H, f]      the inner bias
     Kb, Gb float32 [L, H, K, f]   keys and lr-weighted gradients of the mini-batch so far (rows < pos)
     Sb float32 [L, H, f]      the sum of those gradients
-    metadata: format, model_id, config (JSON), pos (0 <= pos < K), n_tokens, note
+    metadata: format, model_id, config (JSON), pos (0 <= pos < K), n_tokens, note, and slept
+    (JSON list, optional: what /sleep has replayed into the state, one mark per chat log:
+    {"log": path when replayed, "bytes": length of the log prefix replayed, "records": its
+    lines, "sha256": hash of that prefix}; a file without it has replayed nothing)
 Still read: "bitttt-memory/1", which held the gradient sum as one dense SW [L, H, f, f] instead
 of Kb and Gb; it is factored on reading (exact to rounding: SW has rank <= pos).
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +33,8 @@ MEMORY_FORMAT = "bitttt-memory/2"
 MEMORY_FORMAT_V1 = "bitttt-memory/1"  # dense SW; still read
 MEMORY_TENSORS = ("W0", "b0", "Kb", "Gb", "Sb")
 WRITE_WAIT = 10.0  # seconds a writer waits for another process's lock on the file
+MAX_SLEPT = 64  # log marks kept in a memory file (the most recent)
+_MARK_KEYS = {"log": str, "bytes": int, "records": int, "sha256": str}
 
 
 def memory_shapes(config: BitLlamaConfig) -> dict[str, tuple[int, ...]]:
@@ -43,7 +48,8 @@ def memory_shapes(config: BitLlamaConfig) -> dict[str, tuple[int, ...]]:
 class MemoryData:
     """A memory file read back: `arrays` (float32 W0, b0, Kb, Gb, Sb by name, shapes of memory_shapes;
     a bitttt-memory/1 file's SW already factored into Kb and Gb), `pos`, `n_tokens`, `note`,
-    `model_id`, `config` (the model's config as a dict, {} when unreadable), `format` (the file's)."""
+    `model_id`, `config` (the model's config as a dict, {} when unreadable), `format` (the file's),
+    `slept` (the log marks of /sleep, see the module docstring; [] for a file without them)."""
 
     path: str
     arrays: dict[str, np.ndarray]
@@ -53,15 +59,18 @@ class MemoryData:
     model_id: str | None
     config: dict
     format: str
+    slept: list[dict] = field(default_factory=list)
 
 
 def write_memory(path: str | os.PathLike, arrays: dict[str, np.ndarray], *, model_id: str, config: BitLlamaConfig,
-                 pos: int, n_tokens: int, note: str = "") -> None:
-    """Write a memory file (atomic): `arrays` holds W0, b0, Kb, Gb, Sb (see memory_shapes).  The
+                 pos: int, n_tokens: int, note: str = "", slept: list[dict] | None = None) -> None:
+    """Write a memory file (atomic): `arrays` holds W0, b0, Kb, Gb, Sb (see memory_shapes); `slept`
+    the log marks of what /sleep replayed (the last MAX_SLEPT kept; ValueError for a bad one).  The
     file's lock (bitttt.locks) is taken for the write: a process that holds it for a whole session
     (infer --memory) makes other writers wait WRITE_WAIT seconds, then fail with LockedError."""
     meta = {"format": MEMORY_FORMAT, "model_id": model_id, "config": config.to_json(),
-            "pos": str(pos), "n_tokens": str(n_tokens), "note": note}
+            "pos": str(pos), "n_tokens": str(n_tokens), "note": note,
+            "slept": json.dumps([check_mark(m, ValueError, "slept") for m in (slept or [])[-MAX_SLEPT:]])}
     with locks.hold(path, "memory file", wait=WRITE_WAIT):  # one writer at a time (bitttt.locks)
         write_safetensors(path, {n: arrays[n] for n in MEMORY_TENSORS}, meta)
 
@@ -74,6 +83,33 @@ def _factor(sw: np.ndarray, pos: int, shape: tuple[int, ...]) -> tuple[np.ndarra
         kb[:, :, :pos] = (u[..., :pos] * sv[..., None, :pos]).transpose(0, 1, 3, 2)
         gb[:, :, :pos] = vt[..., :pos, :]
     return kb, gb
+
+
+def check_mark(mark: object, error: type[Exception], where: str) -> dict:
+    """A /sleep log mark as stored in a memory file (see the module docstring), checked: a copy
+    with exactly its keys, or `error` saying what is wrong."""
+    if not isinstance(mark, dict) or set(mark) != set(_MARK_KEYS):
+        raise error(f"{where}: a log mark must have exactly the keys {', '.join(_MARK_KEYS)}")
+    for k, typ in _MARK_KEYS.items():
+        v = mark[k]
+        if not isinstance(v, typ) or isinstance(v, bool) or (typ is int and not 0 <= v < 1 << 62):
+            raise error(f"{where}: log mark {k!r} is not a {'non-negative integer' if typ is int else 'string'}")
+    h = mark["sha256"]
+    if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+        raise error(f"{where}: log mark 'sha256' is not 64 lowercase hex digits")
+    return dict(mark)
+
+
+def _slept(meta: dict[str, str], path: str) -> list[dict]:
+    raw = meta.get("slept", "[]")
+    where = f"{path}: metadata 'slept'"
+    try:
+        marks = json.loads(raw) if nesting_ok(raw) else None
+    except (ValueError, RecursionError):
+        marks = None
+    if not isinstance(marks, list) or len(marks) > MAX_SLEPT:
+        raise MemoryFileError(f"{where} is not a list of at most {MAX_SLEPT} log marks")
+    return [check_mark(m, MemoryFileError, where) for m in marks]
 
 
 def _count(meta: dict[str, str], key: str, path: str) -> int:
@@ -116,4 +152,4 @@ def read_memory(path: str | os.PathLike, *, model_id: str | None = None,
     if fmt == MEMORY_FORMAT_V1:
         a["Kb"], a["Gb"] = _factor(a.pop("SW"), pos, shapes["Kb"])
     return MemoryData(path, {n: a[n] for n in MEMORY_TENSORS}, pos, n_tokens, meta.get("note", ""),
-                      meta.get("model_id"), other, fmt)
+                      meta.get("model_id"), other, fmt, _slept(meta, path))
