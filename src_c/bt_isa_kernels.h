@@ -84,6 +84,7 @@ typedef struct {
     bt_ttt_bwd_fn *ttt_bwd;
     bt_ttt_head_fn *ttt_head;
     int pack_a;                    /* panels packs blocks of A itself: sgemm_tn passes A^T as is  */
+    int group_kib;                 /* KiB of filled B panels per panels call (0: BT_GROUP_BYTES)  */
 } bt_isa_ops;
 
 /* The table of the current ISA (the best supported one until bt_set_isa picks another). */
@@ -104,7 +105,7 @@ bt_panel_fn bt_panel_scalar, bt_panel_avx2, bt_panel_avx512;
 bt_panels_fn bt_panels_avx2, bt_panels_avx512;
 bt_fill_fn bt_panel_rows_scalar, bt_panel_cols_scalar, bt_panel_rows_avx512, bt_panel_cols_avx512;
 bt_quant_fn bt_quant_rows_scalar, bt_quant_rows_avx2, bt_quant_rows_avx512;
-bt_s8_rows_fn bt_s8_rows_scalar, bt_s8_rows_avx2;
+bt_s8_rows_fn bt_s8_rows_scalar, bt_s8_rows_avx2, bt_s8_rows_avx512;
 bt_swiglu_fwd_fn bt_swiglu_fwd_scalar, bt_swiglu_fwd_avx2, bt_swiglu_fwd_avx512;
 bt_swiglu_bwd_fn bt_swiglu_bwd_scalar, bt_swiglu_bwd_avx2, bt_swiglu_bwd_avx512;
 bt_xent_fn bt_xent_scalar, bt_xent_avx2, bt_xent_avx512;

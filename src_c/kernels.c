@@ -117,7 +117,7 @@ int bt_bitlinear(const bt_ternary *w, const float *x, int64_t M, int64_t ldx, fl
 typedef void (*fill_fn)(const void *ctx, int64_t j0, float *B);
 
 #ifndef BT_GROUP_BYTES
-#define BT_GROUP_BYTES (1 << 20) /* B panels filled ahead for one call of the table's panels */
+#define BT_GROUP_BYTES (4 << 20) /* B panels filled ahead for one call of the table's panels */
 #endif
 #define BT_GROUP_MAX 16
 
@@ -139,7 +139,8 @@ static int panel_driver_ex(const void *ctx, fill_fn fill, const float *A, int64_
     bt_panels_fn *const panels = atile % 3 == 0 ? ops->panels : NULL;
     int group = 1;
     if (panels) {
-        const int64_t g = BT_GROUP_BYTES / (ldp * 4);
+        const int64_t bytes = ops->group_kib > 0 ? (int64_t)ops->group_kib << 10 : BT_GROUP_BYTES;
+        const int64_t g = bytes / (ldp * 4);
         group = g < 1 ? 1 : (g > BT_GROUP_MAX ? BT_GROUP_MAX : (int)g);
     }
     int failed = 0;

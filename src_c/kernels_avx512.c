@@ -513,8 +513,134 @@ T512 int bt_quant_rows_avx512(const float *x, int64_t M, int64_t K, int64_t ldx,
     return BT_OK;
 }
 
-/* AVX-512: its own int8, float panels (12-row tiles, A packed by the panels kernel), panel fill
- * and quantization kernels; the int8 head rows and the decoded TTT head are the AVX2 ones. */
+/* int8 x int8 rows of bt_gemm_s8 (bt_int8.h) with VNNI.  vpdpbusd multiplies unsigned by signed
+ * bytes, so the activations are offset to unsigned bytes u = x + 128 (x ^ 0x80): sum_k u w =
+ * dot(w, x) + 128 sum_k w, and the correction 128 sum_k w of a row is made by the same
+ * instruction, vpdpbusd(0x80 bytes, w).  All sums are int32 and wrap alike, so dot is the exact
+ * sum of the scalar rows; y = (float)dot * (ws[n] / a[m]) as there.  K tails: masked loads
+ * (zero weights add 0 to both sums).  Tiles of 4 rows x up to 4 tokens; rows go in chunks of
+ * about S8_CHUNK bytes (they stay in L2 while every token tile walks them), and a chunk's
+ * corrections are made with its first token tile and kept for the others.  One token
+ * (decoding): one row at a time, a single stream read ahead as in the AVX2 rows. */
+#ifndef S8_CHUNK
+#define S8_CHUNK (256 * 1024)
+#endif
+#define S8_CHUNK_ROWS 1024 /* at most this many rows per chunk (their corrections on the stack) */
+#ifndef S8_PF512
+#define S8_PF512 2048
+#endif
+
+T512 INLINE int32_t hsum16(__m512i v) { return _mm512_reduce_add_epi32(v); }
+
+/* R rows (1 or 4) x T tokens (1..4) over K: dot[r*4 + t] = sum_k u w; corr: also c[r] = 128 sum_k w. */
+T512 INLINE void s8_tile(const int8_t *W, int64_t ldw, int64_t K, const int8_t *xq, int64_t ldx, const int R,
+                         const int T, const int corr, int32_t *dot, int32_t *c) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80), z = _mm512_setzero_si512();
+    __m512i acc[4][4], cs[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+        cs[r] = z;
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) acc[r][t] = z;
+    }
+    for (int64_t k = 0; k < K; k += 64) {
+        const __mmask64 km = K - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - k)) - 1);
+        __m512i w[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            if (r >= R) break;
+            w[r] = _mm512_maskz_loadu_epi8(km, W + r * ldw + k);
+            if (corr) cs[r] = _mm512_dpbusd_epi32(cs[r], flip, w[r]);
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) {
+            if (t >= T) break;
+            const __m512i u = _mm512_xor_si512(_mm512_maskz_loadu_epi8(km, xq + t * ldx + k), flip);
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                if (r >= R) break;
+                acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], u, w[r]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+        if (r >= R) break;
+        if (corr) c[r] = hsum16(cs[r]);
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) {
+            if (t >= T) break;
+            dot[r * 4 + t] = hsum16(acc[r][t]);
+        }
+    }
+}
+
+typedef void s8_tile_fn(const int8_t *W, int64_t ldw, int64_t K, const int8_t *xq, int64_t ldx, int32_t *dot,
+                        int32_t *c);
+#define S8_TILE(R, T, C)                                                                                    \
+    T512 static void s8_tile_##R##_##T##_##C(const int8_t *W, int64_t ldw, int64_t K, const int8_t *xq,    \
+                                             int64_t ldx, int32_t *dot, int32_t *c) {                      \
+        s8_tile(W, ldw, K, xq, ldx, R, T, C, dot, c);                                                      \
+    }
+#define S8_TILES(R, C) S8_TILE(R, 1, C) S8_TILE(R, 2, C) S8_TILE(R, 3, C) S8_TILE(R, 4, C)
+S8_TILES(4, 0)
+S8_TILES(4, 1)
+S8_TILES(1, 0)
+S8_TILES(1, 1)
+#undef S8_TILES
+#undef S8_TILE
+/* [rows 4 or 1][corrections made][tokens - 1] */
+static s8_tile_fn *const s8_tiles[2][2][4] = {
+    {{s8_tile_4_1_0, s8_tile_4_2_0, s8_tile_4_3_0, s8_tile_4_4_0}, {s8_tile_4_1_1, s8_tile_4_2_1, s8_tile_4_3_1, s8_tile_4_4_1}},
+    {{s8_tile_1_1_0, s8_tile_1_2_0, s8_tile_1_3_0, s8_tile_1_4_0}, {s8_tile_1_1_1, s8_tile_1_2_1, s8_tile_1_3_1, s8_tile_1_4_1}},
+};
+
+T512 void bt_s8_rows_avx512(const int8_t *W, int64_t ldw, const float *ws, int64_t n0, int64_t n1, int64_t K,
+                            const int8_t *xq, int64_t ldx, const float *a, int64_t M, float *y, int64_t ldy) {
+    if (M == 1) { /* one token (decoding): each row one stream, read ahead */
+        const __m512i flip = _mm512_set1_epi8((char)0x80);
+        for (int64_t n = n0; n < n1; n++) {
+            const int8_t *w = W + n * ldw;
+            __m512i acc = _mm512_setzero_si512(), cs = _mm512_setzero_si512();
+            for (int64_t k = 0; k < K; k += 64) {
+                const __mmask64 km = K - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - k)) - 1);
+                _mm_prefetch((const char *)(w + k + S8_PF512), _MM_HINT_T0);
+                const __m512i wv = _mm512_maskz_loadu_epi8(km, w + k);
+                const __m512i u = _mm512_xor_si512(_mm512_maskz_loadu_epi8(km, xq + k), flip);
+                acc = _mm512_dpbusd_epi32(acc, u, wv);
+                cs = _mm512_dpbusd_epi32(cs, flip, wv);
+            }
+            const int32_t d = hsum16(acc) - hsum16(cs);
+            y[n] = (float)d * (ws[n] / a[0]);
+        }
+        return;
+    }
+    int64_t chunk = K > 0 ? S8_CHUNK / K / 4 * 4 : S8_CHUNK_ROWS;
+    chunk = chunk < 4 ? 4 : (chunk > S8_CHUNK_ROWS ? S8_CHUNK_ROWS : chunk);
+    int32_t corr[S8_CHUNK_ROWS];
+    int32_t dot[16];
+    for (int64_t r0 = n0; r0 < n1; r0 += chunk) {
+        const int64_t r1 = n1 - r0 < chunk ? n1 : r0 + chunk;
+        for (int64_t m0 = 0; m0 < M; m0 += 4) {
+            const int T = M - m0 < 4 ? (int)(M - m0) : 4;
+            const int mk = m0 == 0; /* the chunk's first token tile makes its corrections */
+            const int8_t *x = xq + m0 * ldx;
+            for (int64_t n = r0; n < r1;) {
+                const int R = r1 - n >= 4 ? 4 : 1;
+                s8_tiles[R == 4 ? 0 : 1][mk][T - 1](W + n * ldw, ldw, K, x, ldx, dot, corr + (n - r0));
+                for (int r = 0; r < R; r++)
+                    for (int t = 0; t < T; t++) {
+                        const int32_t d = dot[r * 4 + t] - corr[n - r0 + r];
+                        y[(m0 + t) * ldy + n + r] = (float)d * (ws[n + r] / a[m0 + t]);
+                    }
+                n += R;
+            }
+        }
+    }
+}
+
+/* AVX-512: its own int8, float panels (12-row tiles, A packed by the panels kernel), panel fill,
+ * quantization and int8 head (VNNI) kernels; the decoded TTT head is the AVX2 one. */
 const bt_isa_ops bt_ops_avx512 = {
     .isa = BT_ISA_AVX512,
     .i8 = bt_i8_avx512,
@@ -522,11 +648,12 @@ const bt_isa_ops bt_ops_avx512 = {
     .panel = bt_panel_avx512,
     .panels = bt_panels_avx512,
     .pack_a = 1,
+    .group_kib = 1024, /* 1 MiB of panels: with the C block, within the 2 MiB L2 of Sapphire Rapids */
     .atile = 12,
     .panel_rows = bt_panel_rows_avx512,
     .panel_cols = bt_panel_cols_avx512,
     .quant = bt_quant_rows_avx512,
-    .s8_rows = bt_s8_rows_avx2,
+    .s8_rows = bt_s8_rows_avx512,
     .swiglu_fwd = bt_swiglu_fwd_avx512,
     .swiglu_bwd = bt_swiglu_bwd_avx512,
     .xent = bt_xent_avx512,
