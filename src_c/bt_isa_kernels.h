@@ -72,7 +72,7 @@ typedef struct {
     bt_i8f_fn *i8f;                /* optional: the same written as floats (many tokens)          */
     bt_panel_fn *panel;            /* float panel                                                 */
     bt_panels_fn *panels;          /* optional: groups of panels (then A tiles of atile % 3 == 0) */
-    int atile;                     /* rows of a packed A tile (bt_sgemm with trans_a)             */
+    int atile;                     /* rows of a packed A tile (bt_sgemm with trans_a, no pack_a)  */
     bt_fill_fn *panel_rows;        /* forward ternary panel fill                                  */
     bt_fill_fn *panel_cols;        /* transposed ternary panel fill                               */
     bt_quant_fn *quant;            /* activation quantization                                     */
@@ -83,6 +83,8 @@ typedef struct {
     bt_ttt_fwd_fn *ttt_fwd;
     bt_ttt_bwd_fn *ttt_bwd;
     bt_ttt_head_fn *ttt_head;
+    int pack_a;                    /* panels packs blocks of A itself: sgemm_tn passes A^T as is  */
+    int group_kib;                 /* KiB of filled B panels per panels call (0: BT_GROUP_BYTES)  */
 } bt_isa_ops;
 
 /* The table of the current ISA (the best supported one until bt_set_isa picks another). */
@@ -100,10 +102,10 @@ int32_t bt_quant_span(const float *row, int64_t k0, int64_t k1, float scale, int
 bt_i8_fn bt_i8_scalar, bt_i8_avx2, bt_i8_avx512;
 bt_i8f_fn bt_i8f_avx2;
 bt_panel_fn bt_panel_scalar, bt_panel_avx2, bt_panel_avx512;
-bt_panels_fn bt_panels_avx2;
+bt_panels_fn bt_panels_avx2, bt_panels_avx512;
 bt_fill_fn bt_panel_rows_scalar, bt_panel_cols_scalar, bt_panel_rows_avx512, bt_panel_cols_avx512;
 bt_quant_fn bt_quant_rows_scalar, bt_quant_rows_avx2, bt_quant_rows_avx512;
-bt_s8_rows_fn bt_s8_rows_scalar, bt_s8_rows_avx2;
+bt_s8_rows_fn bt_s8_rows_scalar, bt_s8_rows_avx2, bt_s8_rows_avx512;
 bt_swiglu_fwd_fn bt_swiglu_fwd_scalar, bt_swiglu_fwd_avx2, bt_swiglu_fwd_avx512;
 bt_swiglu_bwd_fn bt_swiglu_bwd_scalar, bt_swiglu_bwd_avx2, bt_swiglu_bwd_avx512;
 bt_xent_fn bt_xent_scalar, bt_xent_avx2, bt_xent_avx512;

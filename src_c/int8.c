@@ -1,5 +1,6 @@
 /* int8.c -- int8 x int8 products (bt_int8.h): the thread split over the rows kernel of the
- * current table (scalar in kernels_scalar.c, AVX2 sign trick + vpmaddubsw in kernels_avx2.c).
+ * current table (scalar in kernels_scalar.c, AVX2 sign trick + vpmaddubsw in kernels_avx2.c, VNNI
+ * vpdpbusd on offset activations in kernels_avx512.c).
  * The int32 sums are exact, so the paths agree bit for bit. */
 #include "bt_int8.h"
 

@@ -1,6 +1,7 @@
 /* kernels.c -- threading and panel drivers for bt_kernels.h, over the kernels of the current
  * table (bt_ops(), bt_isa_kernels.h). */
 #include "bt_kernels.h"
+#include "bt_arena.h"
 #include "bt_cpu.h"
 #include "bt_isa_kernels.h"
 #include "bt_quant.h"
@@ -116,15 +117,16 @@ int bt_bitlinear(const bt_ternary *w, const float *x, int64_t M, int64_t ldx, fl
 typedef void (*fill_fn)(const void *ctx, int64_t j0, float *B);
 
 #ifndef BT_GROUP_BYTES
-#define BT_GROUP_BYTES (4 << 20) /* B panels filled ahead for one bt_panels_avx2 call */
+#define BT_GROUP_BYTES (4 << 20) /* B panels filled ahead for one call of the table's panels */
 #endif
 #define BT_GROUP_MAX 16
 
 /* atile > 0: A is stored as tiles of atile rows, tile t at A + t*atile*P laid out
  * [P][atile] (then sa, sp are ignored).
- * A table with a group kernel (AVX2's bt_panels_avx2) takes the panels of a thread in groups
- * (up to BT_GROUP_BYTES of filled panels), so that it reads each block of A once per group
- * instead of once per panel; the others take one panel at a time.  Same results either way. */
+ * A table with a group kernel (bt_panels_avx2, bt_panels_avx512) takes the panels of a thread in
+ * groups (up to BT_GROUP_BYTES of filled panels), so that it reads each block of A once per group
+ * instead of once per panel; the others take one panel at a time.  Same results either way.
+ * The filled panels live in the thread's scratch buffer (bt_arena.h), kept between calls. */
 static int panel_driver_ex(const void *ctx, fill_fn fill, const float *A, int64_t sa, int64_t sp, int64_t M,
                            int64_t P, int64_t total_cols, float *C, int64_t ldc, float s, int atile) {
     if (M <= 0 || total_cols <= 0) return BT_OK;
@@ -137,7 +139,8 @@ static int panel_driver_ex(const void *ctx, fill_fn fill, const float *A, int64_
     bt_panels_fn *const panels = atile % 3 == 0 ? ops->panels : NULL;
     int group = 1;
     if (panels) {
-        const int64_t g = BT_GROUP_BYTES / (ldp * 4);
+        const int64_t bytes = ops->group_kib > 0 ? (int64_t)ops->group_kib << 10 : BT_GROUP_BYTES;
+        const int64_t g = bytes / (ldp * 4);
         group = g < 1 ? 1 : (g > BT_GROUP_MAX ? BT_GROUP_MAX : (int)g);
     }
     int failed = 0;
@@ -150,7 +153,7 @@ static int panel_driver_ex(const void *ctx, fill_fn fill, const float *A, int64_
         const int gmax = q1 - q0 < group ? (int)(q1 - q0) : group;
         float *B = NULL;
         if (q1 > q0) {
-            B = (float *)aligned_alloc(BT_ALIGN, (size_t)(gmax * ldp * 4));
+            B = (float *)bt_scratch(BT_SCRATCH_B, (size_t)(gmax * ldp * 4));
             if (!B) failed = 1;
         }
         for (int64_t q = q0; q < q1 && B; q += gmax) {
@@ -172,7 +175,6 @@ static int panel_driver_ex(const void *ctx, fill_fn fill, const float *A, int64_
                 }
             }
         }
-        free(B);
     }
     (void)nt;
     return failed ? BT_ERR_NOMEM : BT_OK;
@@ -246,14 +248,18 @@ static void fill_q8(const void *ctx, int64_t j0, float *B) {
     }
 }
 
-/* op(A) = A^T with B filled by fill(ctx): A is packed once into tiles of h rows of op(A),
- * [P][h] each (h contiguous floats of a row of A per p), so that the microkernels read A
- * sequentially; h is the table's atile (a multiple of 3 for the AVX2 panels' 3-row tiles). */
+/* op(A) = A^T with B filled by fill(ctx).  A table whose panels kernel packs A itself (pack_a)
+ * gets A^T as it is: A(i, p) = A[i + p*lda].  Otherwise A is packed once into tiles of h rows
+ * of op(A), [P][h] each (h contiguous floats of a row of A per p), so that the microkernels
+ * read A sequentially; h is the table's atile (a multiple of 3 for the AVX2 panels' 3-row
+ * tiles).  The tiles live in the calling thread's scratch buffer (bt_arena.h). */
 static int sgemm_tn(int64_t M, int64_t N, int64_t P, const float *A, int64_t lda, const void *ctx, fill_fn fill,
                     float *C, int64_t ldc) {
-    const int64_t h = bt_ops()->atile;
+    const bt_isa_ops *const ops = bt_ops();
+    if (ops->pack_a) return panel_driver_ex(ctx, fill, A, 1, lda, M, P, N, C, ldc, 1.0f, 0);
+    const int64_t h = ops->atile;
     const int64_t tiles = (M + h - 1) / h;
-    float *at = (float *)aligned_alloc(BT_ALIGN, (size_t)((tiles * h * P * 4 + 63) / 64 * 64));
+    float *at = (float *)bt_scratch(BT_SCRATCH_ATILES, (size_t)(tiles * h * P * 4));
     if (!at) return BT_ERR_NOMEM;
     /* rows p of A are read in order (each one sequentially) and dealt out to the tiles */
     const int nt = threads_for((double)M * (double)P * (double)N, P);
@@ -267,9 +273,7 @@ static int sgemm_tn(int64_t M, int64_t N, int64_t P, const float *A, int64_t lda
             for (int64_t i = mr; i < h; i++) dst[i] = 0.0f;
         }
     }
-    const int err = panel_driver_ex(ctx, fill, at, 0, 0, M, P, N, C, ldc, 1.0f, (int)h);
-    free(at);
-    return err;
+    return panel_driver_ex(ctx, fill, at, 0, 0, M, P, N, C, ldc, 1.0f, (int)h);
 }
 
 static int zero_c(int64_t M, int64_t N, float *C, int64_t ldc) {

@@ -587,6 +587,7 @@ const bt_isa_ops bt_ops_avx2 = {
     .i8f = bt_i8f_avx2,
     .panel = bt_panel_avx2,
     .panels = bt_panels_avx2,
+    .pack_a = 0,
     .atile = 12,
     .panel_rows = bt_panel_rows_scalar,
     .panel_cols = bt_panel_cols_scalar,

@@ -10,6 +10,7 @@
  * The AVX-512 table is at the end.
  */
 #include "bt_isa_kernels.h"
+#include "bt_arena.h"
 #include "bt_cpu.h"
 
 #ifdef BT_HAVE_X86
@@ -229,50 +230,185 @@ T512 void bt_i8_avx512(const bt_ternary *w, const int8_t *xq, int64_t ldq, const
     }
 }
 
-/* Float panel: tiles of up to 8 rows of A x 32 columns of B (two zmm). */
-T512 INLINE void panel_tile(const float *A, int64_t sa, int64_t sp, const float *B, int64_t P, float *C,
-                            int64_t ldc, int MR, int nc, float s) {
-    __m512 acc[8][2];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    for (int64_t p = 0; p < P; p++) {
-        const __m512 b0 = _mm512_loadu_ps(B + p * BT_PANEL), b1 = _mm512_loadu_ps(B + p * BT_PANEL + 16);
-#pragma GCC unroll 8
-        for (int i = 0; i < 8; i++) {
+/* Float panels (contract in bt_isa_kernels.h): C[i*ldc + j] = s * sum_{p<P} A(i, p) * B[p*32 + j].
+ *
+ * Register tile: 12 rows of A x the whole 32-column panel, 24 zmm accumulators (acc[i][h]
+ * holds row i, columns 16h..16h+15).  Per p the two B vectors of panel row p are loaded once
+ * and each of the 12 A values is broadcast once and fused-multiply-added into both halves:
+ * 24 FMAs for 14 loads, 24 + 2 + 1 = 27 zmm.  Tails of 1..11 rows use the same code.
+ *
+ * Blocking (bt_panels_avx512): row blocks of BT_AVX512_MC (their C block, MC x 32G floats, stays
+ * in L2 through the depth blocks), then depth blocks of BT_AVX512_KC (the A block, MC x KC
+ * floats, stays in L2 while every panel of the group uses it), then the panels of the group
+ * (the B slice of a panel, KC x 32 floats = 32 KiB, stays in L1 while every row tile of the
+ * block walks it), then the row tiles.  A is read in place when its rows
+ * are contiguous in p (sp == 1, one tile of rows); otherwise (A^T of sgemm_tn, sa == 1) each
+ * A block is first packed into tiles [KC][12] (one thread-local buffer, bt_arena.h), so that
+ * the broadcasts read sequentially.
+ * Between depth blocks the running sums are parked in C, unscaled, and reloaded as they
+ * were: each output is still the single FMA chain over p = 0..P-1 in order, from +0,
+ * multiplied by s once after the last block -- the operations of bt_panel_scalar, so the
+ * same bits.  Columns j >= nc of C are never read or written (masked loads and stores). */
+#ifndef BT_AVX512_KC
+#define BT_AVX512_KC 256
+#endif
+#ifndef BT_AVX512_MC
+#define BT_AVX512_MC 240 /* a multiple of 12 */
+#endif
+#define F_MR 12
+
+/* Rows [0, MR) of a tile (row i at A + i*sa, then + p*sp), kc depth steps of B (32 floats
+ * each); first: start from 0, else reload C; last: store s * sums, else the sums. */
+T512 INLINE void ftile(const float *A, int64_t sa, int64_t sp, const float *B, int64_t kc, float *C,
+                       int64_t ldc, const int MR, __mmask16 k0, __mmask16 k1, float s, int first, int last) {
+    __m512 acc[F_MR][2];
+    if (first) {
+#pragma GCC unroll 12
+        for (int i = 0; i < F_MR; i++) {
             if (i >= MR) break;
-            const __m512 a = _mm512_set1_ps(A[i * sa + p * sp]);
+            acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+        }
+    } else {
+        const float *Cl = C;
+        __asm__("" : "+r"(Cl)); /* row addresses made here, not kept live through the loop */
+#pragma GCC unroll 12
+        for (int i = 0; i < F_MR; i++) {
+            if (i >= MR) break;
+            acc[i][0] = _mm512_maskz_loadu_ps(k0, Cl + i * ldc);
+            acc[i][1] = _mm512_maskz_loadu_ps(k1, Cl + i * ldc + 16);
+        }
+    }
+    const float *ap = A;
+    for (int64_t p = 0; p < kc; p++) {
+        const __m512 b0 = _mm512_loadu_ps(B + p * BT_PANEL), b1 = _mm512_loadu_ps(B + p * BT_PANEL + 16);
+#pragma GCC unroll 12
+        for (int i = 0; i < F_MR; i++) {
+            if (i >= MR) break;
+            const __m512 a = _mm512_set1_ps(ap[i * sa]);
             acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
             acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
         }
+        ap += sp;
     }
+    float *Cs = C;
+    __asm__("" : "+r"(Cs));
     const __m512 sv = _mm512_set1_ps(s);
-    const __mmask16 k0 = nc >= 16 ? 0xFFFF : (__mmask16)((1u << nc) - 1u);
-    const __mmask16 k1 = nc >= 32 ? 0xFFFF : (nc <= 16 ? 0 : (__mmask16)((1u << (nc - 16)) - 1u));
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) {
+#pragma GCC unroll 12
+    for (int i = 0; i < F_MR; i++) {
         if (i >= MR) break;
-        _mm512_mask_storeu_ps(C + i * ldc, k0, _mm512_mul_ps(acc[i][0], sv));
-        _mm512_mask_storeu_ps(C + i * ldc + 16, k1, _mm512_mul_ps(acc[i][1], sv));
+        _mm512_mask_storeu_ps(Cs + i * ldc, k0, last ? _mm512_mul_ps(acc[i][0], sv) : acc[i][0]);
+        _mm512_mask_storeu_ps(Cs + i * ldc + 16, k1, last ? _mm512_mul_ps(acc[i][1], sv) : acc[i][1]);
     }
 }
 
-#define PANEL_TILE(MR)                                                                           \
-    T512 static void panel_##MR(const float *A, int64_t sa, int64_t sp, const float *B, int64_t P, \
-                                float *C, int64_t ldc, int nc, float s) {                       \
-        panel_tile(A, sa, sp, B, P, C, ldc, MR, nc, s);                                             \
+typedef void ftile_fn(const float *A, int64_t sa, int64_t sp, const float *B, int64_t kc, float *C,
+                      int64_t ldc, __mmask16 k0, __mmask16 k1, float s, int first, int last);
+#define FTILE(MR)                                                                                        \
+    T512 static void ftile_##MR(const float *A, int64_t sa, int64_t sp, const float *B, int64_t kc,     \
+                                float *C, int64_t ldc, __mmask16 k0, __mmask16 k1, float s, int first,  \
+                                int last) {                                                            \
+        ftile(A, sa, sp, B, kc, C, ldc, MR, k0, k1, s, first, last);                                   \
     }
-PANEL_TILE(8)
-PANEL_TILE(4)
-PANEL_TILE(2)
-PANEL_TILE(1)
+FTILE(1)
+FTILE(2)
+FTILE(3)
+FTILE(4)
+FTILE(5)
+FTILE(6)
+FTILE(7)
+FTILE(8)
+FTILE(9)
+FTILE(10)
+FTILE(11)
+FTILE(12)
+#undef FTILE
+static ftile_fn *const ftiles[F_MR + 1] = {NULL,     ftile_1, ftile_2, ftile_3, ftile_4,  ftile_5, ftile_6,
+                                           ftile_7,  ftile_8, ftile_9, ftile_10, ftile_11, ftile_12};
+
+/* Row i of A (the tiles of H rows of the contract), depth 0. */
+static inline const float *a_row(const float *A, int64_t sa, int64_t H, int64_t ts, int64_t i) {
+    return A + (i / H) * ts + (i % H) * sa;
+}
+
+/* Rows [m0, m1) x depth [k0, k0 + kc) of A into tiles of 12 rows, tile t at dst + t*12*kc laid
+ * out [kc][12] (rows past m1 of the last tile are left as they are: never stored to C).  When
+ * the rows of the block lie side by side (sa == 1, one tile of the contract), the block is read
+ * one p at a time, its mc floats in order: with a power-of-two sp, a walk down p per tile would
+ * land every line in the same few cache sets and miss in L1 and L2 alike. */
+T512 static void pack_a(const float *A, int64_t sa, int64_t sp, int64_t H, int64_t ts, int64_t m0, int64_t m1,
+                        int64_t k0, int64_t kc, float *dst) {
+    if (sa == 1 && (m0 % H) + (m1 - m0) <= H) {
+        const float *src = a_row(A, sa, H, ts, m0) + k0 * sp;
+        const int64_t nt = (m1 - m0) / F_MR, tail = (m1 - m0) % F_MR;
+        const __mmask16 km = (__mmask16)((1u << F_MR) - 1u), kt = (__mmask16)((1u << tail) - 1u);
+        for (int64_t p = 0; p < kc; p++) {
+            const float *row = src + p * sp;
+            float *d = dst + p * F_MR;
+            for (int64_t t = 0; t < nt; t++)
+                _mm512_mask_storeu_ps(d + t * F_MR * kc, km, _mm512_maskz_loadu_ps(km, row + t * F_MR));
+            if (tail) _mm512_mask_storeu_ps(d + nt * F_MR * kc, kt, _mm512_maskz_loadu_ps(kt, row + nt * F_MR));
+        }
+        return;
+    }
+    for (int64_t t0 = m0; t0 < m1; t0 += F_MR) {
+        const int mr = m1 - t0 < F_MR ? (int)(m1 - t0) : F_MR;
+        float *d = dst + (t0 - m0) * kc;
+        for (int i = 0; i < mr; i++) {
+            const float *src = a_row(A, sa, H, ts, t0 + i) + k0 * sp;
+            for (int64_t p = 0; p < kc; p++) d[p * F_MR + i] = src[p * sp];
+        }
+    }
+}
+
+/* G panels, panel g at B + g*ldp (P x 32 floats) giving columns C + 32g, all full but the last
+ * (nc_last columns); A(i, p) = A[(i / H)*ts + (i % H)*sa + p*sp]. */
+T512 void bt_panels_avx512(const float *A, int64_t sa, int64_t sp, int64_t H, int64_t ts, int64_t M,
+                           const float *B, int64_t ldp, int G, int64_t P, float *C, int64_t ldc, int nc_last,
+                           float s) {
+    if (M <= 0) return;
+    const int direct = sp == 1 && H >= M; /* rows of A read in place */
+    float *pk = NULL;
+    if (!direct) {
+        const int64_t kcmax = P < BT_AVX512_KC ? (P > 0 ? P : 1) : BT_AVX512_KC;
+        const int64_t mcmax = M < BT_AVX512_MC ? (M + F_MR - 1) / F_MR * F_MR : BT_AVX512_MC;
+        pk = (float *)bt_scratch(BT_SCRATCH_APACK, (size_t)(mcmax * kcmax) * sizeof(float));
+        /* out of memory: read A in place with its strides (slower, same results) */
+    }
+    const __mmask16 full = 0xFFFF;
+    const __mmask16 l0 = nc_last >= 16 ? full : (__mmask16)((1u << nc_last) - 1u);
+    const __mmask16 l1 = nc_last >= 32 ? full : (nc_last <= 16 ? 0 : (__mmask16)((1u << (nc_last - 16)) - 1u));
+    for (int64_t m0 = 0; m0 < M; m0 += BT_AVX512_MC) {
+        const int64_t m1 = M - m0 > BT_AVX512_MC ? m0 + BT_AVX512_MC : M;
+        int64_t k0 = 0;
+        do { /* at least one depth block, so that P == 0 still writes s * 0 */
+            const int64_t kc = P - k0 > BT_AVX512_KC ? BT_AVX512_KC : P - k0;
+            const int first = k0 == 0, last = k0 + kc == P;
+            if (pk) pack_a(A, sa, sp, H, ts, m0, m1, k0, kc, pk);
+            for (int g = 0; g < G; g++) {
+                const float *Bg = B + g * ldp + k0 * BT_PANEL;
+                float *Cg = C + g * BT_PANEL;
+                const __mmask16 k0m = g == G - 1 ? l0 : full, k1m = g == G - 1 ? l1 : full;
+                for (int64_t i = m0; i < m1; i += F_MR) {
+                    const int mr = m1 - i < F_MR ? (int)(m1 - i) : F_MR;
+                    float *Ci = Cg + i * ldc;
+                    if (pk)
+                        ftiles[mr](pk + (i - m0) * kc, 1, F_MR, Bg, kc, Ci, ldc, k0m, k1m, s, first, last);
+                    else if (direct)
+                        ftiles[mr](A + i * sa + k0, sa, 1, Bg, kc, Ci, ldc, k0m, k1m, s, first, last);
+                    else
+                        for (int r = 0; r < mr; r++) /* rows one at a time: any H, ts */
+                            ftiles[1](a_row(A, sa, H, ts, i + r) + k0 * sp, 0, sp, Bg, kc, Ci + r * ldc, ldc, k0m,
+                                      k1m, s, first, last);
+                }
+            }
+            k0 += kc;
+        } while (k0 < P);
+    }
+}
 
 T512 void bt_panel_avx512(const float *A, int64_t sa, int64_t sp, int64_t M, const float *B, int64_t P,
                           float *C, int64_t ldc, int nc, float s) {
-    int64_t i = 0;
-    for (; i + 8 <= M; i += 8) panel_8(A + i * sa, sa, sp, B, P, C + i * ldc, ldc, nc, s);
-    for (; i + 4 <= M; i += 4) panel_4(A + i * sa, sa, sp, B, P, C + i * ldc, ldc, nc, s);
-    for (; i + 2 <= M; i += 2) panel_2(A + i * sa, sa, sp, B, P, C + i * ldc, ldc, nc, s);
-    for (; i < M; i++) panel_1(A + i * sa, sa, sp, B, P, C + i * ldc, ldc, nc, s);
+    bt_panels_avx512(A, sa, sp, M > 0 ? M : 1, 0, M, B, 0, 1, P, C, ldc, nc, s);
 }
 
 /* Forward float panel (bt_panel_rows_scalar in kernels_scalar.c): B[k*32 + j] = code(n0 + j, k)
@@ -377,19 +513,131 @@ T512 int bt_quant_rows_avx512(const float *x, int64_t M, int64_t K, int64_t ldx,
     return BT_OK;
 }
 
-/* AVX-512: its own int8, float panel, panel fill and quantization kernels; the int8 head rows
- * and the decoded TTT head are the AVX2 ones. */
+/* int8 x int8 rows of bt_gemm_s8 (bt_int8.h) with VNNI.  vpdpbusd multiplies unsigned by signed
+ * bytes, so the activations are offset to unsigned bytes u = x + 128 (x ^ 0x80): sum_k u w =
+ * dot(w, x) + 128 sum_k w, and the correction 128 sum_k w of a row is made by the same
+ * instruction, vpdpbusd(0x80 bytes, w).  All sums are int32 and wrap alike, so dot is the exact
+ * sum of the scalar rows; y = (float)dot * (ws[n] / a[m]) as there.  K tails: masked loads
+ * (zero weights add 0 to both sums).  Tiles of 4 rows x up to 4 tokens; rows go in chunks of
+ * about S8_CHUNK bytes (they stay in L2 while every token tile walks them), and a chunk's
+ * corrections are made with its first token tile and kept for the others.  One token
+ * (decoding, bound by the read of W): the AVX2 rows as before, a read-ahead stream (a VNNI
+ * loop over the 32000 x 2048 head measured no faster: 11-11.7 against 11.3-12.7 GB/s). */
+#ifndef S8_CHUNK
+#define S8_CHUNK (256 * 1024)
+#endif
+#define S8_CHUNK_ROWS 1024 /* at most this many rows per chunk (their corrections on the stack) */
+
+T512 INLINE int32_t hsum16(__m512i v) { return _mm512_reduce_add_epi32(v); }
+
+/* R rows (1 or 4) x T tokens (1..4) over K: dot[r*4 + t] = sum_k u w; corr: also c[r] = 128 sum_k w. */
+T512 INLINE void s8_tile(const int8_t *W, int64_t ldw, int64_t K, const int8_t *xq, int64_t ldx, const int R,
+                         const int T, const int corr, int32_t *dot, int32_t *c) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80), z = _mm512_setzero_si512();
+    __m512i acc[4][4], cs[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+        cs[r] = z;
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) acc[r][t] = z;
+    }
+    for (int64_t k = 0; k < K; k += 64) {
+        const __mmask64 km = K - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - k)) - 1);
+        __m512i w[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            if (r >= R) break;
+            w[r] = _mm512_maskz_loadu_epi8(km, W + r * ldw + k);
+            if (corr) cs[r] = _mm512_dpbusd_epi32(cs[r], flip, w[r]);
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) {
+            if (t >= T) break;
+            const __m512i u = _mm512_xor_si512(_mm512_maskz_loadu_epi8(km, xq + t * ldx + k), flip);
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                if (r >= R) break;
+                acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], u, w[r]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+        if (r >= R) break;
+        if (corr) c[r] = hsum16(cs[r]);
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) {
+            if (t >= T) break;
+            dot[r * 4 + t] = hsum16(acc[r][t]);
+        }
+    }
+}
+
+typedef void s8_tile_fn(const int8_t *W, int64_t ldw, int64_t K, const int8_t *xq, int64_t ldx, int32_t *dot,
+                        int32_t *c);
+#define S8_TILE(R, T, C)                                                                                    \
+    T512 static void s8_tile_##R##_##T##_##C(const int8_t *W, int64_t ldw, int64_t K, const int8_t *xq,    \
+                                             int64_t ldx, int32_t *dot, int32_t *c) {                      \
+        s8_tile(W, ldw, K, xq, ldx, R, T, C, dot, c);                                                      \
+    }
+#define S8_TILES(R, C) S8_TILE(R, 1, C) S8_TILE(R, 2, C) S8_TILE(R, 3, C) S8_TILE(R, 4, C)
+S8_TILES(4, 0)
+S8_TILES(4, 1)
+S8_TILES(1, 0)
+S8_TILES(1, 1)
+#undef S8_TILES
+#undef S8_TILE
+/* [rows 4 or 1][corrections made][tokens - 1] */
+static s8_tile_fn *const s8_tiles[2][2][4] = {
+    {{s8_tile_4_1_0, s8_tile_4_2_0, s8_tile_4_3_0, s8_tile_4_4_0}, {s8_tile_4_1_1, s8_tile_4_2_1, s8_tile_4_3_1, s8_tile_4_4_1}},
+    {{s8_tile_1_1_0, s8_tile_1_2_0, s8_tile_1_3_0, s8_tile_1_4_0}, {s8_tile_1_1_1, s8_tile_1_2_1, s8_tile_1_3_1, s8_tile_1_4_1}},
+};
+
+T512 void bt_s8_rows_avx512(const int8_t *W, int64_t ldw, const float *ws, int64_t n0, int64_t n1, int64_t K,
+                            const int8_t *xq, int64_t ldx, const float *a, int64_t M, float *y, int64_t ldy) {
+    if (M == 1) { /* one token (decoding): memory-bound, the AVX2 stream */
+        bt_s8_rows_avx2(W, ldw, ws, n0, n1, K, xq, ldx, a, M, y, ldy);
+        return;
+    }
+    int64_t chunk = K > 0 ? S8_CHUNK / K / 4 * 4 : S8_CHUNK_ROWS;
+    chunk = chunk < 4 ? 4 : (chunk > S8_CHUNK_ROWS ? S8_CHUNK_ROWS : chunk);
+    int32_t corr[S8_CHUNK_ROWS];
+    int32_t dot[16];
+    for (int64_t r0 = n0; r0 < n1; r0 += chunk) {
+        const int64_t r1 = n1 - r0 < chunk ? n1 : r0 + chunk;
+        for (int64_t m0 = 0; m0 < M; m0 += 4) {
+            const int T = M - m0 < 4 ? (int)(M - m0) : 4;
+            const int mk = m0 == 0; /* the chunk's first token tile makes its corrections */
+            const int8_t *x = xq + m0 * ldx;
+            for (int64_t n = r0; n < r1;) {
+                const int R = r1 - n >= 4 ? 4 : 1;
+                s8_tiles[R == 4 ? 0 : 1][mk][T - 1](W + n * ldw, ldw, K, x, ldx, dot, corr + (n - r0));
+                for (int r = 0; r < R; r++)
+                    for (int t = 0; t < T; t++) {
+                        const int32_t d = dot[r * 4 + t] - corr[n - r0 + r];
+                        y[(m0 + t) * ldy + n + r] = (float)d * (ws[n + r] / a[m0 + t]);
+                    }
+                n += R;
+            }
+        }
+    }
+}
+
+/* AVX-512: its own int8, float panels (12-row tiles, A packed by the panels kernel), panel fill,
+ * quantization and int8 head (VNNI) kernels; the decoded TTT head is the AVX2 one. */
 const bt_isa_ops bt_ops_avx512 = {
     .isa = BT_ISA_AVX512,
     .i8 = bt_i8_avx512,
     .i8f = NULL,
     .panel = bt_panel_avx512,
-    .panels = NULL,
-    .atile = 8,
+    .panels = bt_panels_avx512,
+    .pack_a = 1,
+    .group_kib = 1024, /* 1 MiB of panels: with the C block, within the 2 MiB L2 of Sapphire Rapids */
+    .atile = 12,
     .panel_rows = bt_panel_rows_avx512,
     .panel_cols = bt_panel_cols_avx512,
     .quant = bt_quant_rows_avx512,
-    .s8_rows = bt_s8_rows_avx2,
+    .s8_rows = bt_s8_rows_avx512,
     .swiglu_fwd = bt_swiglu_fwd_avx512,
     .swiglu_bwd = bt_swiglu_bwd_avx512,
     .xent = bt_xent_avx512,

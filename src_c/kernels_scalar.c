@@ -95,6 +95,7 @@ const bt_isa_ops bt_ops_scalar = {
     .i8f = NULL,
     .panel = bt_panel_scalar,
     .panels = NULL,
+    .pack_a = 0,
     .atile = 8,
     .panel_rows = bt_panel_rows_scalar,
     .panel_cols = bt_panel_cols_scalar,

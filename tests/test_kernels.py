@@ -282,3 +282,54 @@ def test_weight_gradient_from_codes_equals_dequantized_gemm(kernel, threads, p, 
     assert np.allclose(want, dy.astype(np.float64).T @ (xq / a[:, None].astype(np.float64)), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="first axes must agree"):
         bitttt.kernels.sgemm_tn_q8(dy, xq[:-1] if p > 1 else np.zeros((2, n), np.int8), a)
+
+
+@pytest.mark.parametrize("m,n,p", [(11, 33, 257), (12, 32, 256), (13, 65, 513), (25, 1, 255), (241, 97, 300),
+                                   (1, 64, 1), (37, 160, 2)])
+def test_float_gemm_register_tiles_and_blocks_bit_identical(threads, m, n, p, rng):
+    # AVX-512 cuts rows in 12-row tiles (tails 1..11) and blocks of 240, depth in blocks of 256,
+    # packs A^T per block (a power-of-two leading dimension included); every path and thread
+    # count gives the scalar bits, for every float product of the training step
+    a = rng.standard_normal((m, p)).astype(np.float32)
+    b = rng.standard_normal((p, n)).astype(np.float32)
+    wide = np.zeros((p, 256), np.float32)  # A^T with lda = 256
+    wide[:, :m] = a.T
+    w = _packed(rng, n, p)
+    dy = rng.standard_normal((m, n)).astype(np.float32)
+    g = rng.standard_normal((p, m)).astype(np.float32)
+    xq, xa = bitttt.quantize_activations(rng.standard_normal((p, n)).astype(np.float32))
+
+    def run():
+        outs = []
+        for t in (1, 2):
+            bitttt.set_num_threads(t)
+            outs += [bitttt.sgemm(a, b), bitttt.sgemm(a.T.copy(), b, True), bitttt.sgemm(a, b.T.copy(), False, True),
+                     bitttt.sgemm(wide, b, True)[:m], bitttt.matmul_t(w, dy), bitttt.kernels.sgemm_tn_q8(g, xq, xa)]
+        return outs
+
+    outs = _all_paths(run)
+    assert outs[0][0] == "scalar"
+    for name, got in outs[1:]:
+        for i, (ref, val) in enumerate(zip(outs[0][1], got)):
+            assert np.array_equal(ref.view(np.uint32), val.view(np.uint32)), (name, i)
+
+
+@pytest.mark.parametrize("m, n, k", [(2, 5, 1), (4, 4, 64), (6, 9, 63), (7, 13, 65), (9, 1030, 300), (17, 7, 4097),
+                                     (5, 2, 12000)])
+def test_int8_head_tiles_and_chunks_exact(kernel, threads, m, n, k, rng):
+    """gemm_s8 on shapes that cut the VNNI path's 4x4 tiles, K tails and row chunks: exact sums."""
+    from bitttt import _core
+
+    w = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    xq = rng.integers(-127, 128, (m, k), dtype=np.int8)
+    w[-1], xq[-1] = -127, -127  # the extremes in the last row and token: the largest offset sums
+    ws = rng.uniform(1e-3, 1e-1, n).astype(np.float32)
+    a = rng.uniform(1.0, 50.0, m).astype(np.float32)
+    exact = xq.astype(np.int64) @ w.astype(np.int64).T
+    want = exact.astype(np.float32) * (ws[None, :] / a[:, None])
+    for t in (1, 2):
+        bitttt.set_num_threads(t)
+        for rows in (slice(None), slice(0, 1)):  # many tokens, and one (the decoding path)
+            y = np.empty((len(xq[rows]), n), np.float32)
+            _core.gemm_s8(w, ws, np.ascontiguousarray(xq[rows]), np.ascontiguousarray(a[rows]), y)
+            assert np.array_equal(y, want[rows])
