@@ -1,7 +1,7 @@
 """Decode and prefill speed of a packed model against the memory roofline.
 
     python bench/bench_decode.py [--threads 1 2] [--decode 64] [--no-append]
-                                 [--llama-bench BIN --gguf FILE]
+                                 [--llama-bench BIN --gguf FILE] [--formats t2 t1] [--rounds 3]
 
 Model: random ternary weights in the shape of the llama.cpp comparison in issue 5: D = 2048,
 8 layers, 16 heads, I = 5632, V = 32000, K = 16, int8 LM head (the export's default).  The
@@ -17,6 +17,10 @@ Q8_0 head: bench/make_gguf.py says how to make one), llama.cpp's llama-bench run
 each of our workers on the same thread count, and the ratios are printed beside.
 Peak RSS of the whole process (interpreter included) over a 16-token prompt and `--long`
 decoded tokens, measured before the prefill runs, must stay below the file size + 100 MB.
+--formats t2 t1: the same random weights packed at 2 bits (t2, the default) and at 1.6 bits (t1,
+`export --format t1`), the workers of the two alternating --rounds times; each row gives the
+median over the rounds, the t1 / t2 ratios are the medians of the per-round ratios, and the
+logits of the two files (a prompt and 8 greedy tokens) are checked to be the same bits.
 
     python bench/bench_decode.py --arch ttt attention hybrid [--contexts 1024 4096 16384 65536]
                                  [--kv-heads 16] [--kv-dtype float16] [--threads 2] [--decode 8]
@@ -50,8 +54,9 @@ SHAPE = dict(vocab_size=32000, hidden_size=2048, num_layers=8, num_heads=16, int
              mini_batch_size=16, ternary=True)
 
 
-def build(path: str, shape: dict | None = None) -> None:
-    """Write a packed model file with random ternary weights (no float copy of them is ever made)."""
+def build(path: str, shape: dict | None = None, packing: str = "t2") -> None:
+    """Write a packed model file with random ternary weights (no float copy of them is ever made),
+    packed in format `packing` (the same weights for either)."""
     import base64
     import hashlib
 
@@ -68,7 +73,7 @@ def build(path: str, shape: dict | None = None) -> None:
         shape = spec.shape
         if spec.kind == "linear":
             t = rng.integers(-1, 2, shape, dtype=np.int8)
-            tensors.update(packed_tensors(PackedTernary.from_ternary(t, 0.02), name))
+            tensors.update(packed_tensors(PackedTernary.from_ternary(t, 0.02, format=packing), name))
         elif spec.kind == "embedding":
             tensors[name] = rng.normal(0, 1.0, shape).astype(np.float16)
     for li in range(cfg.num_layers):
@@ -86,7 +91,7 @@ def build(path: str, shape: dict | None = None) -> None:
     meta.update({"format": MODEL_FORMAT, "config": cfg.to_json(),
                  "tokenizer": base64.b64encode(tok.to_bytes()).decode(),
                  "tokenizer_sha256": hashlib.sha256(tok.to_bytes()).hexdigest(), "model_id": "bench-random",
-                 "head": "int8", "source": "bench_decode random weights", "step": "0"})
+                 "head": "int8", "packing": packing, "source": "bench_decode random weights", "step": "0"})
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_safetensors(path, tensors, meta)
 
@@ -115,7 +120,18 @@ def worker(args) -> dict:
     v = SHAPE["vocab_size"]
     rng = np.random.default_rng(1)
     bpt = bytes_per_token(im)
-    out = {"threads": args.threads, "bytes_per_token": bpt}
+    from bitttt import PackedTernary
+
+    out = {"threads": args.threads, "bytes_per_token": bpt,
+           "packing": next(w.format for w in im.model.params.values() if isinstance(w, PackedTernary))}
+    import hashlib
+
+    st = im.new_state()  # the same bits on either format: a prompt and 8 greedy tokens, hashed
+    logits, h = im.feed(st, np.arange(16) % v), hashlib.sha256()
+    for _ in range(8):
+        h.update(logits.tobytes())
+        logits = im.feed(st, [int(np.argmax(logits))])
+    out["logits_sha256"] = h.hexdigest()
     # memory first (ru_maxrss only grows): a short prompt, then --long decoded tokens
     st = im.new_state()
     logits = im.feed(st, rng.integers(0, v, 16))
@@ -133,7 +149,7 @@ def worker(args) -> dict:
         ts.append(time.perf_counter() - t0)
     out["decode_tps"] = 1.0 / float(np.median(ts[3:]))
     bws.append(_core.read_bandwidth(512 * 2**20, 3, args.threads))
-    for n in (128, 512):
+    for n in args.prefill:
         ts = []
         for _ in range(3):
             st = im.new_state()
@@ -296,6 +312,11 @@ def main() -> None:
     ap.add_argument("--llama-bench", help="llama.cpp's llama-bench binary, for a same-run comparison")
     ap.add_argument("--gguf", help="the llama.cpp model for --llama-bench (bench/make_gguf.py)")
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--formats", nargs="+", choices=("t2", "t1"), default=["t2"],
+                    help="packed formats of the BitLinear weights, side by side (default t2)")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of alternating workers (with --formats)")
+    ap.add_argument("--prefill", type=int, nargs="*", default=[128, 512],
+                    help="prompt lengths timed (default 128 512; none: decode only)")
     ap.add_argument("--arch", nargs="+", choices=("ttt", "attention", "hybrid"),
                     help="decode speed against context length for these architectures")
     ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
@@ -315,30 +336,56 @@ def main() -> None:
         args.threads = args.threads[0]
         print(json.dumps(worker(args)))
         return
-    if not os.path.exists(args.file):
-        print(f"building {args.file} ...", flush=True)
-        build(args.file)
+    files = {f: args.file if f == "t2" else args.file.replace(".safetensors", f"_{f}.safetensors")
+             for f in args.formats}
+    for f, path in files.items():
+        if not os.path.exists(path):
+            print(f"building {path} ...", flush=True)
+            build(path, packing=f)
     if bool(args.llama_bench) != bool(args.gguf):
         sys.exit("--llama-bench and --gguf go together")
     rows, llama = [], []
     for t in args.threads:
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--threads", str(t), "--decode",
-               str(args.decode), "--long", str(args.long), "--file", args.file]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode:
-            sys.exit(f"worker failed:\n{r.stderr}")
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        runs: dict[str, list[dict]] = {f: [] for f in files}
+        for _ in range(args.rounds):
+            for f, path in files.items():  # the formats alternate
+                cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--threads", str(t), "--decode",
+                       str(args.decode), "--long", str(args.long), "--file", path, "--prefill", *map(str, args.prefill)]
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                if r.returncode:
+                    sys.exit(f"worker failed:\n{r.stderr}")
+                runs[f].append(json.loads(r.stdout.strip().splitlines()[-1]))
+        for f, rs in runs.items():
+            row = dict(rs[0])
+            for k in ("decode_tps", "prefill128_tps", "prefill512_tps", "bandwidth_gbs", "roofline_tps"):
+                row[k] = float(np.median([x.get(k, np.nan) for x in rs]))
+            row["packing"] = f
+            if f != args.formats[0]:
+                base = runs[args.formats[0]]
+                row["ratio"] = {k: float(np.median([x.get(k, np.nan) / b.get(k, np.nan) for x, b in zip(rs, base)]))
+                                for k in ("decode_tps", "prefill128_tps", "bytes_per_token")}
+                row["same_logits"] = all(x["logits_sha256"] == b["logits_sha256"] for x, b in zip(rs, base))
+            rows.append(row)
         if args.llama_bench:
             llama.append(run_llama(args.llama_bench, args.gguf, t, args.decode))
-    lines = ["| threads | decode tok/s | roofline tok/s | of roofline | prefill 128 tok/s | prefill 512 tok/s | "
-             "read GB/s | MB/token | peak RSS MiB (file MiB) | RSS growth over decode MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| threads | format | decode tok/s | roofline tok/s | of roofline | prefill 128 tok/s | "
+             "prefill 512 tok/s | read GB/s | MB/token | peak RSS MiB (file MiB) | RSS growth over decode MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['threads']} | {r['decode_tps']:.1f} | {r['roofline_tps']:.1f} | "
+        lines.append(f"| {r['threads']} | {r['packing']} | {r['decode_tps']:.1f} | {r['roofline_tps']:.1f} | "
                      f"{r['decode_tps'] / r['roofline_tps']:.0%} | {r['prefill128_tps']:.1f} | "
                      f"{r['prefill512_tps']:.1f} | "
                      f"{r['bandwidth_gbs']:.1f} | {r['bytes_per_token'] / 1e6:.1f} | {r['peak_rss_mb']:.0f} "
                      f"({r['file_mb']:.0f}) | {r['rss_growth_mb']:.1f} |")
+    ratios = [r for r in rows if "ratio" in r]
+    if ratios:
+        lines += ["", f"| threads | format | bytes/token vs {args.formats[0]} | decode tok/s vs {args.formats[0]} | "
+                  f"prefill 128 vs {args.formats[0]} | same logits (prompt + 8 greedy tokens) |",
+                  "|---|---|---|---|---|---|"]
+        for r in ratios:
+            q = r["ratio"]
+            lines.append(f"| {r['threads']} | {r['packing']} | {q['bytes_per_token']:.3f} | {q['decode_tps']:.3f} | "
+                         f"{q['prefill128_tps']:.3f} | {'yes' if r['same_logits'] else 'NO'} |")
     if llama:
         lines += ["", "llama.cpp (llama-bench; TQ2_0 linear layers, Q8_0 head, F16 embedding), run right after ours:",
                   "",
@@ -358,7 +405,10 @@ def main() -> None:
     cpu = machine()
     head = [f"\n## bench_decode -- {datetime.datetime.now():%Y-%m-%d %H:%M}\n",
             f"- machine: {cpu}, kernel {bitttt.cpu_info()['kernel']}",
-            f"- command: `python bench/bench_decode.py --decode {args.decode} --long {args.long}"
+            f"- command: `python bench/bench_decode.py --threads {' '.join(map(str, args.threads))} --decode "
+            f"{args.decode} --long {args.long}"
+            + (f" --formats {' '.join(args.formats)} --rounds {args.rounds}"
+               if len(files) > 1 or args.rounds > 1 else "")
             + (" --llama-bench BIN --gguf FILE" if llama else "") + "`",
             "- model: D=2048, 8 layers, H=16, I=5632, V=32000, K=16, random ternary weights, int8 head; "
             f"decode = median of {args.decode} steps; memory check over {args.long} decoded tokens",

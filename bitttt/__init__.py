@@ -2,7 +2,7 @@
 
 Public API:
   BitLlamaConfig, BitLlama, layers.TTTLinear, layers.Attention   the model (TTT, attention or hybrid)
-  PackedTernary, write_packed, read_packed   packed 2-bit ternary matrix (quantize) and its files
+  PackedTernary, write_packed, read_packed   packed ternary matrix (2 or 1.6 bits per weight) and its files
   quantize_activations, dot_i8, gemm_i8, bitlinear, matmul, matmul_t   CPU kernels
   set_num_threads, get_num_threads, set_kernel, get_kernel, available_kernels, cpu_info
   Tokenizer                              SentencePiece unigram / BPE with byte fallback and chat tokens

@@ -15,6 +15,11 @@ cdef extern from "bt_ternary.h":
         int64_t stride
         float scale
         uint8_t *codes
+        int fmt
+    int BT_FMT_T2, BT_FMT_T1
+    int64_t bt_fmt_stride(int fmt, int64_t cols)
+    int64_t bt_fmt_padded_cols(int fmt, int64_t cols)
+    int bt_transcode(const bt_ternary *src, int64_t r0, int64_t r1, bt_ternary *dst) nogil
     int BT_OK, BT_ERR_NONFINITE, BT_ERR_BADCODE, BT_ERR_SHAPE, BT_ERR_NOMEM, BT_ERR_ISA, BT_ERR_SCALE
     int BT_BLOCK, BT_BLOCK_BYTES, BT_ALIGN, BT_MAX_COLS
     int64_t bt_row_stride(int64_t cols)
@@ -107,14 +112,18 @@ MAX_COLS = BT_MAX_COLS
 ISA_NAMES = tuple(bt_isa_name(i).decode() for i in range(BT_ISA_COUNT))
 
 
-def row_stride(int64_t cols):
-    """Bytes per packed row for `cols` weights."""
-    return bt_row_stride(cols)
+FMT_T2 = BT_FMT_T2
+FMT_T1 = BT_FMT_T1
 
 
-def padded_cols(int64_t cols):
-    """`cols` rounded up to whole 256-weight blocks."""
-    return bt_padded_cols(cols)
+def row_stride(int64_t cols, int fmt=BT_FMT_T2):
+    """Bytes per packed row for `cols` weights in format `fmt` (FMT_T2 or FMT_T1)."""
+    return bt_fmt_stride(fmt, cols)
+
+
+def padded_cols(int64_t cols, int fmt=BT_FMT_T2):
+    """`cols` rounded up to the activation padding of format `fmt` (t2: whole 256-weight blocks)."""
+    return bt_fmt_padded_cols(fmt, cols)
 
 
 cdef int _check(int err) except -1:
@@ -133,12 +142,25 @@ cdef int _check(int err) except -1:
     raise RuntimeError(f"bitttt C core error {err}")
 
 
-cdef inline void _view(bt_ternary *t, const uint8_t[:, ::1] codes, int64_t cols, float scale) noexcept nogil:
+cdef inline void _view(bt_ternary *t, const uint8_t[:, ::1] codes, int64_t cols, float scale,
+                       int fmt=BT_FMT_T2) noexcept nogil:
     t.rows = codes.shape[0]
     t.cols = cols
     t.stride = codes.shape[1]
     t.scale = scale
     t.codes = <uint8_t *>&codes[0, 0]
+    t.fmt = BT_FMT_T1 if fmt == BT_FMT_T1 else BT_FMT_T2
+
+
+def transcode(const uint8_t[:, ::1] src, int64_t cols, int src_fmt, uint8_t[:, ::1] dst, int dst_fmt):
+    """dst [rows, row_stride(cols, dst_fmt)] = the weights of src [rows, row_stride(cols, src_fmt)]."""
+    cdef bt_ternary s, d
+    cdef int err
+    _view(&s, src, cols, 1.0, src_fmt)
+    _view(&d, dst, cols, 1.0, dst_fmt)
+    with nogil:
+        err = bt_transcode(&s, 0, s.rows, &d)
+    _check(err)
 
 
 def absmean_scale(const float[:, ::1] w):
@@ -151,29 +173,29 @@ def absmean_scale(const float[:, ::1] w):
     return s
 
 
-def pack(const float[:, ::1] w, float scale, uint8_t[:, ::1] codes):
+def pack(const float[:, ::1] w, float scale, uint8_t[:, ::1] codes, int fmt=BT_FMT_T2):
     """Quantize w [rows, cols] with `scale` into codes [rows, stride]."""
     cdef bt_ternary t
     cdef int err
-    _view(&t, codes, w.shape[1], scale)
+    _view(&t, codes, w.shape[1], scale, fmt)
     with nogil:
         err = bt_pack(&w[0, 0], w.shape[1], scale, &t)
     _check(err)
 
 
-def unpack(const uint8_t[:, ::1] codes, int64_t cols, float scale, float[:, ::1] out):
+def unpack(const uint8_t[:, ::1] codes, int64_t cols, float scale, float[:, ::1] out, int fmt=BT_FMT_T2):
     """out [rows, cols] = scale * (code - 1)."""
     cdef bt_ternary t
-    _view(&t, codes, cols, scale)
+    _view(&t, codes, cols, scale, fmt)
     with nogil:
         bt_unpack(&t, &out[0, 0], out.shape[1])
 
 
-def check_codes(const uint8_t[:, ::1] codes, int64_t cols):
+def check_codes(const uint8_t[:, ::1] codes, int64_t cols, int fmt=BT_FMT_T2):
     """ValueError unless every code is valid and the padding holds zeros."""
     cdef bt_ternary t
     cdef int err
-    _view(&t, codes, cols, 1.0)
+    _view(&t, codes, cols, 1.0, fmt)
     with nogil:
         err = bt_check_codes(&t)
     _check(err)
@@ -195,55 +217,55 @@ def dequant_act(const int8_t[:, ::1] q, const float[::1] a, float[:, ::1] out):
 
 
 def gemm_i8_raw(const uint8_t[:, ::1] codes, int64_t cols, const int8_t[:, ::1] xq,
-                int32_t[:, ::1] out):
+                int32_t[:, ::1] out, int fmt=BT_FMT_T2):
     """out [M, N] = exact int32 dot products of the ternary rows with xq [M, K]."""
     cdef bt_ternary t
     cdef int err
-    _view(&t, codes, cols, 1.0)
+    _view(&t, codes, cols, 1.0, fmt)
     with nogil:
         err = bt_gemm_i8_raw(&t, &xq[0, 0], xq.shape[0], xq.shape[1], &out[0, 0], out.shape[1])
     _check(err)
 
 
 def gemm_i8(const uint8_t[:, ::1] codes, int64_t cols, float scale, const int8_t[:, ::1] xq,
-            const float[::1] a, float[:, ::1] y):
+            const float[::1] a, float[:, ::1] y, int fmt=BT_FMT_T2):
     """y [M, N] = (float)dot * (scale / a[m])."""
     cdef bt_ternary t
     cdef int err
-    _view(&t, codes, cols, scale)
+    _view(&t, codes, cols, scale, fmt)
     with nogil:
         err = bt_gemm_i8(&t, &xq[0, 0], xq.shape[0], xq.shape[1], &a[0], &y[0, 0], y.shape[1])
     _check(err)
 
 
 def bitlinear(const uint8_t[:, ::1] codes, int64_t cols, float scale, const float[:, ::1] x,
-              float[:, ::1] y, float[::1] a):
+              float[:, ::1] y, float[::1] a, int fmt=BT_FMT_T2):
     """y [M, N] = Qa(x) @ (scale * w)^T; a [M] receives the activation scales."""
     cdef bt_ternary t
     cdef int err
-    _view(&t, codes, cols, scale)
+    _view(&t, codes, cols, scale, fmt)
     with nogil:
         err = bt_bitlinear(&t, &x[0, 0], x.shape[0], x.shape[1], &y[0, 0], y.shape[1], &a[0])
     _check(err)
 
 
 def gemm_f32(const uint8_t[:, ::1] codes, int64_t cols, float scale, const float[:, ::1] x,
-             float[:, ::1] y):
+             float[:, ::1] y, int fmt=BT_FMT_T2):
     """y [M, N] = x [M, K] @ (scale * w)^T."""
     cdef bt_ternary t
     cdef int err
-    _view(&t, codes, cols, scale)
+    _view(&t, codes, cols, scale, fmt)
     with nogil:
         err = bt_gemm_f32(&t, &x[0, 0], x.shape[0], x.shape[1], &y[0, 0], y.shape[1])
     _check(err)
 
 
 def gemm_f32_t(const uint8_t[:, ::1] codes, int64_t cols, float scale, const float[:, ::1] dy,
-               float[:, ::1] dx):
+               float[:, ::1] dx, int fmt=BT_FMT_T2):
     """dx [M, K] = dy [M, N] @ (scale * w)."""
     cdef bt_ternary t
     cdef int err
-    _view(&t, codes, cols, scale)
+    _view(&t, codes, cols, scale, fmt)
     with nogil:
         err = bt_gemm_f32_t(&t, &dy[0, 0], dy.shape[0], dy.shape[1], &dx[0, 0], dx.shape[1])
     _check(err)
@@ -590,7 +612,7 @@ cdef class Decoder:
 
     dims: dict with D, H, f, I, K, rms_eps, lr_scale, cos, sin ([K, f / 2] float32).
     layers: one dict per layer: 'wq', 'wk', 'wv', 'wo', 'wgate', 'wup', 'wdown' as (codes
-    uint8 [rows, stride], cols, scale), and float32 arrays 'norm1', 'norm2' [D], 'lr_w'
+    uint8 [rows, stride], cols, scale[, fmt]) (fmt FMT_T2, the default, or FMT_T1), and float32 arrays 'norm1', 'norm2' [D], 'lr_w'
     [H, D], 'lr_b' [H], 'gamma', 'beta' [H, f], 'tok' [K], 'post_w', 'post_b' [D].
     head: dict with 'norm_w' [D] and either 'Wq' int8 [V, D] with 'wscale' [V], or 'Wf' float32 [V, D]."""
     cdef bt_dec_dims dims
@@ -630,12 +652,15 @@ cdef class Decoder:
             slots[4], slots[5], slots[6] = &l.wgate, &l.wup, &l.wdown
             for j, (name, rows, cols) in enumerate((("wq", D, D), ("wk", D, D), ("wv", D, D), ("wo", D, D),
                                                     ("wgate", I, D), ("wup", I, D), ("wdown", D, I))):
-                c, ncols, scale = spec[name]
+                c, ncols, scale = spec[name][:3]
+                fmt = spec[name][3] if len(spec[name]) > 3 else BT_FMT_T2
+                if fmt not in (BT_FMT_T2, BT_FMT_T1):
+                    raise ValueError(f"Decoder: layer {i} {name} has an unknown format {fmt}")
                 codes = c
-                if codes.shape[0] != rows or ncols != cols or codes.shape[1] != bt_row_stride(cols):
+                if codes.shape[0] != rows or ncols != cols or codes.shape[1] != bt_fmt_stride(fmt, cols):
                     raise ValueError(f"Decoder: layer {i} {name} has the wrong shape")
                 self.keep.append(c)
-                _view(slots[j], codes, cols, scale)
+                _view(slots[j], codes, cols, scale, fmt)
             l.norm1 = _fptr(self.keep, spec["norm1"], D, "norm1")
             l.norm2 = _fptr(self.keep, spec["norm2"], D, "norm2")
             l.lr_w = _fptr(self.keep, spec["lr_w"], H * D, "lr_w")

@@ -5,7 +5,7 @@
     bitttt chat [-m MODEL]                 chat with a model that keeps its memory (python -m bitttt.infer -i)
     bitttt run [-m MODEL] -p PROMPT        one-shot generation (python -m bitttt.infer)
     bitttt eval -m MODEL --data FILE|DIR   loss, perplexity, bits per byte (python -m bitttt.eval)
-    bitttt export RUN [--out FILE]         a packed model file for inference (python -m bitttt.export)
+    bitttt export RUN [--out FILE]         a packed model file for inference (python -m bitttt.export; --format t1)
     bitttt info                            version, CPU features, kernel path, threads, optional extras
     bitttt completion bash|zsh             shell completion: eval "$(bitttt completion bash)" in ~/.bashrc
     bitttt serve | studio                  when those modules are installed (the `serve` / `studio` extras)

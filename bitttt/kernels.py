@@ -66,7 +66,7 @@ def dot_i8(w: PackedTernary, xq: np.ndarray) -> np.ndarray:
     xq = check_array(xq, "xq", np.int8)
     x2 = _rows(xq, w.cols, "xq", w)
     out = np.empty((x2.shape[0], w.rows), dtype=np.int32)
-    _core.gemm_i8_raw(w.codes, w.cols, x2, out)
+    _core.gemm_i8_raw(w.codes, w.cols, x2, out, w.fmt)
     return out[0] if xq.ndim == 1 else out
 
 
@@ -80,7 +80,7 @@ def gemm_i8(w: PackedTernary, xq: np.ndarray, a) -> np.ndarray:
     if a.size != x2.shape[0]:
         raise ValueError(f"a must hold one scale per token ({x2.shape[0]}), got {a.size}")
     y = np.empty((x2.shape[0], w.rows), dtype=np.float32)
-    _core.gemm_i8(w.codes, w.cols, w.scale, x2, np.ascontiguousarray(a).reshape(-1), y)
+    _core.gemm_i8(w.codes, w.cols, w.scale, x2, np.ascontiguousarray(a).reshape(-1), y, w.fmt)
     return y[0] if xq.ndim == 1 else y
 
 
@@ -90,7 +90,7 @@ def bitlinear(w: PackedTernary, x: np.ndarray) -> np.ndarray:
     x = check_array(x, "x", np.float32)
     x2 = _rows(x, w.cols, "x", w)
     y = np.empty((x2.shape[0], w.rows), dtype=np.float32)
-    _core.bitlinear(w.codes, w.cols, w.scale, x2, y, np.empty(x2.shape[0], dtype=np.float32))
+    _core.bitlinear(w.codes, w.cols, w.scale, x2, y, np.empty(x2.shape[0], dtype=np.float32), w.fmt)
     return y[0] if x.ndim == 1 else y
 
 
@@ -100,7 +100,7 @@ def matmul(w: PackedTernary, x: np.ndarray) -> np.ndarray:
     x = check_array(x, "x", np.float32)
     x2 = _rows(x, w.cols, "x", w)
     y = np.empty((x2.shape[0], w.rows), dtype=np.float32)
-    _core.gemm_f32(w.codes, w.cols, w.scale, x2, y)
+    _core.gemm_f32(w.codes, w.cols, w.scale, x2, y, w.fmt)
     return y[0] if x.ndim == 1 else y
 
 
@@ -110,7 +110,7 @@ def matmul_t(w: PackedTernary, dy: np.ndarray) -> np.ndarray:
     dy = check_array(dy, "dy", np.float32)
     d2 = _rows(dy, w.rows, "dy", w, transposed=True)
     dx = np.empty((d2.shape[0], w.cols), dtype=np.float32)
-    _core.gemm_f32_t(w.codes, w.cols, w.scale, d2, dx)
+    _core.gemm_f32_t(w.codes, w.cols, w.scale, d2, dx, w.fmt)
     return dx[0] if dy.ndim == 1 else dx
 
 

@@ -612,7 +612,7 @@ class BitLlama:
             m = module_params(p, cfg, li, "mlp")
 
             def w(q):
-                return (q.codes, q.cols, q.scale)
+                return (q.codes, q.cols, q.scale, q.fmt)
 
             _, tok = token_scales(t, cfg.mini_batch_size, np.dtype(np.float32))
             layers.append({"wq": w(t["q_proj.weight"]), "wk": w(t["k_proj.weight"]), "wv": w(t["v_proj.weight"]),

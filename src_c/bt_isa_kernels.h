@@ -5,7 +5,8 @@
  * identical results.
  *
  * i8 kernels: out[m*ldo + n] = dot(w_n, xq_m) (exact int32) for n in [n0, n1), m < M.
- *   xq rows are padded to whole blocks with zeros; sums[m] = sum(xq_m).
+ *   xq rows are padded with zeros to bt_fmt_padded_cols(w->fmt, K); sums[m] = sum(xq_m).
+ *   i8 takes t2 weights, i8_t1 t1 weights.
  * quant kernels: bt_quantize_act (bt_quant.h) row by row; same results on every path.
  * panel fills: B [bt_padded_cols(K) x 32] floats, see kernels_scalar.c.
  * f32 panel kernels: C[i*ldc + j] = s * sum_{p<P} A[i*sa + p*sp] * B[p*32 + j]
@@ -65,10 +66,17 @@ typedef void bt_ttt_head_fn(int64_t f, int64_t K, int64_t pos, const float *q, c
                             float *Kb, float *Gb, float *Sb, int commit, float *out, float *zk, float *zq,
                             float *xh, int stream);
 
+/* t1 rows (format t1, bt_ternary.h) to one code byte per weight: u[k] = code(k) for the
+ * 320 nblk weights of the row's blocks that hold weights (the narrow last block's k =
+ * 320 (nblk - 1) + tb i + j); the other bytes of u are left as they are. */
+typedef void bt_t1_u8_fn(const uint8_t *row, int64_t stride, uint8_t *u);
+
 /* One ISA's kernels.  Optional entries are NULL where the ISA has no such variant. */
 typedef struct {
     int isa;                       /* BT_ISA_* (bt_cpu.h)                                        */
     bt_i8_fn *i8;                  /* ternary int8 product                                        */
+    bt_i8_fn *i8_t1;               /* the same on t1 weights, token by token (GEMV)               */
+    bt_t1_u8_fn *t1_u8;            /* t1 row decoded to one code byte per weight                  */
     bt_i8f_fn *i8f;                /* optional: the same written as floats (many tokens)          */
     bt_panel_fn *panel;            /* float panel                                                 */
     bt_panels_fn *panels;          /* optional: groups of panels (then A tiles of atile % 3 == 0) */
@@ -100,6 +108,8 @@ int32_t bt_quant_span(const float *row, int64_t k0, int64_t k1, float scale, int
 
 /* The entries.  Scalar: the reference every other path matches. */
 bt_i8_fn bt_i8_scalar, bt_i8_avx2, bt_i8_avx512;
+bt_i8_fn bt_i8t1_scalar, bt_i8t1_avx2, bt_i8t1_avx512;
+bt_t1_u8_fn bt_t1_u8_scalar, bt_t1_u8_avx2, bt_t1_u8_avx512;
 bt_i8f_fn bt_i8f_avx2;
 bt_panel_fn bt_panel_scalar, bt_panel_avx2, bt_panel_avx512;
 bt_panels_fn bt_panels_avx2, bt_panels_avx512;

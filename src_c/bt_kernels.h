@@ -5,8 +5,11 @@
  *
  *   int8 path   out[m, n] = dot(w_n, xq_m)                       exact int32
  *               y[m, n]   = (float)out[m, n] * (s / a[m])         float32
+ *     W in either packed format (bt_ternary.h: t2, or t1 at 1.6 bits: one token goes
+ *     through the t1 kernels, several through t2 copies of its rows made a chunk at a time;
+ *     the float paths copy a t1 matrix to t2 for the call): the same results on both.
  *     xq is [M, K] int8 with row pitch ldx; rows are copied into a zero-padded
- *     scratch only when K is not a multiple of 256.
+ *     scratch only when K is not a multiple of the padding (bt_fmt_padded_cols).
  *
  *   float path  y[m, n]  = s * sum_k x[m, k] * w[n, k]        (forward)
  *               dx[m, k] = s * sum_n dy[m, n] * w[n, k]       (input gradient)
@@ -36,8 +39,8 @@ int bt_gemm_i8(const bt_ternary *w, const int8_t *xq, int64_t M, int64_t ldx, co
 int bt_bitlinear(const bt_ternary *w, const float *x, int64_t M, int64_t ldx, float *y, int64_t ldy,
                  float *a);
 
-/* Rows [n0, n1) of bt_gemm_i8 on activations already padded to whole blocks, with their row
- * sums (as bt_quantize_act writes them into a buffer of pitch ldq >= bt_padded_cols(K)), on
+/* Rows [n0, n1) of bt_gemm_i8 on activations already zero padded, with their row sums (as
+ * bt_quantize_act writes them into a buffer of pitch ldq >= bt_fmt_padded_cols(w->fmt, K)), on
  * the calling thread: no threads, no allocation, no checks (the caller has checked the
  * scales).  For callers that split the rows themselves. */
 void bt_gemm_i8_rows(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums, const float *a,

@@ -20,11 +20,14 @@ double bt_decode_min_parallel_bytes(double bytes) {
 
 static int64_t up16(int64_t n) { return (n + 15) & ~(int64_t)15; }
 
+/* Pitch of the quantized activations: enough zero padding for the kernels of either format. */
+static int64_t act_cols(int64_t K) { return bt_fmt_padded_cols(BT_FMT_T1, K); }
+
 size_t bt_decode_scratch_floats(const bt_dec_dims *d) {
     const int64_t D = d->D, I = d->I;
     /* xn, q, k, v, o, pn, xh, y: D each; g, u, h, sg: I each; ttt: 3 D; lr: H;
      * int8 activations: padded(max(D, I)) bytes; sums and scales */
-    const int64_t big = bt_padded_cols(D > I ? D : I);
+    const int64_t big = act_cols(D > I ? D : I);
     return (size_t)(8 * up16(D) + 4 * up16(I) + 3 * up16(D) + up16(d->H) + up16(big / 4 + 1) + 32);
 }
 
@@ -37,7 +40,7 @@ typedef struct {
 
 static dec_bufs carve(const bt_dec_dims *d, float *s) {
     const int64_t D = up16(d->D), I = up16(d->I);
-    const int64_t big = bt_padded_cols(d->D > d->I ? d->D : d->I);
+    const int64_t big = act_cols(d->D > d->I ? d->D : d->I);
     dec_bufs b;
     b.xn = s; b.q = s + D; b.k = s + 2 * D; b.v = s + 3 * D; b.o = s + 4 * D; b.pn = s + 5 * D;
     b.xh = s + 6 * D; b.y = s + 7 * D;
@@ -64,15 +67,15 @@ static void rope1(float *x, int64_t f, const float *c, const float *s) {
     }
 }
 
-/* Quantize x [K] into the shared int8 buffer (padded to whole blocks). */
+/* Quantize x [K] into the shared int8 buffer (zero padded to act_cols(K)). */
 static int quant1(const float *x, int64_t K, dec_bufs *b) {
-    return bt_quantize_act(x, 1, K, K, b->q8, bt_padded_cols(K), b->a, b->sums);
+    return bt_quantize_act(x, 1, K, K, b->q8, act_cols(K), b->a, b->sums);
 }
 
 static void gemv_rows(const bt_ternary *w, const dec_bufs *b, float *y) {
     int64_t n0, n1;
     bt_thread_range(w->rows, 4, &n0, &n1);
-    bt_gemm_i8_rows(w, b->q8, bt_padded_cols(w->cols), b->sums, b->a, 1, n0, n1, y, w->rows);
+    bt_gemm_i8_rows(w, b->q8, act_cols(w->cols), b->sums, b->a, 1, n0, n1, y, w->rows);
 }
 
 /* The phases of a layer alternate between one thread (norms, quantization: vectors of D or I)
@@ -152,7 +155,7 @@ int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_d
             {
                 int64_t n0, n1;
                 bt_thread_range(I, 4, &n0, &n1);
-                const int64_t kp = bt_padded_cols(D);
+                const int64_t kp = act_cols(D);
                 bt_gemm_i8_rows(&l->wgate, b.q8, kp, b.sums, b.a, 1, n0, n1, b.g, I);
                 bt_gemm_i8_rows(&l->wup, b.q8, kp, b.sums, b.a, 1, n0, n1, b.u, I);
                 if (n1 > n0) bt_swiglu_fwd(b.g + n0, b.u + n0, n1 - n0, b.h + n0, b.sg + n0);

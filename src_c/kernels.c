@@ -30,24 +30,73 @@ static void to_float(const bt_ternary *w, const float *a, int64_t M, int64_t n0,
     }
 }
 
-/* Core of the int8 products: xq [M, ldq] padded to whole blocks, sums given. */
+/* t1 weights, many tokens: rows [n0, n1) are copied to t2 a chunk at a time (BT_T1_CHUNK
+ * bytes of t2 rows, kept in cache while the t2 kernels run over it), so the products are the
+ * t2 kernels' on the same weights: the same integers.  Returns 0 when the buffers cannot be had
+ * (then nothing is written). */
+#define BT_T1_CHUNK (192 * 1024)
+
+static int t1_rows_via_t2(const bt_isa_ops *ops, const bt_ternary *w, const int8_t *xq, int64_t ldq,
+                          const int32_t *sums, const float *a, const float *fs, int64_t M, int64_t n0, int64_t n1,
+                          void *out, int64_t ldo) {
+    const int64_t s2 = bt_row_stride(w->cols);
+    int64_t chunk = BT_T1_CHUNK / s2 / 24 * 24;
+    chunk = chunk < 24 ? 24 : chunk;
+    if (chunk > n1 - n0) chunk = n1 - n0;
+    bt_ternary t = {chunk, w->cols, s2, w->scale, NULL, BT_FMT_T2};
+    t.codes = (uint8_t *)aligned_alloc(BT_ALIGN, (size_t)(chunk * s2));
+    if (!t.codes) return 0;
+    int ok = 1;
+    for (int64_t r0 = n0; r0 < n1 && ok; r0 += chunk) {
+        const int64_t r1 = r0 + chunk < n1 ? r0 + chunk : n1;
+        t.rows = r1 - r0;
+        if (bt_transcode(w, r0, r1, &t) != BT_OK) {
+            ok = 0;
+            break;
+        }
+        float *y = (float *)out + r0;
+        const int done = fs && ops->i8f(&t, xq, ldq, M, 0, t.rows, fs, y, ldo);
+        if (!done) {
+            ops->i8(&t, xq, ldq, sums, M, 0, t.rows, (int32_t *)out + r0, ldo);
+            if (a) to_float(&t, a, M, 0, t.rows, y, ldo);
+        }
+    }
+    free(t.codes);
+    return ok;
+}
+
+/* Rows [n0, n1) of the product on the calling thread.  t1 weights: one token through the t1
+ * kernel, more through t2 copies (token by token through the t1 kernel if those cannot be had). */
+static void i8_rows(const bt_isa_ops *ops, const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
+                    const float *a, const float *fs, int64_t M, int64_t n0, int64_t n1, void *out, int64_t ldo) {
+    if (n1 <= n0) return;
+    int32_t *raw = (int32_t *)out; /* float output is first written as int32 in place */
+    if (w->fmt == BT_FMT_T1) {
+        if (M > 1 && t1_rows_via_t2(ops, w, xq, ldq, sums, a, fs, M, n0, n1, out, ldo)) return;
+        ops->i8_t1(w, xq, ldq, sums, M, n0, n1, raw, ldo);
+        if (a) to_float(w, a, M, n0, n1, (float *)out, ldo);
+        return;
+    }
+    const int done = fs && ops->i8f(w, xq, ldq, M, n0, n1, fs, (float *)out, ldo);
+    if (!done) {
+        ops->i8(w, xq, ldq, sums, M, n0, n1, raw, ldo);
+        if (a) to_float(w, a, M, n0, n1, (float *)out, ldo);
+    }
+}
+
+/* Core of the int8 products: xq [M, ldq] padded to bt_fmt_padded_cols, sums given. */
 static void gemm_i8_padded(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
                            const float *a, int64_t M, void *out, int64_t ldo) {
     const bt_isa_ops *const ops = bt_ops();
     const int64_t N = w->rows;
     const int nt = threads_for((double)N * (double)w->cols * (double)M, (N + 3) / 4);
-    int32_t *raw = (int32_t *)out; /* float output is first written as int32 in place */
     float *fs = NULL; /* float products (i8f): the factors of to_float, applied as the tiles are stored */
     if (a && ops->i8f && (fs = (float *)malloc((size_t)M * sizeof(float))) != NULL)
         for (int64_t m = 0; m < M; m++) fs[m] = w->scale / a[m];
     BT_PARALLEL(nt) {
         int64_t n0, n1;
         bt_thread_range(N, 4, &n0, &n1);
-        const int done = n1 > n0 && fs && ops->i8f(w, xq, ldq, M, n0, n1, fs, (float *)out, ldo);
-        if (n1 > n0 && !done) {
-            ops->i8(w, xq, ldq, sums, M, n0, n1, raw, ldo);
-            if (a) to_float(w, a, M, n0, n1, (float *)out, ldo);
-        }
+        i8_rows(ops, w, xq, ldq, sums, a, fs, M, n0, n1, out, ldo);
     }
     free(fs);
 }
@@ -63,7 +112,7 @@ static int gemm_i8_impl(const bt_ternary *w, const int8_t *xq, int64_t M, int64_
                         const float *a, void *out, int64_t ldo) {
     if (M <= 0) return BT_OK;
     if (a && check_scales(a, M) != BT_OK) return BT_ERR_SCALE;
-    const int64_t kp = bt_padded_cols(w->cols);
+    const int64_t kp = bt_fmt_padded_cols(w->fmt, w->cols);
     const int pad = kp != w->cols;
     int32_t small[64];
     int32_t *sums = M <= 64 ? small : (int32_t *)malloc((size_t)M * sizeof(int32_t));
@@ -83,7 +132,8 @@ static int gemm_i8_impl(const bt_ternary *w, const int8_t *xq, int64_t M, int64_
 void bt_gemm_i8_rows(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums, const float *a,
                      int64_t M, int64_t n0, int64_t n1, float *y, int64_t ldy) {
     if (n1 <= n0 || M <= 0) return;
-    bt_ops()->i8(w, xq, ldq, sums, M, n0, n1, (int32_t *)y, ldy);
+    const bt_isa_ops *const ops = bt_ops();
+    (w->fmt == BT_FMT_T1 ? ops->i8_t1 : ops->i8)(w, xq, ldq, sums, M, n0, n1, (int32_t *)y, ldy);
     to_float(w, a, M, n0, n1, y, ldy);
 }
 
@@ -100,7 +150,7 @@ int bt_gemm_i8(const bt_ternary *w, const int8_t *xq, int64_t M, int64_t ldx, co
 int bt_bitlinear(const bt_ternary *w, const float *x, int64_t M, int64_t ldx, float *y, int64_t ldy,
                  float *a) {
     if (M <= 0) return BT_OK;
-    const int64_t kp = bt_padded_cols(w->cols);
+    const int64_t kp = bt_fmt_padded_cols(w->fmt, w->cols);
     int32_t small[64];
     int32_t *sums = M <= 64 ? small : (int32_t *)malloc((size_t)M * sizeof(int32_t));
     int8_t *q = (int8_t *)aligned_alloc(BT_ALIGN, (size_t)(M * kp));
@@ -192,12 +242,38 @@ static void fill_cols(const void *ctx, int64_t j0, float *B) {
     bt_ops()->panel_cols((const bt_ternary *)ctx, j0, B);
 }
 
+/* The float paths fill their panels from t2 codes: t1 weights are copied to t2 for the call. */
+static int as_t2(const bt_ternary *w, bt_ternary *t) {
+    *t = (bt_ternary){w->rows, w->cols, bt_row_stride(w->cols), w->scale, NULL, BT_FMT_T2};
+    t->codes = (uint8_t *)aligned_alloc(BT_ALIGN, (size_t)(w->rows * t->stride));
+    if (!t->codes) return BT_ERR_NOMEM;
+    const int err = bt_transcode(w, 0, w->rows, t);
+    if (err) free(t->codes);
+    return err;
+}
+
 int bt_gemm_f32(const bt_ternary *w, const float *x, int64_t M, int64_t ldx, float *y, int64_t ldy) {
+    if (w->fmt == BT_FMT_T1) {
+        bt_ternary t;
+        int err = as_t2(w, &t);
+        if (err) return err;
+        err = bt_gemm_f32(&t, x, M, ldx, y, ldy);
+        free(t.codes);
+        return err;
+    }
     return panel_driver(w, fill_rows, x, ldx, 1, M, w->cols, w->rows, y, ldy, w->scale);
 }
 
 int bt_gemm_f32_t(const bt_ternary *w, const float *dy, int64_t M, int64_t lddy, float *dx,
                   int64_t lddx) {
+    if (w->fmt == BT_FMT_T1) {
+        bt_ternary t;
+        int err = as_t2(w, &t);
+        if (err) return err;
+        err = bt_gemm_f32_t(&t, dy, M, lddy, dx, lddx);
+        free(t.codes);
+        return err;
+    }
     return panel_driver(w, fill_cols, dy, lddy, 1, M, w->rows, w->cols, dx, lddx, w->scale);
 }
 

@@ -338,6 +338,116 @@ T256 void bt_i8_avx2(const bt_ternary *w, const int8_t *xq, int64_t ldq, const i
     }
 }
 
+/* ---- t1 (1.6-bit) weights, one token at a time (bt_ternary.h, format t1) -----------------
+ * vpmaddubsw would saturate on the raw bytes (up to 255 x 128), so the codes are made first:
+ * with p = q ^ 0x80 (the byte as a signed number minus 128; the xor commutes with the
+ * multiplications by 3, p_{i+1} = 3 p_i mod 256), code_i = [p_i > -43] + [p_i > 42], two signed
+ * compares whose -1 masks add to -code.  Tiles of 4 rows x 1 token; a block's ten int16 pair
+ * sums (at most 10 * 512) are widened once per block. */
+T256 INLINE __m256i times3_256(__m256i p) { return _mm256_add_epi8(_mm256_add_epi8(p, p), p); }
+
+/* s16 += the products of the five planes of 32 bytes q (x_i = xh + step * i) */
+T256 INLINE __m256i t1_half(__m256i q, const int8_t *xh, int64_t step, __m256i s16) {
+    const __m256i lo = _mm256_set1_epi8(-43), hi = _mm256_set1_epi8(42), z = _mm256_setzero_si256();
+    __m256i p = _mm256_xor_si256(q, _mm256_set1_epi8((char)0x80));
+#pragma GCC unroll 5
+    for (int i = 0; i < 5; i++) {
+        const __m256i neg = _mm256_add_epi8(_mm256_cmpgt_epi8(p, lo), _mm256_cmpgt_epi8(p, hi));
+        const __m256i c = _mm256_sub_epi8(z, neg);
+        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(c, _mm256_loadu_si256((const __m256i *)(xh + step * i))));
+        p = times3_256(p);
+    }
+    return s16;
+}
+
+/* 16 bytes into the low half, zeros above (zero bytes decode to codes 0) */
+T256 INLINE __m256i load16(const uint8_t *c) {
+    return _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_loadu_si128((const __m128i *)c), 0);
+}
+
+T256 INLINE void t1_dot_tile(const uint8_t *w, int64_t stride, const int8_t *x, int R, int32_t *dot) {
+    const int64_t nfull = stride / BT_BLOCK_BYTES, tb = stride % BT_BLOCK_BYTES;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[4];
+    const char *ahead = (const char *)(w + 4 * BT_GEMV_PF * stride);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) acc[r] = _mm256_setzero_si256();
+    for (int64_t b = 0; b < nfull; b++) {
+        const int8_t *xb = x + b * BT_T1_BLOCK;
+        if (R == 4) {
+            _mm_prefetch(ahead + 256 * b, _MM_HINT_T0);
+            _mm_prefetch(ahead + 256 * b + 64, _MM_HINT_T0);
+            _mm_prefetch(ahead + 256 * b + 128, _MM_HINT_T0);
+            _mm_prefetch(ahead + 256 * b + 192, _MM_HINT_T0);
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            if (r >= R) break;
+            const uint8_t *c = w + r * stride + b * BT_BLOCK_BYTES;
+            __m256i s16 = t1_half(_mm256_loadu_si256((const __m256i *)c), xb, 64, _mm256_setzero_si256());
+            s16 = t1_half(_mm256_loadu_si256((const __m256i *)(c + 32)), xb + 32, 64, s16);
+            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(s16, ones));
+        }
+    }
+    if (tb) { /* the narrow last block: tb = 16, 32 or 48 bytes, plane i at tb * i */
+        const int8_t *xb = x + nfull * BT_T1_BLOCK;
+        for (int r = 0; r < R; r++) {
+            const uint8_t *c = w + r * stride + nfull * BT_BLOCK_BYTES;
+            __m256i s16 = t1_half(tb >= 32 ? _mm256_loadu_si256((const __m256i *)c) : load16(c), xb, tb,
+                                  _mm256_setzero_si256());
+            if (tb == 48) s16 = t1_half(load16(c + 32), xb + 32, tb, s16);
+            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(s16, ones));
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+        if (r >= R) break;
+        dot[r] = hsum8(acc[r]);
+    }
+}
+
+T256 static void t1_dot_4(const uint8_t *w, int64_t stride, const int8_t *x, int32_t *d) {
+    t1_dot_tile(w, stride, x, 4, d);
+}
+T256 static void t1_dot_1(const uint8_t *w, int64_t stride, const int8_t *x, int32_t *d) {
+    t1_dot_tile(w, stride, x, 1, d);
+}
+
+T256 void bt_i8t1_avx2(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
+                       int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo) {
+    int32_t dot[4];
+    for (int64_t m = 0; m < M; m++) {
+        const int8_t *x = xq + m * ldq;
+        int64_t n = n0;
+        for (; n + 4 <= n1; n += 4) {
+            t1_dot_4(w->codes + n * w->stride, w->stride, x, dot);
+            for (int r = 0; r < 4; r++) out[m * ldo + n + r] = dot[r] - sums[m];
+        }
+        for (; n < n1; n++) {
+            t1_dot_1(w->codes + n * w->stride, w->stride, x, dot);
+            out[m * ldo + n] = dot[0] - sums[m];
+        }
+    }
+}
+
+/* t1 row -> one code byte per weight (bt_t1_u8_fn), the compares above; the narrow last block
+ * through the scalar decoder. */
+T256 void bt_t1_u8_avx2(const uint8_t *row, int64_t stride, uint8_t *u) {
+    const int64_t nfull = stride / BT_BLOCK_BYTES, tb = stride % BT_BLOCK_BYTES;
+    const __m256i lo = _mm256_set1_epi8(-43), hi = _mm256_set1_epi8(42), z = _mm256_setzero_si256();
+    for (int64_t b = 0; b < nfull; b++)
+        for (int h = 0; h < 2; h++) {
+            __m256i p = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(row + b * BT_BLOCK_BYTES + 32 * h)),
+                                         _mm256_set1_epi8((char)0x80));
+            for (int i = 0; i < 5; i++) {
+                const __m256i neg = _mm256_add_epi8(_mm256_cmpgt_epi8(p, lo), _mm256_cmpgt_epi8(p, hi));
+                _mm256_storeu_si256((__m256i *)(u + b * BT_T1_BLOCK + 64 * i + 32 * h), _mm256_sub_epi8(z, neg));
+                p = times3_256(p);
+            }
+        }
+    if (tb) bt_t1_u8_scalar(row + nfull * BT_BLOCK_BYTES, tb, u + nfull * BT_T1_BLOCK);
+}
+
 /* Float panels (contract in bt_isa_kernels.h): C[i*ldc + j] = s * sum_{p<P} A(i, p) * B[p*32 + j].
  *
  * Register tile: 3 rows of A x the whole 32-column panel, 12 accumulators (acc[i][v]
@@ -584,6 +694,8 @@ T256 void bt_s8_rows_avx2(const int8_t *W, int64_t ldw, const float *ws, int64_t
 const bt_isa_ops bt_ops_avx2 = {
     .isa = BT_ISA_AVX2,
     .i8 = bt_i8_avx2,
+    .i8_t1 = bt_i8t1_avx2,
+    .t1_u8 = bt_t1_u8_avx2,
     .i8f = bt_i8f_avx2,
     .panel = bt_panel_avx2,
     .panels = bt_panels_avx2,

@@ -230,6 +230,112 @@ T512 void bt_i8_avx512(const bt_ternary *w, const int8_t *xq, int64_t ldq, const
     }
 }
 
+/* ---- t1 (1.6-bit) weights, one token at a time (bt_ternary.h, format t1) -----------------
+ * Per 64-byte block and row: p_0 = the bytes, p_{i+1} = 3 p_i (two byte adds), and
+ *     A += vpdpbusd(p_i, x_i),   B += vpdpbusd(p_{i+1}, x_i)      (i = 0..4, x_i: plane i)
+ * Byte by byte 3 p_i - p_{i+1} = 256 c_i, so lane by lane 3A - B = 256 * (the lane's part of
+ * dot(c, x)) exactly; int32 wraps in A and B cancel as long as that true value fits, which
+ * holds over T1_FLUSH blocks (256 * 2 * 128 * 20 * 1024 < 2^31): then (3A - B) >> 8 goes
+ * into the row's sum.  The narrow last block is read with a byte mask (zero bytes add 0). */
+#define T1_FLUSH 1024
+
+T512 INLINE __m512i times3(__m512i p) { return _mm512_add_epi8(_mm512_add_epi8(p, p), p); }
+
+T512 INLINE void t1_block(__m512i p, const __m512i x[5], __m512i *a, __m512i *b) {
+#pragma GCC unroll 5
+    for (int i = 0; i < 5; i++) {
+        *a = _mm512_dpbusd_epi32(*a, p, x[i]);
+        p = times3(p);
+        *b = _mm512_dpbusd_epi32(*b, p, x[i]);
+    }
+}
+
+T512 INLINE __m512i t1_flush(__m512i s, __m512i a, __m512i b) {
+    return _mm512_add_epi32(s, _mm512_srai_epi32(_mm512_sub_epi32(_mm512_add_epi32(_mm512_add_epi32(a, a), a), b), 8));
+}
+
+T512 INLINE void t1_gemv_tile(const uint8_t *w, int64_t stride, const int8_t *x, const int R, int32_t *dot) {
+    const int64_t nfull = stride / BT_BLOCK_BYTES, tb = stride % BT_BLOCK_BYTES;
+    const __m512i z = _mm512_setzero_si512();
+    __m512i s0 = z, s1 = z, s2 = z, s3 = z;
+    for (int64_t c0 = 0; c0 < nfull || (c0 == nfull && tb); c0 += T1_FLUSH) {
+        __m512i a0 = z, a1 = z, a2 = z, a3 = z, b0 = z, b1 = z, b2 = z, b3 = z;
+        const int64_t c1 = nfull - c0 < T1_FLUSH ? nfull : c0 + T1_FLUSH;
+        for (int64_t b = c0; b < c1; b++) {
+            const int8_t *xb = x + b * BT_T1_BLOCK;
+            __m512i xv[5];
+#pragma GCC unroll 5
+            for (int i = 0; i < 5; i++) xv[i] = _mm512_loadu_si512(xb + 64 * i);
+            const uint8_t *c = w + b * BT_BLOCK_BYTES;
+            t1_block(_mm512_loadu_si512(c), xv, &a0, &b0);
+            if (R > 1) t1_block(_mm512_loadu_si512(c + stride), xv, &a1, &b1);
+            if (R > 2) t1_block(_mm512_loadu_si512(c + 2 * stride), xv, &a2, &b2);
+            if (R > 3) t1_block(_mm512_loadu_si512(c + 3 * stride), xv, &a3, &b3);
+        }
+        if (c1 == nfull && tb) { /* the narrow last block: tb bytes, plane i at tb * i */
+            const __mmask64 k = ((__mmask64)1 << tb) - 1;
+            const int8_t *xb = x + nfull * BT_T1_BLOCK;
+            __m512i xv[5];
+#pragma GCC unroll 5
+            for (int i = 0; i < 5; i++) xv[i] = _mm512_loadu_si512(xb + tb * i);
+            const uint8_t *c = w + nfull * BT_BLOCK_BYTES;
+            t1_block(_mm512_maskz_loadu_epi8(k, c), xv, &a0, &b0);
+            if (R > 1) t1_block(_mm512_maskz_loadu_epi8(k, c + stride), xv, &a1, &b1);
+            if (R > 2) t1_block(_mm512_maskz_loadu_epi8(k, c + 2 * stride), xv, &a2, &b2);
+            if (R > 3) t1_block(_mm512_maskz_loadu_epi8(k, c + 3 * stride), xv, &a3, &b3);
+            c0 = nfull; /* done */
+        }
+        s0 = t1_flush(s0, a0, b0);
+        if (R > 1) s1 = t1_flush(s1, a1, b1);
+        if (R > 2) s2 = t1_flush(s2, a2, b2);
+        if (R > 3) s3 = t1_flush(s3, a3, b3);
+    }
+    int32_t tmp[4];
+    reduce4(s0, s1, s2, s3, tmp);
+    for (int r = 0; r < R; r++) dot[r] = tmp[r];
+}
+
+T512 static void t1_gemv_4(const uint8_t *w, int64_t stride, const int8_t *x, int32_t *d) {
+    t1_gemv_tile(w, stride, x, 4, d);
+}
+T512 static void t1_gemv_1(const uint8_t *w, int64_t stride, const int8_t *x, int32_t *d) {
+    t1_gemv_tile(w, stride, x, 1, d);
+}
+
+T512 void bt_i8t1_avx512(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
+                         int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo) {
+    int32_t dot[4];
+    for (int64_t m = 0; m < M; m++) {
+        const int8_t *x = xq + m * ldq;
+        int64_t n = n0;
+        for (; n + 4 <= n1; n += 4) {
+            t1_gemv_4(w->codes + n * w->stride, w->stride, x, dot);
+            for (int r = 0; r < 4; r++) out[m * ldo + n + r] = dot[r] - sums[m];
+        }
+        for (; n < n1; n++) {
+            t1_gemv_1(w->codes + n * w->stride, w->stride, x, dot);
+            out[m * ldo + n] = dot[0] - sums[m];
+        }
+    }
+}
+
+/* t1 row -> one code byte per weight (bt_t1_u8_fn): code = [p >= 86] + [p >= 171] for each
+ * p_i of a 64-byte block; the narrow last block goes through the scalar decoder. */
+T512 void bt_t1_u8_avx512(const uint8_t *row, int64_t stride, uint8_t *u) {
+    const int64_t nfull = stride / BT_BLOCK_BYTES, tb = stride % BT_BLOCK_BYTES;
+    const __m512i t1 = _mm512_set1_epi8(85), t2 = _mm512_set1_epi8((char)170), one = _mm512_set1_epi8(1);
+    for (int64_t b = 0; b < nfull; b++) {
+        __m512i p = _mm512_loadu_si512(row + b * BT_BLOCK_BYTES);
+        for (int i = 0; i < 5; i++) {
+            const __mmask64 k1 = _mm512_cmpgt_epu8_mask(p, t1), k2 = _mm512_cmpgt_epu8_mask(p, t2);
+            const __m512i c = _mm512_mask_add_epi8(_mm512_maskz_mov_epi8(k1, one), k2, _mm512_maskz_mov_epi8(k1, one), one);
+            _mm512_storeu_si512(u + b * BT_T1_BLOCK + 64 * i, c);
+            p = times3(p);
+        }
+    }
+    if (tb) bt_t1_u8_scalar(row + nfull * BT_BLOCK_BYTES, tb, u + nfull * BT_T1_BLOCK);
+}
+
 /* Float panels (contract in bt_isa_kernels.h): C[i*ldc + j] = s * sum_{p<P} A(i, p) * B[p*32 + j].
  *
  * Register tile: 12 rows of A x the whole 32-column panel, 24 zmm accumulators (acc[i][h]
@@ -628,6 +734,8 @@ T512 void bt_s8_rows_avx512(const int8_t *W, int64_t ldw, const float *ws, int64
 const bt_isa_ops bt_ops_avx512 = {
     .isa = BT_ISA_AVX512,
     .i8 = bt_i8_avx512,
+    .i8_t1 = bt_i8t1_avx512,
+    .t1_u8 = bt_t1_u8_avx512,
     .i8f = NULL,
     .panel = bt_panel_avx512,
     .panels = bt_panels_avx512,

@@ -28,6 +28,46 @@ void bt_i8_scalar(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int3
     }
 }
 
+/* t1 (bt_ternary.h): byte q of block b holds the codes of weights 320b + wb*i + j, got as the
+ * carries of q * 3^(i+1) in byte arithmetic. */
+void bt_i8t1_scalar(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
+                    int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo) {
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *row = w->codes + n * w->stride;
+        for (int64_t m = 0; m < M; m++) {
+            const int8_t *x = xq + m * ldq;
+            int32_t acc = 0;
+            for (int64_t b = 0; b * BT_BLOCK_BYTES < w->stride; b++) {
+                const int64_t left = w->stride - b * BT_BLOCK_BYTES;
+                const int64_t wb = left < BT_BLOCK_BYTES ? left : BT_BLOCK_BYTES;
+                const uint8_t *c = row + b * BT_BLOCK_BYTES;
+                const int8_t *xb = x + b * BT_T1_BLOCK;
+                for (int64_t j = 0; j < wb; j++) {
+                    unsigned p = c[j];
+                    for (int i = 0; i < 5; i++) {
+                        p *= 3u;
+                        acc += (int32_t)(p >> 8) * xb[wb * i + j];
+                        p &= 255u;
+                    }
+                }
+            }
+            out[m * ldo + n] = acc - sums[m];
+        }
+    }
+}
+
+void bt_t1_u8_scalar(const uint8_t *row, int64_t stride, uint8_t *u) {
+    for (int64_t b = 0; b * BT_BLOCK_BYTES < stride; b++) {
+        const int64_t left = stride - b * BT_BLOCK_BYTES;
+        const int64_t wb = left < BT_BLOCK_BYTES ? left : BT_BLOCK_BYTES;
+        for (int64_t j = 0; j < wb; j++) {
+            unsigned c[5];
+            bt_t1_decode(row[b * BT_BLOCK_BYTES + j], c);
+            for (int i = 0; i < 5; i++) u[b * BT_T1_BLOCK + wb * i + j] = (uint8_t)c[i];
+        }
+    }
+}
+
 void bt_panel_scalar(const float *A, int64_t sa, int64_t sp, int64_t M, const float *B, int64_t P,
                      float *C, int64_t ldc, int nc, float s) {
     float acc[BT_PANEL];
@@ -92,6 +132,8 @@ void bt_s8_rows_scalar(const int8_t *W, int64_t ldw, const float *ws, int64_t n0
 const bt_isa_ops bt_ops_scalar = {
     .isa = BT_ISA_SCALAR,
     .i8 = bt_i8_scalar,
+    .i8_t1 = bt_i8t1_scalar,
+    .t1_u8 = bt_t1_u8_scalar,
     .i8f = NULL,
     .panel = bt_panel_scalar,
     .panels = NULL,

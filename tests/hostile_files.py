@@ -33,21 +33,27 @@ def tokenizer_bytes(tmp: Path):
 
 
 def make_files(tmp: Path, tok) -> dict[str, Path]:
-    """One intact file of each kind: checkpoint, model (packed model file), memory, packed."""
+    """One intact file of each kind: checkpoint, model (packed model file), memory, packed; and the
+    model and the packed matrix again in the 1.6-bit format t1 (model_t1, packed_t1)."""
     from bitttt.session import InferenceModel
 
     m = tiny_model()
     files = {"checkpoint": tmp / "ck.safetensors", "model": tmp / "model.safetensors",
-             "memory": tmp / "mem.safetensors", "packed": tmp / "w.safetensors"}
+             "memory": tmp / "mem.safetensors", "packed": tmp / "w.safetensors",
+             "model_t1": tmp / "model_t1.safetensors", "packed_t1": tmp / "w_t1.safetensors"}
     save_checkpoint(files["checkpoint"], params=m.params, optim=AdamW(m.params).state_tensors(), config=m.config,
                     train={"lr": 1e-3}, state={"step": 3, "optim_t": 0, "best_val": float("inf")},
                     tokenizer=tok.to_bytes())
     write_model_file(files["model"], m.config, m.params, tokenizer=tok.to_bytes(), model_id="m" * 64)
+    write_model_file(files["model_t1"], m.config, m.params, tokenizer=tok.to_bytes(), model_id="m" * 64,
+                     packing="t1")
     im = InferenceModel.from_model(m)
     st = im.new_state()
     im.feed(st, np.arange(7) % 300)
     im.save_memory(st, str(files["memory"]))
     write_packed(files["packed"], PackedTernary.quantize(np.random.default_rng(1).standard_normal((3, 40))))
+    write_packed(files["packed_t1"], PackedTernary.quantize(np.random.default_rng(1).standard_normal((3, 340)),
+                                                            format="t1"))
     return files
 
 
@@ -96,7 +102,7 @@ def readers():
     def model(p):
         mf = read_model_file(p)
         out = {k: np.asarray(v) for k, v in mf.params.items()}
-        out.update({k + ".codes": v.codes for k, v in mf.packed.items()})
+        out.update({f"{k}.codes.{v.format}": v.codes for k, v in mf.packed.items()})
         out["_cfg"] = np.array(json.dumps(mf.config.to_dict()))
         im = InferenceModel.from_model_file(p)  # builds and runs the model too
         out["_logits"] = im.feed(im.new_state(), [1, 2, 3])
@@ -108,9 +114,9 @@ def readers():
 
     def packed(p):
         w = read_packed(p)
-        return {"codes": w.codes, "scale": np.array(w.scale), "cols": np.array(w.cols)}
+        return {"codes": w.codes, "scale": np.array(w.scale), "cols": np.array(w.cols), "format": np.array(w.format)}
 
-    return {"checkpoint": ck, "model": model, "memory": mem, "packed": packed}
+    return {"checkpoint": ck, "model": model, "memory": mem, "packed": packed, "model_t1": model, "packed_t1": packed}
 
 
 def same(a: dict, b: dict) -> bool:

@@ -267,6 +267,26 @@ def test_print_config_of_a_resumed_run(run_dir, capsys):
     assert rc == 2 and "cannot change lr when resuming" in err
 
 
+def test_export_format_t1_decodes_like_t2(run_dir, tmp_path, capsys):
+    """export --format t1: 1.6 bits per weight, a smaller file, the same logits as the default t2."""
+    from bitttt.session import InferenceModel
+
+    rd, _ = run_dir
+    files = {}
+    for fmt in ("t2", "t1"):
+        files[fmt] = tmp_path / f"{fmt}.safetensors"
+        rc, out, err = run_main(capsys, "export", rd, "--out", files[fmt], *(["--format", fmt] if fmt == "t1" else []))
+        assert rc == 0, err
+        assert f"weights {fmt}" in out
+    assert files["t1"].stat().st_size < files["t2"].stat().st_size
+    logits = []
+    for p in files.values():
+        im = InferenceModel.from_file(str(p))
+        st = im.new_state()
+        logits.append(np.concatenate([im.feed(st, [5, 9, 2, 7], all_logits=True), im.feed(st, [3])[None]]))
+    assert np.array_equal(logits[0], logits[1])
+
+
 def test_export_default_out_permissions_and_no_paths(run_dir, tmp_path, capsys):
     rd, _ = run_dir
     old = os.umask(0o022)

@@ -1,8 +1,9 @@
 """The seeded fuzz test of every file kind bitttt reads (issue 21): checkpoints, packed model files,
-memory files, packed ternary files (with the tokenizer inside the first two) and token-data
-manifests.  Each kind gets a few hundred damaged and crafted files: random byte flips (anywhere and
-in the header), truncations, extensions, and header mutations (JSON of the wrong type, bad dtypes,
-shapes and offsets, extra or missing tensors, hostile metadata and config values, nesting bombs),
+memory files, packed ternary files (with the tokenizer inside the first two; model and packed files
+in both packed formats, t2 and the 1.6-bit t1) and token-data manifests. Each kind gets a few
+hundred damaged and crafted files: random byte flips (anywhere and in the header), truncations,
+extensions, and header mutations (JSON of the wrong type, bad dtypes, shapes and offsets, extra or
+missing tensors, hostile metadata and config values, nesting bombs),
 some with every checksum recomputed as an attacker would.  They go through the real loaders in a
 forked child under an address-space limit (resource.setrlimit) and a per-case timer.  Each case
 must be refused with the file-format error (bitttt.FormatError), or load to the same model (the
@@ -27,7 +28,8 @@ from hostile_files import file_bytes, make_files, readers, same, tokenizer_bytes
 from bitttt import FormatError
 
 SEED = 21
-CASES = {"checkpoint": 220, "model": 200, "memory": 260, "packed": 300, "manifest": 260}
+CASES = {"checkpoint": 220, "model": 200, "memory": 260, "packed": 300, "manifest": 260, "model_t1": 150,
+         "packed_t1": 300}
 CASE_SECONDS = 5
 MEMORY_MARGIN = 1 << 30  # bytes of address space a case may add
 

@@ -16,7 +16,7 @@ from bitttt import BitLlamaConfig, FormatError
 from bitttt.formats import CheckpointError, MemoryFileError, PackedFormatError, TokenFileError, load_checkpoint
 
 ERRORS = {"checkpoint": CheckpointError, "model": CheckpointError, "memory": MemoryFileError,
-          "packed": PackedFormatError}
+          "packed": PackedFormatError, "model_t1": CheckpointError, "packed_t1": PackedFormatError}
 
 
 @pytest.fixture(scope="module")
@@ -198,9 +198,13 @@ def test_tokenizer_damage_and_its_hash(files, tmp_path, tok):
 
 def test_old_files_without_meta_crc32_still_load_with_the_other_checks(files, tmp_path):
     for kind in ERRORS:
-        def strip(h, d):  # a file as written before meta_crc32 (and the later seq_len entry) existed
+        if kind == "model_t1":  # packing t1 came after meta_crc32: no old file has it
+            continue
+
+        def strip(h, d):  # a file as written before meta_crc32 (and the later seq_len, packing entries) existed
             del h["__metadata__"]["meta_crc32"]
             h["__metadata__"].pop("seq_len", None)
+            h["__metadata__"].pop("packing", None)
         old = rewrite(files[kind], tmp_path / f"{kind}.st", strip, fix_meta=False)
         readers()[kind](old)
 
@@ -271,3 +275,13 @@ def test_memory_of_a_deep_model_reads_without_its_model(tmp_path):
     write_memory(tmp_path / "deep.mem", arrays, model_id="x" * 64, config=cfg, pos=1, n_tokens=5)
     m = read_memory(tmp_path / "deep.mem")
     assert m.pos == 1 and m.arrays["W0"].shape == (12, 2, 8, 8)
+
+
+def test_crc32_entry_nesting_bomb_is_refused(files, tmp_path):
+    """Found by the t1 fuzz seed: a crc32 entry nested past json's recursion limit (meta_crc32
+    recomputed) is a damaged file, not a RecursionError."""
+    def bomb(h, d):
+        h["__metadata__"]["crc32"] = "[" * 100_000
+
+    for kind in ("model", "packed", "packed_t1"):
+        _refused(kind, rewrite(files[kind], tmp_path / f"b{kind}.st", bomb))

@@ -354,8 +354,9 @@ class GpuTernary(PackedTernary):
 
     @classmethod
     def of(cls, p: PackedTernary) -> GpuTernary:
+        p = p.to_format("t2")  # the CUDA kernels read 2-bit codes: a 1.6-bit matrix is unpacked once
         g = cls.__new__(cls)
-        g.codes, g.scale, g.rows, g.cols = p.codes, p.scale, p.rows, p.cols
+        g.codes, g.scale, g.rows, g.cols, g.format = p.codes, p.scale, p.rows, p.cols, p.format
         g.dcodes = DeviceArray.from_host(p.codes)
         g.dscale = DeviceArray.from_host(np.array([p.scale], np.float32))
         g._frozen = True  # read-only from here on, as every PackedTernary

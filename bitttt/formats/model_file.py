@@ -2,16 +2,19 @@
 
     <BitLinear weight>.{codes,scale,shape}   every tensor of kind "linear" (bitttt.params), 2-bit
                                              packed (bitttt.formats.packed; float32 by its own
-                                             name when the model is not ternary)
+                                             name when the model is not ternary); with packing
+                                             "t1", .codes_t1 instead of .codes (1.6 bits per weight)
     embed.weight                             float16 [V, D]
     head.weight.int8 + head.weight.scale     the LM head, int8 [V, D] per row with a float32 [V]
                                              absmax scale per row; or head.weight float16|float32
                                              [V, D] (head "float16" / "float32")
     everything else (norms, TTT inner parameters)   float32, by the model's names
 metadata: format "bitttt-model/1", config, tokenizer (base64) and its sha256, model_id (the
-identity memory files are tagged with: that of the source checkpoint, so memories move between
-the checkpoint and its export), head format, source (the checkpoint's file name, never a path),
-step and seq_len (the training sequence length; "" when unknown: eval's default --reset-every); the
+identity memory files are tagged with: that of the source checkpoint, so memories move between the
+checkpoint and its export), head format, packing (the BitLinear weights' packed format, "t2" or
+"t1"; files without the entry are t2, and every matrix's codes tensor must agree), source (the
+checkpoint's file name, never a path), step and seq_len (the training sequence length; "" when
+unknown: eval's default --reset-every); the
 per-tensor `crc32` of bitttt.formats.safetensors.  Files written before per-matrix checksums
 were dropped also carry `<name>.crc32` entries (covered by `crc32` as well; ignored).
 """
@@ -29,13 +32,14 @@ from ..ternary import PackedTernary
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import load_checkpoint, tokenizer_metadata
 from .errors import CheckpointError, FormatError
-from .packed import packed_from_tensors, packed_tensors
+from .packed import CODES, packed_from_tensors, packed_tensors
 from .runs import checkpoint_step, resolve
 from .safetensors import read_metadata, read_tagged, write_safetensors
 from .validate import check_limits, check_tensors, parse_config, read_tokenizer
 
 MODEL_FORMAT = "bitttt-model/1"
 HEAD_FORMATS = ("int8", "float16", "float32")
+PACKINGS = ("t2", "t1")  # packed formats of the BitLinear weights (bitttt.ternary)
 
 
 def weights_id(config: BitLlamaConfig, params: dict[str, np.ndarray]) -> str:
@@ -50,6 +54,11 @@ def weights_id(config: BitLlamaConfig, params: dict[str, np.ndarray]) -> str:
 def _check_head(head: str) -> None:
     if head not in HEAD_FORMATS:
         raise ValueError(f"head format must be one of {', '.join(HEAD_FORMATS)}, got {head!r}")
+
+
+def _check_packing(packing: str) -> None:
+    if packing not in PACKINGS:
+        raise ValueError(f"packing must be one of {', '.join(PACKINGS)}, got {packing!r}")
 
 
 def quantize_head(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -80,15 +89,17 @@ class ModelFile:
 
 def write_model_file(path: str | os.PathLike, config: BitLlamaConfig, params: dict[str, np.ndarray], *,
                      tokenizer: bytes, model_id: str, head: str = "int8", source: str = "",
-                     step: str = "", seq_len: int | None = None) -> dict[str, str]:
+                     step: str = "", seq_len: int | None = None, packing: str = "t2") -> dict[str, str]:
     """Write a packed model file (atomic) from float parameters (every tensor of the config's
-    param_table); returns its metadata.  `source`: where the weights came from (a file name)."""
+    param_table); returns its metadata.  `source`: where the weights came from (a file name);
+    `packing`: the BitLinear weights' format, "t2" (2 bits per weight) or "t1" (1.6)."""
     _check_head(head)
+    _check_packing(packing)
     tensors: dict[str, np.ndarray] = {}
     for name, spec in param_table(config).items():
         w = np.ascontiguousarray(params[name], dtype=np.float32)
         if spec.kind == "linear" and config.ternary:
-            tensors.update(packed_tensors(PackedTernary.quantize(w), name))
+            tensors.update(packed_tensors(PackedTernary.quantize(w, format=packing), name))
         elif spec.kind == "embedding":
             tensors[name] = w.astype(np.float16)
         elif spec.kind != "head":
@@ -99,21 +110,23 @@ def write_model_file(path: str | os.PathLike, config: BitLlamaConfig, params: di
     else:
         tensors["head.weight"] = hw.astype(np.float16) if head == "float16" else hw
     meta = {"format": MODEL_FORMAT, "config": config.to_json(), **tokenizer_metadata(tokenizer),
-            "model_id": model_id, "head": head, "source": os.path.basename(source), "step": step,
+            "model_id": model_id, "head": head, "packing": packing, "source": os.path.basename(source), "step": step,
             "seq_len": "" if seq_len is None else str(int(seq_len))}
     write_safetensors(path, tensors, meta)
     return meta
 
 
 def export_checkpoint(src: str | os.PathLike, out: str | os.PathLike, head: str = "int8",
-                      force: bool = False) -> dict[str, str]:
+                      force: bool = False, packing: str = "t2") -> dict[str, str]:
     """Write the packed model file `out` for a checkpoint or run directory `src` (its best, else its
     newest intact checkpoint); returns the file's metadata, plus `path`: the file written.  `out`
     may be a directory: the file is then <out>/<run or checkpoint name>.safetensors.  ValueError
     when the checkpoint carries no tokenizer, or when `out` is the source, a training checkpoint,
     a name in a run's checkpoints/ folder or (unless `force`) any existing file that is not a
-    bitttt model file (it is never overwritten); CheckpointError when the checkpoint is damaged."""
+    bitttt model file (it is never overwritten); CheckpointError when the checkpoint is damaged.
+    `packing`: the BitLinear weights' format, "t2" (default) or "t1" (1.6 bits per weight)."""
     _check_head(head)
+    _check_packing(packing)
     path = resolve(os.fspath(src))
     out = _export_target(os.fspath(src), path, os.fspath(out), force)
     ck = load_checkpoint(path)
@@ -121,7 +134,7 @@ def export_checkpoint(src: str | os.PathLike, out: str | os.PathLike, head: str 
         raise ValueError(f"{path}: the checkpoint carries no tokenizer")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     meta = write_model_file(out, ck.config, ck.params, tokenizer=ck.tokenizer,
-                            model_id=weights_id(ck.config, ck.params), head=head,
+                            model_id=weights_id(ck.config, ck.params), head=head, packing=packing,
                             source=os.path.basename(path), step=str(ck.state.get("step", "")),
                             seq_len=ck.train.get("seq_len") if isinstance(ck.train.get("seq_len"), int) else None)
     return {**meta, "path": out}
@@ -164,11 +177,14 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
         raise CheckpointError(f"{path}: metadata has no 'tokenizer' entry")
     check_limits(cfg, path, CheckpointError, n_tensors=len(t), data_bytes=sum(a.nbytes for a in t.values()),
                  kind="model")
+    packing = meta.get("packing", "t2")
+    if packing not in PACKINGS:
+        raise CheckpointError(f"{path}: metadata 'packing' is {packing[:40]!r}, not one of {', '.join(PACKINGS)}")
     want: dict = {}
     table = param_table(cfg)
     for name, spec in table.items():
         if spec.kind == "linear" and cfg.ternary:
-            want.update({f"{name}.codes": (np.uint8, None), f"{name}.scale": (np.float32, (1,)),
+            want.update({f"{name}.{CODES[packing]}": (np.uint8, None), f"{name}.scale": (np.float32, (1,)),
                          f"{name}.shape": (np.int64, (2,))})  # their shapes: packed_from_tensors
         elif spec.kind == "embedding":
             want[name] = ((np.float16, np.float32), spec.shape)

@@ -1,9 +1,11 @@
 """PackedTernary tensor sets and files.
 
 A matrix stored under prefix P is three tensors (layout of the codes: src_c/bt_ternary.h):
-  P.codes  uint8   [rows, stride]   2-bit codes, stride = ceil(cols / 256) * 64
-  P.scale  float32 [1]              s, so that W ~= s * w, w in {-1, 0, +1}
-  P.shape  int64   [2]              (rows, cols)
+  P.codes     uint8   [rows, stride]  format t2: 2-bit codes, stride = ceil(cols / 256) * 64
+  or P.codes_t1 uint8 [rows, stride]  format t1: five codes per byte, stride = ceil(cols / 80) * 16
+  P.scale     float32 [1]             s, so that W ~= s * w, w in {-1, 0, +1}
+  P.shape     int64   [2]             (rows, cols)
+The name of the codes tensor says the format; a set holding both (or neither) is refused.
 A packed ternary file holds one matrix with no prefix, metadata "bitttt.format" =
 "bitttt.ternary/2", written and checked by bitttt.formats.safetensors (CRC-32 per tensor).
 
@@ -28,6 +30,7 @@ from .safetensors import check_crc32, read_tagged, write_safetensors
 FORMAT = "bitttt.ternary/2"
 FORMAT_V1 = "bitttt.ternary/1"  # one CRC per matrix in the metadata; still read
 _PARTS = ("codes", "scale", "shape")
+CODES = {"t2": "codes", "t1": "codes_t1"}  # packed format -> the name of its codes tensor
 
 
 def _pre(prefix: str) -> str:
@@ -35,9 +38,10 @@ def _pre(prefix: str) -> str:
 
 
 def packed_tensors(p: PackedTernary, prefix: str = "") -> dict[str, np.ndarray]:
-    """The tensors `prefix.codes|scale|shape` of a packed matrix (codes not copied)."""
+    """The tensors `prefix.codes|scale|shape` of a packed matrix (`prefix.codes_t1` for format t1;
+    codes not copied)."""
     pre = _pre(prefix)
-    return {f"{pre}codes": p.codes, f"{pre}scale": np.array([p.scale], dtype=np.float32),
+    return {f"{pre}{CODES[p.format]}": p.codes, f"{pre}scale": np.array([p.scale], dtype=np.float32),
             f"{pre}shape": np.array([p.rows, p.cols], dtype=np.int64)}
 
 
@@ -52,23 +56,36 @@ def packed_from_tensors(tensors: dict[str, np.ndarray], prefix: str = "", source
     return p
 
 
+def tensor_names(tensors, prefix: str = "") -> tuple[str, ...]:
+    """The names of the tensors of the matrix under `prefix` in a set holding them: its codes
+    tensor by the format found (t2 when neither or both are there: the reader then says so)."""
+    pre = _pre(prefix)
+    fmt = "t1" if f"{pre}codes_t1" in tensors and f"{pre}codes" not in tensors else "t2"
+    return (f"{pre}{CODES[fmt]}", f"{pre}scale", f"{pre}shape")
+
+
 def _from_tensors(tensors: dict[str, np.ndarray], prefix: str, source: str) -> PackedTernary:
     pre = _pre(prefix)
-    missing = [k for k in _PARTS if f"{pre}{k}" not in tensors]
+    if f"{pre}codes" in tensors and f"{pre}codes_t1" in tensors:
+        raise PackedFormatError(f"{source}: both {pre}codes and {pre}codes_t1: one packed format per matrix")
+    names = tensor_names(tensors, prefix)
+    fmt = "t1" if names[0].endswith("codes_t1") else "t2"
+    missing = [k for k in names if k not in tensors]
     if missing:
-        raise PackedFormatError(f"{source}: missing tensor(s) {', '.join(pre + k for k in missing)}")
-    codes, scale, shape = (tensors[f"{pre}{k}"] for k in _PARTS)
+        raise PackedFormatError(f"{source}: missing tensor(s) {', '.join(missing)}")
+    codes, scale, shape = (tensors[k] for k in names)
     if codes.dtype != np.uint8 or codes.ndim != 2:
-        raise PackedFormatError(f"{source}: {pre}codes must be uint8 [rows, stride], got {codes.dtype} {codes.shape}")
+        raise PackedFormatError(f"{source}: {names[0]} must be uint8 [rows, stride], got {codes.dtype} {codes.shape}")
     if scale.dtype != np.float32 or scale.shape != (1,):
         raise PackedFormatError(f"{source}: {pre}scale must be float32 [1], got {scale.dtype} {scale.shape}")
     if shape.dtype != np.int64 or shape.shape != (2,):
         raise PackedFormatError(f"{source}: {pre}shape must be int64 [2], got {shape.dtype} {shape.shape}")
     rows, cols = int(shape[0]), int(shape[1])
-    if rows != codes.shape[0] or not 1 <= cols <= _core.MAX_COLS or codes.shape[1] != _core.row_stride(cols):
-        raise PackedFormatError(f"{source}: {pre}shape {rows}x{cols} does not match codes {codes.shape}")
+    if rows != codes.shape[0] or not 1 <= cols <= _core.MAX_COLS or \
+            codes.shape[1] != _core.row_stride(cols, _core.FMT_T1 if fmt == "t1" else _core.FMT_T2):
+        raise PackedFormatError(f"{source}: {pre}shape {rows}x{cols} does not match {names[0]} {codes.shape}")
     try:
-        return PackedTernary(np.ascontiguousarray(codes), float(scale[0]), cols)
+        return PackedTernary(np.ascontiguousarray(codes), float(scale[0]), cols, fmt)
     except ValueError as e:
         raise PackedFormatError(f"{source}: {pre}: {e}") from None
 
@@ -111,7 +128,7 @@ def read_packed(path: str | os.PathLike) -> PackedTernary:
                                    old_keys=())
     if fmt == FORMAT and "crc32" in meta:  # damage first, then what is missing or malformed
         check_crc32(tensors, meta, path, PackedFormatError)
-    extra = sorted(set(tensors) - set(_PARTS))
+    extra = sorted(set(tensors) - set(tensor_names(tensors)))
     if extra:
         raise PackedFormatError(f"{path}: unexpected tensor(s) {', '.join(extra[:5])}")
     p = packed_from_tensors(tensors, source=path)

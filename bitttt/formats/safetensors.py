@@ -27,7 +27,7 @@ import numpy as np
 from .._arrays import aligned_empty
 from ..fileio import atomic_writer
 from .errors import CheckpointError, FormatError
-from .validate import safe_json
+from .validate import nesting_ok, safe_json
 
 DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.float16): "F16",
           np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.uint8): "U8", np.dtype(np.int8): "I8",
@@ -97,9 +97,10 @@ def check_crc32(tensors: dict[str, np.ndarray], metadata: dict[str, str], path: 
                 error: type[FormatError] = CheckpointError) -> None:
     """Check every tensor against the metadata's `crc32` entry, which must list exactly these
     tensors; `error` naming the file otherwise."""
-    try:
-        crcs = json.loads(metadata.get("crc32", "{}"))
-    except ValueError:
+    text = metadata.get("crc32", "{}")
+    try:  # a nesting bomb is no JSON object either (and would exhaust json's recursion)
+        crcs = json.loads(text) if nesting_ok(text) else None
+    except (ValueError, RecursionError):
         crcs = None
     if not isinstance(crcs, dict):
         raise error(f"{path}: corrupted checksums (the crc32 entry is not a JSON object)")

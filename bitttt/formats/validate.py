@@ -136,8 +136,9 @@ def check_limits(cfg: BitLlamaConfig, path: str, error: type[FormatError], *, n_
                  kind: str) -> None:
     """Refuse a config that the file cannot hold, before any table or array is built: more
     parameter tensors than the file has, fewer bytes than its weights need at the smallest
-    encoding of `kind` ("checkpoint": float32, "model": 2 bits per BitLinear weight and 1 byte
-    for the rest, "memory": the float32 state), or a TTT state larger than the model itself."""
+    encoding of `kind` ("checkpoint": float32, "model": 1.6 bits per BitLinear weight (packed
+    format t1) and 1 byte for the rest, "memory": the float32 state), or a TTT state larger than
+    the model itself."""
     if kind != "memory" and cfg.num_layers > n_tensors:  # a memory file has 5 tensors for any depth
         raise error(f"{path}: config num_layers={cfg.num_layers} needs more tensors than the file's {n_tensors}")
     sz = implied_size(cfg)
@@ -147,7 +148,7 @@ def check_limits(cfg: BitLlamaConfig, path: str, error: type[FormatError], *, n_
     else:
         if sz.tensors > n_tensors:
             raise error(f"{path}: config implies {sz.tensors} parameter tensors, the file holds {n_tensors}")
-        need = 4 * sz.params if kind == "checkpoint" else sz.linear // 4 + (sz.params - sz.linear)
+        need = 4 * sz.params if kind == "checkpoint" else sz.linear // 5 + (sz.params - sz.linear)
         if sz.state > 4 * sz.params:
             raise error(f"{path}: config mini_batch_size={cfg.mini_batch_size} implies a TTT state of "
                         f"{4 * sz.state} bytes, larger than the model: refused")
