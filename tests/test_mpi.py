@@ -23,8 +23,10 @@ from bitttt.trainer import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "mini_batch_size": 8}
+# stream=False: the random-window recipe, the one a run on several ranks uses (streaming training, the
+# default on one process, carries per-sequence TTT states that the ranks do not share yet)
 BASE = dict(model=dict(TINY), batch_size=4, seq_len=32, max_time=0.0, warmup_steps=3, lr=3e-3, min_lr=3e-4,
-            eval_batches=3, log_interval=1, seed=1, sample_tokens=0)
+            eval_batches=3, log_interval=1, seed=1, sample_tokens=0, stream=False)
 
 
 def _mpiexec():
