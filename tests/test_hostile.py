@@ -198,9 +198,10 @@ def test_tokenizer_damage_and_its_hash(files, tmp_path, tok):
 
 def test_old_files_without_meta_crc32_still_load_with_the_other_checks(files, tmp_path):
     for kind in ERRORS:
-        def strip(h, d):  # a file as written before meta_crc32 (and the later seq_len entry) existed
+        def strip(h, d):  # a file as written before meta_crc32 (and the later seq_len, slept entries) existed
             del h["__metadata__"]["meta_crc32"]
             h["__metadata__"].pop("seq_len", None)
+            h["__metadata__"].pop("slept", None)
         old = rewrite(files[kind], tmp_path / f"{kind}.st", strip, fix_meta=False)
         readers()[kind](old)
 
