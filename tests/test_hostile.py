@@ -201,10 +201,11 @@ def test_old_files_without_meta_crc32_still_load_with_the_other_checks(files, tm
         if kind == "model_t1":  # packing t1 came after meta_crc32: no old file has it
             continue
 
-        def strip(h, d):  # a file as written before meta_crc32 (and the later seq_len, packing entries) existed
+        def strip(h, d):  # a file as written before meta_crc32 (and the later seq_len, packing, slept entries)
             del h["__metadata__"]["meta_crc32"]
             h["__metadata__"].pop("seq_len", None)
             h["__metadata__"].pop("packing", None)
+            h["__metadata__"].pop("slept", None)
         old = rewrite(files[kind], tmp_path / f"{kind}.st", strip, fix_meta=False)
         readers()[kind](old)
 
