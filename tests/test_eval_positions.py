@@ -252,3 +252,21 @@ def test_the_module_runs_as_a_command_with_one_line_errors(story_file):
                         "--buckets", "x"], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == "error: --buckets: 'x' is not a token count (256, 1k, 4k, 1M ...)"
+
+
+def test_bench_memory_runs_on_small_texts(tmp_path):
+    pytest.importorskip("matplotlib")
+    for name in ("tinystories_valid_sample.txt", "war_and_peace.txt"):  # stand-ins: the real ones are not needed
+        (tmp_path / name).write_text(STORY * 5, encoding="utf-8")
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "bench_memory.py"), "--data", str(tmp_path),
+                        "--tokens", "300", "--reset-every", "64", "--no-append", "--plot", str(tmp_path / "png"),
+                        "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("| position | tokens | continuous | reset every 64 | difference |") == 2
+    assert r.stdout.count("| whole | 300 |") == 2 and "| 256-1k | 44 |" in r.stdout
+    pngs = sorted(os.listdir(tmp_path / "png"))
+    assert pngs == ["tinystories-ternary-tinystories_valid_sample.png", "tinystories-ternary-war_and_peace.png"]
+    assert all((tmp_path / "png" / p).read_bytes()[:8] == PNG for p in pngs)
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "bench_memory.py"), "--data", str(tmp_path / "none"),
+                        "--no-append"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
