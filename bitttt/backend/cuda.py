@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..ternary import FORMATS as FMTS
 from ..ternary import PackedTernary
 from . import numpy as ref
 
@@ -779,8 +780,13 @@ class GpuDecoder:
         self.cos = DeviceArray.from_host(np.tile(cos, (1, 2 * h)))  # [K, D]: the pairs of q and k
         self.sin = DeviceArray.from_host(np.tile(sin, (1, 2 * h)))
 
+        def t2(w):  # (codes, cols, scale[, fmt]): the CUDA kernels read 2-bit codes, a t1 matrix is unpacked
+            if len(w) < 4 or w[3] != FMTS["t1"]:
+                return w[0]
+            return PackedTernary(w[0], w[2], w[1], "t1").to_format("t2").codes
+
         def stack(*ws):
-            codes = np.concatenate([w[0] for w in ws])
+            codes = np.concatenate([t2(w) for w in ws])
             return (DeviceArray.from_host(codes), DeviceArray.from_host(np.array([w[2] for w in ws], np.float32)),
                     ws[0][0].shape[0])
 
