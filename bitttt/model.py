@@ -151,13 +151,15 @@ class StreamCarry:
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore what arrays() gave (shapes must match: ValueError)."""
         for name, a in self.arrays().items():
+            if name == "read" and name not in arrays:
+                continue
             if name not in arrays or tuple(arrays[name].shape) != a.shape:
                 raise ValueError(f"streaming state: {name} missing or of the wrong shape")
         for li in self.layers:
             self.W[li] = np.array(arrays[f"W.{li}"], dtype=self.W[li].dtype)
             self.b[li] = np.array(arrays[f"b.{li}"], dtype=self.b[li].dtype)
         self.fresh = np.asarray(arrays["fresh"]).astype(bool)
-        self.read = np.array(arrays["read"], dtype=np.int64)
+        self.read = np.array(arrays["read"], dtype=np.int64) if "read" in arrays else np.zeros(self.batch, np.int64)
 
 
 class BlockCache(NamedTuple):

@@ -185,9 +185,10 @@ class Streams:
     starts at window (shift + s * nw // S) mod nw, shift drawn from `seed`.  Call i gives group
     g = i mod groups its window number n = i // groups: x = window (start_s + n) mod nw of each of
     its streams, cut at an offset in [0, seq_len) drawn for each pass over the text (pass 0: 0),
-    so that the passes do not repeat the same windows.  `fresh` [batch_size] bool (set by each call) marks streams whose window does not
-    follow the one they read before (n = 0, or the wrap from the last window of the text to the
-    first) or that start a new span of their stream: their state must start anew.
+    so that the passes do not repeat the same windows.  `fresh` [batch_size] bool (set by each
+    call) marks streams whose window does not follow the one they read before (n = 0, or the wrap
+    from the last window of the text to the first) or that start a new span of their stream:
+    their state must start anew.
 
     `periods` [S] (windows, >= 1; default all "never"): stream s restarts its state every periods[s]
     windows (fresh when n % periods[s] == 0), so that training sees states of every age from 0 to
