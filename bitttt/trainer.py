@@ -274,6 +274,18 @@ def _check_fits(cfg: TrainConfig) -> None:
                          f"machine's {have / 2**30:.1f} GiB: use a smaller model, batch_size or seq_len")
 
 
+def _accumulate(acc: dict | None, grads: dict, weight: float | None) -> dict:
+    """acc + grads (grads scaled in place by `weight` first, when given); grads itself when acc is None."""
+    if weight is not None:
+        for g in grads.values():
+            g *= weight
+    if acc is None:
+        return grads
+    for k, g in grads.items():
+        acc[k] += g
+    return acc
+
+
 def _trim_log(path: str, step: int) -> None:
     """Drop the records of steps after `step` from a run's log (logged after the checkpoint a
     resumed run starts from), so that the log continues without repeated steps."""
@@ -561,14 +573,7 @@ class Trainer:
                     continue
                 loss, grads = self.model.loss_and_grads(x, y, m)
                 losses.append(loss)
-                if weighted:
-                    for g in grads.values():
-                        g *= c
-                if acc is None:
-                    acc = grads
-                else:
-                    for k, g in grads.items():
-                        acc[k] += g
+                acc = _accumulate(acc, grads, c if weighted else None)
         total = 0.0
         for loss, c in zip(losses, counts):
             if loss is not None:
@@ -583,7 +588,7 @@ class Trainer:
         after each <|endoftext|>); the carries then hold the states after these windows."""
         cfg, k = self.cfg, self.model_config.mini_batch_size
         eos = self.tokenizer.eos_id
-        acc, total, total_w, counted = None, 0.0, 0.0, []
+        acc, total, total_w = None, 0.0, 0.0
         for _ in range(cfg.grad_accum):
             x, y, m = self.batches.next()
             carry = self.carries[self.batches.group]
@@ -598,18 +603,11 @@ class Trainer:
                 resets[:, 1:] = ends[:, :-1]
             self.tokens_seen += int(x.size)
             c = float(x.size) if m is None else float(np.sum(m, dtype=np.float64))
-            counted.append(c)
             if c == 0:  # nothing to learn from, but the state still reads the window
                 self.model.forward(x, carry=carry, resets=resets)
             else:
                 loss, grads = self.model.loss_and_grads(x, y, m, carry=carry, resets=resets)
-                for g in grads.values():
-                    g *= c
-                if acc is None:
-                    acc = grads
-                else:
-                    for name, g in grads.items():
-                        acc[name] += g
+                acc = _accumulate(acc, grads, c)
                 total += loss * c
                 total_w += c
             if cfg.reset_at_eot:
