@@ -60,6 +60,15 @@ def load(path: str):
 
     return _load(path)
 
+def __getattr__(name: str):
+    """SessionBusyError, from bitttt.generation (imported when first asked for, as `load` does)."""
+    if name == "SessionBusyError":
+        from .generation import SessionBusyError
+
+        return SessionBusyError
+    raise AttributeError(f"module 'bitttt' has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -74,6 +83,7 @@ __all__ = [
     "CheckpointError",
     "MemoryFileError",
     "TokenFileError",
+    "SessionBusyError",
     "quantize_activations",
     "dot_i8",
     "gemm_i8",

@@ -121,3 +121,13 @@ def test_a_stream_resumed_from_other_threads(model):
         t.join(30)
     assert "".join(pieces) == want
     s.feed("red")  # the stream ended on another thread: the session is free
+
+
+def test_session_busy_error_is_exported():
+    import bitttt
+    from bitttt.generation import SessionBusyError
+
+    assert bitttt.SessionBusyError is SessionBusyError and issubclass(SessionBusyError, RuntimeError)
+    assert "SessionBusyError" in bitttt.__all__
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        bitttt.nope  # noqa: B018
