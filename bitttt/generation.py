@@ -26,6 +26,7 @@ import numpy as np
 
 from .chatlog import LogSpan, after_replay, unreplayed
 from .formats.runs import resolve as _resolve  # a file as is; a run dir -> its best / newest intact checkpoint
+from .layers.ttt import blend_toward
 from .sampling import Sampler, SamplingParams
 from .session import InferenceModel, TTTState
 
@@ -102,7 +103,7 @@ def decay_state(st, init, decay: float) -> None:
         return
     f = np.float32(decay)
     for a, a0 in ((st.W0, init.W0), (st.b0, init.b0)):
-        a[...] = a0 + f * (a - a0)
+        blend_toward(a, a0, f)
     st.Gb *= f
     st.Sb *= f
 

@@ -31,6 +31,7 @@ from .layers.loss import cross_entropy_backward, cross_entropy_forward
 from .layers.swiglu import SwiGLUCache, swiglu_backward, swiglu_forward
 from .layers.ttt import (
     TTTLayerState,
+    blend_toward,
     token_scales,
     ttt_backward,
     ttt_forward,
@@ -116,9 +117,7 @@ class ModelState:
 
 def _toward(a: np.ndarray, a1: np.ndarray, share: float) -> None:
     """a <- a1 + (1 - share) (a - a1), in place, in a's dtype (the state decay)."""
-    a -= a1
-    a *= a.dtype.type(1.0 - share)
-    a += a1
+    blend_toward(a, a1, a.dtype.type(1.0 - share))
 
 
 class StreamCarry:
@@ -433,12 +432,13 @@ class BitLlama:
                 raise ValueError(f"config.state_decay_every ({cfg.state_decay_every}) must be a multiple of the "
                                  f"window length ({t}) to train with a carried state")
             rows = np.flatnonzero(carry.read % cfg.state_decay_every == 0)
-            for li in carry.layers:
+            h, f = cfg.num_heads, cfg.head_dim
+            for li in carry.layers if rows.size else ():
                 p = module_params(self.params, cfg, li, "ttt")
-                h, f = cfg.num_heads, cfg.head_dim
+                W1, b1 = p["W1"].astype(carry.W[li].dtype), p["b1"].reshape(h, 1, f).astype(carry.b[li].dtype)
                 for r in rows:
-                    _toward(carry.W[li][r], p["W1"].astype(carry.W[li].dtype), cfg.state_decay)
-                    _toward(carry.b[li][r], p["b1"].reshape(h, 1, f).astype(carry.b[li].dtype), cfg.state_decay)
+                    _toward(carry.W[li][r], W1, cfg.state_decay)
+                    _toward(carry.b[li][r], b1, cfg.state_decay)
 
     # -- inference --------------------------------------------------------------------
     def new_state(self, kv_dtype: str | None = None) -> TTTState | ModelState:

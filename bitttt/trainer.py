@@ -593,13 +593,10 @@ class Trainer:
             x, y, m = self.batches.next()
             carry = self.carries[self.batches.group]
             carry.fresh |= self.batches.fresh
-            resets = None
-            if cfg.reset_at_eot:
-                nch = -(-x.shape[1] // k)
-                ends = np.zeros((x.shape[0], nch), dtype=bool)  # chunk c holds an <|endoftext|>
-                for c in range(nch):
-                    ends[:, c] = (x[:, c * k:(c + 1) * k] == eos).any(axis=1)
-                resets = np.zeros((x.shape[0], nch), dtype=np.uint8)
+            resets = ends = None
+            if cfg.reset_at_eot:  # ends[b, c]: mini-batch c of row b holds an <|endoftext|>
+                ends = np.logical_or.reduceat(x == eos, np.arange(0, x.shape[1], k), axis=1)
+                resets = np.zeros(ends.shape, dtype=np.uint8)
                 resets[:, 1:] = ends[:, :-1]
             self.tokens_seen += int(x.size)
             c = float(x.size) if m is None else float(np.sum(m, dtype=np.float64))
@@ -610,8 +607,8 @@ class Trainer:
                 acc = _accumulate(acc, grads, c)
                 total += loss * c
                 total_w += c
-            if cfg.reset_at_eot:
-                carry.fresh = (x[:, -(x.shape[1] - (nch - 1) * k):] == eos).any(axis=1)
+            if ends is not None:  # an <|endoftext|> in the last mini-batch: the next window starts fresh
+                carry.fresh = ends[:, -1].copy()
         if total_w <= 0:
             raise ValueError(f"step {self.step + 1}: the loss mask of every micro-batch is all zeros: no token to "
                              "learn from")

@@ -221,6 +221,7 @@ class Streams:
                                  f"got {periods!r}")
         self.fresh = np.ones(batch_size, dtype=bool)
         self.group = 0
+        self._offsets: dict[int, int] = {}
 
     def next(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(x, y, m) as Batches.next() gives them, for the next group; sets `fresh` and `group`."""
@@ -239,10 +240,11 @@ class Streams:
         return _gather(self.data, starts, self.seq_len)
 
     def _offset(self, p: int) -> int:
-        """Where pass p over the text starts its windows (pass 0: at 0)."""
-        if p == 0:
-            return 0
-        return int(np.random.default_rng([self.seed, 0x5EED, p]).integers(0, self.seq_len))
+        """Where pass p over the text starts its windows (pass 0: at 0), drawn once per pass."""
+        if p not in self._offsets:
+            self._offsets[p] = 0 if p == 0 else int(np.random.default_rng([self.seed, 0x5EED, p]).integers(
+                0, self.seq_len))
+        return self._offsets[p]
 
     __next__ = next
 

@@ -147,6 +147,14 @@ def ttt_initial_state(p: dict, cfg: BitLlamaConfig, dtype) -> dict[str, np.ndarr
             "Kb": np.zeros((h, k, f), dtype), "Gb": np.zeros((h, k, f), dtype), "Sb": np.zeros((h, f), dtype)}
 
 
+def blend_toward(a: np.ndarray, a1: np.ndarray, keep) -> None:
+    """a <- a1 + keep (a - a1), in place (a state decaying toward the fresh state a1); keep is
+    used as given (a NumPy scalar keeps its precision)."""
+    a -= a1
+    a *= keep
+    a += a1
+
+
 def _rotated_qkv(be, p: dict, x: np.ndarray, at: np.ndarray, cfg: BitLlamaConfig):
     """The inner loop's inputs for rows x [M, D] (contiguous): q and k rotated at the mini-batch
     positions `at` [M], and v -> three contiguous [M, D] arrays (q, k, v quantize x once)."""
