@@ -402,15 +402,23 @@ def layernorm_bwd(const float[:, ::1] dy, const float[:, ::1] xh, const float[::
     _check(err)
 
 
-def swiglu_fwd(const float[::1] g, const float[::1] u, float[::1] h, float[::1] sg):
+def swiglu_fwd(const float[::1] g, const float[::1] u, float[::1] h, float[::1] sg=None):
+    """sg None: sigmoid(g) is not stored (swiglu_bwd recomputes it)."""
+    cdef float *sp = NULL
+    if sg is not None:
+        sp = &sg[0]
     with nogil:
-        bt_swiglu_fwd(&g[0], &u[0], g.shape[0], &h[0], &sg[0])
+        bt_swiglu_fwd(&g[0], &u[0], g.shape[0], &h[0], sp)
 
 
 def swiglu_bwd(const float[::1] dh, const float[::1] g, const float[::1] u, const float[::1] sg,
                float[::1] dg, float[::1] du):
+    """sg None: recomputed from g, bit for bit the forward's."""
+    cdef const float *sp = NULL
+    if sg is not None:
+        sp = &sg[0]
     with nogil:
-        bt_swiglu_bwd(&dh[0], &g[0], &u[0], &sg[0], g.shape[0], &dg[0], &du[0])
+        bt_swiglu_bwd(&dh[0], &g[0], &u[0], sp, g.shape[0], &dg[0], &du[0])
 
 
 def softmax_xent(const float[:, ::1] logits, const int64_t[::1] targets, const float[::1] wt,

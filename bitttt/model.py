@@ -162,6 +162,7 @@ class StreamCarry:
 
 
 class BlockCache(NamedTuple):
+    x: np.ndarray     # the block input [B, T, D] (norm1 recomputes the TTT layer's input from it)
     norm1: tuple
     ttt: tuple        # the mixer's cache: TTTLayerCache or AttentionLayerCache
     norm2: tuple
@@ -296,9 +297,11 @@ class BitLlama:
         forward, or the recurrent read of prefill)."""
         be, cfg, p = self.backend, self.config, self.params
         pre = f"layers.{li}."
+        x_in = x
         n1, c1 = be.rmsnorm_forward(x, p[pre + "norm1.weight"], cfg.rms_norm_eps)
         _check_norm(pre + "norm1", c1)
         a, ct = mixer(li, n1)
+        del n1  # the training caches keep its int8 codes only (the backward recomputes it where needed)
         h = np.add(x, a, out=a)  # a is the layer's own output: no new array
         n2, c2 = be.rmsnorm_forward(h, p[pre + "norm2.weight"], cfg.rms_norm_eps)
         _check_norm(pre + "norm2", c2)
@@ -306,7 +309,7 @@ class BitLlama:
                                p[pre + "mlp.down_proj.weight"], cfg.ternary)
         x = np.add(h, m, out=m)
         check_finite(pre + "mlp", output=x)
-        return x, BlockCache(c1, ct, c2, cm)
+        return x, BlockCache(x_in, c1, ct, c2, cm)
 
     def _forward(self, tokens: np.ndarray, carry: StreamCarry | None = None,
                  resets: np.ndarray | None = None) -> tuple[np.ndarray, ForwardCache]:
@@ -327,7 +330,7 @@ class BitLlama:
                 return attention_forward(be, module_params(p, cfg, li, "attn"), n1, cfg, name=f"layers.{li}.attn")
             init = None if carry is None else (carry.W[li], carry.b[li])
             return ttt_forward(be, module_params(p, cfg, li, "ttt"), n1, cfg, name=f"layers.{li}.ttt", init=init,
-                               resets=resets)
+                               resets=resets, keep_input=False)
 
         x = self._embed(tokens)
         blocks = []
@@ -351,7 +354,7 @@ class BitLlama:
         t = self._check_tokens(tokens)
         logits, fc = self._forward(t, carry, resets)
         if carry is not None:
-            self._hand_on(carry, fc)
+            self._hand_on(carry, t.shape[1], self._finals(carry, fc))
         return logits if np.ndim(tokens) == 2 else logits[0]
 
     def loss_and_grads(self, tokens, targets, mask=None, *, carry: StreamCarry | None = None,
@@ -379,19 +382,27 @@ class BitLlama:
         if (carry is not None or resets is not None) and all(ty == "attention" for ty in cfg.types):
             raise ValueError("streaming training carries the TTT state: this model has no TTT layers")
         logits, fc = self._forward(t, carry, resets)
-        loss, cl = cross_entropy_forward(be, logits, tg.astype(np.int64), mask)
+        # the gradient is written over the logits (no second [B, T, V] array)
+        loss, cl = cross_entropy_forward(be, logits, tg.astype(np.int64), mask, overwrite=True)
+        del logits
         if not np.isfinite(loss):
             raise NonFiniteError(f"loss is {loss}: training diverged")
+        finals = self._finals(carry, fc) if carry is not None else None
         g = {}
-        dlogits = cross_entropy_backward(be, cl).astype(self.dtype)
+        dlogits = np.asarray(cross_entropy_backward(be, cl), dtype=self.dtype)
+        del cl
         head, nf = self._head(), fc.nf
         dl2 = dlogits.reshape(-1, dlogits.shape[-1])
         dhead = be.matmul(dl2, nf.reshape(-1, nf.shape[-1]), trans_a=True)
         dnf = be.matmul(dl2, head).reshape(nf.shape)
+        del dlogits, dl2, nf
         dx, g["norm_f.weight"] = be.rmsnorm_backward(dnf, fc.norm_f)
+        del dnf
+        blocks, ids = fc.blocks, fc.tokens
+        fc = None  # each layer's cache is released as soon as its backward is done
         for li in reversed(range(cfg.num_layers)):
             pre = f"layers.{li}."
-            bc = fc.blocks[li]
+            bc, blocks[li] = blocks[li], None
             dn2, dgate, dup, ddown = swiglu_backward(be, dx, bc.mlp)
             g[pre + "mlp.gate_proj.weight"], g[pre + "mlp.up_proj.weight"] = dgate, dup
             g[pre + "mlp.down_proj.weight"] = ddown
@@ -401,13 +412,17 @@ class BitLlama:
                 dn1, tg_grads = attention_backward(be, dh, bc.ttt, cfg)
                 module = "attn."
             else:
-                dn1, tg_grads = ttt_backward(be, dh, bc.ttt, module_params(p, cfg, li, "ttt"), cfg)
+                # the layer's input, recomputed by the forward's own call (the same bits)
+                n1, _ = be.rmsnorm_forward(bc.x, p[pre + "norm1.weight"], cfg.rms_norm_eps)
+                dn1, tg_grads = ttt_backward(be, dh, bc.ttt, module_params(p, cfg, li, "ttt"), cfg, x=n1)
+                del n1
                 module = "ttt."
             for k, v in tg_grads.items():
                 g[pre + module + k] = v
             dx_norm, g[pre + "norm1.weight"] = be.rmsnorm_backward(dn1, bc.norm1)
             dx = np.add(dh, dx_norm, out=dx_norm)
-        demb = be.embedding_backward(dx, fc.tokens, cfg.vocab_size)
+            del bc, dn1, dh, tg_grads
+        demb = be.embedding_backward(dx, ids, cfg.vocab_size)
         if cfg.tie_word_embeddings:
             g["embed.weight"] = demb + dhead
         else:
@@ -415,17 +430,21 @@ class BitLlama:
             g["lm_head.weight"] = dhead
         g = {k: np.ascontiguousarray(v, dtype=self.dtype) for k, v in g.items()}
         if carry is not None:
-            self._hand_on(carry, fc)
+            self._hand_on(carry, t.shape[1], finals)
         return float(loss), {k: g[k] for k in p}
 
-    def _hand_on(self, carry: StreamCarry, fc: ForwardCache) -> None:
-        """Leave in `carry` the state after the window (for the next one), decayed where the
-        stream has read a multiple of config.state_decay_every tokens since its start."""
+    @staticmethod
+    def _finals(carry: StreamCarry, fc: ForwardCache) -> dict:
+        """The state after the window of each carried layer (li -> (W, b)), from the forward's caches."""
+        return {li: fc.blocks[li].ttt.final for li in carry.layers}
+
+    def _hand_on(self, carry: StreamCarry, t: int, finals: dict) -> None:
+        """Leave in `carry` the state after the window of t tokens (`finals`, for the next one),
+        decayed where the stream has read a multiple of config.state_decay_every tokens since its start."""
         cfg = self.config
-        t = fc.tokens.shape[1]
         carry.read = np.where(carry.fresh, 0, carry.read) + t
         for li in carry.layers:
-            carry.W[li], carry.b[li] = fc.blocks[li].ttt.final
+            carry.W[li], carry.b[li] = finals[li]
         carry.fresh[:] = False
         if cfg.decays:
             if cfg.state_decay_every % t:

@@ -29,9 +29,10 @@ void bt_layernorm_fwd(const float *x, const float *w, const float *b, int64_t M,
 int bt_layernorm_bwd(const float *dy, const float *xh, const float *w, const float *r, int64_t M, int64_t D,
                      float *dx, float *dw, float *db);
 
-/* SwiGLU gate over n elements: sg = sigmoid(g), h = g * sg * u. */
+/* SwiGLU gate over n elements: sg = sigmoid(g), h = g * sg * u (sg may be NULL: not stored). */
 void bt_swiglu_fwd(const float *g, const float *u, int64_t n, float *h, float *sg);
-/* du = dh * g * sg;  dg = dh * u * sg * (1 + g * (1 - sg)). */
+/* du = dh * g * sg;  dg = dh * u * sg * (1 + g * (1 - sg)).  sg NULL: recomputed from g by the
+ * forward's expression (the same bits as the sg it would have stored). */
 void bt_swiglu_bwd(const float *dh, const float *g, const float *u, const float *sg, int64_t n, float *dg,
                    float *du);
 

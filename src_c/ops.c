@@ -177,10 +177,17 @@ int bt_layernorm_bwd(const float *dy, const float *xh, const float *w, const flo
 
 /* The elementwise bodies, compiled once per ISA (plain C: the copies differ only in vector
  * width, never in the order of operations, so they give the same bits). */
+/* sigmoid(g) of the SwiGLU gate: the one expression of its forward and of its backward's recompute. */
+static inline float swiglu_sigmoid(float g) { return 1.0f / (1.0f + bt_expf(-g)); }
+
 INLINE void swiglu_fwd_body(const float *restrict g, const float *restrict u, int64_t i0, int64_t i1,
                             float *restrict h, float *restrict sg) {
+    if (sg == NULL) { /* the backward recomputes sg (swiglu_sigmoid): the same expression, the same bits */
+        for (int64_t i = i0; i < i1; i++) h[i] = g[i] * swiglu_sigmoid(g[i]) * u[i];
+        return;
+    }
     for (int64_t i = i0; i < i1; i++) {
-        const float s = 1.0f / (1.0f + bt_expf(-g[i]));
+        const float s = swiglu_sigmoid(g[i]);
         sg[i] = s;
         h[i] = g[i] * s * u[i];
     }
@@ -189,6 +196,14 @@ INLINE void swiglu_fwd_body(const float *restrict g, const float *restrict u, in
 INLINE void swiglu_bwd_body(const float *restrict dh, const float *restrict g, const float *restrict u,
                             const float *restrict sg, int64_t i0, int64_t i1, float *restrict dg,
                             float *restrict du) {
+    if (sg == NULL) {
+        for (int64_t i = i0; i < i1; i++) {
+            const float s = swiglu_sigmoid(g[i]);
+            du[i] = dh[i] * g[i] * s;
+            dg[i] = dh[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
+        }
+        return;
+    }
     for (int64_t i = i0; i < i1; i++) {
         const float s = sg[i];
         du[i] = dh[i] * g[i] * s;

@@ -117,17 +117,22 @@ def layernorm_backward(dy: np.ndarray, c: LayerNormCache, reduce_axes=None):
 
 
 # -- SwiGLU gate -------------------------------------------------------------------------------
-def swiglu_forward(g: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def swiglu_forward(g: np.ndarray, u: np.ndarray, keep_sg: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """-> (h, sigmoid(g) or None): without keep_sg sigmoid(g) is never stored (the backward recomputes it)."""
     g, u = np.ascontiguousarray(g), np.ascontiguousarray(u)
-    h, sg = np.empty_like(g), np.empty_like(g)
-    _core.swiglu_fwd(g.reshape(-1), u.reshape(-1), h.reshape(-1), sg.reshape(-1))
+    h = np.empty_like(g)
+    sg = np.empty_like(g) if keep_sg else None
+    _core.swiglu_fwd(g.reshape(-1), u.reshape(-1), h.reshape(-1), None if sg is None else sg.reshape(-1))
     return h, sg
 
 
-def swiglu_backward(dh: np.ndarray, g: np.ndarray, u: np.ndarray, sg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def swiglu_backward(dh: np.ndarray, g: np.ndarray, u: np.ndarray,
+                    sg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """sg None: recomputed in C from g by the forward's expression (the same bits)."""
     dh = _c(dh)
     dg, du = np.empty_like(g), np.empty_like(g)
-    _core.swiglu_bwd(dh.reshape(-1), g.reshape(-1), u.reshape(-1), sg.reshape(-1), dg.reshape(-1), du.reshape(-1))
+    _core.swiglu_bwd(dh.reshape(-1), g.reshape(-1), u.reshape(-1), None if sg is None else sg.reshape(-1),
+                     dg.reshape(-1), du.reshape(-1))
     return dg, du
 
 
@@ -136,12 +141,13 @@ class XentCache(NamedTuple):
     dlogits: np.ndarray  # the gradient, computed with the loss
 
 
-def cross_entropy_forward(logits: np.ndarray, targets: np.ndarray, m: np.ndarray, total):
-    """Softmax, loss and gradient fused in C (src_c/ops.c); the loss summed in double."""
+def cross_entropy_forward(logits: np.ndarray, targets: np.ndarray, m: np.ndarray, total, overwrite: bool = False):
+    """Softmax, loss and gradient fused in C (src_c/ops.c); the loss summed in double.  overwrite:
+    the gradient is written over the logits (float32, contiguous) instead of a new array."""
     v = logits.shape[-1]
-    v2 = np.ascontiguousarray(logits.reshape(-1, v))
+    v2 = np.ascontiguousarray(logits.reshape(-1, v), dtype=np.float32)
     wt = (m / total).astype(np.float32).reshape(-1)
-    d = np.empty_like(v2)
+    d = v2 if overwrite else np.empty_like(v2)
     rows = np.empty(v2.shape[0], dtype=np.float64)
     _core.softmax_xent(v2, np.ascontiguousarray(targets.reshape(-1), dtype=np.int64), wt, d, rows)
     return logits.dtype.type(rows.sum()), XentCache(d.reshape(logits.shape))

@@ -546,14 +546,19 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return out.get()
 
 
-def swiglu_forward(g: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def swiglu_forward(g: np.ndarray, u: np.ndarray, keep_sg: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """-> (h, sigmoid(g)); sigmoid(g) is not copied back without keep_sg (the backward recomputes it)."""
     g, u = np.ascontiguousarray(g, np.float32), np.ascontiguousarray(u, np.float32)
     h, sg = DeviceArray(g.shape, np.float32), DeviceArray(g.shape, np.float32)
     _elementwise("swiglu_fwd", g.size, _up(g), _up(u), np.int64(g.size), h, sg)
-    return h.get(), sg.get()
+    return h.get(), (sg.get() if keep_sg else None)
 
 
-def swiglu_backward(dh: np.ndarray, g: np.ndarray, u: np.ndarray, sg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def swiglu_backward(dh: np.ndarray, g: np.ndarray, u: np.ndarray,
+                    sg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """sg None: recomputed by the forward kernel (the same bits)."""
+    if sg is None:
+        _, sg = swiglu_forward(g, u)
     dg, du = DeviceArray(g.shape, np.float32), DeviceArray(g.shape, np.float32)
     _elementwise("swiglu_bwd", g.size, _up(dh), _up(g), _up(u), _up(sg), np.int64(g.size), dg, du)
     return dg.get(), du.get()
@@ -594,8 +599,9 @@ class XentCache(NamedTuple):
     dlogits: np.ndarray  # the gradient, computed with the loss
 
 
-def cross_entropy_forward(logits: np.ndarray, targets: np.ndarray, m: np.ndarray, total):
-    """Softmax, loss and gradient in one kernel (one block per row); the loss summed in double."""
+def cross_entropy_forward(logits: np.ndarray, targets: np.ndarray, m: np.ndarray, total, overwrite: bool = False):
+    """Softmax, loss and gradient in one kernel (one block per row); the loss summed in double
+    (overwrite: accepted for the op set; the gradient comes back from the device in a new array)."""
     v = logits.shape[-1]
     l2 = np.ascontiguousarray(logits, np.float32).reshape(-1, v)
     rows = l2.shape[0]

@@ -123,16 +123,21 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return out
 
 
-def swiglu_forward(g: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """h = silu(g) * u = g sigmoid(g) u, element-wise -> (h, sigmoid(g)) (the cache)."""
+def swiglu_forward(g: np.ndarray, u: np.ndarray, keep_sg: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """h = silu(g) * u = g sigmoid(g) u, element-wise -> (h, sigmoid(g)) (None unless keep_sg:
+    swiglu_backward then recomputes it, the same bits)."""
     sg = sigmoid(g)
     h = g * sg
     h *= u
-    return h, sg
+    return h, (sg if keep_sg else None)
 
 
-def swiglu_backward(dh: np.ndarray, g: np.ndarray, u: np.ndarray, sg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """-> (dg, du) of h = g sg u: du = dh g sg, dg = dh u sg (1 + g (1 - sg))."""
+def swiglu_backward(dh: np.ndarray, g: np.ndarray, u: np.ndarray,
+                    sg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """-> (dg, du) of h = g sg u: du = dh g sg, dg = dh u sg (1 + g (1 - sg)); sg None: sigmoid(g)
+    recomputed as the forward computes it."""
+    if sg is None:
+        sg = sigmoid(g)
     du = dh * g
     du *= sg
     one = g.dtype.type(1.0)
@@ -185,9 +190,10 @@ class XentCache(NamedTuple):
     total: float         # sum of m
 
 
-def cross_entropy_forward(logits: np.ndarray, targets: np.ndarray, m: np.ndarray, total):
+def cross_entropy_forward(logits: np.ndarray, targets: np.ndarray, m: np.ndarray, total, overwrite: bool = False):
     """loss = -sum(m log softmax(logits)[target]) / total; logits [..., V], targets and m [...]
-    (checked by the caller) -> (loss, cache)."""
+    (checked by the caller) -> (loss, cache).  overwrite: the caller allows the logits to be
+    overwritten (this spec never does)."""
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     se = e.sum(axis=-1, keepdims=True)

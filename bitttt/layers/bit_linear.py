@@ -31,7 +31,8 @@ class SharedInput:
 
 
 class BitLinearCache(NamedTuple):
-    x: Any          # SharedInput (ternary) or the float input [M, K]
+    x: Any          # the input's be.quantize_act codes and scales (ternary: the float input is not kept,
+                    # dW = dY^T Qa(x) needs only them) or the float input [M, K]
     w: Any          # the quantized weight (ternary) or the float weight [N, K]
     lead: tuple     # leading shape of x
     ternary: bool
@@ -48,7 +49,7 @@ def bitlinear_forward(be, x, w, ternary: bool) -> tuple[np.ndarray, BitLinearCac
     wq = w if be.is_quantized(w) else be.quantize_weight(w)
     shared = shared if shared is not None else SharedInput(be, x)
     y = be.qlinear(shared.quantized(), wq)
-    return y.reshape(*lead, y.shape[-1]), BitLinearCache(shared, wq, lead, True)
+    return y.reshape(*lead, y.shape[-1]), BitLinearCache(shared.quantized(), wq, lead, True)
 
 
 def bitlinear_backward(be, dy: np.ndarray, c: BitLinearCache) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +57,7 @@ def bitlinear_backward(be, dy: np.ndarray, c: BitLinearCache) -> tuple[np.ndarra
     dy2 = dy.reshape(-1, dy.shape[-1])
     if c.ternary:
         dx = be.qlinear_dx(dy2, c.w)
-        dw = be.qlinear_dw(dy2, c.x.quantized())
+        dw = be.qlinear_dw(dy2, c.x)
     else:
         dx = be.matmul(dy2, c.w)
         dw = be.matmul(dy2, c.x, trans_a=True)

@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def cross_entropy_forward(be, logits: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None):
-    """loss = sum(m * CE) / sum(m) (m = 1 without a mask) -> (loss, cache).
+def cross_entropy_forward(be, logits: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None, *,
+                          overwrite: bool = False):
+    """loss = sum(m * CE) / sum(m) (m = 1 without a mask) -> (loss, cache).  overwrite: the backend
+    may write the gradient over `logits` (the caller no longer needs them; no second [B, T, V] array).
 
     targets[b, t] is the label of logits[b, t] (the caller shifts).  ValueError for an
     all-zero mask, a mask of another shape, or targets out of [0, V).
@@ -27,7 +29,7 @@ def cross_entropy_forward(be, logits: np.ndarray, targets: np.ndarray, mask: np.
     total = m.sum()
     if total <= 0:
         raise ValueError("the loss mask is all zeros: no token to learn from")
-    return be.cross_entropy_forward(logits, targets, m, total)
+    return be.cross_entropy_forward(logits, targets, m, total, overwrite=overwrite)
 
 
 def cross_entropy_backward(be, cache, dloss: float = 1.0) -> np.ndarray:

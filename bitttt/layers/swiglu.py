@@ -1,4 +1,7 @@
-"""SwiGLU MLP: y = down(silu(gate(x)) * up(x)); gate, up [I, D], down [D, I], all BitLinear."""
+"""SwiGLU MLP: y = down(silu(gate(x)) * up(x)); gate, up [I, D], down [D, I], all BitLinear.
+
+The cache keeps gate(x) and up(x); sigmoid(gate(x)) is recomputed by the backward (the forward's
+expression, the same bits) and, for ternary layers, the inputs of the BitLinears only as int8 codes."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -12,8 +15,7 @@ class SwiGLUCache(NamedTuple):
     gate: BitLinearCache
     up: BitLinearCache
     down: BitLinearCache
-    g: np.ndarray   # gate(x) [..., I]
-    sg: np.ndarray  # sigmoid(g)
+    g: np.ndarray   # gate(x) [..., I]  (sigmoid(g) is recomputed by the backward, the same bits)
     u: np.ndarray   # up(x)
 
 
@@ -22,15 +24,15 @@ def swiglu_forward(be, x: np.ndarray, w_gate, w_up, w_down, ternary: bool) -> tu
     xs = SharedInput(be, x)  # gate and up quantize x once
     g, cg = bitlinear_forward(be, xs, w_gate, ternary)
     u, cu = bitlinear_forward(be, xs, w_up, ternary)
-    h, sg = be.swiglu_forward(g, u)
-    y, cd = bitlinear_forward(be, h, w_down, ternary)
-    return y, SwiGLUCache(cg, cu, cd, g, sg, u)
+    h, _ = be.swiglu_forward(g, u, keep_sg=False)
+    y, cd = bitlinear_forward(be, h, w_down, ternary)  # ternary: cd keeps h's int8 codes, not h
+    return y, SwiGLUCache(cg, cu, cd, g, u)
 
 
 def swiglu_backward(be, dy: np.ndarray, c: SwiGLUCache):
     """dy [..., D] -> (dx [..., D], dw_gate, dw_up, dw_down)."""
     dh, dw_down = bitlinear_backward(be, dy, c.down)
-    dg, du = be.swiglu_backward(dh, c.g, c.u, c.sg)
+    dg, du = be.swiglu_backward(dh, c.g, c.u)
     dxg, dw_gate = bitlinear_backward(be, dg, c.gate)
     dxu, dw_up = bitlinear_backward(be, du, c.up)
     dxg += dxu  # in place: dxg is this call's own array

@@ -40,7 +40,7 @@ def ttt_param_shapes(cfg: BitLlamaConfig) -> dict[str, tuple[int, ...]]:
 
 
 class TTTLayerCache(NamedTuple):
-    x: np.ndarray           # the layer input [B, T, D]
+    x: np.ndarray | None    # the layer input [B, T, D] (None: ttt_forward(keep_input=False), ttt_backward's x)
     q: BitLinearCache
     k: BitLinearCache
     v: BitLinearCache
@@ -76,9 +76,11 @@ def token_scales(p: dict, k: int, dt) -> tuple[np.ndarray, np.ndarray]:
     return tok_pre, np.maximum(tok_pre, dt.type(0.0))
 
 
-def ttt_forward(be, p: dict, x: np.ndarray, cfg: BitLlamaConfig, name: str = "ttt", *, init=None, resets=None):
+def ttt_forward(be, p: dict, x: np.ndarray, cfg: BitLlamaConfig, name: str = "ttt", *, init=None, resets=None,
+                keep_input: bool = True):
     """x [B, T, D] -> (y [B, T, D], cache).  p: the layer's parameters by local name
-    (ttt_param_shapes); the inner loop is the backend's ttt_forward (dual form).
+    (ttt_param_shapes); the inner loop is the backend's ttt_forward (dual form).  keep_input=False:
+    the cache does not hold x (the caller keeps it, or can recompute it, and hands it to ttt_backward).
 
     Streaming training: init = (W [B, H, f, f], b [B, H, 1, f]) the state each sequence starts from
     (carried from the window before; a constant for the backward: the gradient is truncated at the
@@ -108,14 +110,18 @@ def ttt_forward(be, p: dict, x: np.ndarray, cfg: BitLlamaConfig, name: str = "tt
     normed, cpn = be.layernorm_forward(merged, p["post_norm.weight"], p["post_norm.bias"], LN_EPS)
     y, co = bitlinear_forward(be, normed, p["o_proj.weight"], cfg.ternary)
     check_finite(name, output=y)
-    return y, TTTLayerCache(x, cq, ck, cv, sg, tok_pre, inner, cpn, co, final)
+    return y, TTTLayerCache(x if keep_input else None, cq, ck, cv, sg, tok_pre, inner, cpn, co, final)
 
 
-def ttt_backward(be, dy: np.ndarray, c: TTTLayerCache, p: dict, cfg: BitLlamaConfig):
-    """dy [B, T, D] -> (dx [B, T, D], grads under the parameter names)."""
-    bsz, t, d = c.x.shape
+def ttt_backward(be, dy: np.ndarray, c: TTTLayerCache, p: dict, cfg: BitLlamaConfig, x: np.ndarray | None = None):
+    """dy [B, T, D] -> (dx [B, T, D], grads under the parameter names).  x: the layer input
+    [B, T, D], needed when the cache was made with keep_input=False (the same bits as the forward's)."""
+    x = c.x if x is None else x
+    if x is None:
+        raise ValueError("ttt_backward: the cache holds no input (keep_input=False): pass x")
+    bsz, t, d = x.shape
     h, f = cfg.num_heads, cfg.head_dim
-    dt = c.x.dtype.type
+    dt = x.dtype.type
     g = {}
     dnormed, g["o_proj.weight"] = bitlinear_backward(be, dy, c.o)
     dmerged, g["post_norm.weight"], g["post_norm.bias"] = be.layernorm_backward(dnormed, c.post_norm)
@@ -125,7 +131,7 @@ def ttt_backward(be, dy: np.ndarray, c: TTTLayerCache, p: dict, cfg: BitLlamaCon
     dpre = ig.dlr * dt(cfg.ttt_base_lr / f) * c.sg * (1 - c.sg)  # [B, H, T]
     a = p["learnable_ttt_lr_weight"][:, 0, :]
     dpre_t = np.ascontiguousarray(dpre.transpose(0, 2, 1)).reshape(-1, h)  # [B*T, H]
-    g["learnable_ttt_lr_weight"] = be.matmul(dpre_t, c.x.reshape(-1, d), trans_a=True)[:, None, :]
+    g["learnable_ttt_lr_weight"] = be.matmul(dpre_t, x.reshape(-1, d), trans_a=True)[:, None, :]
     g["learnable_ttt_lr_bias"] = dpre.sum(axis=(0, 2))[:, None]
     dx = be.matmul(dpre_t, a).reshape(bsz, t, d)
     dxq, g["q_proj.weight"] = bitlinear_backward(be, ig.dq, c.q)
