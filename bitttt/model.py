@@ -330,7 +330,7 @@ class BitLlama:
                 return attention_forward(be, module_params(p, cfg, li, "attn"), n1, cfg, name=f"layers.{li}.attn")
             init = None if carry is None else (carry.W[li], carry.b[li])
             return ttt_forward(be, module_params(p, cfg, li, "ttt"), n1, cfg, name=f"layers.{li}.ttt", init=init,
-                               resets=resets, keep_input=False)
+                               resets=resets, keep_input=not cfg.ternary)  # float: q/k/v's caches hold it
 
         x = self._embed(tokens)
         blocks = []
@@ -412,8 +412,9 @@ class BitLlama:
                 dn1, tg_grads = attention_backward(be, dh, bc.ttt, cfg)
                 module = "attn."
             else:
-                # the layer's input, recomputed by the forward's own call (the same bits)
-                n1, _ = be.rmsnorm_forward(bc.x, p[pre + "norm1.weight"], cfg.rms_norm_eps)
+                # ternary: the layer's input, recomputed by the forward's own call (the same bits)
+                n1 = None if bc.ttt.x is not None else \
+                    be.rmsnorm_forward(bc.x, p[pre + "norm1.weight"], cfg.rms_norm_eps)[0]
                 dn1, tg_grads = ttt_backward(be, dh, bc.ttt, module_params(p, cfg, li, "ttt"), cfg, x=n1)
                 del n1
                 module = "ttt."
