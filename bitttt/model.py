@@ -402,27 +402,32 @@ class BitLlama:
         fc = None  # each layer's cache is released as soon as its backward is done
         for li in reversed(range(cfg.num_layers)):
             pre = f"layers.{li}."
-            bc, blocks[li] = blocks[li], None
-            dn2, dgate, dup, ddown = swiglu_backward(be, dx, bc.mlp)
+            x_in, c1, cmix, c2, cm = blocks[li]  # each part dropped once its backward has run
+            blocks[li] = None
+            dn2, dgate, dup, ddown = swiglu_backward(be, dx, cm)
+            del cm
             g[pre + "mlp.gate_proj.weight"], g[pre + "mlp.up_proj.weight"] = dgate, dup
             g[pre + "mlp.down_proj.weight"] = ddown
-            dh_norm, g[pre + "norm2.weight"] = be.rmsnorm_backward(dn2, bc.norm2)
+            dh_norm, g[pre + "norm2.weight"] = be.rmsnorm_backward(dn2, c2)
+            del c2, dn2
             dh = np.add(dx, dh_norm, out=dh_norm)
+            del dx
             if cfg.types[li] == "attention":
-                dn1, tg_grads = attention_backward(be, dh, bc.ttt, cfg)
+                dn1, tg_grads = attention_backward(be, dh, cmix, cfg)
                 module = "attn."
             else:
                 # ternary: the layer's input, recomputed by the forward's own call (the same bits)
-                n1 = None if bc.ttt.x is not None else \
-                    be.rmsnorm_forward(bc.x, p[pre + "norm1.weight"], cfg.rms_norm_eps)[0]
-                dn1, tg_grads = ttt_backward(be, dh, bc.ttt, module_params(p, cfg, li, "ttt"), cfg, x=n1)
+                n1 = None if cmix.x is not None else \
+                    be.rmsnorm_forward(x_in, p[pre + "norm1.weight"], cfg.rms_norm_eps)[0]
+                dn1, tg_grads = ttt_backward(be, dh, cmix, module_params(p, cfg, li, "ttt"), cfg, x=n1)
                 del n1
                 module = "ttt."
+            del cmix, x_in
             for k, v in tg_grads.items():
                 g[pre + module + k] = v
-            dx_norm, g[pre + "norm1.weight"] = be.rmsnorm_backward(dn1, bc.norm1)
+            dx_norm, g[pre + "norm1.weight"] = be.rmsnorm_backward(dn1, c1)
             dx = np.add(dh, dx_norm, out=dx_norm)
-            del bc, dn1, dh, tg_grads
+            del c1, dn1, dh, tg_grads
         demb = be.embedding_backward(dx, ids, cfg.vocab_size)
         if cfg.tie_word_embeddings:
             g["embed.weight"] = demb + dhead

@@ -33,7 +33,9 @@ def swiglu_backward(be, dy: np.ndarray, c: SwiGLUCache):
     """dy [..., D] -> (dx [..., D], dw_gate, dw_up, dw_down)."""
     dh, dw_down = bitlinear_backward(be, dy, c.down)
     dg, du = be.swiglu_backward(dh, c.g, c.u)
+    del dh  # [..., I] temporaries dropped once read
     dxg, dw_gate = bitlinear_backward(be, dg, c.gate)
+    del dg
     dxu, dw_up = bitlinear_backward(be, du, c.up)
     dxg += dxu  # in place: dxg is this call's own array
     return dxg, dw_gate, dw_up, dw_down

@@ -123,23 +123,26 @@ def ttt_backward(be, dy: np.ndarray, c: TTTLayerCache, p: dict, cfg: BitLlamaCon
     h, f = cfg.num_heads, cfg.head_dim
     dt = x.dtype.type
     g = {}
+    # each temporary is dropped once read (the step's peak memory is here, in the last layer)
     dnormed, g["o_proj.weight"] = bitlinear_backward(be, dy, c.o)
     dmerged, g["post_norm.weight"], g["post_norm.bias"] = be.layernorm_backward(dnormed, c.post_norm)
+    del dnormed
     ig = be.ttt_backward(dmerged, c.inner)
+    del dmerged
     g["W1"], g["b1"], g["ttt_norm_weight"], g["ttt_norm_bias"] = ig.dW1, ig.db1, ig.dgamma, ig.dbeta
     g["learnable_token_idx"] = ig.dtok * (c.tok_pre >= 0)
-    dpre = ig.dlr * dt(cfg.ttt_base_lr / f) * c.sg * (1 - c.sg)  # [B, H, T]
+    dq, dk, dv, dlr = ig.dq, ig.dk, ig.dv, ig.dlr
+    del ig
+    dpre = dlr * dt(cfg.ttt_base_lr / f) * c.sg * (1 - c.sg)  # [B, H, T]
     a = p["learnable_ttt_lr_weight"][:, 0, :]
     dpre_t = np.ascontiguousarray(dpre.transpose(0, 2, 1)).reshape(-1, h)  # [B*T, H]
     g["learnable_ttt_lr_weight"] = be.matmul(dpre_t, x.reshape(-1, d), trans_a=True)[:, None, :]
     g["learnable_ttt_lr_bias"] = dpre.sum(axis=(0, 2))[:, None]
     dx = be.matmul(dpre_t, a).reshape(bsz, t, d)
-    dxq, g["q_proj.weight"] = bitlinear_backward(be, ig.dq, c.q)
-    dxk, g["k_proj.weight"] = bitlinear_backward(be, ig.dk, c.k)
-    dxv, g["v_proj.weight"] = bitlinear_backward(be, ig.dv, c.v)
-    dx += dxq  # in place, in the same order: ((dx + dxq) + dxk) + dxv
-    dx += dxk
-    dx += dxv
+    # in place, in the same order: ((dx + dxq) + dxk) + dxv
+    for dz, bc, name in ((dq, c.q, "q_proj.weight"), (dk, c.k, "k_proj.weight"), (dv, c.v, "v_proj.weight")):
+        dxz, g[name] = bitlinear_backward(be, dz, bc)
+        dx += dxz
     return dx, g
 
 
