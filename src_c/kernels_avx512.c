@@ -271,14 +271,21 @@ T512 static void p8_pack(const bt_ternary *w, int64_t n, int nr, int64_t nblk, u
     }
 }
 
-/* One output vector: o[j] = r[j] - sx for j < left (as floats times f when fs is given). */
-T512 INLINE void p8_store(__m512i r, int32_t sx, const float *fs, int t, int32_t *o, int left) {
+/* One output vector: o[j] = r[j] - sx for j < left, as int32; or as floats: times fs[t] when
+ * fs is given, times (ws[j] / am[t]) when ws is given (the int8 head's row scales). */
+T512 INLINE void p8_store(__m512i r, int32_t sx, const float *fs, const float *ws, const float *am, int t, int32_t *o,
+                          int left) {
+    if (left <= 0) return;
+    const __mmask16 km = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
     r = _mm512_sub_epi32(r, _mm512_set1_epi32(sx));
     if (fs) r = _mm512_castps_si512(_mm512_mul_ps(_mm512_cvtepi32_ps(r), _mm512_set1_ps(fs[t])));
+    if (ws)
+        r = _mm512_castps_si512(_mm512_mul_ps(
+            _mm512_cvtepi32_ps(r), _mm512_div_ps(_mm512_maskz_loadu_ps(km, ws), _mm512_set1_ps(am[t]))));
     if (left >= 16)
         _mm512_storeu_si512(o, r);
-    else if (left > 0)
-        _mm512_mask_storeu_epi32(o, (__mmask16)((1u << left) - 1), r);
+    else
+        _mm512_mask_storeu_epi32(o, km, r);
 }
 
 /* Token t of a tile: its 4 activations of step s broadcast, times the NV panel vectors.  Named
@@ -316,15 +323,16 @@ T512 INLINE void p8_store(__m512i r, int32_t sx, const float *fs, int t, int32_t
 #endif
 #define P8_OUT(t)                                                                                   \
     if (TM > t) {                                                                                   \
-        p8_store(a##t##0, xs[t], fs, t, out + t * ldo, nc);                                         \
-        if (NV > 1) p8_store(a##t##1, xs[t], fs, t, out + t * ldo + 16, nc - 16);                   \
-        if (NV > 2) p8_store(a##t##2, xs[t], fs, t, out + t * ldo + 32, nc - 32);                   \
+        p8_store(a##t##0, xs[t], fs, ws, am, t, out + t * ldo, nc);                                 \
+        if (NV > 1) p8_store(a##t##1, xs[t], fs, ws ? ws + 16 : NULL, am, t, out + t * ldo + 16, nc - 16); \
+        if (NV > 2) p8_store(a##t##2, xs[t], fs, ws ? ws + 32 : NULL, am, t, out + t * ldo + 32, nc - 32); \
     }
 
 /* TM tokens (rows of x, pitch ldq) x one panel of NV vectors: out[t*ldo + j] = sum_k c x - xs[t]
- * for j < nc, as int32, or as (float)(that) * fs[t] when fs is given. */
+ * for j < nc, as int32, or as floats (p8_store) when fs or ws is given. */
 T512 INLINE void p8_tile(const uint8_t *P, int64_t nk4, const int8_t *x, int64_t ldq, const int TM, const int NV,
-                         const int32_t *xs, const float *fs, int32_t *out, int64_t ldo, int nc) {
+                         const int32_t *xs, const float *fs, const float *ws, const float *am, int32_t *out,
+                         int64_t ldo, int nc) {
     const __m512i z = _mm512_setzero_si512();
     __m512i a00 = z, a01 = z, a02 = z, a10 = z, a11 = z, a12 = z, a20 = z, a21 = z, a22 = z, a30 = z, a31 = z,
             a32 = z, a40 = z, a41 = z, a42 = z, a50 = z, a51 = z, a52 = z, a60 = z, a61 = z, a62 = z, a70 = z,
@@ -356,12 +364,12 @@ T512 INLINE void p8_tile(const uint8_t *P, int64_t nk4, const int8_t *x, int64_t
 #undef P8_OUT
 
 typedef void p8_tile_fn(const uint8_t *P, int64_t nk4, const int8_t *x, int64_t ldq, const int32_t *xs,
-                        const float *fs, int32_t *out, int64_t ldo, int nc);
+                        const float *fs, const float *ws, const float *am, int32_t *out, int64_t ldo, int nc);
 #define P8_TILE(TM, NV)                                                                                      \
     T512 static void p8_tile_##TM##_##NV(const uint8_t *P, int64_t nk4, const int8_t *x, int64_t ldq,        \
-                                         const int32_t *xs, const float *fs, int32_t *out, int64_t ldo,       \
-                                         int nc) {                                                            \
-        p8_tile(P, nk4, x, ldq, TM, NV, xs, fs, out, ldo, nc);                                                \
+                                         const int32_t *xs, const float *fs, const float *ws, const float *am, \
+                                         int32_t *out, int64_t ldo, int nc) {                                 \
+        p8_tile(P, nk4, x, ldq, TM, NV, xs, fs, ws, am, out, ldo, nc);                                        \
     }
 #define P8_TILES(TM) P8_TILE(TM, 1) P8_TILE(TM, 2) P8_TILE(TM, 3)
 P8_TILES(1)
@@ -418,7 +426,7 @@ T512 static int i8_panels(const bt_ternary *w, const int8_t *xq, int64_t ldq, co
                 const int64_t n = n0 + q * P8_ROWS;
                 const int nc = n1 - n < P8_ROWS ? (int)(n1 - n) : P8_ROWS;
                 p8_tiles[tm - 1][(nc + 15) / 16 - 1](buf + (q - q0) * pbytes, nk4, xq + m * ldq, ldq, sums + m,
-                                                     fs ? fs + m : NULL, out + m * ldo + n, ldo, nc);
+                                                     fs ? fs + m : NULL, NULL, NULL, out + m * ldo + n, ldo, nc);
             }
         }
     }
@@ -933,12 +941,80 @@ static s8_tile_fn *const s8_tiles[2][2][4] = {
     {{s8_tile_1_1_0, s8_tile_1_2_0, s8_tile_1_3_0, s8_tile_1_4_0}, {s8_tile_1_1_1, s8_tile_1_2_1, s8_tile_1_3_1, s8_tile_1_4_1}},
 };
 
+/* Many tokens, K a multiple of 4 (from BT_P8_MIN_TOKENS): the i8 panels above on offset weights.
+ * Rows of W are packed into the same 48-row panels as the ternary codes, as unsigned bytes
+ * w + 128 (w ^ 0x80), and the activations stay signed, broadcast: sum_k (w + 128) x = dot(w, x)
+ * + 128 sum_k x, so each token subtracts 128 times its sum (int32, exact as all these sums).
+ * y = (float)dot * (ws[n] / a[m]) as in the scalar rows, one division per output there too. */
+T512 static void s8_pack(const int8_t *W, int64_t ldw, int64_t n, int nr, int64_t K, uint8_t *P) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80), z = _mm512_setzero_si512();
+    const int nv = (nr + 15) / 16;
+    const int64_t nk4 = K / 4;
+    for (int v = 0; v < nv; v++) {
+        const int rows = nr - 16 * v < 16 ? nr - 16 * v : 16;
+        const int8_t *src = W + (n + 16 * v) * ldw;
+        for (int64_t k = 0; k < K; k += 64) {
+            const __mmask64 km = K - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - k)) - 1);
+            __m512i c[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++)
+                c[i] = i < rows ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(km, src + i * ldw + k), flip) : z;
+            transpose16_i32(c);
+            uint8_t *dst = P + ((k / 4) * nv + v) * 64;
+            const int steps = nk4 - k / 4 < 16 ? (int)(nk4 - k / 4) : 16;
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++)
+                if (j < steps) _mm512_storeu_si512(dst + j * nv * 64, c[j]);
+        }
+    }
+}
+
+/* Rows [n0, n1) of bt_gemm_s8 through the panels (K % 4 == 0); 0 when the buffer cannot be had. */
+T512 static int s8_panels(const int8_t *W, int64_t ldw, const float *ws, int64_t n0, int64_t n1, int64_t K,
+                          const int8_t *xq, int64_t ldx, const float *a, int64_t M, float *y, int64_t ldy) {
+    const int64_t nk4 = K / 4, pbytes = P8_ROWS * K;
+    const int64_t npan = (n1 - n0 + P8_ROWS - 1) / P8_ROWS;
+    int64_t cpan = P8_CHUNK / pbytes;
+    cpan = cpan < 1 ? 1 : (cpan > npan ? npan : cpan);
+    uint8_t *buf = (uint8_t *)bt_scratch(BT_SCRATCH_S8, (size_t)(cpan * pbytes) + ((size_t)M * 4 + 63) / 64 * 64);
+    if (!buf) return 0;
+    int32_t *xs = (int32_t *)(buf + cpan * pbytes);
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int64_t m = 0; m < M; m++) { /* 128 sum_k x of each token */
+        __m512i acc = _mm512_setzero_si512();
+        for (int64_t k = 0; k < K; k += 64) {
+            const __mmask64 km = K - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - k)) - 1);
+            acc = _mm512_dpbusd_epi32(acc, ones, _mm512_maskz_loadu_epi8(km, xq + m * ldx + k));
+        }
+        xs[m] = (int32_t)((uint32_t)_mm512_reduce_add_epi32(acc) << 7);
+    }
+    for (int64_t q0 = 0; q0 < npan; q0 += cpan) {
+        const int64_t q1 = npan - q0 < cpan ? npan : q0 + cpan;
+        for (int64_t q = q0; q < q1; q++) {
+            const int64_t n = n0 + q * P8_ROWS;
+            s8_pack(W, ldw, n, n1 - n < P8_ROWS ? (int)(n1 - n) : P8_ROWS, K, buf + (q - q0) * pbytes);
+        }
+        for (int64_t m = 0; m < M; m += P8_TM) {
+            const int tm = M - m < P8_TM ? (int)(M - m) : P8_TM;
+            for (int64_t q = q0; q < q1; q++) {
+                const int64_t n = n0 + q * P8_ROWS;
+                const int nc = n1 - n < P8_ROWS ? (int)(n1 - n) : P8_ROWS;
+                p8_tiles[tm - 1][(nc + 15) / 16 - 1](buf + (q - q0) * pbytes, nk4, xq + m * ldx, ldx, xs + m, NULL,
+                                                     ws + n, a + m, (int32_t *)(y + m * ldy + n), ldy, nc);
+            }
+        }
+    }
+    return 1;
+}
+
 T512 void bt_s8_rows_avx512(const int8_t *W, int64_t ldw, const float *ws, int64_t n0, int64_t n1, int64_t K,
                             const int8_t *xq, int64_t ldx, const float *a, int64_t M, float *y, int64_t ldy) {
     if (M == 1) { /* one token (decoding): memory-bound, the AVX2 stream */
         bt_s8_rows_avx2(W, ldw, ws, n0, n1, K, xq, ldx, a, M, y, ldy);
         return;
     }
+    if (M >= BT_P8_MIN_TOKENS && K > 0 && K % 4 == 0 && s8_panels(W, ldw, ws, n0, n1, K, xq, ldx, a, M, y, ldy))
+        return;
     int64_t chunk = K > 0 ? S8_CHUNK / K / 4 * 4 : S8_CHUNK_ROWS;
     chunk = chunk < 4 ? 4 : (chunk > S8_CHUNK_ROWS ? S8_CHUNK_ROWS : chunk);
     int32_t corr[S8_CHUNK_ROWS];
