@@ -634,6 +634,59 @@ T256 int bt_quant_rows_avx2(const float *x, int64_t M, int64_t K, int64_t ldx, i
 #define S8_PF 2048
 #endif
 
+/* Many tokens: R rows (1 or 2) x T tokens (1..4) over the first K32 weights, dot[r*4 + t] (the
+ * sums of |w| * (sign(w) x) below).  Named accumulators a<r><t> keep the 8 sums in registers. */
+#define S8A_TOKEN(t)                                                                                          \
+    if (T > t) {                                                                                              \
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + t * ldx + k));                          \
+        a0##t = _mm256_add_epi32(a0##t, _mm256_madd_epi16(_mm256_maddubs_epi16(s0, _mm256_sign_epi8(xv, w0)), \
+                                                          ones));                                             \
+        if (R > 1)                                                                                            \
+            a1##t = _mm256_add_epi32(                                                                         \
+                a1##t, _mm256_madd_epi16(_mm256_maddubs_epi16(s1, _mm256_sign_epi8(xv, w1)), ones));          \
+    }
+T256 INLINE void s8_tile_avx2(const int8_t *W, int64_t ldw, int64_t K32, const int8_t *xq, int64_t ldx, const int R,
+                              const int T, int32_t *dot) {
+    const __m256i ones = _mm256_set1_epi16(1), z = _mm256_setzero_si256();
+    __m256i a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
+    for (int64_t k = 0; k < K32; k += 32) {
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(W + k)), s0 = _mm256_sign_epi8(w0, w0);
+        const __m256i w1 = R > 1 ? _mm256_loadu_si256((const __m256i *)(W + ldw + k)) : z;
+        const __m256i s1 = _mm256_sign_epi8(w1, w1);
+        S8A_TOKEN(0)
+        S8A_TOKEN(1)
+        S8A_TOKEN(2)
+        S8A_TOKEN(3)
+    }
+    dot[0] = hsum8(a00), dot[1] = hsum8(a01), dot[2] = hsum8(a02), dot[3] = hsum8(a03);
+    if (R > 1) dot[4] = hsum8(a10), dot[5] = hsum8(a11), dot[6] = hsum8(a12), dot[7] = hsum8(a13);
+}
+#undef S8A_TOKEN
+
+typedef void s8a_tile_fn(const int8_t *W, int64_t ldw, int64_t K32, const int8_t *xq, int64_t ldx, int32_t *dot);
+#define S8A_TILE(R, T)                                                                                        \
+    T256 static void s8a_tile_##R##_##T(const int8_t *W, int64_t ldw, int64_t K32, const int8_t *xq,         \
+                                        int64_t ldx, int32_t *dot) {                                          \
+        s8_tile_avx2(W, ldw, K32, xq, ldx, R, T, dot);                                                        \
+    }
+S8A_TILE(1, 1)
+S8A_TILE(1, 2)
+S8A_TILE(1, 3)
+S8A_TILE(1, 4)
+S8A_TILE(2, 1)
+S8A_TILE(2, 2)
+S8A_TILE(2, 3)
+S8A_TILE(2, 4)
+#undef S8A_TILE
+static s8a_tile_fn *const s8a_tiles[2][4] = {{s8a_tile_1_1, s8a_tile_1_2, s8a_tile_1_3, s8a_tile_1_4},
+                                             {s8a_tile_2_1, s8a_tile_2_2, s8a_tile_2_3, s8a_tile_2_4}};
+
+/* Rows of many tokens go in chunks of about this many bytes, kept in L2 while every token tile
+ * walks them (each row was read from memory once per 4 tokens before). */
+#ifndef S8A_CHUNK
+#define S8A_CHUNK (256 * 1024)
+#endif
+
 /* |w| * (sign(w) x): the first operand of vpmaddubsw must be unsigned.  |w| <= 127 and
  * |x| <= 127 (per-token quantization maps max|x| to 127, and the export clips W to +-127), so
  * sign() never negates -128 and a pair sum is at most 2 * 127 * 127 = 32258: no saturation. */
@@ -664,26 +717,26 @@ T256 void bt_s8_rows_avx2(const int8_t *W, int64_t ldw, const float *ws, int64_t
         }
         return;
     }
-    for (int64_t m0 = 0; m0 < M; m0 += 4) {
-        const int mr = M - m0 < 4 ? (int)(M - m0) : 4;
-        for (int64_t n = n0; n < n1; n++) {
-            const int8_t *w = W + n * ldw;
-            __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
-                              _mm256_setzero_si256()};
-            for (int64_t k = 0; k < K32; k += 32) {
-                const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + k));
-                const __m256i aw = _mm256_sign_epi8(wv, wv);
-                for (int r = 0; r < mr; r++) {
-                    const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (m0 + r) * ldx + k));
-                    const __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv));
-                    acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
+    int64_t chunk = K > 0 ? S8A_CHUNK / K / 2 * 2 : n1 - n0;
+    chunk = chunk < 2 ? 2 : chunk;
+    int32_t dot[8];
+    for (int64_t r0 = n0; r0 < n1; r0 += chunk) {
+        const int64_t r1 = n1 - r0 < chunk ? n1 : r0 + chunk;
+        for (int64_t m0 = 0; m0 < M; m0 += 4) {
+            const int T = M - m0 < 4 ? (int)(M - m0) : 4;
+            for (int64_t n = r0; n < r1;) {
+                const int R = r1 - n >= 2 ? 2 : 1;
+                s8a_tiles[R - 1][T - 1](W + n * ldw, ldw, K32, xq + m0 * ldx, ldx, dot);
+                for (int r = 0; r < R; r++) {
+                    const int8_t *w = W + (n + r) * ldw;
+                    for (int t = 0; t < T; t++) {
+                        const int8_t *x = xq + (m0 + t) * ldx;
+                        int32_t sum = dot[r * 4 + t];
+                        for (int64_t k = K32; k < K; k++) sum += (int32_t)w[k] * (int32_t)x[k];
+                        y[(m0 + t) * ldy + n + r] = (float)sum * (ws[n + r] / a[m0 + t]);
+                    }
                 }
-            }
-            for (int r = 0; r < mr; r++) {
-                const int8_t *x = xq + (m0 + r) * ldx;
-                int32_t s = hsum8(acc[r]);
-                for (int64_t k = K32; k < K; k++) s += (int32_t)w[k] * (int32_t)x[k];
-                y[(m0 + r) * ldy + n] = (float)s * (ws[n] / a[m0 + r]);
+                n += R;
             }
         }
     }

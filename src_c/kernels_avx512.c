@@ -197,8 +197,250 @@ T512 static void gemm_rows(const uint8_t *base, int64_t stride, int64_t nblk, in
     }
 }
 
+/* Many tokens (from BT_P8_MIN_TOKENS): the rows are packed, a chunk at a time, into column
+ * panels of up to 48 rows (P8_NV vectors of 16 rows), [k/4][vector][16 rows][4 codes]: one
+ * 64-byte load holds four consecutive codes of 16 rows.  A register tile of up to P8_TM = 8
+ * tokens x 48 rows then takes, per four k, the panel's three vectors and one 4-byte broadcast
+ * of each token's activations, 24 vpdpbusd(codes, x) into 24 accumulators that each hold 16
+ * outputs: no horizontal sums, and the outputs are stored as vectors (as floats when asked:
+ * (float)(dot - sum x) * fs[m], to_float's two operations).  The sums are exact int32, so the
+ * results are the other kernels' bit for bit.  Loop order: a chunk of panels (P8_CHUNK bytes,
+ * kept in L2) is packed once, then every token tile (its rows in L1) walks it. */
+#define P8_TM 8
+#define P8_NV 3
+#define P8_ROWS (16 * P8_NV)
+#ifndef BT_P8_MIN_TOKENS
+#define BT_P8_MIN_TOKENS 16
+#endif
+#ifndef P8_CHUNK
+#define P8_CHUNK (512 * 1024)
+#endif
+
+/* 16 x 16 transpose of dwords: v[r] dword j -> v'[j] dword r. */
+T512 INLINE void transpose16_i32(__m512i *v) {
+    __m512i t[16], u[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(v[i], v[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(v[i], v[i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 16; i += 4) {
+        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    /* u[4q + e], lane l: dword 4l + e of rows 4q..4q+3 */
+#pragma GCC unroll 4
+    for (int e = 0; e < 4; e++) {
+        const __m512i s0 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x44), s1 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xEE);
+        const __m512i s2 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x44);
+        const __m512i s3 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xEE);
+        v[e] = _mm512_shuffle_i32x4(s0, s2, 0x88);
+        v[4 + e] = _mm512_shuffle_i32x4(s0, s2, 0xDD);
+        v[8 + e] = _mm512_shuffle_i32x4(s1, s3, 0x88);
+        v[12 + e] = _mm512_shuffle_i32x4(s1, s3, 0xDD);
+    }
+}
+
+/* Rows [n, n + nr) (nr <= 48) of w -> one panel of nv = ceil(nr / 16) vectors at P
+ * (kp / 4 * nv * 64 bytes): P[(s*nv + v)*64 + 4i + c] = code(n + 16v + i, 4s + c), rows past nr 0. */
+T512 static void p8_pack(const bt_ternary *w, int64_t n, int nr, int64_t nblk, uint8_t *P) {
+    const __m512i m = _mm512_set1_epi8(0x03), z = _mm512_setzero_si512();
+    const int nv = (nr + 15) / 16;
+    for (int v = 0; v < nv; v++) {
+        const int rows = nr - 16 * v < 16 ? nr - 16 * v : 16;
+        const uint8_t *src = w->codes + (n + 16 * v) * w->stride;
+        for (int64_t b = 0; b < nblk; b++)
+#pragma GCC unroll 1
+            for (int p = 0; p < 4; p++) {
+                __m512i c[16];
+#pragma GCC unroll 16
+                for (int i = 0; i < 16; i++)
+                    c[i] = i < rows ? _mm512_and_si512(_mm512_srli_epi16(_mm512_loadu_si512(src + i * w->stride +
+                                                                                           b * BT_BLOCK_BYTES),
+                                                                         2 * p),
+                                                       m)
+                                    : z;
+                transpose16_i32(c);
+                uint8_t *dst = P + ((64 * b + 16 * p) * nv + v) * 64; /* step s = (256b + 64p) / 4 */
+#pragma GCC unroll 16
+                for (int j = 0; j < 16; j++) _mm512_storeu_si512(dst + j * nv * 64, c[j]);
+            }
+    }
+}
+
+/* One output vector: o[j] = r[j] - sx for j < left, as int32; or as floats: times fs[t] when
+ * fs is given, times (ws[j] / am[t]) when ws is given (the int8 head's row scales). */
+T512 INLINE void p8_store(__m512i r, int32_t sx, const float *fs, const float *ws, const float *am, int t, int32_t *o,
+                          int left) {
+    if (left <= 0) return;
+    const __mmask16 km = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    r = _mm512_sub_epi32(r, _mm512_set1_epi32(sx));
+    if (fs) r = _mm512_castps_si512(_mm512_mul_ps(_mm512_cvtepi32_ps(r), _mm512_set1_ps(fs[t])));
+    if (ws)
+        r = _mm512_castps_si512(_mm512_mul_ps(
+            _mm512_cvtepi32_ps(r), _mm512_div_ps(_mm512_maskz_loadu_ps(km, ws), _mm512_set1_ps(am[t]))));
+    if (left >= 16)
+        _mm512_storeu_si512(o, r);
+    else
+        _mm512_mask_storeu_epi32(o, km, r);
+}
+
+/* Token t of a tile: its 4 activations of step s broadcast, times the NV panel vectors.  Named
+ * accumulators, each token's step one asm statement: GCC otherwise copies the accumulators
+ * through the stack every step. */
+#if defined(__GNUC__)
+#define P8_DP(v) "vpdpbusd %[xb], %[b" #v "], %[a" #v "]\n\t"
+#define P8_TOKEN(t)                                                                                        \
+    if (TM > t) {                                                                                          \
+        __m512i xb;                                                                                        \
+        const int32_t *xp = (const int32_t *)(const void *)(x + t * ldq + 4 * s);                          \
+        if (NV == 3)                                                                                       \
+            __asm__("vpbroadcastd %[xm], %[xb]\n\t" P8_DP(0) P8_DP(1) P8_DP(2)                             \
+                    : [a0] "+v"(a##t##0), [a1] "+v"(a##t##1), [a2] "+v"(a##t##2), [xb] "=&v"(xb)           \
+                    : [b0] "v"(b0), [b1] "v"(b1), [b2] "v"(b2), [xm] "m"(*xp));                            \
+        else if (NV == 2)                                                                                  \
+            __asm__("vpbroadcastd %[xm], %[xb]\n\t" P8_DP(0) P8_DP(1)                                      \
+                    : [a0] "+v"(a##t##0), [a1] "+v"(a##t##1), [xb] "=&v"(xb)                               \
+                    : [b0] "v"(b0), [b1] "v"(b1), [xm] "m"(*xp));                                          \
+        else                                                                                               \
+            __asm__("vpbroadcastd %[xm], %[xb]\n\t" P8_DP(0)                                               \
+                    : [a0] "+v"(a##t##0), [xb] "=&v"(xb)                                                   \
+                    : [b0] "v"(b0), [xm] "m"(*xp));                                                        \
+    }
+#else
+#define P8_TOKEN(t)                                                                     \
+    if (TM > t) {                                                                       \
+        int32_t xv;                                                                     \
+        memcpy(&xv, x + t * ldq + 4 * s, 4);                                            \
+        const __m512i xb = _mm512_set1_epi32(xv);                                       \
+        a##t##0 = _mm512_dpbusd_epi32(a##t##0, b0, xb);                                 \
+        if (NV > 1) a##t##1 = _mm512_dpbusd_epi32(a##t##1, b1, xb);                     \
+        if (NV > 2) a##t##2 = _mm512_dpbusd_epi32(a##t##2, b2, xb);                     \
+    }
+#endif
+#define P8_OUT(t)                                                                                   \
+    if (TM > t) {                                                                                   \
+        p8_store(a##t##0, xs[t], fs, ws, am, t, out + t * ldo, nc);                                 \
+        if (NV > 1) p8_store(a##t##1, xs[t], fs, ws ? ws + 16 : NULL, am, t, out + t * ldo + 16, nc - 16); \
+        if (NV > 2) p8_store(a##t##2, xs[t], fs, ws ? ws + 32 : NULL, am, t, out + t * ldo + 32, nc - 32); \
+    }
+
+/* TM tokens (rows of x, pitch ldq) x one panel of NV vectors: out[t*ldo + j] = sum_k c x - xs[t]
+ * for j < nc, as int32, or as floats (p8_store) when fs or ws is given. */
+T512 INLINE void p8_tile(const uint8_t *P, int64_t nk4, const int8_t *x, int64_t ldq, const int TM, const int NV,
+                         const int32_t *xs, const float *fs, const float *ws, const float *am, int32_t *out,
+                         int64_t ldo, int nc) {
+    const __m512i z = _mm512_setzero_si512();
+    __m512i a00 = z, a01 = z, a02 = z, a10 = z, a11 = z, a12 = z, a20 = z, a21 = z, a22 = z, a30 = z, a31 = z,
+            a32 = z, a40 = z, a41 = z, a42 = z, a50 = z, a51 = z, a52 = z, a60 = z, a61 = z, a62 = z, a70 = z,
+            a71 = z, a72 = z;
+    for (int64_t s = 0; s < nk4; s++) {
+        const __m512i b0 = _mm512_loadu_si512(P + s * NV * 64);
+        const __m512i b1 = NV > 1 ? _mm512_loadu_si512(P + (s * NV + 1) * 64) : z;
+        const __m512i b2 = NV > 2 ? _mm512_loadu_si512(P + (s * NV + 2) * 64) : z;
+        P8_TOKEN(0)
+        P8_TOKEN(1)
+        P8_TOKEN(2)
+        P8_TOKEN(3)
+        P8_TOKEN(4)
+        P8_TOKEN(5)
+        P8_TOKEN(6)
+        P8_TOKEN(7)
+    }
+    P8_OUT(0)
+    P8_OUT(1)
+    P8_OUT(2)
+    P8_OUT(3)
+    P8_OUT(4)
+    P8_OUT(5)
+    P8_OUT(6)
+    P8_OUT(7)
+}
+#undef P8_TOKEN
+#undef P8_DP
+#undef P8_OUT
+
+typedef void p8_tile_fn(const uint8_t *P, int64_t nk4, const int8_t *x, int64_t ldq, const int32_t *xs,
+                        const float *fs, const float *ws, const float *am, int32_t *out, int64_t ldo, int nc);
+#define P8_TILE(TM, NV)                                                                                      \
+    T512 static void p8_tile_##TM##_##NV(const uint8_t *P, int64_t nk4, const int8_t *x, int64_t ldq,        \
+                                         const int32_t *xs, const float *fs, const float *ws, const float *am, \
+                                         int32_t *out, int64_t ldo, int nc) {                                 \
+        p8_tile(P, nk4, x, ldq, TM, NV, xs, fs, ws, am, out, ldo, nc);                                        \
+    }
+#define P8_TILES(TM) P8_TILE(TM, 1) P8_TILE(TM, 2) P8_TILE(TM, 3)
+P8_TILES(1)
+P8_TILES(2)
+P8_TILES(3)
+P8_TILES(4)
+P8_TILES(5)
+P8_TILES(6)
+P8_TILES(7)
+P8_TILES(8)
+#undef P8_TILES
+#undef P8_TILE
+/* [tokens - 1][vectors - 1] */
+static p8_tile_fn *const p8_tiles[P8_TM][P8_NV] = {
+    {p8_tile_1_1, p8_tile_1_2, p8_tile_1_3}, {p8_tile_2_1, p8_tile_2_2, p8_tile_2_3},
+    {p8_tile_3_1, p8_tile_3_2, p8_tile_3_3}, {p8_tile_4_1, p8_tile_4_2, p8_tile_4_3},
+    {p8_tile_5_1, p8_tile_5_2, p8_tile_5_3}, {p8_tile_6_1, p8_tile_6_2, p8_tile_6_3},
+    {p8_tile_7_1, p8_tile_7_2, p8_tile_7_3}, {p8_tile_8_1, p8_tile_8_2, p8_tile_8_3},
+};
+
+/* Rows [n0, n1) x M tokens through the panels; sums NULL: the token sums are made here.
+ * The panels live in the thread's scratch buffer (bt_arena.h).  Returns 0 (nothing written)
+ * when the buffer cannot be had. */
+T512 static int i8_panels(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums, int64_t M,
+                          int64_t n0, int64_t n1, const float *fs, int32_t *out, int64_t ldo) {
+    const int64_t nblk = w->stride / BT_BLOCK_BYTES, kp = nblk * BT_BLOCK, nk4 = kp / 4;
+    const int64_t pbytes = P8_ROWS * kp; /* bytes of a full panel */
+    const int64_t npan = (n1 - n0 + P8_ROWS - 1) / P8_ROWS;
+    int64_t cpan = P8_CHUNK / pbytes;
+    cpan = cpan < 1 ? 1 : (cpan > npan ? npan : cpan);
+    const size_t sbytes = sums ? 0 : ((size_t)M * 4 + 63) / 64 * 64;
+    uint8_t *buf = (uint8_t *)bt_scratch(BT_SCRATCH_S8, (size_t)(cpan * pbytes) + sbytes);
+    if (!buf) return 0;
+    if (!sums) { /* sum x of each token (its padding is zero) */
+        int32_t *xs = (int32_t *)(buf + cpan * pbytes);
+        const __m512i ones = _mm512_set1_epi8(1);
+        for (int64_t m = 0; m < M; m++) {
+            __m512i acc = _mm512_setzero_si512();
+            for (int64_t k = 0; k < kp; k += 64)
+                acc = _mm512_dpbusd_epi32(acc, ones, _mm512_loadu_si512(xq + m * ldq + k));
+            xs[m] = _mm512_reduce_add_epi32(acc);
+        }
+        sums = xs;
+    }
+    for (int64_t q0 = 0; q0 < npan; q0 += cpan) {
+        const int64_t q1 = npan - q0 < cpan ? npan : q0 + cpan;
+        for (int64_t q = q0; q < q1; q++) {
+            const int64_t n = n0 + q * P8_ROWS;
+            p8_pack(w, n, n1 - n < P8_ROWS ? (int)(n1 - n) : P8_ROWS, nblk, buf + (q - q0) * pbytes);
+        }
+        for (int64_t m = 0; m < M; m += P8_TM) {
+            const int tm = M - m < P8_TM ? (int)(M - m) : P8_TM;
+            for (int64_t q = q0; q < q1; q++) {
+                const int64_t n = n0 + q * P8_ROWS;
+                const int nc = n1 - n < P8_ROWS ? (int)(n1 - n) : P8_ROWS;
+                p8_tiles[tm - 1][(nc + 15) / 16 - 1](buf + (q - q0) * pbytes, nk4, xq + m * ldq, ldq, sums + m,
+                                                     fs ? fs + m : NULL, NULL, NULL, out + m * ldo + n, ldo, nc);
+            }
+        }
+    }
+    return 1;
+}
+
+T512 static int i8f_avx512(const bt_ternary *w, const int8_t *xq, int64_t ldq, int64_t M, int64_t n0, int64_t n1,
+                           const float *fs, float *y, int64_t ldy) {
+    return M >= BT_P8_MIN_TOKENS && i8_panels(w, xq, ldq, NULL, M, n0, n1, fs, (int32_t *)y, ldy);
+}
+
 T512 void bt_i8_avx512(const bt_ternary *w, const int8_t *xq, int64_t ldq, const int32_t *sums,
                        int64_t M, int64_t n0, int64_t n1, int32_t *out, int64_t ldo) {
+    if (M >= BT_P8_MIN_TOKENS && i8_panels(w, xq, ldq, sums, M, n0, n1, NULL, out, ldo)) return;
     const int64_t nblk = w->stride / BT_BLOCK_BYTES, kp = nblk * BT_BLOCK;
     int32_t dot[16];
     /* single tokens (M == 1, or the last token of an odd tail) use the GEMV kernel */
@@ -699,12 +941,80 @@ static s8_tile_fn *const s8_tiles[2][2][4] = {
     {{s8_tile_1_1_0, s8_tile_1_2_0, s8_tile_1_3_0, s8_tile_1_4_0}, {s8_tile_1_1_1, s8_tile_1_2_1, s8_tile_1_3_1, s8_tile_1_4_1}},
 };
 
+/* Many tokens, K a multiple of 4 (from BT_P8_MIN_TOKENS): the i8 panels above on offset weights.
+ * Rows of W are packed into the same 48-row panels as the ternary codes, as unsigned bytes
+ * w + 128 (w ^ 0x80), and the activations stay signed, broadcast: sum_k (w + 128) x = dot(w, x)
+ * + 128 sum_k x, so each token subtracts 128 times its sum (int32, exact as all these sums).
+ * y = (float)dot * (ws[n] / a[m]) as in the scalar rows, one division per output there too. */
+T512 static void s8_pack(const int8_t *W, int64_t ldw, int64_t n, int nr, int64_t K, uint8_t *P) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80), z = _mm512_setzero_si512();
+    const int nv = (nr + 15) / 16;
+    const int64_t nk4 = K / 4;
+    for (int v = 0; v < nv; v++) {
+        const int rows = nr - 16 * v < 16 ? nr - 16 * v : 16;
+        const int8_t *src = W + (n + 16 * v) * ldw;
+        for (int64_t k = 0; k < K; k += 64) {
+            const __mmask64 km = K - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - k)) - 1);
+            __m512i c[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++)
+                c[i] = i < rows ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(km, src + i * ldw + k), flip) : z;
+            transpose16_i32(c);
+            uint8_t *dst = P + ((k / 4) * nv + v) * 64;
+            const int steps = nk4 - k / 4 < 16 ? (int)(nk4 - k / 4) : 16;
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++)
+                if (j < steps) _mm512_storeu_si512(dst + j * nv * 64, c[j]);
+        }
+    }
+}
+
+/* Rows [n0, n1) of bt_gemm_s8 through the panels (K % 4 == 0); 0 when the buffer cannot be had. */
+T512 static int s8_panels(const int8_t *W, int64_t ldw, const float *ws, int64_t n0, int64_t n1, int64_t K,
+                          const int8_t *xq, int64_t ldx, const float *a, int64_t M, float *y, int64_t ldy) {
+    const int64_t nk4 = K / 4, pbytes = P8_ROWS * K;
+    const int64_t npan = (n1 - n0 + P8_ROWS - 1) / P8_ROWS;
+    int64_t cpan = P8_CHUNK / pbytes;
+    cpan = cpan < 1 ? 1 : (cpan > npan ? npan : cpan);
+    uint8_t *buf = (uint8_t *)bt_scratch(BT_SCRATCH_S8, (size_t)(cpan * pbytes) + ((size_t)M * 4 + 63) / 64 * 64);
+    if (!buf) return 0;
+    int32_t *xs = (int32_t *)(buf + cpan * pbytes);
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int64_t m = 0; m < M; m++) { /* 128 sum_k x of each token */
+        __m512i acc = _mm512_setzero_si512();
+        for (int64_t k = 0; k < K; k += 64) {
+            const __mmask64 km = K - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - k)) - 1);
+            acc = _mm512_dpbusd_epi32(acc, ones, _mm512_maskz_loadu_epi8(km, xq + m * ldx + k));
+        }
+        xs[m] = (int32_t)((uint32_t)_mm512_reduce_add_epi32(acc) << 7);
+    }
+    for (int64_t q0 = 0; q0 < npan; q0 += cpan) {
+        const int64_t q1 = npan - q0 < cpan ? npan : q0 + cpan;
+        for (int64_t q = q0; q < q1; q++) {
+            const int64_t n = n0 + q * P8_ROWS;
+            s8_pack(W, ldw, n, n1 - n < P8_ROWS ? (int)(n1 - n) : P8_ROWS, K, buf + (q - q0) * pbytes);
+        }
+        for (int64_t m = 0; m < M; m += P8_TM) {
+            const int tm = M - m < P8_TM ? (int)(M - m) : P8_TM;
+            for (int64_t q = q0; q < q1; q++) {
+                const int64_t n = n0 + q * P8_ROWS;
+                const int nc = n1 - n < P8_ROWS ? (int)(n1 - n) : P8_ROWS;
+                p8_tiles[tm - 1][(nc + 15) / 16 - 1](buf + (q - q0) * pbytes, nk4, xq + m * ldx, ldx, xs + m, NULL,
+                                                     ws + n, a + m, (int32_t *)(y + m * ldy + n), ldy, nc);
+            }
+        }
+    }
+    return 1;
+}
+
 T512 void bt_s8_rows_avx512(const int8_t *W, int64_t ldw, const float *ws, int64_t n0, int64_t n1, int64_t K,
                             const int8_t *xq, int64_t ldx, const float *a, int64_t M, float *y, int64_t ldy) {
     if (M == 1) { /* one token (decoding): memory-bound, the AVX2 stream */
         bt_s8_rows_avx2(W, ldw, ws, n0, n1, K, xq, ldx, a, M, y, ldy);
         return;
     }
+    if (M >= BT_P8_MIN_TOKENS && K > 0 && K % 4 == 0 && s8_panels(W, ldw, ws, n0, n1, K, xq, ldx, a, M, y, ldy))
+        return;
     int64_t chunk = K > 0 ? S8_CHUNK / K / 4 * 4 : S8_CHUNK_ROWS;
     chunk = chunk < 4 ? 4 : (chunk > S8_CHUNK_ROWS ? S8_CHUNK_ROWS : chunk);
     int32_t corr[S8_CHUNK_ROWS];
@@ -736,7 +1046,7 @@ const bt_isa_ops bt_ops_avx512 = {
     .i8 = bt_i8_avx512,
     .i8_t1 = bt_i8t1_avx512,
     .t1_u8 = bt_t1_u8_avx512,
-    .i8f = NULL,
+    .i8f = i8f_avx512,
     .panel = bt_panel_avx512,
     .panels = bt_panels_avx512,
     .pack_a = 1,

@@ -333,3 +333,52 @@ def test_int8_head_tiles_and_chunks_exact(kernel, threads, m, n, k, rng):
             y = np.empty((len(xq[rows]), n), np.float32)
             _core.gemm_s8(w, ws, np.ascontiguousarray(xq[rows]), np.ascontiguousarray(a[rows]), y)
             assert np.array_equal(y, want[rows])
+
+
+# the AVX-512 panels of many tokens (16+): 48-row panels of three 16-row vectors and 8-token tiles;
+# these shapes cut the panels (rows mod 48 and mod 16), the token tiles (1..7 left over), the
+# panel chunks (several per call for the long rows) and the threads' row ranges
+PANEL_SHAPES = [(1, 256), (15, 300), (16, 1000), (17, 257), (47, 512), (49, 2048), (100, 100), (250, 1536),
+                (600, 3000)]
+
+
+@pytest.mark.parametrize("n,k", PANEL_SHAPES)
+def test_int8_panels_tiles_and_tails_exact(kernel, threads, n, k, rng):
+    """dot_i8 / gemm_i8 / bitlinear of 16 to 71 tokens on both formats: the exact integer sums."""
+    p = _packed(rng, n, k)
+    t = p.ternary()
+    for m in (16, 23, 31, 71):
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        x[-1] = np.where(t[0] > 0, -1.0, 1.0)  # the last token at the extremes against the first row
+        xq, a = bitttt.quantize_activations(x)
+        ref = refimpl.dot_i8(t, xq)
+        yref = refimpl.gemm_i8(t, p.scale, xq, a)
+        for fmt in ("t2", "t1"):
+            q = p.to_format(fmt)
+            for th in (1, 2):
+                bitttt.set_num_threads(th)
+                assert np.array_equal(bitttt.dot_i8(q, xq), ref), (fmt, m, th)
+                assert np.array_equal(bitttt.gemm_i8(q, xq, a), yref), (fmt, m, th)
+                assert np.array_equal(bitttt.bitlinear(q, x), yref), (fmt, m, th)
+
+
+@pytest.mark.parametrize("m, n, k", [(16, 1, 4), (16, 49, 64), (23, 17, 68), (31, 100, 1000), (40, 47, 2048),
+                                     (71, 250, 300), (16, 3000, 200)])
+def test_int8_head_panels_exact(kernel, threads, m, n, k, rng):
+    """gemm_s8 of 16+ tokens, K a multiple of 4 (the AVX-512 panels: offset weights, masked K chunks,
+    row and token tails): exact sums times wscale / a."""
+    from bitttt import _core
+
+    w = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    xq = rng.integers(-127, 128, (m, k), dtype=np.int8)
+    w[-1], xq[-1] = -127, -127  # the largest offset sums
+    w[0], xq[0] = 127, -127
+    ws = rng.uniform(1e-3, 1e-1, n).astype(np.float32)
+    a = rng.uniform(1.0, 50.0, m).astype(np.float32)
+    exact = xq.astype(np.int64) @ w.astype(np.int64).T
+    want = exact.astype(np.float32) * (ws[None, :] / a[:, None])
+    for t in (1, 2):
+        bitttt.set_num_threads(t)
+        y = np.empty((m, n), np.float32)
+        _core.gemm_s8(w, ws, xq, a, y)
+        assert np.array_equal(y.view(np.uint32), want.view(np.uint32)), t
