@@ -179,7 +179,7 @@ void bt_ttt_decode_heads(int64_t h0, int64_t h1, int64_t f, int64_t K, int64_t p
 /* -- prompts: a run of tokens of one mini-batch at once ---------------------------------------
  * Inside a mini-batch W0 and b0 stay fixed, so the tokens of a run are independent up to the
  * running sum Sb and the factor rows Kb, Gb.  The per-token chains of head_body (the LayerNorm
- * sums over j, the dots q . k_t, the learning rate's partial sums) run here for NL tokens side
+ * sums over j, the dots q . k_t, the learning rate's partial sums) run here for 8 or 16 tokens side
  * by side, one token per vector lane (the "lane layout": X[j] holds element j of every token), each lane's
  * sum in the same order as head_body's, so the bits are those of the token-by-token path.
  * zk = k W0 + b0 and zq = q W0 take W0 once per run instead of once per token. */
@@ -216,174 +216,36 @@ INLINE void lr_tokens(int64_t n, const float *x, int64_t D, const float *restric
     }
 }
 
-/* The lane layout's vectors: one float of each of NL = 16 tokens (GCC vector extensions, the
- * same lane-wise IEEE operations on every ISA: one zmm, two ymm or four xmm). */
-#define NL 16
+/* The run path at two widths: 16 lanes (AVX-512 zmm) and 8 (AVX2 ymm). */
 typedef float v16 __attribute__((vector_size(64)));
+#define LN_T v16
+#define LN_N 16
+#define LN_FN(name) name##_16
+#include "bt_ttt_lanes.h"
+#undef LN_T
+#undef LN_N
+#undef LN_FN
+#define LN_T v8
+#define LN_N 8
+#define LN_FN(name) name##_8
+#include "bt_ttt_lanes.h"
+#undef LN_T
+#undef LN_N
+#undef LN_FN
 
-/* x in every lane: GCC widens a scalar operand of a vector operation to all lanes, and x - (+0)
- * is x exactly (signed zeros included), so this is a plain broadcast on every ISA. */
-#define SPLAT(x) ((x) - (v16){0})
-
-/* LayerNorm of the lanes of z [f] in place: z <- (z - mean) * r, *rp = r = 1/sqrt(var + eps) per lane;
- * the sums of ln_rows, lane by lane. */
-INLINE void ln_lanes(int64_t f, v16 *restrict z, v16 *restrict rp) {
-    v16 mu = SPLAT(0.0f), var = SPLAT(0.0f), r;
-    for (int64_t j = 0; j < f; j++) mu = mu + z[j];
-    mu = mu / SPLAT((float)f);
-    for (int64_t j = 0; j < f; j++) {
-        const v16 d = z[j] - mu;
-        var = var + d * d;
-    }
-    for (int u = 0; u < NL; u++) r[u] = 1.0f / sqrtf(var[u] / (float)f + BT_LN_EPS);
-    for (int64_t j = 0; j < f; j++) z[j] = (z[j] - mu) * r;
-    *rp = r;
-}
-
-/* commit_state for f a multiple of NL (f <= PF_MAXF): a whole row of W0 in registers over t. */
-INLINE void commit_lanes(int64_t f, int64_t K, float tok, float *restrict W0, float *restrict b0,
-                         const float *restrict Kb, const float *restrict Gb, float *restrict Sb) {
-    const int64_t nv = f / NL;
-    for (int64_t i = 0; i < f; i++) {
-        float *w = W0 + i * f;
-        v16 acc[PF_MAXF / NL];
-        for (int64_t c = 0; c < nv; c++) memcpy(&acc[c], w + c * NL, sizeof(v16));
-        for (int64_t t = 0; t < K; t++) {
-            const float a = tok * Kb[t * f + i];
-            const v16 av = SPLAT(a);
-            const float *gt = Gb + t * f;
-            for (int64_t c = 0; c < nv; c++) {
-                v16 g;
-                memcpy(&g, gt + c * NL, sizeof g);
-                acc[c] = acc[c] - av * g;
-            }
-        }
-        for (int64_t c = 0; c < nv; c++) memcpy(w + c * NL, &acc[c], sizeof(v16));
-    }
-    for (int64_t j = 0; j < f; j++) {
-        b0[j] -= tok * Sb[j];
-        Sb[j] = 0.0f;
-    }
-}
-
-/* n <= NL tokens of head h, positions p0 .. p0+n-1 of one mini-batch (p0 + n <= K): rows q, k, v,
- * xn, out D floats apart (q, k, v, out at the head's columns).  The same state updates as n
- * head_body calls, commit included.  JB: columns of W0 per register block of the product. */
-INLINE void run_body(const int JB, int64_t f, int64_t K, int64_t p0, int64_t n, int64_t D, const float *q,
-                     const float *k, const float *v, const float *xn, const float *restrict lr_w, float lr_b,
-                     float lr_scale, const float *restrict tok, const float *restrict gamma,
-                     const float *restrict beta, float *restrict W0, float *restrict b0, float *restrict Kb,
-                     float *restrict Gb, float *restrict Sb, float *out) {
-    v16 kT[PF_MAXF], qT[PF_MAXF], gT[PF_MAXF], zk[PF_MAXF], zq[PF_MAXF], aT[64];
-    float row[PF_MAXF], lr[NL];
-    if (f > PF_MAXF || f % 4 || K > 64 || n > NL) return; /* the caller keeps to the scratch's bounds */
-    /* lanes: tokens u < n; the others compute on zeros and are never read */
-    for (int64_t i = 0; i < f; i++) kT[i] = qT[i] = gT[i] = SPLAT(0.0f);
-    for (int64_t u = 0; u < n; u++)
-        for (int64_t i = 0; i < f; i++) {
-            kT[i][u] = k[u * D + i];
-            qT[i][u] = q[u * D + i];
-            gT[i][u] = v[u * D + i]; /* v, until it becomes g */
-        }
-    for (int u = 0; u < NL; u++) lr[u] = 0.0f;
-    for (int64_t u = 0; u < n; u += PF_LT)
-        lr_tokens(n - u < PF_LT ? n - u : PF_LT, xn + u * D, D, lr_w, lr_b, lr_scale, lr + u);
-    /* zk = k W0 + b0, zq = q W0: each sum over i in order, JB columns x NL lanes in registers */
-    for (int64_t j0 = 0; j0 < f; j0 += JB) { /* f a multiple of JB */
-        v16 ak[JB], aq[JB];
-        for (int jj = 0; jj < JB; jj++) {
-            ak[jj] = SPLAT(b0[j0 + jj]);
-            aq[jj] = SPLAT(0.0f);
-        }
-        for (int64_t i = 0; i < f; i++) {
-            const v16 kv = kT[i], qv = qT[i];
-            const float *w = W0 + i * f + j0;
-            for (int jj = 0; jj < JB; jj++) {
-                const v16 wv = SPLAT(w[jj]);
-                ak[jj] = ak[jj] + kv * wv;
-                aq[jj] = aq[jj] + qv * wv;
-            }
-        }
-        for (int jj = 0; jj < JB; jj++) {
-            zk[j0 + jj] = ak[jj];
-            zq[j0 + jj] = aq[jj];
-        }
-    }
-    /* g = lr r / f (f gxh - sum gxh - xh sum(gxh xh)), gxh = (gamma xh + beta - (v - k)) gamma */
-    v16 r1, r2, s1 = SPLAT(0.0f), s2 = SPLAT(0.0f), cc;
-    ln_lanes(f, zk, &r1); /* zk now holds xh */
-    for (int64_t j = 0; j < f; j++) {
-        const v16 xh = zk[j], gm = SPLAT(gamma[j]);
-        const v16 gx = (gm * xh + SPLAT(beta[j]) - (gT[j] - kT[j])) * gm;
-        gT[j] = gx;
-        s1 = s1 + gx;
-        s2 = s2 + gx * xh;
-    }
-    for (int u = 0; u < NL; u++) cc[u] = lr[u] * (r1[u] / (float)f);
-    for (int64_t j = 0; j < f; j++) gT[j] = cc * (SPLAT((float)f) * gT[j] - s1 - zk[j] * s2);
-    for (int64_t u = 0; u < n; u++) {
-        float *g = Gb + (p0 + u) * f, *kr = Kb + (p0 + u) * f;
-        for (int64_t j = 0; j < f; j++) {
-            g[j] = gT[j][u];
-            kr[j] = k[u * D + j];
-        }
-    }
-    /* aT[t] = q_u . k_t (lanes u) for t < p0 + n, each in order of j, PF_TB rows t at once */
-    const int64_t nt = p0 + n;
-    int64_t t0 = 0;
-    for (; t0 + PF_TB <= nt; t0 += PF_TB) {
-        v16 a[PF_TB];
-        for (int tt = 0; tt < PF_TB; tt++) a[tt] = SPLAT(0.0f);
-        for (int64_t j = 0; j < f; j++) {
-            const v16 qv = qT[j];
-            for (int tt = 0; tt < PF_TB; tt++) a[tt] = a[tt] + qv * SPLAT(Kb[(t0 + tt) * f + j]);
-        }
-        for (int tt = 0; tt < PF_TB; tt++) aT[t0 + tt] = a[tt];
-    }
-    for (; t0 < nt; t0++) {
-        v16 a = SPLAT(0.0f);
-        for (int64_t j = 0; j < f; j++) a = a + qT[j] * SPLAT(Kb[t0 * f + j]);
-        aT[t0] = a;
-    }
-    /* token by token (rows): Sb += g_u; z = q W0 + b0 - tok (q SW + Sb), q SW = sum_{t<=p} a_t g_t */
-    for (int64_t u = 0; u < n; u++) {
-        const int64_t p = p0 + u;
-        const float *g = Gb + p * f;
-        for (int64_t j = 0; j < f; j++) {
-            Sb[j] += g[j];
-            row[j] = 0.0f;
-        }
-        for (int64_t t = 0; t <= p; t++) {
-            const float a = aT[t][u], *gt = Gb + t * f;
-            for (int64_t j = 0; j < f; j++) row[j] += a * gt[j];
-        }
-        const float tk = tok[p];
-        for (int64_t j = 0; j < f; j++) row[j] = tk * (row[j] + Sb[j]);
-        for (int64_t j = 0; j < f; j++) zq[j][u] = zq[j][u] + b0[j] - row[j];
-    }
-    ln_lanes(f, zq, &r2);
-    for (int64_t j = 0; j < f; j++) zq[j] = qT[j] + zq[j] * SPLAT(gamma[j]) + SPLAT(beta[j]);
-    for (int64_t u = 0; u < n; u++)
-        for (int64_t j = 0; j < f; j++) out[u * D + j] = zq[j][u];
-    if (p0 + n == K) {
-        if (f % NL == 0) commit_lanes(f, K, tok[K - 1], W0, b0, Kb, Gb, Sb);
-        else commit_state(f, K, tok[K - 1], W0, b0, Kb, Gb, Sb);
-    }
-}
-
-#define RUN_FN(SUFFIX, ATTR, JB)                                                                                 \
+#define RUN_FN(SUFFIX, ATTR, W, JB)                                                                                 \
     ATTR static void run_##SUFFIX(int64_t f, int64_t K, int64_t p0, int64_t n, int64_t D, const float *q,        \
                                   const float *k, const float *v, const float *xn, const float *lr_w, float lr_b, \
                                   float lr_scale, const float *tok, const float *gamma, const float *beta,       \
                                   float *W0, float *b0, float *Kb, float *Gb, float *Sb, float *out) {           \
         if (f == 128)                                                                                            \
-            run_body(JB, 128, K, p0, n, D, q, k, v, xn, lr_w, lr_b, lr_scale, tok, gamma, beta, W0, b0, Kb, Gb,  \
+            run_body_##W(JB, 128, K, p0, n, D, q, k, v, xn, lr_w, lr_b, lr_scale, tok, gamma, beta, W0, b0, Kb, Gb,  \
                      Sb, out);                                                                                   \
         else if (f == 64)                                                                                        \
-            run_body(JB, 64, K, p0, n, D, q, k, v, xn, lr_w, lr_b, lr_scale, tok, gamma, beta, W0, b0, Kb, Gb,   \
+            run_body_##W(JB, 64, K, p0, n, D, q, k, v, xn, lr_w, lr_b, lr_scale, tok, gamma, beta, W0, b0, Kb, Gb,   \
                      Sb, out);                                                                                   \
         else                                                                                                     \
-            run_body(JB, f, K, p0, n, D, q, k, v, xn, lr_w, lr_b, lr_scale, tok, gamma, beta, W0, b0, Kb, Gb,    \
+            run_body_##W(JB, f, K, p0, n, D, q, k, v, xn, lr_w, lr_b, lr_scale, tok, gamma, beta, W0, b0, Kb, Gb,    \
                      Sb, out);                                                                                   \
     }
 typedef void run_fn(int64_t f, int64_t K, int64_t p0, int64_t n, int64_t D, const float *q, const float *k,
@@ -391,7 +253,8 @@ typedef void run_fn(int64_t f, int64_t K, int64_t p0, int64_t n, int64_t D, cons
                     const float *gamma, const float *beta, float *W0, float *b0, float *Kb, float *Gb, float *Sb,
                     float *out);
 #ifdef BT_HAVE_X86
-RUN_FN(avx512, BT_TARGET_AVX512, 4)
+RUN_FN(avx2, BT_TARGET_AVX2, 8, 4)
+RUN_FN(avx512, BT_TARGET_AVX512, 16, 4)
 #endif
 
 void bt_ttt_prefill(int64_t H, int64_t f, int64_t K, int64_t pos0, int64_t T, const float *q, const float *k,
@@ -400,9 +263,11 @@ void bt_ttt_prefill(int64_t H, int64_t f, int64_t K, int64_t pos0, int64_t T, co
                     float *Gb, float *Sb, float *out, float *scratch) {
     bt_ttt_head_fn *const head = bt_ops()->ttt_head;
     const int isa = bt_ops()->isa;
-    run_fn *run = NULL; /* the 16-lane run path: AVX-512 only for now (GCC splits wider vectors badly) */
+    run_fn *run = NULL; /* the run path on the vector ISAs (scalar: token by token) */
+    int64_t nl = 1;       /* its lanes */
 #ifdef BT_HAVE_X86
-    if (isa == BT_ISA_AVX512) run = run_avx512;
+    if (isa == BT_ISA_AVX512) run = run_avx512, nl = 16;
+    else if (isa == BT_ISA_AVX2) run = run_avx2, nl = 8;
 #endif
     (void)isa;
     const int64_t D = H * f;
@@ -415,8 +280,8 @@ void bt_ttt_prefill(int64_t H, int64_t f, int64_t K, int64_t pos0, int64_t T, co
         float *sc = scratch + h * 3 * f;
         for (int64_t t = 0; t < T;) {
             const int64_t pos = (pos0 + t) % K;
-            if (runs) { /* up to NL tokens, not past the mini-batch's end */
-                int64_t n = T - t < NL ? T - t : NL;
+            if (runs) { /* up to nl tokens, not past the mini-batch's end */
+                int64_t n = T - t < nl ? T - t : nl;
                 if (n > K - pos) n = K - pos;
                 const int64_t o = t * D + h * f;
                 run(f, K, pos, n, D, q + o, k + o, v + o, xn + t * D, lr_w + h * D, lr_b[h], lr_scale, tok,
