@@ -576,6 +576,25 @@ T256 void bt_panel_avx2(const float *A, int64_t sa, int64_t sp, int64_t M, const
     bt_panels_avx2(A, sa, sp, M > 0 ? M : 1, 0, M, B, 0, 1, P, C, ldc, nc, s);
 }
 
+/* Panel of dequantized codes (bt_fill_q8_scalar): eight codes widened to floats and divided by
+ * a[p] at a time (vdivps: the same correctly rounded quotients as the scalar division); the
+ * narrow last panel of a call through the scalar code. */
+T256 void bt_fill_q8_avx2(const int8_t *q, int64_t ldq, const float *a, int64_t P, int nc, float *B) {
+    if (nc < BT_PANEL) {
+        bt_fill_q8_scalar(q, ldq, a, P, nc, B);
+        return;
+    }
+    for (int64_t p = 0; p < P; p++) {
+        const int8_t *src = q + p * ldq;
+        const __m256 ap = _mm256_set1_ps(a[p]);
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++) {
+            const __m256i c = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(src + 8 * v)));
+            _mm256_storeu_ps(B + p * BT_PANEL + 8 * v, _mm256_div_ps(_mm256_cvtepi32_ps(c), ap));
+        }
+    }
+}
+
 /* Activation quantization (bt_quant.h), 8 floats at a time; the tail is done in C
  * with the same operations. */
 T256 int bt_quant_rows_avx2(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q,
@@ -703,6 +722,7 @@ const bt_isa_ops bt_ops_avx2 = {
     .atile = 12,
     .panel_rows = bt_panel_rows_scalar,
     .panel_cols = bt_panel_cols_scalar,
+    .fill_q8 = bt_fill_q8_avx2,
     .quant = bt_quant_rows_avx2,
     .s8_rows = bt_s8_rows_avx2,
     .swiglu_fwd = bt_swiglu_fwd_avx2,

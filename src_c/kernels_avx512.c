@@ -520,6 +520,23 @@ T512 void bt_panel_avx512(const float *A, int64_t sa, int64_t sp, int64_t M, con
     bt_panels_avx512(A, sa, sp, M > 0 ? M : 1, 0, M, B, 0, 1, P, C, ldc, nc, s);
 }
 
+/* Panel of dequantized codes (bt_fill_q8_scalar): sixteen codes widened to floats and divided
+ * by a[p] at a time (vdivps: the same correctly rounded quotients as the scalar division),
+ * masked past nc. */
+T512 void bt_fill_q8_avx512(const int8_t *q, int64_t ldq, const float *a, int64_t P, int nc, float *B) {
+    const __mmask16 k0 = nc >= 16 ? 0xFFFF : (__mmask16)((1u << nc) - 1u);
+    const __mmask16 k1 = nc >= 32 ? 0xFFFF : (nc <= 16 ? 0 : (__mmask16)((1u << (nc - 16)) - 1u));
+    for (int64_t p = 0; p < P; p++) {
+        const int8_t *src = q + p * ldq;
+        const __m512 ap = _mm512_set1_ps(a[p]);
+        const __m512i c0 = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k0, src));
+        const __m512i c1 = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k1, src + 16));
+        /* lanes past nc: +0 whatever a[p] is, as in the scalar fill */
+        _mm512_storeu_ps(B + p * BT_PANEL, _mm512_maskz_div_ps(k0, _mm512_cvtepi32_ps(c0), ap));
+        _mm512_storeu_ps(B + p * BT_PANEL + 16, _mm512_maskz_div_ps(k1, _mm512_cvtepi32_ps(c1), ap));
+    }
+}
+
 /* Forward float panel (bt_panel_rows_scalar in kernels_scalar.c): B[k*32 + j] = code(n0 + j, k)
  * - 1 for k < bt_padded_cols(K) (padding weights decode to 0), rows past N give 0.  Decodes 16
  * rows x 16 k at a time and transposes the 16x16 tile in registers.  Same bytes as the C version. */
@@ -747,6 +764,7 @@ const bt_isa_ops bt_ops_avx512 = {
     .atile = 12,
     .panel_rows = bt_panel_rows_avx512,
     .panel_cols = bt_panel_cols_avx512,
+    .fill_q8 = bt_fill_q8_avx512,
     .quant = bt_quant_rows_avx512,
     .s8_rows = bt_s8_rows_avx512,
     .swiglu_fwd = bt_swiglu_fwd_avx512,
