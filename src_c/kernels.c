@@ -296,12 +296,7 @@ static void fill_dense(const void *ctx, int64_t j0, float *B) {
             for (int j = nc; j < BT_PANEL; j++) dst[j] = 0.0f;
         }
     } else {
-        for (int64_t p = 0; p < d->P; p++)
-            for (int j = nc; j < BT_PANEL; j++) B[p * BT_PANEL + j] = 0.0f;
-        for (int j = 0; j < nc; j++) {
-            const float *src = d->b + (j0 + j) * d->ldb;
-            for (int64_t p = 0; p < d->P; p++) B[p * BT_PANEL + j] = src[p];
-        }
+        bt_ops()->fill_t(d->b + j0 * d->ldb, d->ldb, d->P, nc, B);
     }
 }
 

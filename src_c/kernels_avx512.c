@@ -765,6 +765,7 @@ const bt_isa_ops bt_ops_avx512 = {
     .panel_rows = bt_panel_rows_avx512,
     .panel_cols = bt_panel_cols_avx512,
     .fill_q8 = bt_fill_q8_avx512,
+    .fill_t = bt_fill_t_avx2,
     .quant = bt_quant_rows_avx512,
     .s8_rows = bt_s8_rows_avx512,
     .swiglu_fwd = bt_swiglu_fwd_avx512,
