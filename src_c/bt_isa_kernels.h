@@ -43,6 +43,12 @@ typedef void bt_panels_fn(const float *A, int64_t sa, int64_t sp, int64_t H, int
                           float s);
 /* Forward panel: B[k*32 + j] = code(n0 + j, k) - 1; transposed: B[n*32 + j] = code(n, k0 + j) - 1. */
 typedef void bt_fill_fn(const bt_ternary *w, int64_t j0, float *B);
+/* Panel of dequantized activation codes: B[p*32 + j] = (float)q[p*ldq + j] / a[p] for p < P,
+ * j < nc (nc <= 32), 0 for j >= nc (the division, not a multiply by 1 / a[p]: the same bits). */
+typedef void bt_q8fill_fn(const int8_t *q, int64_t ldq, const float *a, int64_t P, int nc, float *B);
+/* Panel of a transposed dense B (the head's embedding as op(B) = E^T): B[p*32 + j] = b[j*ldb + p]
+ * for p < P, j < nc (nc <= 32), 0 for j >= nc. */
+typedef void bt_tfill_fn(const float *b, int64_t ldb, int64_t P, int nc, float *B);
 typedef int bt_quant_fn(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q, int64_t ldq, float *a,
                         int32_t *sums);
 typedef void bt_s8_rows_fn(const int8_t *W, int64_t ldw, const float *ws, int64_t n0, int64_t n1, int64_t K,
@@ -83,6 +89,8 @@ typedef struct {
     int atile;                     /* rows of a packed A tile (bt_sgemm with trans_a, no pack_a)  */
     bt_fill_fn *panel_rows;        /* forward ternary panel fill                                  */
     bt_fill_fn *panel_cols;        /* transposed ternary panel fill                               */
+    bt_q8fill_fn *fill_q8;         /* panel fill from int8 activation codes (sgemm_tn_q8)         */
+    bt_tfill_fn *fill_t;           /* panel fill from a transposed dense B (bt_sgemm, trans_b)    */
     bt_quant_fn *quant;            /* activation quantization                                     */
     bt_s8_rows_fn *s8_rows;        /* int8 x int8 head rows                                       */
     bt_swiglu_fwd_fn *swiglu_fwd;
@@ -114,6 +122,8 @@ bt_i8f_fn bt_i8f_avx2;
 bt_panel_fn bt_panel_scalar, bt_panel_avx2, bt_panel_avx512;
 bt_panels_fn bt_panels_avx2, bt_panels_avx512;
 bt_fill_fn bt_panel_rows_scalar, bt_panel_cols_scalar, bt_panel_rows_avx512, bt_panel_cols_avx512;
+bt_q8fill_fn bt_fill_q8_scalar, bt_fill_q8_avx2, bt_fill_q8_avx512;
+bt_tfill_fn bt_fill_t_scalar, bt_fill_t_avx2;
 bt_quant_fn bt_quant_rows_scalar, bt_quant_rows_avx2, bt_quant_rows_avx512;
 bt_s8_rows_fn bt_s8_rows_scalar, bt_s8_rows_avx2, bt_s8_rows_avx512;
 bt_swiglu_fwd_fn bt_swiglu_fwd_scalar, bt_swiglu_fwd_avx2, bt_swiglu_fwd_avx512;

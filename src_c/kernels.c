@@ -296,12 +296,7 @@ static void fill_dense(const void *ctx, int64_t j0, float *B) {
             for (int j = nc; j < BT_PANEL; j++) dst[j] = 0.0f;
         }
     } else {
-        for (int64_t p = 0; p < d->P; p++)
-            for (int j = nc; j < BT_PANEL; j++) B[p * BT_PANEL + j] = 0.0f;
-        for (int j = 0; j < nc; j++) {
-            const float *src = d->b + (j0 + j) * d->ldb;
-            for (int64_t p = 0; p < d->P; p++) B[p * BT_PANEL + j] = src[p];
-        }
+        bt_ops()->fill_t(d->b + j0 * d->ldb, d->ldb, d->P, nc, B);
     }
 }
 
@@ -315,13 +310,7 @@ typedef struct {
 static void fill_q8(const void *ctx, int64_t j0, float *B) {
     const q8_b *d = (const q8_b *)ctx;
     const int nc = d->N - j0 < BT_PANEL ? (int)(d->N - j0) : BT_PANEL;
-    for (int64_t p = 0; p < d->P; p++) {
-        const int8_t *src = d->q + p * d->ldq + j0;
-        const float ap = d->a[p];
-        float *dst = B + p * BT_PANEL;
-        for (int j = 0; j < nc; j++) dst[j] = (float)src[j] / ap;
-        for (int j = nc; j < BT_PANEL; j++) dst[j] = 0.0f;
-    }
+    bt_ops()->fill_q8(d->q + j0, d->ldq, d->a, d->P, nc, B);
 }
 
 /* op(A) = A^T with B filled by fill(ctx).  A table whose panels kernel packs A itself (pack_a)

@@ -576,6 +576,70 @@ T256 void bt_panel_avx2(const float *A, int64_t sa, int64_t sp, int64_t M, const
     bt_panels_avx2(A, sa, sp, M > 0 ? M : 1, 0, M, B, 0, 1, P, C, ldc, nc, s);
 }
 
+/* Panel of dequantized codes (bt_fill_q8_scalar): eight codes widened to floats and divided by
+ * a[p] at a time (vdivps: the same correctly rounded quotients as the scalar division); the
+ * narrow last panel of a call through the scalar code. */
+T256 void bt_fill_q8_avx2(const int8_t *q, int64_t ldq, const float *a, int64_t P, int nc, float *B) {
+    if (nc < BT_PANEL) {
+        bt_fill_q8_scalar(q, ldq, a, P, nc, B);
+        return;
+    }
+    for (int64_t p = 0; p < P; p++) {
+        const int8_t *src = q + p * ldq;
+        const __m256 ap = _mm256_set1_ps(a[p]);
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++) {
+            const __m256i c = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(src + 8 * v)));
+            _mm256_storeu_ps(B + p * BT_PANEL + 8 * v, _mm256_div_ps(_mm256_cvtepi32_ps(c), ap));
+        }
+    }
+}
+
+/* Panel of a transposed dense B (bt_fill_t_scalar): blocks of 8 rows of b (8 columns of the
+ * panel) x 8 depths, loaded as 8 vectors along p, transposed in registers (unpack, shuffle,
+ * lane permute) and stored as 8 vectors along j; depths past the last whole 8, columns past
+ * the last whole 8 and the zeros past nc through the scalar code (copies: the same bits). */
+T256 void bt_fill_t_avx2(const float *b, int64_t ldb, int64_t P, int nc, float *B) {
+    const int nj = nc / 8 * 8;
+    const int64_t np = P / 8 * 8;
+    for (int j0 = 0; j0 < nj; j0 += 8) {
+        const float *src = b + j0 * ldb;
+        for (int64_t p = 0; p < np; p += 8) {
+            __m256 r[8], t[8];
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * ldb + p);
+#pragma GCC unroll 4
+            for (int i = 0; i < 8; i += 2) {
+                t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+                t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+            }
+            /* t[2q + h]: rows 2q, 2q+1 interleaved, depths {0,1,4,5} (h = 0) or {2,3,6,7} (h = 1) */
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++)
+#pragma GCC unroll 2
+                for (int q = 0; q < 4; q += 2) {
+                    r[4 * h + q] = _mm256_shuffle_ps(t[2 * q + h], t[2 * q + 2 + h], 0x44);
+                    r[4 * h + q + 1] = _mm256_shuffle_ps(t[2 * q + h], t[2 * q + 2 + h], 0xEE);
+                }
+            /* r[4h + 2s + e], s in {0, 1} the row quad (0-3, 4-7), depth 2h + e and 2h + e + 4 in
+             * the two 128-bit lanes */
+            float *dst = B + p * BT_PANEL + j0;
+#pragma GCC unroll 4
+            for (int d = 0; d < 4; d++) {
+                const __m256 lo = r[4 * (d >> 1) + (d & 1)], hi = r[4 * (d >> 1) + 2 + (d & 1)];
+                _mm256_storeu_ps(dst + d * BT_PANEL, _mm256_permute2f128_ps(lo, hi, 0x20));
+                _mm256_storeu_ps(dst + (d + 4) * BT_PANEL, _mm256_permute2f128_ps(lo, hi, 0x31));
+            }
+        }
+        for (int64_t p = np; p < P; p++)
+            for (int j = 0; j < 8; j++) B[p * BT_PANEL + j0 + j] = src[j * ldb + p];
+    }
+    for (int64_t p = 0; p < P; p++) {
+        for (int j = nj; j < nc; j++) B[p * BT_PANEL + j] = b[j * ldb + p];
+        for (int j = nc; j < BT_PANEL; j++) B[p * BT_PANEL + j] = 0.0f;
+    }
+}
+
 /* Activation quantization (bt_quant.h), 8 floats at a time; the tail is done in C
  * with the same operations. */
 T256 int bt_quant_rows_avx2(const float *x, int64_t M, int64_t K, int64_t ldx, int8_t *q,
@@ -756,6 +820,8 @@ const bt_isa_ops bt_ops_avx2 = {
     .atile = 12,
     .panel_rows = bt_panel_rows_scalar,
     .panel_cols = bt_panel_cols_scalar,
+    .fill_q8 = bt_fill_q8_avx2,
+    .fill_t = bt_fill_t_avx2,
     .quant = bt_quant_rows_avx2,
     .s8_rows = bt_s8_rows_avx2,
     .swiglu_fwd = bt_swiglu_fwd_avx2,

@@ -113,6 +113,28 @@ void bt_panel_cols_scalar(const bt_ternary *w, int64_t k0, float *B) {
     }
 }
 
+/* Panel of dequantized codes (bt_q8fill_fn): B[p*32 + j] = (float)q[p*ldq + j] / a[p], 0 past nc. */
+void bt_fill_q8_scalar(const int8_t *q, int64_t ldq, const float *a, int64_t P, int nc, float *B) {
+    for (int64_t p = 0; p < P; p++) {
+        const int8_t *src = q + p * ldq;
+        const float ap = a[p];
+        float *dst = B + p * BT_PANEL;
+        for (int j = 0; j < nc; j++) dst[j] = (float)src[j] / ap;
+        for (int j = nc; j < BT_PANEL; j++) dst[j] = 0.0f;
+    }
+}
+
+/* Panel of a transposed dense B (bt_tfill_fn): B[p*32 + j] = b[j*ldb + p], 0 past nc.  Column j
+ * of the panel is row j of b, read in order. */
+void bt_fill_t_scalar(const float *b, int64_t ldb, int64_t P, int nc, float *B) {
+    for (int64_t p = 0; p < P; p++)
+        for (int j = nc; j < BT_PANEL; j++) B[p * BT_PANEL + j] = 0.0f;
+    for (int j = 0; j < nc; j++) {
+        const float *src = b + j * ldb;
+        for (int64_t p = 0; p < P; p++) B[p * BT_PANEL + j] = src[p];
+    }
+}
+
 /* Rows [n0, n1) of bt_gemm_s8 (bt_int8.h): exact int32 sums, then the two scales. */
 void bt_s8_rows_scalar(const int8_t *W, int64_t ldw, const float *ws, int64_t n0, int64_t n1, int64_t K,
                        const int8_t *xq, int64_t ldx, const float *a, int64_t M, float *y, int64_t ldy) {
@@ -141,6 +163,8 @@ const bt_isa_ops bt_ops_scalar = {
     .atile = 8,
     .panel_rows = bt_panel_rows_scalar,
     .panel_cols = bt_panel_cols_scalar,
+    .fill_q8 = bt_fill_q8_scalar,
+    .fill_t = bt_fill_t_scalar,
     .quant = bt_quant_rows_scalar,
     .s8_rows = bt_s8_rows_scalar,
     .swiglu_fwd = bt_swiglu_fwd_scalar,

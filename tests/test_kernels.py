@@ -285,7 +285,7 @@ def test_weight_gradient_from_codes_equals_dequantized_gemm(kernel, threads, p, 
 
 
 @pytest.mark.parametrize("m,n,p", [(11, 33, 257), (12, 32, 256), (13, 65, 513), (25, 1, 255), (241, 97, 300),
-                                   (1, 64, 1), (37, 160, 2)])
+                                   (1, 64, 1), (37, 160, 2), (250, 545, 300)])
 def test_float_gemm_register_tiles_and_blocks_bit_identical(threads, m, n, p, rng):
     # AVX-512 cuts rows in 12-row tiles (tails 1..11) and blocks of 240, depth in blocks of 256,
     # packs A^T per block (a power-of-two leading dimension included); every path and thread
@@ -312,6 +312,21 @@ def test_float_gemm_register_tiles_and_blocks_bit_identical(threads, m, n, p, rn
     for name, got in outs[1:]:
         for i, (ref, val) in enumerate(zip(outs[0][1], got)):
             assert np.array_equal(ref.view(np.uint32), val.view(np.uint32)), (name, i)
+
+
+def test_stacked_weight_gradients_equal_separate_calls(kernel, threads, rng):
+    # q/k/v (or gate/up) share Qa(x): one sgemm_tn_q8 over [dq | dk | dv] side by side fills B once
+    # and gives, row block by row block, the bits of three separate calls (each output is the same
+    # chain over the tokens), also when a row block of the stack straddles two of the products
+    p, n, widths = 300, 70, (29, 64, 37)
+    gs = [rng.standard_normal((p, w)).astype(np.float32) for w in widths]
+    xq, xa = bitttt.quantize_activations(rng.standard_normal((p, n)).astype(np.float32))
+    stacked = bitttt.kernels.sgemm_tn_q8(np.concatenate(gs, axis=1), xq, xa)
+    row = 0
+    for g in gs:
+        want = bitttt.kernels.sgemm_tn_q8(g, xq, xa)
+        assert np.array_equal(stacked[row:row + g.shape[1]].view(np.uint32), want.view(np.uint32))
+        row += g.shape[1]
 
 
 @pytest.mark.parametrize("m, n, k", [(2, 5, 1), (4, 4, 64), (6, 9, 63), (7, 13, 65), (9, 1030, 300), (17, 7, 4097),
