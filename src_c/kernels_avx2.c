@@ -10,6 +10,7 @@
  */
 #include "bt_isa_kernels.h"
 #include "bt_cpu.h"
+#include "bt_prefetch.h"
 
 #ifdef BT_HAVE_X86
 #include <immintrin.h>
@@ -25,28 +26,17 @@ T256 INLINE int32_t hsum8(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-/* Rows of a 4-row tile are short (512 bytes for K = 2048) and read side by side, a pattern the
- * hardware prefetchers follow badly from DRAM; each block step therefore prefetches the same
- * 256 bytes of the tile BT_GEMV_PF tiles ahead (prefetches never fault and change no result). */
-#ifndef BT_GEMV_PF
-#define BT_GEMV_PF 2
-#endif
 
 T256 INLINE void dot_tile(const uint8_t *w, int64_t stride, int64_t nblk, const int8_t *x, int R,
                           int32_t *dot) {
     const __m256i m = _mm256_set1_epi8(0x03), ones = _mm256_set1_epi16(1);
     __m256i acc[4];
-    const char *ahead = (const char *)(w + 4 * BT_GEMV_PF * stride);
+    const bt_gemv_pf pf = bt_gemv_pf_at(w, stride);
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++) acc[r] = _mm256_setzero_si256();
     for (int64_t b = 0; b < nblk; b++) {
         const int8_t *xb = x + b * BT_BLOCK;
-        if (R == 4) {
-            _mm_prefetch(ahead + 256 * b, _MM_HINT_T0);
-            _mm_prefetch(ahead + 256 * b + 64, _MM_HINT_T0);
-            _mm_prefetch(ahead + 256 * b + 128, _MM_HINT_T0);
-            _mm_prefetch(ahead + 256 * b + 192, _MM_HINT_T0);
-        }
+        if (R == 4) bt_gemv_pf_step(pf, b); /* bt_prefetch.h */
         __m256i xv[8];
 #pragma GCC unroll 8
         for (int q = 0; q < 8; q++) xv[q] = _mm256_loadu_si256((const __m256i *)(xb + 32 * q));
@@ -369,17 +359,12 @@ T256 INLINE void t1_dot_tile(const uint8_t *w, int64_t stride, const int8_t *x, 
     const int64_t nfull = stride / BT_BLOCK_BYTES, tb = stride % BT_BLOCK_BYTES;
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[4];
-    const char *ahead = (const char *)(w + 4 * BT_GEMV_PF * stride);
+    const bt_gemv_pf pf = bt_gemv_pf_at(w, stride);
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++) acc[r] = _mm256_setzero_si256();
     for (int64_t b = 0; b < nfull; b++) {
         const int8_t *xb = x + b * BT_T1_BLOCK;
-        if (R == 4) {
-            _mm_prefetch(ahead + 256 * b, _MM_HINT_T0);
-            _mm_prefetch(ahead + 256 * b + 64, _MM_HINT_T0);
-            _mm_prefetch(ahead + 256 * b + 128, _MM_HINT_T0);
-            _mm_prefetch(ahead + 256 * b + 192, _MM_HINT_T0);
-        }
+        if (R == 4) bt_gemv_pf_step(pf, b); /* bt_prefetch.h */
 #pragma GCC unroll 4
         for (int r = 0; r < 4; r++) {
             if (r >= R) break;

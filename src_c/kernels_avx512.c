@@ -12,6 +12,7 @@
 #include "bt_isa_kernels.h"
 #include "bt_arena.h"
 #include "bt_cpu.h"
+#include "bt_prefetch.h"
 
 #ifdef BT_HAVE_X86
 #include <immintrin.h>
@@ -55,8 +56,10 @@ T512 INLINE void gemv_tile(const uint8_t *w, int64_t stride, int64_t nblk, const
     const __m512i z = _mm512_setzero_si512();
     __m512i a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
     __m512i a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;
+    const bt_gemv_pf pf = bt_gemv_pf_at(w, stride);
     for (int64_t b = 0; b < nblk; b++) {
         const int8_t *xb = x + b * BT_BLOCK;
+        if (R == 4) bt_gemv_pf_step(pf, b); /* bt_prefetch.h */
         const __m512i x0 = _mm512_loadu_si512(xb), x1 = _mm512_loadu_si512(xb + 64);
         const __m512i x2 = _mm512_loadu_si512(xb + 128), x3 = _mm512_loadu_si512(xb + 192);
         GEMV_ROW(0)
@@ -500,11 +503,13 @@ T512 INLINE void t1_gemv_tile(const uint8_t *w, int64_t stride, const int8_t *x,
     const int64_t nfull = stride / BT_BLOCK_BYTES, tb = stride % BT_BLOCK_BYTES;
     const __m512i z = _mm512_setzero_si512();
     __m512i s0 = z, s1 = z, s2 = z, s3 = z;
+    const bt_gemv_pf pf = bt_gemv_pf_at(w, stride);
     for (int64_t c0 = 0; c0 < nfull || (c0 == nfull && tb); c0 += T1_FLUSH) {
         __m512i a0 = z, a1 = z, a2 = z, a3 = z, b0 = z, b1 = z, b2 = z, b3 = z;
         const int64_t c1 = nfull - c0 < T1_FLUSH ? nfull : c0 + T1_FLUSH;
         for (int64_t b = c0; b < c1; b++) {
             const int8_t *xb = x + b * BT_T1_BLOCK;
+            if (R == 4) bt_gemv_pf_step(pf, b); /* bt_prefetch.h */
             __m512i xv[5];
 #pragma GCC unroll 5
             for (int i = 0; i < 5; i++) xv[i] = _mm512_loadu_si512(xb + 64 * i);
