@@ -18,7 +18,7 @@ enum {
     BT_SCRATCH_B = 0,    /* kernels.c: the filled B panels of a thread's group            */
     BT_SCRATCH_APACK,    /* kernels_avx512.c: a packed block of A                         */
     BT_SCRATCH_ATILES,   /* kernels.c: sgemm_tn's A tiles (tables without pack_a)         */
-    BT_SCRATCH_S8,       /* kernels_avx512.c: row sums of the int8 head                   */
+    BT_SCRATCH_S8,       /* kernels_avx512.c: the packed 48-row int8 panels (i8, head)    */
     BT_SCRATCH_SLOTS
 };
 

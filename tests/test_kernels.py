@@ -244,24 +244,33 @@ def test_float_panel_blocking_edges_bit_identical(threads, m, n, p, rng):
             assert np.array_equal(ref.view(np.uint32), val.view(np.uint32)), name
 
 
+def _gemm_s8_runs(w, ws, xq, a):
+    """The exact int64 product times ws / a, and gemm_s8's output on 1 and 2 threads."""
+    from bitttt import _core
+
+    exact = xq.astype(np.int64) @ w.astype(np.int64).T
+    want = exact.astype(np.float32) * (ws[None, :] / a[:, None])
+    outs = []
+    for t in (1, 2):
+        bitttt.set_num_threads(t)
+        y = np.empty((xq.shape[0], w.shape[0]), np.float32)
+        _core.gemm_s8(w, ws, xq, a, y)
+        outs.append((t, y))
+    return want, outs
+
+
 @pytest.mark.parametrize("m, n, k", [(1, 1, 1), (1, 300, 31), (1, 130, 200), (1, 33, 2048), (3, 257, 64), (5, 64, 2048),
                                      (4, 1000, 95)])
 def test_int8_head_gemm_exact(kernel, threads, m, n, k, rng):
     """int8 x int8 head product: exact int32 sums times wscale / a, the same bits on every path."""
-    from bitttt import _core
-
     w = rng.integers(-127, 128, (n, k), dtype=np.int8)
     w[0, : min(k, 3)] = 127
     ws = rng.uniform(1e-3, 1e-1, n).astype(np.float32)
     xq = rng.integers(-127, 128, (m, k), dtype=np.int8)
     xq[0, : min(k, 3)] = -127  # the extremes: |w x| = 127 * 127 must not saturate
     a = rng.uniform(1.0, 50.0, m).astype(np.float32)
-    exact = xq.astype(np.int64) @ w.astype(np.int64).T
-    want = exact.astype(np.float32) * (ws[None, :] / a[:, None])
-    for t in (1, 2):
-        bitttt.set_num_threads(t)
-        y = np.empty((m, n), np.float32)
-        _core.gemm_s8(w, ws, xq, a, y)
+    want, outs = _gemm_s8_runs(w, ws, xq, a)
+    for _, y in outs:
         assert np.array_equal(y, want)
 
 
@@ -382,18 +391,12 @@ def test_int8_panels_tiles_and_tails_exact(kernel, threads, n, k, rng):
 def test_int8_head_panels_exact(kernel, threads, m, n, k, rng):
     """gemm_s8 of 16+ tokens, K a multiple of 4 (the AVX-512 panels: offset weights, masked K chunks,
     row and token tails): exact sums times wscale / a."""
-    from bitttt import _core
-
     w = rng.integers(-127, 128, (n, k), dtype=np.int8)
     xq = rng.integers(-127, 128, (m, k), dtype=np.int8)
     w[-1], xq[-1] = -127, -127  # the largest offset sums
     w[0], xq[0] = 127, -127
     ws = rng.uniform(1e-3, 1e-1, n).astype(np.float32)
     a = rng.uniform(1.0, 50.0, m).astype(np.float32)
-    exact = xq.astype(np.int64) @ w.astype(np.int64).T
-    want = exact.astype(np.float32) * (ws[None, :] / a[:, None])
-    for t in (1, 2):
-        bitttt.set_num_threads(t)
-        y = np.empty((m, n), np.float32)
-        _core.gemm_s8(w, ws, xq, a, y)
+    want, outs = _gemm_s8_runs(w, ws, xq, a)
+    for t, y in outs:
         assert np.array_equal(y.view(np.uint32), want.view(np.uint32)), t
