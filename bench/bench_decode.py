@@ -389,10 +389,13 @@ def main() -> None:
     if llama:
         lines += ["", "llama.cpp (llama-bench; TQ2_0 linear layers, Q8_0 head, F16 embedding), run right after ours:",
                   "",
-                  "| threads | llama.cpp decode | bitttt / llama.cpp | llama.cpp pp128 | bitttt / llama.cpp | "
-                  "llama.cpp pp512 | bitttt / llama.cpp |", "|---|---|---|---|---|---|---|"]
-        for r, ll in zip(rows, llama):
-            lines.append(f"| {r['threads']} | {ll['decode']:.1f} | {r['decode_tps'] / ll['decode']:.2f}x | "
+                  "| threads | format | llama.cpp decode | bitttt / llama.cpp | llama.cpp pp128 | bitttt / llama.cpp | "
+                  "llama.cpp pp512 | bitttt / llama.cpp |", "|---|---|---|---|---|---|---|---|"]
+        by_threads = dict(zip(args.threads, llama))  # one llama-bench run per thread count, each format against it
+        for r in rows:
+            ll = by_threads[r["threads"]]
+            lines.append(f"| {r['threads']} | {r['packing']} | {ll['decode']:.1f} | "
+                         f"{r['decode_tps'] / ll['decode']:.2f}x | "
                          f"{ll['pp128']:.1f} | {r['prefill128_tps'] / ll['pp128']:.2f}x | {ll['pp512']:.1f} | "
                          f"{r['prefill512_tps'] / ll['pp512']:.2f}x |")
     print("\n".join(lines))

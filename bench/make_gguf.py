@@ -12,8 +12,6 @@ package of llama.cpp (its gguf-py folder, or `pip install gguf`).
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 V, D, L, H, FF = 32000, 2048, 8, 16, 5632
@@ -71,6 +69,8 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
-    main(sys.argv[1])
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", help="the .gguf file to write (float16 weights, about 1 GiB)")
+    main(ap.parse_args().out)
