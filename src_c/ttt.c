@@ -32,8 +32,12 @@ struct bt_ttt_scratch {
     float *dZb, *dG, *dH, *dZ1, *dd, *dE, *dW, *db, *Wc, *bc;
     float *WT, *dWT; /* transposes, so that every inner loop is an axpy over contiguous memory */
     float *ta, *tb;  /* [K] temporaries */
+    float *DA, *CG;  /* backward: dA[i][j] and -(P + Et)[i][j] of the lower triangle [K, K] */
+    float *red;      /* per-row reductions of a phase [6, K] */
     float *base;     /* the one allocation */
     float *qc, *kc, *vc, *oc, *dqc, *dkc, *dvc; /* one mini-batch gathered from [B, T, D], [K, f] */
+    float *rc, *rsp, *rsm; /* RoPE tables spread over the f columns [K, f]: cos, then sin with the pair
+                            * signs of the rotation (-s, +s) and of its inverse (+s, -s) */
 };
 typedef bt_ttt_scratch scratch;
 
@@ -44,7 +48,7 @@ static void scratch_free(scratch *s) {
 
 static int scratch_alloc(scratch *s, int64_t K, int64_t f) {
     const int64_t kf = K * f, kk = K * K, ff = f * f;
-    const int64_t total = 9 * kf + 5 * K + kk + 5 * kf + kk + ff + f + ff + f + 2 * ff + 2 * K + 7 * kf;
+    const int64_t total = 9 * kf + 5 * K + kk + 5 * kf + kk + ff + f + ff + f + 2 * ff + 2 * K + 7 * kf + 3 * kf + 2 * kk + 6 * K;
     memset(s, 0, sizeof *s);
     float *p = (float *)calloc((size_t)total, sizeof(float));
     if (!p) return BT_ERR_NOMEM;
@@ -80,7 +84,13 @@ static int scratch_alloc(scratch *s, int64_t K, int64_t f) {
     s->oc = p; p += kf;
     s->dqc = p; p += kf;
     s->dkc = p; p += kf;
-    s->dvc = p;
+    s->dvc = p; p += kf;
+    s->rc = p; p += kf;
+    s->rsp = p; p += kf;
+    s->rsm = p; p += kf;
+    s->DA = p; p += kk;
+    s->CG = p; p += kk;
+    s->red = p;
     return BT_OK;
 }
 
@@ -110,6 +120,92 @@ INLINE float sum(int64_t f, const float *restrict x) {
         for (int l = 0; l < RL; l++) acc[l] = acc[l] + x[c + l];
     for (int l = 0; c + l < f; l++) acc[l] = acc[l] + x[c + l];
     return tree(acc);
+}
+
+/* out[j] = dot(f, x, Y + j f) for j < ny, four rows at a time (four independent chains in
+ * flight instead of one); each is dot's own order of operations, so the same bits. */
+INLINE void dots(int64_t f, int64_t ny, const float *restrict x, const float *restrict Y, float *restrict out) {
+    int64_t j = 0;
+    for (; j + 4 <= ny; j += 4) {
+        const float *restrict y0 = Y + j * f, *restrict y1 = y0 + f, *restrict y2 = y1 + f, *restrict y3 = y2 + f;
+        float a0[RL] = {0.0f}, a1[RL] = {0.0f}, a2[RL] = {0.0f}, a3[RL] = {0.0f};
+        int64_t c = 0;
+        for (; c + RL <= f; c += RL)
+            for (int l = 0; l < RL; l++) {
+                a0[l] = fmaf(x[c + l], y0[c + l], a0[l]);
+                a1[l] = fmaf(x[c + l], y1[c + l], a1[l]);
+                a2[l] = fmaf(x[c + l], y2[c + l], a2[l]);
+                a3[l] = fmaf(x[c + l], y3[c + l], a3[l]);
+            }
+        for (int l = 0; c + l < f; l++) {
+            a0[l] = fmaf(x[c + l], y0[c + l], a0[l]);
+            a1[l] = fmaf(x[c + l], y1[c + l], a1[l]);
+            a2[l] = fmaf(x[c + l], y2[c + l], a2[l]);
+            a3[l] = fmaf(x[c + l], y3[c + l], a3[l]);
+        }
+        out[j] = tree(a0);
+        out[j + 1] = tree(a1);
+        out[j + 2] = tree(a2);
+        out[j + 3] = tree(a3);
+    }
+    for (; j < ny; j++) out[j] = dot(f, x, Y + j * f);
+}
+
+/* Row by row, four rows in flight: out[i] = dot(f, X_i, Y_i) (rdots) or sum(f, X_i) (rsums),
+ * X_i = X + i f; each row is dot's / sum's own order of operations, so the same bits. */
+INLINE void rdots(int64_t f, int64_t n, const float *restrict X, const float *restrict Y, float *restrict out) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const float *restrict x0 = X + i * f, *restrict x1 = x0 + f, *restrict x2 = x1 + f, *restrict x3 = x2 + f;
+        const float *restrict y0 = Y + i * f, *restrict y1 = y0 + f, *restrict y2 = y1 + f, *restrict y3 = y2 + f;
+        float a0[RL] = {0.0f}, a1[RL] = {0.0f}, a2[RL] = {0.0f}, a3[RL] = {0.0f};
+        int64_t c = 0;
+        for (; c + RL <= f; c += RL)
+            for (int l = 0; l < RL; l++) {
+                a0[l] = fmaf(x0[c + l], y0[c + l], a0[l]);
+                a1[l] = fmaf(x1[c + l], y1[c + l], a1[l]);
+                a2[l] = fmaf(x2[c + l], y2[c + l], a2[l]);
+                a3[l] = fmaf(x3[c + l], y3[c + l], a3[l]);
+            }
+        for (int l = 0; c + l < f; l++) {
+            a0[l] = fmaf(x0[c + l], y0[c + l], a0[l]);
+            a1[l] = fmaf(x1[c + l], y1[c + l], a1[l]);
+            a2[l] = fmaf(x2[c + l], y2[c + l], a2[l]);
+            a3[l] = fmaf(x3[c + l], y3[c + l], a3[l]);
+        }
+        out[i] = tree(a0);
+        out[i + 1] = tree(a1);
+        out[i + 2] = tree(a2);
+        out[i + 3] = tree(a3);
+    }
+    for (; i < n; i++) out[i] = dot(f, X + i * f, Y + i * f);
+}
+
+INLINE void rsums(int64_t f, int64_t n, const float *restrict X, float *restrict out) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const float *restrict x0 = X + i * f, *restrict x1 = x0 + f, *restrict x2 = x1 + f, *restrict x3 = x2 + f;
+        float a0[RL] = {0.0f}, a1[RL] = {0.0f}, a2[RL] = {0.0f}, a3[RL] = {0.0f};
+        int64_t c = 0;
+        for (; c + RL <= f; c += RL)
+            for (int l = 0; l < RL; l++) {
+                a0[l] = a0[l] + x0[c + l];
+                a1[l] = a1[l] + x1[c + l];
+                a2[l] = a2[l] + x2[c + l];
+                a3[l] = a3[l] + x3[c + l];
+            }
+        for (int l = 0; c + l < f; l++) {
+            a0[l] = a0[l] + x0[c + l];
+            a1[l] = a1[l] + x1[c + l];
+            a2[l] = a2[l] + x2[c + l];
+            a3[l] = a3[l] + x3[c + l];
+        }
+        out[i] = tree(a0);
+        out[i + 1] = tree(a1);
+        out[i + 2] = tree(a2);
+        out[i + 3] = tree(a3);
+    }
+    for (; i < n; i++) out[i] = sum(f, X + i * f);
 }
 
 /* y += a x over f floats; x and y never overlap (restrict: no run-time alias checks). */
@@ -188,15 +284,159 @@ BT_TARGET_AVX2 static void mm64_avx2(int64_t R, int64_t P, const float *A, int64
     if (R - i == 2) mm64_tile(2, P, A + i * sa, sa, sp, M, Y0 ? Y0 + i * sy0 : NULL, sy0, Y + i * sy, sy);
     else if (R - i == 1) mm64_tile(1, P, A + i * sa, sa, sp, M, Y0 ? Y0 + i * sy0 : NULL, sy0, Y + i * sy, sy);
 }
+
+/* AVX-512: a tile of MR <= 6 rows x 64 columns (4 registers a row, up to 24 accumulators; per
+ * p, 4 loads of M and MR broadcasts for 4 MR FMAs); each entry is the same fused chain over p. */
+BT_TARGET_AVX512 INLINE void mm64_tile512(const int MR, int64_t P, const float *A, int64_t sa, int64_t sp,
+                                          const float *M, const float *Y0, int64_t sy0, float *Y, int64_t sy) {
+    __m512 acc[6][4];
+#pragma GCC unroll 6
+    for (int r = 0; r < 6; r++) {
+        if (r >= MR) break;
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++)
+            acc[r][v] = Y0 ? _mm512_loadu_ps(Y0 + r * sy0 + 16 * v) : _mm512_setzero_ps();
+    }
+    for (int64_t p = 0; p < P; p++) {
+        const float *m = M + p * 64;
+        const __m512 b0 = _mm512_loadu_ps(m), b1 = _mm512_loadu_ps(m + 16), b2 = _mm512_loadu_ps(m + 32),
+                     b3 = _mm512_loadu_ps(m + 48);
+#pragma GCC unroll 6
+        for (int r = 0; r < 6; r++) {
+            if (r >= MR) break;
+            const __m512 x = _mm512_set1_ps(A[r * sa + p * sp]);
+            acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
+            acc[r][2] = _mm512_fmadd_ps(x, b2, acc[r][2]);
+            acc[r][3] = _mm512_fmadd_ps(x, b3, acc[r][3]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < 6; r++) {
+        if (r >= MR) break;
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++) _mm512_storeu_ps(Y + r * sy + 16 * v, acc[r][v]);
+    }
+}
+
+BT_TARGET_AVX512 static void mm64_avx512(int64_t R, int64_t P, const float *A, int64_t sa, int64_t sp,
+                                         const float *M, const float *Y0, int64_t sy0, float *Y, int64_t sy) {
+    int64_t i = 0;
+#define MM512_AT(MR) mm64_tile512(MR, P, A + i * sa, sa, sp, M, Y0 ? Y0 + i * sy0 : NULL, sy0, Y + i * sy, sy)
+    /* 16 rows (a mini-batch) as 6 + 6 + 4; whole tiles of 6, then the rest in one tile */
+    for (; i + 6 <= R; i += 6) MM512_AT(6);
+    switch (R - i) {
+    case 5: MM512_AT(5); break;
+    case 4: MM512_AT(4); break;
+    case 3: MM512_AT(3); break;
+    case 2: MM512_AT(2); break;
+    case 1: MM512_AT(1); break;
+    default: break;
+    }
+#undef MM512_AT
+}
+
+/* 8 x 8 (AVX2) and 16 x 16 (AVX-512) blocks of a transpose: b[j * sb + i] = a[i * sa + j]
+ * (moves only, no arithmetic). */
+BT_TARGET_AVX2 INLINE void tr8_avx2(const float *a, int64_t sa, float *b, int64_t sb) {
+    __m256 r[8], t[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(a + i * sa);
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    /* r[4g + m], lane L: column 4L + m of rows 4g .. 4g + 3 */
+    for (int g = 0; g < 2; g++) {
+        const __m256d t0 = _mm256_castps_pd(t[4 * g]), t1 = _mm256_castps_pd(t[4 * g + 1]),
+                      t2 = _mm256_castps_pd(t[4 * g + 2]), t3 = _mm256_castps_pd(t[4 * g + 3]);
+        r[4 * g] = _mm256_castpd_ps(_mm256_unpacklo_pd(t0, t2));
+        r[4 * g + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(t0, t2));
+        r[4 * g + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(t1, t3));
+        r[4 * g + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(t1, t3));
+    }
+    for (int m = 0; m < 4; m++) {
+        _mm256_storeu_ps(b + m * sb, _mm256_permute2f128_ps(r[m], r[4 + m], 0x20));
+        _mm256_storeu_ps(b + (4 + m) * sb, _mm256_permute2f128_ps(r[m], r[4 + m], 0x31));
+    }
+}
+
+BT_TARGET_AVX512 INLINE void tr16_avx512(const float *a, int64_t sa, float *b, int64_t sb) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(a + i * sa);
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    /* r[4g + m], 128-bit lane L: column 4L + m of rows 4g .. 4g + 3 */
+    for (int g = 0; g < 4; g++) {
+        const __m512d t0 = _mm512_castps_pd(t[4 * g]), t1 = _mm512_castps_pd(t[4 * g + 1]),
+                      t2 = _mm512_castps_pd(t[4 * g + 2]), t3 = _mm512_castps_pd(t[4 * g + 3]);
+        r[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+        r[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+        r[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+        r[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+    }
+    for (int m = 0; m < 4; m++) { /* row 4L + m of the result: lane L of r[m], r[4 + m], r[8 + m], r[12 + m] */
+        const __m512 v0 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x44), v1 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xEE);
+        const __m512 v2 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x44),
+                     v3 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xEE);
+        _mm512_storeu_ps(b + m * sb, _mm512_shuffle_f32x4(v0, v2, 0x88));
+        _mm512_storeu_ps(b + (4 + m) * sb, _mm512_shuffle_f32x4(v0, v2, 0xDD));
+        _mm512_storeu_ps(b + (8 + m) * sb, _mm512_shuffle_f32x4(v1, v3, 0x88));
+        _mm512_storeu_ps(b + (12 + m) * sb, _mm512_shuffle_f32x4(v1, v3, 0xDD));
+    }
+}
+
+BT_TARGET_AVX2 static void transpose_avx2(int64_t f, const float *a, float *at) {
+    for (int64_t i = 0; i < f; i += 8)
+        for (int64_t j = 0; j < f; j += 8) tr8_avx2(a + i * f + j, f, at + j * f + i, f);
+}
+
+BT_TARGET_AVX2 static void rope_rows_avx2(int64_t n, int64_t f, const float *src, int64_t ps, float *dst, int64_t pd,
+                                         const float *rc, const float *rs) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *x = src + i * ps, *tc = rc + i * f, *ts = rs + i * f;
+        float *y = dst + i * pd;
+        for (int64_t c = 0; c < f; c += 8) {
+            const __m256 v = _mm256_loadu_ps(x + c);
+            const __m256 a = _mm256_mul_ps(v, _mm256_loadu_ps(tc + c));
+            const __m256 b = _mm256_mul_ps(_mm256_permute_ps(v, 0xB1), _mm256_loadu_ps(ts + c));
+            _mm256_storeu_ps(y + c, _mm256_add_ps(a, b));
+        }
+    }
+}
+
+BT_TARGET_AVX512 static void rope_rows_avx512(int64_t n, int64_t f, const float *src, int64_t ps, float *dst, int64_t pd,
+                                             const float *rc, const float *rs) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *x = src + i * ps, *tc = rc + i * f, *ts = rs + i * f;
+        float *y = dst + i * pd;
+        for (int64_t c = 0; c < f; c += 16) {
+            const __m512 v = _mm512_loadu_ps(x + c);
+            const __m512 a = _mm512_mul_ps(v, _mm512_loadu_ps(tc + c));
+            const __m512 b = _mm512_mul_ps(_mm512_permute_ps(v, 0xB1), _mm512_loadu_ps(ts + c));
+            _mm512_storeu_ps(y + c, _mm512_add_ps(a, b));
+        }
+    }
+}
+
+BT_TARGET_AVX512 static void transpose_avx512(int64_t f, const float *a, float *at) {
+    for (int64_t i = 0; i < f; i += 16)
+        for (int64_t j = 0; j < f; j += 16) tr16_avx512(a + i * f + j, f, at + j * f + i, f);
+}
 #endif
 
-/* t is scratch [P] (used when sp != 1, to gather a row of A); mm64: the copy for AVX2 or
- * AVX-512 (a constant in each), which takes f = 64 to mm64_avx2. */
+/* t is scratch [P] (used when sp != 1, to gather a row of A); mm64: the ISA of the copy (a
+ * constant in each: 0 baseline, 1 AVX2, 2 AVX-512), which takes f = 64 to mm64_avx2 / mm64_avx512. */
 INLINE void matrows(int64_t f, int64_t R, int64_t P, const float *A, int64_t sa, int64_t sp, const float *restrict M,
                     const float *Y0, int64_t sy0, float *Y, int64_t sy, float *restrict t, const int mm64) {
     (void)mm64;
 #ifdef BT_HAVE_X86
-    if (f == 64 && mm64) {
+    if (f == 64 && mm64 == 2) {
+        mm64_avx512(R, P, A, sa, sp, M, Y0, sy0, Y, sy);
+        return;
+    }
+    if (f == 64 && mm64 == 1) {
         mm64_avx2(R, P, A, sa, sp, M, Y0, sy0, Y, sy);
         return;
     }
@@ -273,36 +513,54 @@ INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, 
     const float ff = (float)f;
     /* Z1 = k W + b, LN1, G */
     matrows(f, n, f, k, f, 1, W, b, 0, s->Z1c, f, s->tb, mm64);
+    /* each row's operations in phases over the rows (the reductions of four rows at once) */
+    float *t0 = s->red, *t1 = s->red + n;
+    rsums(f, n, s->Z1c, t0);
     for (int64_t i = 0; i < n; i++) {
         float *z = s->Z1c + i * f;
-        const float mu = sum(f, z) / ff;
+        const float mu = t0[i] / ff;
         for (int64_t c = 0; c < f; c++) z[c] = z[c] - mu;
-        const float r = 1.0f / sqrtf(dot(f, z, z) / ff + BT_LN_EPS);
+    }
+    rdots(f, n, s->Z1c, s->Z1c, t0);
+    for (int64_t i = 0; i < n; i++) {
+        const float r = 1.0f / sqrtf(t0[i] / ff + BT_LN_EPS);
         s->r1[i] = r;
-        float *xh = s->xh1 + i * f, *go = s->go + i * f, *gx = s->gxh + i * f;
-        ln1_rows(f, r, z, gamma, beta, v + i * f, k + i * f, xh, go, gx);
-        const float s1 = sum(f, gx), s2 = dot(f, gx, xh);
-        s->s1[i] = s1;
-        s->s2[i] = s2;
+        ln1_rows(f, r, s->Z1c + i * f, gamma, beta, v + i * f, k + i * f, s->xh1 + i * f, s->go + i * f,
+                 s->gxh + i * f);
+    }
+    rsums(f, n, s->gxh, s->s1);
+    rdots(f, n, s->gxh, s->xh1, s->s2);
+    for (int64_t i = 0; i < n; i++) {
+        const float *xh = s->xh1 + i * f, *gx = s->gxh + i * f;
+        const float s1 = s->s1[i], s2 = s->s2[i];
         float *g = s->G + i * f;
-        const float rf = r / ff;
+        const float rf = s->r1[i] / ff;
         for (int64_t c = 0; c < f; c++) g[c] = rf * (ff * gx[c] - s1 - xh[c] * s2);
     }
     /* A = q k^T (j <= i) */
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t j = 0; j <= i; j++) s->A[i * n + j] = dot(f, q + i * f, k + j * f);
+    for (int64_t i = 0; i < n; i++) dots(f, i + 1, q + i * f, k, s->A + i * n);
     /* Zb = q W - sum_j E (1 + A) G + b ; out = q + LN(Zb) */
     matrows(f, n, f, q, f, 1, W, b, 0, s->dZb, f, s->tb, mm64);
     for (int64_t i = 0; i < n; i++) {
         float *z = s->dZb + i * f; /* Zb is kept centred in dZb until the backward reuses it */
+        float *nc = s->ta; /* -E(1 + A)[i][j], j <= i */
         for (int64_t j = 0; j <= i; j++) {
             const float e = tok[i] * lr[j];
             const float coef = e * s->A[i * n + j] + e;
-            axpy(f, -coef, s->G + j * f, z);
+            nc[j] = -coef;
         }
-        const float mu = sum(f, z) / ff;
+        vecmat_n(f, i + 1, z, nc, s->G, z); /* z -= coef G[j], in order of j */
+    }
+    rsums(f, n, s->dZb, t0);
+    for (int64_t i = 0; i < n; i++) {
+        float *z = s->dZb + i * f;
+        const float mu = t0[i] / ff;
         for (int64_t c = 0; c < f; c++) z[c] = z[c] - mu;
-        const float r = 1.0f / sqrtf(dot(f, z, z) / ff + BT_LN_EPS);
+    }
+    rdots(f, n, s->dZb, s->dZb, t1);
+    for (int64_t i = 0; i < n; i++) {
+        const float *z = s->dZb + i * f;
+        const float r = 1.0f / sqrtf(t1[i] / ff + BT_LN_EPS);
         s->r2[i] = r;
         float *xh = s->xh2 + i * f;
         for (int64_t c = 0; c < f; c++) {
@@ -314,7 +572,7 @@ INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, 
     const float tl = tok[n - 1];
     float *ne = s->ta; /* -e_last[j] */
     for (int64_t j = 0; j < n; j++) ne[j] = -(tl * lr[j]);
-    for (int64_t j = 0; j < n; j++) axpy(f, ne[j], s->G + j * f, b);
+    vecmat_n(f, n, b, ne, s->G, b); /* b += ne[j] G[j], in order of j */
     /* W[p, :] += sum_j (ne[j] k[j, p]) G[j, :] */
     float *nk = s->dd; /* free in the forward */
     for (int64_t j = 0; j < n; j++)
@@ -326,7 +584,18 @@ INLINE void chunk_forward(int64_t n, int64_t f, const float *q, const float *k, 
  * gradient of the state this mini-batch hands on and leave holding that of (W0, b0).
  * Gradients of q, k, v, lr go to dq, dk, dv, dlr ([n, f], [n]); dtok, dgamma, dbeta are
  * accumulated. */
-INLINE void transpose(int64_t f, const float *a, float *at) {
+INLINE void transpose(int64_t f, const float *a, float *at, const int mm64) {
+    (void)mm64;
+#ifdef BT_HAVE_X86
+    if (mm64 == 2 && f % 16 == 0) {
+        transpose_avx512(f, a, at);
+        return;
+    }
+    if (mm64 >= 1 && f % 8 == 0) {
+        transpose_avx2(f, a, at);
+        return;
+    }
+#endif
     for (int64_t i = 0; i < f; i++)
         for (int64_t j = 0; j < f; j++) at[j * f + i] = a[i * f + j];
 }
@@ -341,8 +610,8 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
     /* dH = -(k dW) - db, with dW, db the gradients of the handed-on state; contributions of
      * W -= k^T H and b -= sum H (H = e_last G) */
     const float tl = tok[n - 1];
-    transpose(f, dW, s->dWT);
-    transpose(f, W0, s->WT);
+    transpose(f, dW, s->dWT, mm64);
+    transpose(f, W0, s->WT, mm64);
     for (int64_t j = 0; j < n; j++) {
         float *dh = s->dH + j * f, *kn = s->dZ1 + j * f; /* dZ1 is free until later: -k[j] */
         for (int64_t c = 0; c < f; c++) dh[c] = -db[c];
@@ -362,11 +631,15 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
     }
     matrows(f, n, f, s->dd, f, 1, s->dWT, NULL, 0, dk, f, s->tb, mm64);
     /* out = q + LN(Zb) */
+    /* each row's operations in phases over the rows (the reductions of four rows at once) */
+    float *t0 = s->red, *t1 = s->red + n, *t2 = s->red + 2 * n, *t3 = s->red + 3 * n;
+    for (int64_t i = 0; i < n; i++) ln2_grads(f, dout + i * f, s->xh2 + i * f, gamma, s->dZb + i * f, dgamma, dbeta);
+    rsums(f, n, s->dZb, t0);
+    rdots(f, n, s->dZb, s->xh2, t1);
     for (int64_t i = 0; i < n; i++) {
         const float *dy = dout + i * f, *xh = s->xh2 + i * f;
         float *dz = s->dZb + i * f;
-        ln2_grads(f, dy, xh, gamma, dz, dgamma, dbeta);
-        const float m1 = sum(f, dz) / ff, m2 = dot(f, dz, xh) / ff;
+        const float m1 = t0[i] / ff, m2 = t1[i] / ff;
         const float r = s->r2[i];
         for (int64_t c = 0; c < f; c++) dz[c] = r * (dz[c] - m1 - xh[c] * m2);
         for (int64_t c = 0; c < f; c++) dq[i * f + c] = dy[c];
@@ -381,15 +654,26 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
     matrows(f, f, n, q, 1, f, s->dZb, dW, f, dW, f, s->tb, mm64); /* dW += q^T dZb */
     for (int64_t i = 0; i < n; i++) {
         const float *dz = s->dZb + i * f;
+        float *dzg = s->ta; /* dZb[i] . G[j], j <= i */
+        dots(f, i + 1, dz, s->G, dzg);
         for (int64_t j = 0; j <= i; j++) {
-            const float dp = -dot(f, dz, s->G + j * f); /* dP[i][j] = -dZb[i] . G[j] */
+            const float dp = -dzg[j]; /* dP[i][j] = -dZb[i] . G[j] */
             const float a = s->A[i * n + j], e = tok[i] * lr[j];
             dE[i * n + j] += dp * (1.0f + a);
-            const float da = dp * e; /* dA[i][j] */
-            axpy(f, da, k + j * f, dq + i * f);
-            axpy(f, da, q + i * f, dk + j * f);
-            axpy(f, -(e * a + e), dz, s->dG + j * f); /* dG[j] -= (P + Et)[i][j] dZb[i] */
+            s->DA[i * n + j] = dp * e; /* dA[i][j] */
+            s->CG[i * n + j] = -(e * a + e);
         }
+        /* dq[i] += sum_j dA[i][j] k[j], in order of j */
+        vecmat_n(f, i + 1, dq + i * f, s->DA + i * n, k, dq + i * f);
+    }
+    /* dk[j] += sum_{i >= j} dA[i][j] q[i] and dG[j] -= sum_{i >= j} (P + Et)[i][j] dZb[i], in order
+     * of i (each destination gets the chain of the (i, j) loop: the same bits) */
+    for (int64_t j = 0; j < n; j++) {
+        float *t = s->tb;
+        for (int64_t i = j; i < n; i++) t[i - j] = s->DA[i * n + j];
+        vecmat_n(f, n - j, dk + j * f, t, q + j * f, dk + j * f);
+        for (int64_t i = j; i < n; i++) t[i - j] = s->CG[i * n + j];
+        vecmat_n(f, n - j, s->dG + j * f, t, s->dZb + j * f, s->dG + j * f);
     }
     /* dE -> dtok, dlr */
     for (int64_t j = 0; j < n; j++) {
@@ -403,20 +687,36 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
         dtok[i] += acc;
     }
     /* G = r1/f (f gxh - s1 - xh1 s2), gxh = gamma go, go = gamma xh1 + beta - v + k */
-    for (int64_t i = 0; i < n; i++) {
-        const float *dg = s->dG + i * f, *gx = s->gxh + i * f, *xh = s->xh1 + i * f;
-        const float *go = s->go + i * f, *d1 = s->Z1c + i * f;
-        const float r = s->r1[i], s1 = s->s1[i], s2 = s->s2[i], rf = r / ff;
-        float *dxh = s->dd + i * f; /* dxh1; first holds (f gxh - s1 - xh1 s2) */
+    for (int64_t i = 0; i < n; i++) { /* dxh1 first holds (f gxh - s1 - xh1 s2) */
+        const float *gx = s->gxh + i * f, *xh = s->xh1 + i * f;
+        const float s1 = s->s1[i], s2 = s->s2[i];
+        float *dxh = s->dd + i * f;
         for (int64_t c = 0; c < f; c++) dxh[c] = ff * gx[c] - s1 - xh[c] * s2;
-        const float dr = dot(f, dg, dxh) / ff;
-        const float ds1 = -(rf * sum(f, dg)), ds2 = -(rf * dot(f, dg, xh));
-        ln1_grads(f, rf, ff, ds1, ds2, s2, dg, xh, gamma, go, gx, dgamma, dbeta, dxh, dv + i * f, dk + i * f);
-        const float dr_tot = dr + dot(f, dxh, d1);
+    }
+    rdots(f, n, s->dG, s->dd, t0);
+    rsums(f, n, s->dG, t1);
+    rdots(f, n, s->dG, s->xh1, t2);
+    for (int64_t i = 0; i < n; i++) {
+        const float *dg = s->dG + i * f, *gx = s->gxh + i * f, *xh = s->xh1 + i * f, *go = s->go + i * f;
+        const float r = s->r1[i], s2 = s->s2[i], rf = r / ff;
+        const float ds1 = -(rf * t1[i]), ds2 = -(rf * t2[i]);
+        ln1_grads(f, rf, ff, ds1, ds2, s2, dg, xh, gamma, go, gx, dgamma, dbeta, s->dd + i * f, dv + i * f,
+                  dk + i * f);
+    }
+    rdots(f, n, s->dd, s->Z1c, t3);
+    for (int64_t i = 0; i < n; i++) {
+        const float *d1 = s->Z1c + i * f, *dxh = s->dd + i * f;
+        const float r = s->r1[i];
+        const float dr = t0[i] / ff;
+        const float dr_tot = dr + t3[i];
         const float k3 = -(r * r * r) * dr_tot / ff;
         float *dz1 = s->dZ1 + i * f;
         for (int64_t c = 0; c < f; c++) dz1[c] = dxh[c] * r + k3 * d1[c];
-        const float mdd = sum(f, dz1) / ff;
+    }
+    rsums(f, n, s->dZ1, t0);
+    for (int64_t i = 0; i < n; i++) {
+        float *dz1 = s->dZ1 + i * f;
+        const float mdd = t0[i] / ff;
         for (int64_t c = 0; c < f; c++) dz1[c] = dz1[c] - mdd;
     }
     /* Z1 = k W0 + b */
@@ -432,10 +732,27 @@ INLINE void chunk_backward(int64_t n, int64_t f, const float *q, const float *k,
 /* -- rows ----------------------------------------------------------------------------- */
 /* Copy n rows of width f from src (row pitch ps) to dst (row pitch pd), rotating the pairs
  * (2j, 2j+1) of row i by the RoPE angle of position i (sign -1: the inverse rotation) when
- * cs != NULL.  Gathers a mini-batch from [B, T, D] (ps = D, pd = f) and scatters it back. */
+ * cs != NULL.  Gathers a mini-batch from [B, T, D] (ps = D, pd = f) and scatters it back.
+ * With the spread tables (rc, rs: see scratch; rs holds the sign) the AVX2 / AVX-512 copies
+ * rotate whole registers: y = x rc + swap(x) rs, where swap exchanges the two of each pair;
+ * x_e c + x_o (-s) is x_e c - x_o s and x_o c + x_e s is x_e s + x_o c exactly, so the same
+ * bits as the pair loop. */
 INLINE void copy_rows(int64_t n, int64_t f, const float *src, int64_t ps, float *dst, int64_t pd,
-                      const float *cs, const float *sn, float sign) {
+                      const float *cs, const float *sn, float sign, const float *rc, const float *rs, const int isa) {
     const int64_t h2 = f / 2;
+    (void)rc;
+    (void)rs;
+    (void)isa;
+#ifdef BT_HAVE_X86
+    if (cs && isa == 2 && f % 16 == 0) {
+        rope_rows_avx512(n, f, src, ps, dst, pd, rc, rs);
+        return;
+    }
+    if (cs && isa == 1 && f % 8 == 0) {
+        rope_rows_avx2(n, f, src, ps, dst, pd, rc, rs);
+        return;
+    }
+#endif
     for (int64_t i = 0; i < n; i++) {
         const float *x = src + i * ps;
         float *y = dst + i * pd;
@@ -450,6 +767,22 @@ INLINE void copy_rows(int64_t n, int64_t f, const float *src, int64_t ps, float 
             y[2 * j + 1] = xe * sv + xo * c;
         }
     }
+}
+
+/* The spread RoPE tables of a call (positions 0..K-1; f even): rc[i, 2j] = rc[i, 2j+1] = cos,
+ * rsp[i, 2j] = -sin, rsp[i, 2j+1] = sin, rsm = -rsp. */
+static void rope_spread(int64_t K, int64_t f, const float *cs, const float *sn, float *rc, float *rsp, float *rsm) {
+    const int64_t h2 = f / 2;
+    for (int64_t i = 0; i < K; i++)
+        for (int64_t j = 0; j < h2; j++) {
+            const float c = cs[i * h2 + j], sv = sn[i * h2 + j];
+            rc[i * f + 2 * j] = c;
+            rc[i * f + 2 * j + 1] = c;
+            rsp[i * f + 2 * j] = -sv;
+            rsp[i * f + 2 * j + 1] = sv;
+            rsm[i * f + 2 * j] = sv;
+            rsm[i * f + 2 * j + 1] = -sv;
+        }
 }
 
 /* Prefetch n rows of f floats (pitch ps) of a mini-batch that comes next: the rows of one
@@ -486,12 +819,12 @@ INLINE void row_forward(const bt_ttt_args *a, int64_t r, float *out, float *Ws, 
             prefetch_rows(nn, f, a->v + on, D, 0);
             prefetch_rows(nn, f, out + on, D, 1);
         }
-        copy_rows(n, f, a->q + o, D, s->qc, f, a->cos, a->sin, 1.0f);
-        copy_rows(n, f, a->k + o, D, s->kc, f, a->cos, a->sin, 1.0f);
-        copy_rows(n, f, a->v + o, D, s->vc, f, NULL, NULL, 1.0f);
+        copy_rows(n, f, a->q + o, D, s->qc, f, a->cos, a->sin, 1.0f, s->rc, s->rsp, mm64);
+        copy_rows(n, f, a->k + o, D, s->kc, f, a->cos, a->sin, 1.0f, s->rc, s->rsp, mm64);
+        copy_rows(n, f, a->v + o, D, s->vc, f, NULL, NULL, 1.0f, NULL, NULL, mm64);
         chunk_forward(n, f, s->qc, s->kc, s->vc, a->lr + r * T + t0, a->tok, a->gamma + h * f, a->beta + h * f,
                       W, b, s->oc, s, mm64);
-        copy_rows(n, f, s->oc, f, out + o, D, NULL, NULL, 1.0f);
+        copy_rows(n, f, s->oc, f, out + o, D, NULL, NULL, 1.0f, NULL, NULL, mm64);
     }
     if (a->Wfin) memcpy(a->Wfin + r * f * f, W, (size_t)(f * f) * sizeof(float));
     if (a->bfin) memcpy(a->bfin + r * f, b, (size_t)f * sizeof(float));
@@ -539,15 +872,15 @@ INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, float
             prefetch_rows(K, f, dk + op, D, 1);
             prefetch_rows(K, f, dv + op, D, 1);
         }
-        copy_rows(n, f, a->q + o, D, s->qc, f, a->cos, a->sin, 1.0f);
-        copy_rows(n, f, a->k + o, D, s->kc, f, a->cos, a->sin, 1.0f);
-        copy_rows(n, f, dout + o, D, s->oc, f, NULL, NULL, 1.0f);
+        copy_rows(n, f, a->q + o, D, s->qc, f, a->cos, a->sin, 1.0f, s->rc, s->rsp, mm64);
+        copy_rows(n, f, a->k + o, D, s->kc, f, a->cos, a->sin, 1.0f, s->rc, s->rsp, mm64);
+        copy_rows(n, f, dout + o, D, s->oc, f, NULL, NULL, 1.0f, NULL, NULL, mm64);
         chunk_backward(n, f, s->qc, s->kc, a->lr + r * T + t0, a->tok, a->gamma + h * f, W0, s->oc, dW, db,
                        s->dqc, s->dkc, s->dvc, dlr + r * T + t0, dtok + r * K, dgamma + r * f, dbeta + r * f, s,
                        mm64);
-        copy_rows(n, f, s->dqc, f, dq + o, D, a->cos, a->sin, -1.0f);
-        copy_rows(n, f, s->dkc, f, dk + o, D, a->cos, a->sin, -1.0f);
-        copy_rows(n, f, s->dvc, f, dv + o, D, NULL, NULL, 1.0f);
+        copy_rows(n, f, s->dqc, f, dq + o, D, a->cos, a->sin, -1.0f, s->rc, s->rsm, mm64);
+        copy_rows(n, f, s->dkc, f, dk + o, D, a->cos, a->sin, -1.0f, s->rc, s->rsm, mm64);
+        copy_rows(n, f, s->dvc, f, dv + o, D, NULL, NULL, 1.0f, NULL, NULL, mm64);
         if ((c == 0 && !(a->Winit)) || (rs && rs[c])) to_initial(f, dW, db, dW1 + r * f * f, db1 + r * f, &have);
     }
     if (!have) { /* every mini-batch continued a carried state: no gradient reaches (W1, b1) */
@@ -558,7 +891,7 @@ INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, float
 
 /* Each ISA gets a copy specialized for the common head widths (the compiler then fully
  * unrolls the short inner loops) and one for any width: the ttt_fwd, ttt_bwd table entries.
- * MM64: the copy sends f = 64 products to mm64_avx2. */
+ * MM64: the copy's ISA (0 baseline, 1 AVX2, 2 AVX-512), for the f = 64 products and transposes. */
 #define ROW_FWD(F) row_forward(a, r, out, Ws, sv, s, F, MM64)
 #define ROW_BWD(F) row_backward(a, r, Ws, sv, dout, dq, dk, dv, dlr, dtok, dW1, db1, dgamma, dbeta, s, F, MM64)
 #define ROW_FNS(SUFFIX, ATTR, MM64_)                                                                \
@@ -588,7 +921,7 @@ INLINE void row_backward(const bt_ttt_args *a, int64_t r, const float *Ws, float
 ROW_FNS(scalar, , 0)
 #ifdef BT_HAVE_X86
 ROW_FNS(avx2, BT_TARGET_AVX2, 1)
-ROW_FNS(avx512, BT_TARGET_AVX512, 1)
+ROW_FNS(avx512, BT_TARGET_AVX512, 2)
 #endif
 #undef ROW_FWD
 #undef ROW_BWD
@@ -608,6 +941,7 @@ static int parallel_rows(const bt_ttt_args *a, row_body body, void *ctx) {
         scratch s;
         const int ok = scratch_alloc(&s, a->K, a->f) == BT_OK;
         if (!ok) failed = 1;
+        else if (a->cos && a->f % 2 == 0) rope_spread(a->K, a->f, a->cos, a->sin, s.rc, s.rsp, s.rsm);
         /* every thread reaches the loop (a worksharing construct), a failed one idles */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
