@@ -10,6 +10,10 @@
 #include "bt_cpu.h"
 #include "bt_ttt.h"
 
+#ifdef BT_HAVE_X86
+#include <xmmintrin.h>
+#endif
+
 static double min_parallel_bytes = 16.0 * 1024 * 1024;
 
 double bt_decode_min_parallel_bytes(double bytes) {
@@ -86,6 +90,51 @@ static void gemv_rows(const bt_ternary *w, const dec_bufs *b, float *y, float *x
     gemv_range(w, b, n0, n1, y, x);
 }
 
+/* While one thread runs a single-thread step (and the others wait for it), memory would idle:
+ * each thread first prefetches into L2 the start of what it reads next, up to this many bytes
+ * per matrix, which the products' own prefetch (bt_prefetch.h) then runs ahead of. */
+#ifndef DEC_NEXT_BYTES
+#define DEC_NEXT_BYTES 8192
+#endif
+
+static void pf_next(const void *p, int64_t bytes) {
+#ifdef BT_HAVE_X86
+    const char *c = (const char *)p;
+    if (bytes > DEC_NEXT_BYTES) bytes = DEC_NEXT_BYTES;
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T1);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
+/* The start of rows [n0, n1) of w. */
+static void pf_range(const bt_ternary *w, int64_t n0, int64_t n1) {
+    if (n1 > n0) pf_next(w->codes + n0 * w->stride, (n1 - n0) * w->stride);
+}
+
+/* The start of the calling thread's rows of w under gemv_rows. */
+static void pf_rows(const bt_ternary *w) {
+    int64_t n0, n1;
+    bt_thread_range(w->rows, 4, &n0, &n1);
+    pf_range(w, n0, n1);
+}
+
+/* The start of the calling thread's rows of q, k, v (split by heads, or as gemv_rows). */
+static void pf_qkv(const bt_dec_layer *l, int64_t H, int64_t f, int by_heads) {
+    if (by_heads) {
+        int64_t h0, h1;
+        bt_thread_range(H, 1, &h0, &h1);
+        pf_range(&l->wq, h0 * f, h1 * f);
+        pf_range(&l->wk, h0 * f, h1 * f);
+        pf_range(&l->wv, h0 * f, h1 * f);
+    } else {
+        pf_rows(&l->wq);
+        pf_rows(&l->wk);
+        pf_rows(&l->wv);
+    }
+}
+
 /* The single-thread step before layer li (its first RMSNorm and quantization), or with li = L
  * before the int8 head (the final RMSNorm; the head reads the activations at pitch D). */
 static int prep_layer(const bt_dec_dims *d, const bt_dec_layer *layers, int64_t li, int64_t L, const float *x,
@@ -129,6 +178,7 @@ int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_d
     /* q, k, v by heads where head boundaries fall on whole 4-row tiles */
     const int by_heads = f % 4 == 0;
     BT_PARALLEL(nt) {
+        if (L > 0) pf_qkv(layers, H, f, by_heads);
 #ifdef _OPENMP
 #pragma omp single
 #endif
@@ -163,6 +213,7 @@ int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_d
             }
             bt_ttt_decode_heads(h0, h1, f, d->K, pos, b.q, b.k, b.v, b.lr, l->tok[pos], l->gamma, l->beta, s->W0,
                                 s->b0, s->Kb, s->Gb, s->Sb, b.o, b.ttt);
+            pf_rows(&l->wo);
 #ifdef _OPENMP
 #pragma omp barrier
 #pragma omp single
@@ -174,6 +225,8 @@ int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_d
             }
             if (err) break;
             gemv_rows(&l->wo, &b, b.y, x); /* x += Qa(LN(o)) Wo^T */
+            pf_rows(&l->wgate);
+            pf_rows(&l->wup);
 #ifdef _OPENMP
 #pragma omp barrier
 #pragma omp single
@@ -192,6 +245,7 @@ int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_d
                 bt_gemm_i8_rows(&l->wup, b.q8, kp, b.sums, b.a, 1, n0, n1, b.u, I);
                 if (n1 > n0) bt_swiglu_fwd(b.g + n0, b.u + n0, n1 - n0, b.h + n0, b.sg + n0);
             }
+            pf_rows(&l->wdown);
 #ifdef _OPENMP
 #pragma omp barrier
 #pragma omp single
@@ -202,6 +256,13 @@ int bt_decode_token(const bt_dec_dims *d, const bt_dec_layer *layers, const bt_d
             }
             if (err) break;
             gemv_rows(&l->wdown, &b, b.y, x); /* x += Qa(h) Wd^T */
+            if (li + 1 < L) {
+                pf_qkv(l + 1, H, f, by_heads);
+            } else if (hd && hd->Wq) {
+                int64_t n0, n1;
+                bt_thread_range(hd->V, 16, &n0, &n1);
+                if (n1 > n0) pf_next(hd->Wq + n0 * D, (n1 - n0) * D);
+            }
 #ifdef _OPENMP
 #pragma omp barrier
 #pragma omp single
