@@ -1016,9 +1016,55 @@ T512 static int s8_panels(const int8_t *W, int64_t ldw, const float *ws, int64_t
     return 1;
 }
 
+/* One token (decoding), rows ldw = K bytes apart: one stream, each line prefetched this many
+ * bytes ahead. */
+#ifndef S8_PF1
+#define S8_PF1 4096
+#endif
+
+/* |w| . (sign(w) x) by vpdpbusd: the mask of w < 0 negates x (|x| <= 127), |w| <= 127 is the
+ * unsigned operand; four exact products per int32 lane and no saturation, so the sums are the
+ * other paths' int32 sums, 128 bytes a step in two accumulators. */
+T512 static void s8_row1_avx512(const int8_t *W, const float *ws, int64_t n0, int64_t n1, int64_t K,
+                                const int8_t *xq, float a0, float *y) {
+    const __m512i zero = _mm512_setzero_si512();
+    const int64_t K64 = K & ~(int64_t)63;
+    for (int64_t n = n0; n < n1; n++) {
+        const int8_t *w = W + n * K;
+        __m512i acc0 = zero, acc1 = zero;
+        int64_t k = 0;
+        for (; k + 128 <= K64; k += 128) {
+            _mm_prefetch((const char *)(w + k + S8_PF1), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + k + S8_PF1 + 64), _MM_HINT_T0);
+            const __m512i w0 = _mm512_loadu_si512((const void *)(w + k));
+            const __m512i w1 = _mm512_loadu_si512((const void *)(w + k + 64));
+            const __m512i x0 = _mm512_loadu_si512((const void *)(xq + k));
+            const __m512i x1 = _mm512_loadu_si512((const void *)(xq + k + 64));
+            acc0 = _mm512_dpbusd_epi32(acc0, _mm512_abs_epi8(w0),
+                                       _mm512_mask_sub_epi8(x0, _mm512_movepi8_mask(w0), zero, x0));
+            acc1 = _mm512_dpbusd_epi32(acc1, _mm512_abs_epi8(w1),
+                                       _mm512_mask_sub_epi8(x1, _mm512_movepi8_mask(w1), zero, x1));
+        }
+        for (; k < K64; k += 64) {
+            _mm_prefetch((const char *)(w + k + S8_PF1), _MM_HINT_T0);
+            const __m512i w0 = _mm512_loadu_si512((const void *)(w + k));
+            const __m512i x0 = _mm512_loadu_si512((const void *)(xq + k));
+            acc0 = _mm512_dpbusd_epi32(acc0, _mm512_abs_epi8(w0),
+                                       _mm512_mask_sub_epi8(x0, _mm512_movepi8_mask(w0), zero, x0));
+        }
+        int32_t s = _mm512_reduce_add_epi32(_mm512_add_epi32(acc0, acc1));
+        for (; k < K; k++) s += (int32_t)w[k] * (int32_t)xq[k];
+        y[n] = (float)s * (ws[n] / a0);
+    }
+}
+
 T512 void bt_s8_rows_avx512(const int8_t *W, int64_t ldw, const float *ws, int64_t n0, int64_t n1, int64_t K,
                             const int8_t *xq, int64_t ldx, const float *a, int64_t M, float *y, int64_t ldy) {
-    if (M == 1) { /* one token (decoding): memory-bound, the AVX2 stream */
+    if (M == 1 && ldw == K) { /* one token (decoding): memory-bound, one stream */
+        s8_row1_avx512(W, ws, n0, n1, K, xq, a[0], y);
+        return;
+    }
+    if (M == 1) { /* strided rows: the AVX2 kernel */
         bt_s8_rows_avx2(W, ldw, ws, n0, n1, K, xq, ldx, a, M, y, ldy);
         return;
     }

@@ -14,6 +14,7 @@
 #include "bt_ttt.h"
 
 #define DEC_JB 32 /* columns per register block */
+#define DEC_TB 8  /* factor rows per block of the q . k_t dots */
 
 /* LayerNorm of z [f] with weight/bias: returns 1/sqrt(var + eps); xh = (z - mean) * r. */
 static float ln_rows(const float *restrict z, int64_t f, float *restrict xh) {
@@ -65,15 +66,12 @@ INLINE void commit_state(int64_t f, int64_t K, float tok, float *restrict W0, fl
     }
 }
 
-INLINE void head_body(int64_t f, int64_t K, int64_t pos, const float *restrict q, const float *restrict k,
-                      const float *restrict v, float lr, float tok, const float *restrict gamma,
-                      const float *restrict beta, float *restrict W0, float *restrict b0, float *restrict Kb,
-                      float *restrict Gb, float *restrict Sb, int commit, float *restrict out, float *restrict zk,
-                      float *restrict zq, float *restrict xh, int stream) {
-    /* zk = k W0 + b0 and zq = q W0 in one pass over W0, each sum in order of i.  A W0 read once
-     * (one decoded token: it comes from memory) is walked row after row, a stream; a W0 read
-     * for many tokens (a prompt: it stays in cache) in blocks of DEC_JB columns kept in
-     * registers while i runs.  Both orders give the same bits. */
+/* zk = k W0 + b0 and zq = q W0 in one pass over W0, each sum in order of i.  A W0 read once
+ * (one decoded token: it comes from memory) is walked row after row, a stream; a W0 read
+ * for many tokens (a prompt: it stays in cache) in blocks of DEC_JB columns kept in
+ * registers while i runs.  Both orders give the same bits. */
+INLINE void zkq_body(int64_t f, const float *restrict q, const float *restrict k, const float *restrict W0,
+                     const float *restrict b0, float *restrict zk, float *restrict zq, int stream) {
     int64_t j0 = 0;
     if (stream) {
         for (int64_t j = 0; j < f; j++) {
@@ -118,6 +116,14 @@ INLINE void head_body(int64_t f, int64_t K, int64_t pos, const float *restrict q
         zk[j] = ak;
         zq[j] = aq;
     }
+}
+
+/* The rest of a head's step, from zk = k W0 + b0 and zq = q W0. */
+INLINE void head_rest(int64_t f, int64_t K, int64_t pos, const float *restrict q, const float *restrict k,
+                      const float *restrict v, float lr, float tok, const float *restrict gamma,
+                      const float *restrict beta, float *restrict W0, float *restrict b0, float *restrict Kb,
+                      float *restrict Gb, float *restrict Sb, int commit, float *restrict out, float *restrict zk,
+                      float *restrict zq, float *restrict xh) {
     /* g = lr r / f (f gxh - sum gxh - xh sum(gxh xh)), gxh = (gamma xh + beta - (v - k)) gamma */
     const float r = ln_rows(zk, f, xh);
     float s1 = 0.0f, s2 = 0.0f;
@@ -136,16 +142,32 @@ INLINE void head_body(int64_t f, int64_t K, int64_t pos, const float *restrict q
     }
     /* q SW = sum_j (q . k_j) g_j;  z = q W0 + b0 - tok (q SW + Sb) */
     for (int64_t j = 0; j < f; j++) zk[j] = 0.0f; /* zk now holds q SW */
-    for (int64_t t = 0; t <= pos; t++) {
-        const float *kt = Kb + t * f, *gt = Gb + t * f;
-        float a = 0.0f;
-        for (int64_t j = 0; j < f; j++) a += q[j] * kt[j];
-        for (int64_t j = 0; j < f; j++) zk[j] += a * gt[j];
+    for (int64_t t0 = 0; t0 <= pos; t0 += DEC_TB) {
+        /* the dots q . k_t of DEC_TB rows side by side (independent chains, each in order of j) */
+        const int nb = pos + 1 - t0 < DEC_TB ? (int)(pos + 1 - t0) : DEC_TB;
+        float a[DEC_TB] = {0.0f};
+        const float *kt[DEC_TB];
+        for (int u = 0; u < DEC_TB; u++) kt[u] = Kb + (t0 + (u < nb ? u : 0)) * f;
+        for (int64_t j = 0; j < f; j++)
+            for (int u = 0; u < DEC_TB; u++) a[u] += q[j] * kt[u][j];
+        for (int u = 0; u < nb; u++) {
+            const float *gt = Gb + (t0 + u) * f;
+            for (int64_t j = 0; j < f; j++) zk[j] += a[u] * gt[j];
+        }
     }
     for (int64_t j = 0; j < f; j++) zq[j] = zq[j] + b0[j] - tok * (zk[j] + Sb[j]);
     ln_rows(zq, f, xh);
     for (int64_t j = 0; j < f; j++) out[j] = q[j] + xh[j] * gamma[j] + beta[j];
     if (commit) commit_state(f, K, tok, W0, b0, Kb, Gb, Sb);
+}
+
+INLINE void head_body(int64_t f, int64_t K, int64_t pos, const float *restrict q, const float *restrict k,
+                      const float *restrict v, float lr, float tok, const float *restrict gamma,
+                      const float *restrict beta, float *restrict W0, float *restrict b0, float *restrict Kb,
+                      float *restrict Gb, float *restrict Sb, int commit, float *restrict out, float *restrict zk,
+                      float *restrict zq, float *restrict xh, int stream) {
+    zkq_body(f, q, k, W0, b0, zk, zq, stream);
+    head_rest(f, K, pos, q, k, v, lr, tok, gamma, beta, W0, b0, Kb, Gb, Sb, commit, out, zk, zq, xh);
 }
 
 #define HEAD_FN(SUFFIX, ATTR)                                                                                  \
@@ -163,11 +185,118 @@ HEAD_FN(scalar, )
 HEAD_FN(avx2, BT_TARGET_AVX2)
 #endif
 
+#ifdef BT_HAVE_X86
+#include <immintrin.h>
+
+/* W0's rows this many bytes ahead are prefetched (past the head's last row: the next head's). */
+#ifndef DEC_PF
+#define DEC_PF 4096
+#endif
+
+/* What the next head of a thread reads besides its W0 (its factor rows Kb, Gb up to pos, b0,
+ * Sb: short runs the hardware prefetchers miss), prefetched while this head streams its W0:
+ * n[r] cache lines from p[r], e[r] of them per row of W0. */
+#define DEC_PF_REGIONS 4
+typedef struct {
+    const char *p[DEC_PF_REGIONS];
+    int64_t n[DEC_PF_REGIONS], e[DEC_PF_REGIONS];
+} dec_pf;
+
+/* zkq_body's stream for f = 16 nv on AVX-512: the 2 nv sums stay in registers (a row of W0 is
+ * nv loads, no load and store of zk, zq per row) while W0 is walked row after row; the same
+ * products and sums in the same order, so the same bits. */
+BT_TARGET_AVX512 INLINE void zkq_zmm(const int nv, const float *restrict q, const float *restrict k,
+                                     const float *restrict W0, const float *restrict b0, float *restrict zk,
+                                     float *restrict zq, const dec_pf *pfn) {
+    const int64_t f = 16 * nv;
+    __m512 ak[8], aq[8];
+    for (int c = 0; c < nv; c++) {
+        ak[c] = _mm512_loadu_ps(b0 + 16 * c);
+        aq[c] = _mm512_setzero_ps();
+    }
+    for (int64_t i = 0; i < f; i++) {
+        const float *w = W0 + i * f;
+        const char *pf = (const char *)w + DEC_PF;
+        for (int c = 0; c < nv; c++) _mm_prefetch(pf + 64 * c, _MM_HINT_T0);
+        for (int r = 0; r < DEC_PF_REGIONS; r++) /* row i: lines [e i, e (i + 1)) of each region */
+            for (int64_t l = pfn->e[r] * i, l1 = l + pfn->e[r] < pfn->n[r] ? l + pfn->e[r] : pfn->n[r]; l < l1; l++)
+                _mm_prefetch(pfn->p[r] + 64 * l, _MM_HINT_T0);
+        const __m512 ki = _mm512_set1_ps(k[i]), qi = _mm512_set1_ps(q[i]);
+        for (int c = 0; c < nv; c++) {
+            const __m512 wc = _mm512_loadu_ps(w + 16 * c);
+            ak[c] = _mm512_add_ps(ak[c], _mm512_mul_ps(ki, wc));
+            aq[c] = _mm512_add_ps(aq[c], _mm512_mul_ps(qi, wc));
+        }
+    }
+    for (int c = 0; c < nv; c++) {
+        _mm512_storeu_ps(zk + 16 * c, ak[c]);
+        _mm512_storeu_ps(zq + 16 * c, aq[c]);
+    }
+}
+
+/* The head step of a decoded token on AVX-512 (heads of 64 and 128: zkq_zmm; others: zkq_body). */
+BT_TARGET_AVX512 static void head_pf_avx512(int64_t f, int64_t K, int64_t pos, const float *restrict q,
+                                            const float *restrict k, const float *restrict v, float lr, float tok,
+                                            const float *restrict gamma, const float *restrict beta,
+                                            float *restrict W0, float *restrict b0, float *restrict Kb,
+                                            float *restrict Gb, float *restrict Sb, int commit, float *restrict out,
+                                            float *restrict zk, float *restrict zq, float *restrict xh, int stream,
+                                            const dec_pf *pfn) {
+    if (stream && f == 128)
+        zkq_zmm(8, q, k, W0, b0, zk, zq, pfn);
+    else if (stream && f == 64)
+        zkq_zmm(4, q, k, W0, b0, zk, zq, pfn);
+    else
+        zkq_body(f, q, k, W0, b0, zk, zq, stream);
+    head_rest(f, K, pos, q, k, v, lr, tok, gamma, beta, W0, b0, Kb, Gb, Sb, commit, out, zk, zq, xh);
+}
+
+/* head_pf_avx512 with nothing more to prefetch (the bt_ttt_head_fn of bt_ttt_prefill's tokens). */
+BT_TARGET_AVX512 static void head_dec_avx512(int64_t f, int64_t K, int64_t pos, const float *restrict q,
+                                             const float *restrict k, const float *restrict v, float lr, float tok,
+                                             const float *restrict gamma, const float *restrict beta,
+                                             float *restrict W0, float *restrict b0, float *restrict Kb,
+                                             float *restrict Gb, float *restrict Sb, int commit, float *restrict out,
+                                             float *restrict zk, float *restrict zq, float *restrict xh, int stream) {
+    const dec_pf none = {{NULL}, {0}, {0}};
+    head_pf_avx512(f, K, pos, q, k, v, lr, tok, gamma, beta, W0, b0, Kb, Gb, Sb, commit, out, zk, zq, xh, stream,
+                   &none);
+}
+#endif
+
+/* The table's head step, or the AVX-512 one above where the table is AVX-512's. */
+static bt_ttt_head_fn *head_fn(void) {
+#ifdef BT_HAVE_X86
+    if (bt_ops()->isa == BT_ISA_AVX512) return head_dec_avx512;
+#endif
+    return bt_ops()->ttt_head;
+}
+
 void bt_ttt_decode_heads(int64_t h0, int64_t h1, int64_t f, int64_t K, int64_t pos, const float *q, const float *k,
                          const float *v, const float *lr, float tok, const float *gamma, const float *beta, float *W0,
                          float *b0, float *Kb, float *Gb, float *Sb, float *out, float *scratch) {
-    bt_ttt_head_fn *const head = bt_ops()->ttt_head;
     const int commit = pos == K - 1;
+#ifdef BT_HAVE_X86
+    if (bt_ops()->isa == BT_ISA_AVX512) { /* each head prefetches the next one's factor rows, b0 and Sb */
+        const int64_t rl = (pos + 1) * f * 4 / 64, vl = (f * 4 + 63) / 64;
+        for (int64_t h = h0; h < h1; h++) {
+            float *sc = scratch + h * 3 * f;
+            dec_pf pfn = {{NULL}, {0}, {0}};
+            if (h + 1 < h1) {
+                const int64_t n = h + 1;
+                pfn = (dec_pf){{(const char *)(Kb + n * K * f), (const char *)(Gb + n * K * f),
+                                (const char *)(b0 + n * f), (const char *)(Sb + n * f)},
+                               {rl, rl, vl, vl},
+                               {(rl + f - 1) / f, (rl + f - 1) / f, 1, 1}};
+            }
+            head_pf_avx512(f, K, pos, q + h * f, k + h * f, v + h * f, lr[h], tok, gamma + h * f, beta + h * f,
+                           W0 + h * f * f, b0 + h * f, Kb + h * K * f, Gb + h * K * f, Sb + h * f, commit,
+                           out + h * f, sc, sc + f, sc + 2 * f, 1, &pfn);
+        }
+        return;
+    }
+#endif
+    bt_ttt_head_fn *const head = bt_ops()->ttt_head;
     for (int64_t h = h0; h < h1; h++) {
         float *sc = scratch + h * 3 * f;
         head(f, K, pos, q + h * f, k + h * f, v + h * f, lr[h], tok, gamma + h * f, beta + h * f,
@@ -261,7 +390,7 @@ void bt_ttt_prefill(int64_t H, int64_t f, int64_t K, int64_t pos0, int64_t T, co
                     const float *v, const float *xn, const float *lr_w, const float *lr_b, float lr_scale,
                     const float *tok, const float *gamma, const float *beta, float *W0, float *b0, float *Kb,
                     float *Gb, float *Sb, float *out, float *scratch) {
-    bt_ttt_head_fn *const head = bt_ops()->ttt_head;
+    bt_ttt_head_fn *const head = head_fn();
     const int isa = bt_ops()->isa;
     run_fn *run = NULL; /* the run path on the vector ISAs (scalar: token by token) */
     int64_t nl = 1;       /* its lanes */
