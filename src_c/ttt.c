@@ -122,31 +122,38 @@ INLINE float sum(int64_t f, const float *restrict x) {
     return tree(acc);
 }
 
-/* out[j] = dot(f, x, Y + j f) for j < ny, four rows at a time (four independent chains in
- * flight instead of one); each is dot's own order of operations, so the same bits. */
+/* out[r] = dot(f, x_r, y_r) for four pairs at once (four independent chains in flight instead of
+ * one); each is dot's own order of operations, so the same bits. */
+INLINE void dot4(int64_t f, const float *x0, const float *x1, const float *x2, const float *x3,
+                 const float *restrict y0, const float *restrict y1, const float *restrict y2,
+                 const float *restrict y3, float *restrict out) {
+    float a0[RL] = {0.0f}, a1[RL] = {0.0f}, a2[RL] = {0.0f}, a3[RL] = {0.0f};
+    int64_t c = 0;
+    for (; c + RL <= f; c += RL)
+        for (int l = 0; l < RL; l++) {
+            a0[l] = fmaf(x0[c + l], y0[c + l], a0[l]);
+            a1[l] = fmaf(x1[c + l], y1[c + l], a1[l]);
+            a2[l] = fmaf(x2[c + l], y2[c + l], a2[l]);
+            a3[l] = fmaf(x3[c + l], y3[c + l], a3[l]);
+        }
+    for (int l = 0; c + l < f; l++) {
+        a0[l] = fmaf(x0[c + l], y0[c + l], a0[l]);
+        a1[l] = fmaf(x1[c + l], y1[c + l], a1[l]);
+        a2[l] = fmaf(x2[c + l], y2[c + l], a2[l]);
+        a3[l] = fmaf(x3[c + l], y3[c + l], a3[l]);
+    }
+    out[0] = tree(a0);
+    out[1] = tree(a1);
+    out[2] = tree(a2);
+    out[3] = tree(a3);
+}
+
+/* out[j] = dot(f, x, Y + j f) for j < ny, four rows at a time (dot4). */
 INLINE void dots(int64_t f, int64_t ny, const float *restrict x, const float *restrict Y, float *restrict out) {
     int64_t j = 0;
     for (; j + 4 <= ny; j += 4) {
-        const float *restrict y0 = Y + j * f, *restrict y1 = y0 + f, *restrict y2 = y1 + f, *restrict y3 = y2 + f;
-        float a0[RL] = {0.0f}, a1[RL] = {0.0f}, a2[RL] = {0.0f}, a3[RL] = {0.0f};
-        int64_t c = 0;
-        for (; c + RL <= f; c += RL)
-            for (int l = 0; l < RL; l++) {
-                a0[l] = fmaf(x[c + l], y0[c + l], a0[l]);
-                a1[l] = fmaf(x[c + l], y1[c + l], a1[l]);
-                a2[l] = fmaf(x[c + l], y2[c + l], a2[l]);
-                a3[l] = fmaf(x[c + l], y3[c + l], a3[l]);
-            }
-        for (int l = 0; c + l < f; l++) {
-            a0[l] = fmaf(x[c + l], y0[c + l], a0[l]);
-            a1[l] = fmaf(x[c + l], y1[c + l], a1[l]);
-            a2[l] = fmaf(x[c + l], y2[c + l], a2[l]);
-            a3[l] = fmaf(x[c + l], y3[c + l], a3[l]);
-        }
-        out[j] = tree(a0);
-        out[j + 1] = tree(a1);
-        out[j + 2] = tree(a2);
-        out[j + 3] = tree(a3);
+        const float *y0 = Y + j * f;
+        dot4(f, x, x, x, x, y0, y0 + f, y0 + 2 * f, y0 + 3 * f, out + j);
     }
     for (; j < ny; j++) out[j] = dot(f, x, Y + j * f);
 }
@@ -156,27 +163,8 @@ INLINE void dots(int64_t f, int64_t ny, const float *restrict x, const float *re
 INLINE void rdots(int64_t f, int64_t n, const float *restrict X, const float *restrict Y, float *restrict out) {
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) {
-        const float *restrict x0 = X + i * f, *restrict x1 = x0 + f, *restrict x2 = x1 + f, *restrict x3 = x2 + f;
-        const float *restrict y0 = Y + i * f, *restrict y1 = y0 + f, *restrict y2 = y1 + f, *restrict y3 = y2 + f;
-        float a0[RL] = {0.0f}, a1[RL] = {0.0f}, a2[RL] = {0.0f}, a3[RL] = {0.0f};
-        int64_t c = 0;
-        for (; c + RL <= f; c += RL)
-            for (int l = 0; l < RL; l++) {
-                a0[l] = fmaf(x0[c + l], y0[c + l], a0[l]);
-                a1[l] = fmaf(x1[c + l], y1[c + l], a1[l]);
-                a2[l] = fmaf(x2[c + l], y2[c + l], a2[l]);
-                a3[l] = fmaf(x3[c + l], y3[c + l], a3[l]);
-            }
-        for (int l = 0; c + l < f; l++) {
-            a0[l] = fmaf(x0[c + l], y0[c + l], a0[l]);
-            a1[l] = fmaf(x1[c + l], y1[c + l], a1[l]);
-            a2[l] = fmaf(x2[c + l], y2[c + l], a2[l]);
-            a3[l] = fmaf(x3[c + l], y3[c + l], a3[l]);
-        }
-        out[i] = tree(a0);
-        out[i + 1] = tree(a1);
-        out[i + 2] = tree(a2);
-        out[i + 3] = tree(a3);
+        const float *x0 = X + i * f, *y0 = Y + i * f;
+        dot4(f, x0, x0 + f, x0 + 2 * f, x0 + 3 * f, y0, y0 + f, y0 + 2 * f, y0 + 3 * f, out + i);
     }
     for (; i < n; i++) out[i] = dot(f, X + i * f, Y + i * f);
 }
