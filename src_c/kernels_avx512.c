@@ -13,6 +13,7 @@
 #include "bt_arena.h"
 #include "bt_cpu.h"
 #include "bt_prefetch.h"
+#include "bt_transpose.h"
 
 #ifdef BT_HAVE_X86
 #include <immintrin.h>
@@ -219,34 +220,6 @@ T512 static void gemm_rows(const uint8_t *base, int64_t stride, int64_t nblk, in
 #define P8_CHUNK (512 * 1024)
 #endif
 
-/* 16 x 16 transpose of dwords: v[r] dword j -> v'[j] dword r. */
-T512 INLINE void transpose16_i32(__m512i *v) {
-    __m512i t[16], u[16];
-#pragma GCC unroll 8
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(v[i], v[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(v[i], v[i + 1]);
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < 16; i += 4) {
-        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    /* u[4q + e], lane l: dword 4l + e of rows 4q..4q+3 */
-#pragma GCC unroll 4
-    for (int e = 0; e < 4; e++) {
-        const __m512i s0 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x44), s1 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xEE);
-        const __m512i s2 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x44);
-        const __m512i s3 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xEE);
-        v[e] = _mm512_shuffle_i32x4(s0, s2, 0x88);
-        v[4 + e] = _mm512_shuffle_i32x4(s0, s2, 0xDD);
-        v[8 + e] = _mm512_shuffle_i32x4(s1, s3, 0x88);
-        v[12 + e] = _mm512_shuffle_i32x4(s1, s3, 0xDD);
-    }
-}
-
 /* Rows [n, n + nr) (nr <= 48) of w -> one panel of nv = ceil(nr / 16) vectors at P
  * (kp / 4 * nv * 64 bytes): P[(s*nv + v)*64 + 4i + c] = code(n + 16v + i, 4s + c), rows past nr 0. */
 T512 static void p8_pack(const bt_ternary *w, int64_t n, int nr, int64_t nblk, uint8_t *P) {
@@ -266,7 +239,7 @@ T512 static void p8_pack(const bt_ternary *w, int64_t n, int nr, int64_t nblk, u
                                                                          2 * p),
                                                        m)
                                     : z;
-                transpose16_i32(c);
+                bt_transpose16_i32(c);
                 uint8_t *dst = P + ((64 * b + 16 * p) * nv + v) * 64; /* step s = (256b + 64p) / 4 */
 #pragma GCC unroll 16
                 for (int j = 0; j < 16; j++) _mm512_storeu_si512(dst + j * nv * 64, c[j]);
@@ -797,7 +770,7 @@ T512 INLINE __m512 decode16(const uint8_t *c, int shift) {
 T512 INLINE void transpose16(__m512 r[16]) {
     __m512i v[16];
     for (int i = 0; i < 16; i++) v[i] = _mm512_castps_si512(r[i]);
-    transpose16_i32(v);
+    bt_transpose16_i32(v);
     for (int i = 0; i < 16; i++) r[i] = _mm512_castsi512_ps(v[i]);
 }
 
@@ -968,7 +941,7 @@ T512 static void s8_pack(const int8_t *W, int64_t ldw, int64_t n, int nr, int64_
 #pragma GCC unroll 16
             for (int i = 0; i < 16; i++)
                 c[i] = i < rows ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(km, src + i * ldw + k), flip) : z;
-            transpose16_i32(c);
+            bt_transpose16_i32(c);
             uint8_t *dst = P + ((k / 4) * nv + v) * 64;
             const int steps = nk4 - k / 4 < 16 ? (int)(nk4 - k / 4) : 16;
 #pragma GCC unroll 16

@@ -230,6 +230,8 @@ INLINE void vecmat_n(int64_t f, int64_t P, const float *y0, const float *restric
  * 8 accumulators against 8 loads of M. */
 #ifdef BT_HAVE_X86
 #include <immintrin.h>
+
+#include "bt_transpose.h"
 BT_TARGET_AVX2 INLINE void mm64_tile(const int MR, int64_t P, const float *A, int64_t sa, int64_t sp,
                                      const float *M, const float *Y0, int64_t sy0, float *Y, int64_t sy) {
     for (int h = 0; h < 2; h++) {
@@ -349,30 +351,10 @@ BT_TARGET_AVX2 INLINE void tr8_avx2(const float *a, int64_t sa, float *b, int64_
 }
 
 BT_TARGET_AVX512 INLINE void tr16_avx512(const float *a, int64_t sa, float *b, int64_t sb) {
-    __m512 r[16], t[16];
-    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(a + i * sa);
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    /* r[4g + m], 128-bit lane L: column 4L + m of rows 4g .. 4g + 3 */
-    for (int g = 0; g < 4; g++) {
-        const __m512d t0 = _mm512_castps_pd(t[4 * g]), t1 = _mm512_castps_pd(t[4 * g + 1]),
-                      t2 = _mm512_castps_pd(t[4 * g + 2]), t3 = _mm512_castps_pd(t[4 * g + 3]);
-        r[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
-        r[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
-        r[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
-        r[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
-    }
-    for (int m = 0; m < 4; m++) { /* row 4L + m of the result: lane L of r[m], r[4 + m], r[8 + m], r[12 + m] */
-        const __m512 v0 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x44), v1 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xEE);
-        const __m512 v2 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x44),
-                     v3 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xEE);
-        _mm512_storeu_ps(b + m * sb, _mm512_shuffle_f32x4(v0, v2, 0x88));
-        _mm512_storeu_ps(b + (4 + m) * sb, _mm512_shuffle_f32x4(v0, v2, 0xDD));
-        _mm512_storeu_ps(b + (8 + m) * sb, _mm512_shuffle_f32x4(v1, v3, 0x88));
-        _mm512_storeu_ps(b + (12 + m) * sb, _mm512_shuffle_f32x4(v1, v3, 0xDD));
-    }
+    __m512i v[16];
+    for (int i = 0; i < 16; i++) v[i] = _mm512_castps_si512(_mm512_loadu_ps(a + i * sa));
+    bt_transpose16_i32(v);
+    for (int j = 0; j < 16; j++) _mm512_storeu_ps(b + j * sb, _mm512_castsi512_ps(v[j]));
 }
 
 BT_TARGET_AVX2 static void transpose_avx2(int64_t f, const float *a, float *at) {
